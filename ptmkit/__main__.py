@@ -1,0 +1,3 @@
+from ptmkit.cli import main
+
+raise SystemExit(main())

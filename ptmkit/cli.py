@@ -1,0 +1,213 @@
+"""The `ptmkit` command line: thin parsing that hands over to one function per sub-command.
+
+Bad input exits 2 with ``ptmkit: error: <what> (<where>): <fix>`` and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ptmkit.errors import UserError
+from ptmkit.train.loop import TrainConfig
+
+EPILOGS = {
+    "tokenizer": "example:\n  ptmkit tokenizer --corpus wiki.txt.gz --kind bpe --vocab-size 8000 --out tok/",
+    "prepare": "example:\n  ptmkit prepare --corpus wiki.txt.gz --tokenizer tok/ --out data/ --seq-len 128",
+    "pretrain": ("examples:\n"
+                 "  ptmkit pretrain --objective mlm --data data/ --model mini --steps 2000 --out runs/mlm\n"
+                 "  ptmkit pretrain --objective clm --corpus my_texts/ --max-minutes 30 --out runs/clm\n"
+                 "  ptmkit pretrain --out runs/mlm --resume      # continue after an interruption"),
+    "demo": "example:\n  ptmkit demo --out demo-run/",
+}
+
+TRAIN_FLAGS = {  # CLI flag -> TrainConfig field (flags default to None so a --config file can set them)
+    "steps": int, "batch_size": int, "seq_len": int, "lr": float, "warmup": int, "seed": int,
+    "precision": str, "max_minutes": float, "save_every": int, "eval_every": int,
+    "grad_accum": int, "workers": int, "schedule": str, "log_every": int,
+}
+
+
+def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
+    p = _parser(sub, "tokenizer", "train a tokenizer (bpe, wordpiece, unigram, char) on a corpus")
+    p.add_argument("--corpus", nargs="+", required=True, metavar="PATH")
+    p.add_argument("--kind", default="bpe", help="bpe | wordpiece | unigram | char (default bpe)")
+    p.add_argument("--vocab-size", type=int, default=8000)
+    p.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=None,
+                   help="default: on for wordpiece, off otherwise")
+    p.add_argument("--text-field", default="text", help="jsonl field / csv column with the text")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(run=_run_tokenizer)
+
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = _parser(sub, "prepare", "tokenize a corpus into memory-mapped token shards")
+    p.add_argument("--corpus", nargs="+", required=True, metavar="PATH")
+    p.add_argument("--tokenizer", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--val-fraction", type=float, default=0.01)
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(run=_run_prepare)
+
+
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    p = _parser(sub, "pretrain", "pre-train a model with one objective")
+    p.add_argument("--objective", help="clm | mlm (see README for the full list)")
+    p.add_argument("--data", type=Path, help="directory written by `ptmkit prepare`")
+    p.add_argument("--corpus", nargs="+", metavar="PATH", help="raw text; prepared inside the run")
+    p.add_argument("--tokenizer", type=Path, help="with --corpus; default: train a bpe 8000 one")
+    p.add_argument("--text-field")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--model", help="tiny | mini | small | medium | base | FILE.yaml (default tiny)")
+    p.add_argument("--config", type=Path, help="YAML file with any of these options")
+    p.add_argument("--init", help="start from an earlier run's weights (RUN)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--no-progress", action="store_true")
+    for flag, kind in TRAIN_FLAGS.items():
+        p.add_argument("--" + flag.replace("_", "-"), type=kind, default=None)
+    p.set_defaults(run=_run_pretrain)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = _parser(sub, "demo", "pre-train a tiny MLM on text shipped with gensim (no network)")
+    p.add_argument("--out", type=Path, default=Path("demo-run"))
+    p.add_argument("--minutes", type=float, default=3.0, help="pre-training time budget")
+    p.set_defaults(run=_run_demo)
+
+
+def _parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOGS.get(name),
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ptmkit", description="Pre-train language models with "
+                                     "every classic objective on one shared backbone.")
+    parser.add_argument("--version", action="version", version=f"ptmkit {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_tokenizer, _add_prepare, _add_pretrain, _add_demo):
+        add(sub)
+    return parser
+
+
+def _version() -> str:
+    from ptmkit import __version__
+    return __version__
+
+
+# ---- sub-commands -----------------------------------------------------------------------
+
+def _run_tokenizer(args: argparse.Namespace) -> None:
+    from ptmkit.data.corpus import list_corpus_files, read_texts
+    from ptmkit.data.tokenizer import train_tokenizer
+    list_corpus_files(args.corpus)
+    if args.out.is_dir() and any(args.out.iterdir()) and not args.overwrite:
+        raise UserError("output directory is not empty", str(args.out),
+                        "choose a new --out or pass --overwrite")
+    tokenizer = train_tokenizer(read_texts(args.corpus, text_field=args.text_field), kind=args.kind,
+                                vocab_size=args.vocab_size, lowercase=args.lowercase)
+    tokenizer.save(args.out)
+    print(f"tokenizer ({args.kind}, {tokenizer.vocab_size} ids) written to {args.out}/tokenizer.json")
+
+
+def _run_prepare(args: argparse.Namespace) -> None:
+    from ptmkit.data.shards import prepare
+    from ptmkit.data.tokenizer import Tokenizer
+    tokenizer = Tokenizer.load(args.tokenizer)
+    manifest = prepare(args.corpus, tokenizer, args.out, val_fraction=args.val_fraction,
+                       seq_len=args.seq_len, text_field=args.text_field, overwrite=args.overwrite)
+    train, val = manifest["splits"]["train"], manifest["splits"]["val"]
+    print(f"prepared {train['tokens']:,} train / {val['tokens']:,} validation tokens "
+          f"({train['documents'] + val['documents']:,} documents) in {args.out}")
+
+
+def _load_config_file(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    if not path.is_file():
+        raise UserError("config file not found", str(path), "check the --config path")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"invalid YAML: {str(err).splitlines()[0]}", str(path), "fix the syntax") from None
+    if not isinstance(values, dict):
+        raise UserError("config must be a mapping of options", str(path), "write `steps: 1000` style lines")
+    return values
+
+
+def _run_pretrain(args: argparse.Namespace) -> None:
+    from ptmkit.pretrain import PretrainSpec, pretrain
+    file_values = _load_config_file(args.config)
+    where = str(args.config)
+    known = set(TRAIN_FLAGS) | {f.name for f in fields(TrainConfig)} | {
+        "objective", "data", "corpus", "tokenizer", "text_field", "model", "init",
+        "objective_options", "compile", "val_fraction"}
+    unknown = sorted(set(file_values) - known)
+    if unknown:
+        raise UserError(f"unknown option(s) {', '.join(unknown)}", where,
+                        f"use only: {', '.join(sorted(known))}")
+
+    def pick(name: str, default: Any = None) -> Any:
+        value = getattr(args, name, None)
+        return value if value is not None else file_values.get(name, default)
+
+    if args.resume and pick("objective") is None:
+        saved = yaml.safe_load((args.out / "config.yaml").read_text()) if (args.out / "config.yaml").is_file() else {}
+        file_values = {**{k: saved.get(k) for k in ("objective", "objective_options")},
+                       "model": saved.get("model"), "data": saved.get("data"),
+                       **saved.get("train", {}), **file_values}
+    objective = pick("objective")
+    if objective is None:
+        raise UserError("no objective given", "--objective", "pass e.g. --objective mlm")
+    train_values = {f.name: pick(f.name) for f in fields(TrainConfig) if pick(f.name) is not None}
+    spec = PretrainSpec(
+        objective=objective, out=args.out,
+        data=Path(pick("data")) if pick("data") else None,
+        corpus=list(pick("corpus") or []),
+        tokenizer=Path(pick("tokenizer")) if pick("tokenizer") else None,
+        text_field=pick("text_field", "text"), model=pick("model", "tiny"),
+        objective_options=dict(pick("objective_options", {}) or {}),
+        train=_train_config(train_values, where), init=pick("init"),
+        resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
+    )
+    summary = pretrain(spec)
+    print(f"pre-trained {summary['steps']} steps, {summary['tokens']:,} tokens at "
+          f"{summary['tokens_per_s']:,.0f} tokens/s; run in {args.out}")
+
+
+def _train_config(values: dict[str, Any], where: str) -> TrainConfig:
+    try:
+        return TrainConfig(**values)
+    except TypeError as err:
+        raise UserError(f"bad training option: {err}", where, "check option names and types") from None
+
+
+def _run_demo(args: argparse.Namespace) -> None:
+    from ptmkit.demo import demo
+    demo(args.out, minutes=args.minutes)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    run: Callable[[argparse.Namespace], None] = args.run
+    try:
+        run(args)
+    except UserError as err:
+        print(f"ptmkit: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as err:
+        print(f"ptmkit: interrupted{': ' + str(err) if str(err) else ''}", file=sys.stderr)
+        return 130
+    return 0

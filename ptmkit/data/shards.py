@@ -1,0 +1,213 @@
+"""Token shards: a corpus tokenized once into flat memory-mapped arrays plus a boundary index.
+
+Layout of a prepared directory::
+
+    manifest.json               format, tokenizer hash, dtype, counts, options
+    tokenizer/tokenizer.json    the tokenizer the ids belong to
+    {train,val}.bin             all token ids of the split, documents back to back
+    {train,val}.sentences.npy   int64 offset where each sentence starts (+ final end)
+    {train,val}.documents.npy   int64 offset where each document starts (+ final end)
+
+Writing streams (a corpus larger than RAM works: only the boundary offsets stay in memory, as
+compact int64 chunks) and is atomic: everything goes to a temporary sibling that is renamed to
+the output only when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ptmkit.data.corpus import Document, list_corpus_files, read_documents
+from ptmkit.data.tokenizer import Tokenizer
+from ptmkit.errors import UserError
+
+FORMAT = 1
+SPLITS = ("train", "val")
+
+
+@dataclass(frozen=True)
+class Window:
+    """A slice of the token stream with the boundaries that fall inside it.
+
+    `sentence_starts` / `document_starts` are positions within `tokens` where a new sentence
+    or document begins (sorted; 0 is included when the window starts on a boundary).
+    """
+
+    tokens: np.ndarray
+    sentence_starts: np.ndarray
+    document_starts: np.ndarray
+
+
+@dataclass
+class _SplitWriter:
+    """Appends one split's tokens to disk and keeps its boundary offsets."""
+
+    path: Path
+    dtype: np.dtype
+    n_tokens: int = 0
+    sentences: list[np.ndarray] = field(default_factory=list)
+    documents: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.file = open(self.path.with_suffix(".bin"), "wb")
+
+    def add(self, sentences: list[list[int]]) -> None:
+        lengths = np.fromiter((len(s) for s in sentences), dtype=np.int64, count=len(sentences))
+        self.documents.append(self.n_tokens)
+        self.sentences.append(self.n_tokens + np.concatenate([[0], np.cumsum(lengths)[:-1]]))
+        flat = np.fromiter((t for s in sentences for t in s), dtype=self.dtype, count=int(lengths.sum()))
+        flat.tofile(self.file)
+        self.n_tokens += len(flat)
+
+    def close(self) -> dict[str, int]:
+        self.file.close()
+        sentences = np.concatenate(self.sentences + [np.array([self.n_tokens])])
+        documents = np.array(self.documents + [self.n_tokens], dtype=np.int64)
+        np.save(self.path.with_suffix(".sentences.npy"), sentences.astype(np.int64))
+        np.save(self.path.with_suffix(".documents.npy"), documents)
+        return {"tokens": self.n_tokens, "documents": len(documents) - 1,
+                "sentences": len(sentences) - 1}
+
+
+def _batched(documents: Iterable[Document], size: int) -> Iterator[list[Document]]:
+    batch: list[Document] = []
+    for doc in documents:
+        batch.append(doc)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _is_validation(index: int, fraction: float, seed: int) -> bool:
+    """Deterministic per-document split, stable under corpus growth (hash of index and seed)."""
+    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64 < fraction
+
+
+def corpus_fingerprint(paths: Sequence[str | os.PathLike], tokenizer: Tokenizer,
+                       **options: object) -> str:
+    """Key for caching prepared data: tokenizer, options and every file's path, size, mtime."""
+    h = hashlib.sha256(tokenizer.sha256().encode())
+    for path in list_corpus_files(paths):
+        stat = path.stat()
+        h.update(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    h.update(json.dumps(options, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def prepare(paths: Sequence[str | os.PathLike], tokenizer: Tokenizer, out: Path, *,
+            val_fraction: float = 0.01, seq_len: int = 128, text_field: str = "text",
+            seed: int = 0, batch_documents: int = 256, overwrite: bool = False,
+            progress: bool = True) -> dict:
+    """Tokenize a corpus into shards under `out`. Returns the manifest."""
+    if not 0 <= val_fraction < 1:
+        raise UserError(f"val fraction {val_fraction} out of range", "--val-fraction",
+                        "use a value in [0, 1), e.g. 0.01")
+    files = list_corpus_files(paths)
+    _check_output(out, overwrite)
+    dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make the output private to this user
+    try:
+        writers = {split: _SplitWriter(tmp / split, dtype) for split in SPLITS}
+        total_bytes = sum(f.stat().st_size for f in files)
+        bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare",
+                   disable=not progress)
+        index = seen_bytes = 0
+        for batch in _batched(read_documents(files, text_field=text_field), batch_documents):
+            flat = [s for doc in batch for s in doc.sentences]
+            ids = tokenizer.encode_batch(flat)
+            cursor = 0
+            for doc in batch:
+                doc_ids = [s for s in ids[cursor: cursor + len(doc.sentences)] if s]
+                cursor += len(doc.sentences)
+                if doc_ids:
+                    split = "val" if _is_validation(index, val_fraction, seed) else "train"
+                    writers[split].add(doc_ids)
+                index += 1
+            seen_bytes += sum(len(s) for s in flat)
+            bar.update(min(seen_bytes, total_bytes) - bar.n)
+        bar.update(total_bytes - bar.n)
+        bar.close()
+        counts = {split: writer.close() for split, writer in writers.items()}
+        if counts["train"]["tokens"] == 0:
+            raise UserError("the corpus produced no tokens", ", ".join(map(str, paths)),
+                            "check that the files contain text (and the --text-field)")
+        tokenizer.save(tmp / "tokenizer")
+        manifest = {
+            "format": FORMAT, "tokenizer_sha256": tokenizer.sha256(), "vocab_size": tokenizer.vocab_size,
+            "dtype": dtype.name, "seq_len": seq_len, "val_fraction": val_fraction, "seed": seed,
+            "corpus": [str(f) for f in files], "splits": counts,
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _check_output(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError("output path is a file", str(out), "choose a directory path")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserError("output directory is not empty", str(out),
+                        "choose a new directory or pass --overwrite")
+
+
+class TokenShards:
+    """Read side: one split of a prepared directory, memory-mapped."""
+
+    def __init__(self, directory: str | os.PathLike, split: str = "train") -> None:
+        self.directory = Path(directory)
+        manifest_path = self.directory / "manifest.json"
+        if not manifest_path.is_file():
+            raise UserError("not a prepared data directory (no manifest.json)", str(self.directory),
+                            "create it with `ptmkit prepare --corpus ... --tokenizer ... --out DIR`")
+        self.manifest = json.loads(manifest_path.read_text())
+        if self.manifest.get("format") != FORMAT:
+            raise UserError(f"prepared data format {self.manifest.get('format')} is not {FORMAT}",
+                            str(manifest_path), "re-run `ptmkit prepare` with this version")
+        bin_path = self.directory / f"{split}.bin"
+        self.tokens = (np.memmap(bin_path, dtype=self.manifest["dtype"], mode="r")
+                       if bin_path.stat().st_size else np.zeros(0, dtype=self.manifest["dtype"]))
+        self.sentence_offsets = np.load(self.directory / f"{split}.sentences.npy")
+        self.document_offsets = np.load(self.directory / f"{split}.documents.npy")
+
+    def tokenizer(self) -> Tokenizer:
+        return Tokenizer.load(self.directory / "tokenizer")
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def n_windows(self, length: int) -> int:
+        """Full windows of `length` tokens (the partial tail is left out)."""
+        return len(self.tokens) // length
+
+    def window(self, index: int, length: int) -> Window:
+        start, end = index * length, (index + 1) * length
+        return Window(tokens=np.asarray(self.tokens[start:end], dtype=np.int64),
+                      sentence_starts=_inside(self.sentence_offsets, start, end),
+                      document_starts=_inside(self.document_offsets, start, end))
+
+
+def _inside(offsets: np.ndarray, start: int, end: int) -> np.ndarray:
+    lo, hi = np.searchsorted(offsets, [start, end])
+    return offsets[lo:hi] - start

@@ -1,0 +1,245 @@
+"""The one shared Transformer: encoder, decoder, prefix, two-stream and encoder-decoder.
+
+Every attention family is the same layer stack driven by an explicit boolean mask
+(``True`` = query may attend to key, the `F.scaled_dot_product_attention` convention) and
+explicit position ids, so permuted orders (XLNet, MPNet) and corrupted inputs reuse the layers.
+Masks are built by objectives (see `ptmkit.model.masks`), never here.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ptmkit.model.config import ModelConfig
+
+_ACTIVATIONS = {
+    "gelu": lambda x: F.gelu(x),
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+}
+
+
+def _heads(x: Tensor, n_heads: int) -> Tensor:
+    b, length, width = x.shape
+    return x.view(b, length, n_heads, width // n_heads).transpose(1, 2)  # (B, nh, L, hd)
+
+
+def _merge(x: Tensor) -> Tensor:
+    b, n_heads, length, head_dim = x.shape
+    return x.transpose(1, 2).reshape(b, length, n_heads * head_dim)  # (B, L, H)
+
+
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool,
+          dropout: float) -> Tensor:
+    if mask is not None and mask.dim() == 3:
+        mask = mask.unsqueeze(1)  # (B, 1, Lq, Lk): the same mask for every head
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                          is_causal=is_causal and mask is None)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention whose keys may be a prefix of the rows (two-stream attention)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.heads, self.dropout = cfg.heads, cfg.attention_dropout
+        self.qkv = nn.Linear(cfg.hidden, 3 * cfg.hidden)
+        self.out = nn.Linear(cfg.hidden, cfg.hidden)
+
+    def forward(self, x: Tensor, mask: Tensor | None, is_causal: bool,
+                n_keys: int | None = None) -> Tensor:
+        # With n_keys, rows past n_keys are query-stream rows: they ask, but are never keys.
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        if n_keys is not None:
+            k, v = k[:, :n_keys], v[:, :n_keys]
+        dropout = self.dropout if self.training else 0.0
+        y = _sdpa(_heads(q, self.heads), _heads(k, self.heads), _heads(v, self.heads),
+                  mask, is_causal, dropout)
+        return self.out(_merge(y))
+
+
+class CrossAttention(nn.Module):
+    """Decoder-to-encoder attention (MASS, BART, T5, seq2seq fine-tuning)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.heads, self.dropout = cfg.heads, cfg.attention_dropout
+        self.q = nn.Linear(cfg.hidden, cfg.hidden)
+        self.kv = nn.Linear(cfg.hidden, 2 * cfg.hidden)
+        self.out = nn.Linear(cfg.hidden, cfg.hidden)
+
+    def forward(self, x: Tensor, memory: Tensor, mask: Tensor | None) -> Tensor:
+        k, v = self.kv(memory).chunk(2, dim=-1)
+        dropout = self.dropout if self.training else 0.0
+        y = _sdpa(_heads(self.q(x), self.heads), _heads(k, self.heads), _heads(v, self.heads),
+                  mask, False, dropout)
+        return self.out(_merge(y))
+
+
+class Block(nn.Module):
+    """One Transformer layer; pre- or post-norm; optional cross-attention sub-layer."""
+
+    def __init__(self, cfg: ModelConfig, cross: bool = False) -> None:
+        super().__init__()
+        self.pre_norm = cfg.norm == "pre"
+        self.attn = SelfAttention(cfg)
+        self.attn_norm = nn.LayerNorm(cfg.hidden, eps=cfg.norm_eps)
+        self.cross = CrossAttention(cfg) if cross else None
+        self.cross_norm = nn.LayerNorm(cfg.hidden, eps=cfg.norm_eps) if cross else None
+        self.fc_in = nn.Linear(cfg.hidden, cfg.ffn)
+        self.fc_out = nn.Linear(cfg.ffn, cfg.hidden)
+        self.ffn_norm = nn.LayerNorm(cfg.hidden, eps=cfg.norm_eps)
+        self.act = _ACTIVATIONS[cfg.activation]
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def _residual(self, x: Tensor, norm: nn.LayerNorm, sublayer) -> Tensor:
+        if self.pre_norm:
+            return x + self.drop(sublayer(norm(x)))
+        return norm(x + self.drop(sublayer(x)))
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, is_causal: bool = False,
+                n_keys: int | None = None, memory: Tensor | None = None,
+                memory_mask: Tensor | None = None) -> Tensor:
+        x = self._residual(x, self.attn_norm, lambda y: self.attn(y, mask, is_causal, n_keys))
+        if self.cross is not None:
+            x = self._residual(x, self.cross_norm, lambda y: self.cross(y, memory, memory_mask))
+        return self._residual(x, self.ffn_norm, lambda y: self.fc_out(self.act(self.fc_in(y))))
+
+
+class Embeddings(nn.Module):
+    """Token + learned absolute position (+ token type) embeddings, optional LayerNorm."""
+
+    def __init__(self, cfg: ModelConfig, tokens: nn.Embedding) -> None:
+        super().__init__()
+        self.tokens = tokens
+        self.offset = cfg.position_offset
+        self.positions = nn.Embedding(cfg.max_positions + cfg.position_offset, cfg.hidden)
+        self.types = nn.Embedding(cfg.type_vocab_size, cfg.hidden) if cfg.type_vocab_size else None
+        self.norm = nn.LayerNorm(cfg.hidden, eps=cfg.norm_eps) if cfg.layernorm_embedding else None
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, ids: Tensor, position_ids: Tensor | None = None,
+                token_type_ids: Tensor | None = None) -> Tensor:
+        if position_ids is None:
+            position_ids = torch.arange(ids.shape[-1], device=ids.device)
+        x = self.tokens(ids) + self.positions(position_ids + self.offset)
+        if self.types is not None:
+            x = x + self.types(token_type_ids if token_type_ids is not None else torch.zeros_like(ids))
+        if self.norm is not None:
+            x = self.norm(x)
+        return self.drop(x)
+
+
+class LMHead(nn.Module):
+    """Projection to the vocabulary; tied to the input embeddings unless configured otherwise."""
+
+    def __init__(self, cfg: ModelConfig, tokens: nn.Embedding) -> None:
+        super().__init__()
+        self.transform = None
+        if cfg.lm_head_transform:  # BERT's dense + GELU + LayerNorm before the decoder
+            self.transform = nn.Sequential(nn.Linear(cfg.hidden, cfg.hidden),
+                                           nn.GELU(approximate="tanh" if cfg.activation == "gelu_tanh" else "none"),
+                                           nn.LayerNorm(cfg.hidden, eps=cfg.norm_eps))
+        self.proj = nn.Linear(cfg.hidden, cfg.vocab_size, bias=cfg.lm_head_bias)
+        if cfg.tie_embeddings:
+            self.proj.weight = tokens.weight
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.proj(self.transform(h) if self.transform is not None else h)
+
+
+class Stack(nn.Module):
+    """Layers + optional final norm (pre-norm models need one; post-norm ones do not)."""
+
+    def __init__(self, cfg: ModelConfig, n_layers: int, cross: bool) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(Block(cfg, cross) for _ in range(n_layers))
+        self.final_norm = nn.LayerNorm(cfg.hidden, eps=cfg.norm_eps) if cfg.final_norm else None
+
+    def forward(self, x: Tensor, **kwargs) -> Tensor:
+        for layer in self.layers:
+            x = layer(x, **kwargs)
+        return self.final_norm(x) if self.final_norm is not None else x
+
+
+class Transformer(nn.Module):
+    """The shared backbone. Objectives pick the family through the arguments they pass."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        tokens = nn.Embedding(cfg.vocab_size, cfg.hidden)
+        self.embed = Embeddings(cfg, tokens)
+        self.encoder = Stack(cfg, cfg.n_layers, cross=False)
+        self.decoder_embed = Embeddings(cfg, tokens) if cfg.is_encoder_decoder else None
+        self.decoder = Stack(cfg, cfg.n_decoder_layers, cross=True) if cfg.is_encoder_decoder else None
+        self.lm_head = LMHead(cfg, tokens)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def encode(self, input_ids: Tensor, *, position_ids: Tensor | None = None,
+               token_type_ids: Tensor | None = None, attn_mask: Tensor | None = None,
+               is_causal: bool = False) -> Tensor:
+        """Bidirectional (no mask), causal (`is_causal`) or any masked family. Returns (B, L, H)."""
+        x = self.embed(input_ids, position_ids, token_type_ids)
+        return self.encoder(x, mask=attn_mask, is_causal=is_causal)
+
+    def two_stream(self, input_ids: Tensor, position_ids: Tensor, query_ids: Tensor,
+                   query_position_ids: Tensor, attn_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """XLNet/MPNet two-stream attention with weights shared between the streams.
+
+        Content rows h (B, Lh) and query rows g (B, Lg) run through the same layers as one
+        sequence [h; g]; only h provides keys and values. `attn_mask` is (B, Lh + Lg, Lh):
+        the content mask stacked on the query mask. Returns (h, g).
+        """
+        n_content = input_ids.shape[1]
+        x = torch.cat([self.embed(input_ids, position_ids),
+                       self.embed(query_ids, query_position_ids)], dim=1)
+        x = self.encoder(x, mask=attn_mask, n_keys=n_content)
+        return x[:, :n_content], x[:, n_content:]
+
+    def decode(self, decoder_input_ids: Tensor, memory: Tensor, *,
+               memory_mask: Tensor | None = None, position_ids: Tensor | None = None,
+               attn_mask: Tensor | None = None) -> Tensor:
+        """Causal decoder over its own inputs with cross-attention to `memory` (B, Ls, H)."""
+        if self.decoder is None:
+            raise RuntimeError("decode() needs an encoder-decoder config (n_decoder_layers > 0)")
+        x = self.decoder_embed(decoder_input_ids, position_ids)
+        return self.decoder(x, mask=attn_mask, is_causal=attn_mask is None,
+                            memory=memory, memory_mask=memory_mask)
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """Vocabulary logits for the given hidden states only (callers select rows first)."""
+        return self.lm_head(hidden)
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= self.embed.tokens.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int, predicted_fraction: float = 1.0) -> float:
+        """Training FLOPs per input token (forward + backward = 3x forward), PaLM-style count.
+
+        Includes attention score FLOPs and the vocabulary projection for the predicted rows.
+        """
+        cfg = self.cfg
+        layers = cfg.n_layers + cfg.n_decoder_layers
+        dense = layers * (4 * cfg.hidden * cfg.hidden + 2 * cfg.hidden * cfg.ffn)
+        dense += cfg.n_decoder_layers * 4 * cfg.hidden * cfg.hidden  # cross-attention projections
+        head = predicted_fraction * cfg.vocab_size * cfg.hidden
+        attention = layers * 2 * seq_len * cfg.hidden
+        return 3 * 2 * (dense + head + attention)
+
+
+def key_padding_mask(valid: Tensor) -> Tensor:
+    """(B, L) bool of real tokens -> (B, 1, L) mask that every query row broadcasts over."""
+    return valid[:, None, :]

@@ -1,0 +1,108 @@
+"""The objective protocol: how one pre-training objective plugs into the shared core.
+
+An objective turns a window of raw tokens into one training example (pure numpy, run in
+DataLoader workers, unit-testable without a model), stacks examples into a batch, and computes
+its loss from the shared backbone. The trainer knows nothing else about it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ptmkit.data.shards import Window
+from ptmkit.data.tokenizer import SpecialIds
+from ptmkit.errors import UserError
+from ptmkit.model.backbone import Transformer
+from ptmkit.model.config import ModelConfig
+
+Example = dict[str, np.ndarray]
+Batch = dict[str, Tensor]
+IGNORE = -100
+"""Label value for positions without a target (the `F.cross_entropy` ignore_index)."""
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """What an objective needs to know about the tokenizer."""
+
+    size: int
+    special: SpecialIds
+
+    @property
+    def first_normal_id(self) -> int:
+        """Ids below this are special tokens; random replacements are drawn above it."""
+        return max(self.special.all()) + 1
+
+
+class Objective:
+    """Base class; subclasses set the class attributes and implement make_example and loss."""
+
+    name: ClassVar[str]
+    architecture: ClassVar[str]
+    """Backbone family: encoder, decoder, prefix, two_stream, encoder_decoder."""
+    layout: ClassVar[str] = "prenorm"
+    """Default layout (see `ptmkit.model.config.LAYOUTS`) so that export maps onto HF exactly."""
+
+    @dataclass(kw_only=True)
+    class Options:
+        """Objective hyper-parameters; subclasses extend this dataclass."""
+
+    def __init__(self, vocab: Vocab, seq_len: int, options: dict[str, Any] | None = None) -> None:
+        self.vocab, self.seq_len = vocab, seq_len
+        self.options = self.parse_options(options or {})
+
+    @classmethod
+    def parse_options(cls, values: dict[str, Any]) -> Any:
+        known = {f.name for f in dataclasses.fields(cls.Options)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(f"unknown option(s) {', '.join(unknown)} for objective {cls.name}",
+                            "objective_options", f"known: {', '.join(sorted(known)) or 'none'}")
+        return cls.Options(**values)
+
+    # ---- data side (numpy, DataLoader workers) -------------------------------------------
+    def window_length(self) -> int:
+        """Raw tokens consumed per example (the rest of seq_len holds special tokens)."""
+        return self.seq_len
+
+    def make_example(self, window: Window, rng: np.random.Generator) -> Example:
+        raise NotImplementedError
+
+    def collate(self, examples: list[Example]) -> Batch:
+        """Stack equally-shaped examples; objectives with ragged examples override this."""
+        return {key: torch.from_numpy(np.stack([ex[key] for ex in examples]))
+                for key in examples[0]}
+
+    # ---- model side ---------------------------------------------------------------------
+    def build_model(self, cfg: ModelConfig) -> nn.Module:
+        return Transformer(cfg)
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def predicted_fraction(self) -> float:
+        """Fraction of input positions projected onto the vocabulary (for FLOP accounting)."""
+        return 1.0
+
+    @staticmethod
+    def input_tokens(batch: Batch) -> int:
+        """Tokens counted for throughput: non-padding input tokens, the same for every objective."""
+        return int(batch["input_ids"].numel())
+
+
+def token_cross_entropy(model: nn.Module, hidden: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, float]]:
+    """Cross-entropy computed only at rows with a target: the vocabulary projection, the most
+    expensive matmul of a small model, is skipped everywhere else."""
+    selected = labels != IGNORE
+    targets = labels[selected]
+    logits = model.logits(hidden[selected])
+    loss = torch.nn.functional.cross_entropy(logits.float(), targets)
+    with torch.no_grad():
+        accuracy = (logits.argmax(-1) == targets).float().mean()
+    return loss, {"accuracy": float(accuracy), "predicted": float(targets.numel())}

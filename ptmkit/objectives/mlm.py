@@ -1,0 +1,53 @@
+"""BERT / RoBERTa masked language modelling.
+
+15% of the non-special tokens are selected afresh every time a window is seen (RoBERTa's dynamic
+masking); 80% become [MASK], 10% a random token, 10% stay. The loss, and the vocabulary
+projection, are computed only at the selected positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from torch import Tensor, nn
+
+from ptmkit.objectives.base import Batch, Example, Objective, Window, token_cross_entropy
+from ptmkit.objectives.noise import choose_positions, corrupt, insert_before
+
+
+class MaskedLM(Objective):
+    name = "mlm"
+    architecture = "encoder"
+    layout = "bert"
+
+    @dataclass(kw_only=True)
+    class Options:
+        mask_prob: float = 0.15
+        """Fraction of non-special tokens predicted."""
+        mask_share: float = 0.8
+        random_share: float = 0.1
+
+    def window_length(self) -> int:
+        return self.seq_len - 2  # [CLS] ... [SEP]
+
+    def frame(self, window: Window) -> np.ndarray:
+        """[CLS] tokens [SEP], with [SEP] between packed documents, cut to seq_len."""
+        special = self.vocab.special
+        body = insert_before(window.tokens, window.document_starts, special.sep)[: self.seq_len - 2]
+        return np.concatenate([[special.cls], body, [special.sep]]).astype(np.int64)
+
+    def make_example(self, window: Window, rng: np.random.Generator) -> Example:
+        tokens = self.frame(window)
+        eligible = ~np.isin(tokens, list(self.vocab.special.all()))
+        positions = choose_positions(eligible, self.options.mask_prob, rng)
+        inputs, labels = corrupt(tokens, positions, self.vocab, rng,
+                                 self.options.mask_share, self.options.random_share)
+        return {"input_ids": inputs, "labels": labels}
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        hidden = model.encode(batch["input_ids"])
+        return token_cross_entropy(model, hidden, batch["labels"])
+
+    def predicted_fraction(self) -> float:
+        return self.options.mask_prob

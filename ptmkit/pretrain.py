@@ -1,0 +1,183 @@
+"""`ptmkit pretrain`: resolve data, tokenizer, objective and model into a run directory, then train.
+
+Everything the user got wrong is detected before the run directory is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+import ptmkit
+from ptmkit.data.loader import WindowDataset, evaluation_batches, make_loader
+from ptmkit.data.shards import TokenShards, corpus_fingerprint, prepare
+from ptmkit.data.tokenizer import Tokenizer, train_tokenizer
+from ptmkit.data.corpus import read_texts
+from ptmkit.errors import UserError
+from ptmkit.model.config import resolve_model_config
+from ptmkit.objectives import get_objective
+from ptmkit.objectives.base import Vocab
+from ptmkit.train.checkpoint import latest_checkpoint, load_weights
+from ptmkit.train.loop import TrainConfig, Trainer
+
+DEFAULT_TOKENIZER = {"kind": "bpe", "vocab_size": 8000}
+
+
+@dataclass(kw_only=True)
+class PretrainSpec:
+    """Everything `ptmkit pretrain` needs; the CLI and `ptmkit.pretrain()` both build one."""
+
+    objective: str
+    out: Path
+    data: Path | None = None
+    corpus: list[str] = field(default_factory=list)
+    tokenizer: Path | None = None
+    text_field: str = "text"
+    model: str | dict = "tiny"
+    objective_options: dict[str, Any] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    init: str | None = None
+    resume: bool = False
+    overwrite: bool = False
+    val_fraction: float = 0.01
+    progress: bool = True
+
+
+def check_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """A run directory must be new or empty, unless resuming or overwriting on purpose."""
+    if out.exists() and not out.is_dir():
+        raise UserError("output path is a file", str(out), "choose a directory path for --out")
+    busy = out.is_dir() and any(out.iterdir())
+    if resume and not (out / "config.yaml").is_file():
+        raise UserError("nothing to resume", str(out), "drop --resume or point --out at an earlier run")
+    if busy and not (resume or overwrite):
+        raise UserError("run directory is not empty", str(out),
+                        "choose a new --out, pass --resume to continue it or --overwrite to replace it")
+
+
+def _resolve_data(spec: PretrainSpec) -> Path:
+    """Prepared shards: given with --data, or prepared (and cached) inside the run from --corpus."""
+    if spec.data is not None:
+        if spec.corpus:
+            raise UserError("both --data and --corpus given", "--data/--corpus", "pass only one of them")
+        TokenShards(spec.data)  # validates the directory before anything is written
+        return spec.data
+    if not spec.corpus:
+        raise UserError("no training data", "--data/--corpus",
+                        "pass --data DIR from `ptmkit prepare` or --corpus FILE...")
+    from ptmkit.data.corpus import list_corpus_files
+    list_corpus_files(spec.corpus)
+    if spec.tokenizer is not None:
+        tokenizer = Tokenizer.load(spec.tokenizer)
+    else:
+        tokenizer_dir = spec.out / "tokenizer"
+        tokenizer = (Tokenizer.load(tokenizer_dir) if (tokenizer_dir / "tokenizer.json").is_file()
+                     else train_tokenizer(read_texts(spec.corpus, text_field=spec.text_field),
+                                          show_progress=spec.progress, **DEFAULT_TOKENIZER))
+    data_dir = spec.out / "data"
+    key = corpus_fingerprint(spec.corpus, tokenizer, text_field=spec.text_field,
+                             val_fraction=spec.val_fraction)
+    manifest = data_dir / "manifest.json"
+    if not (manifest.is_file() and json.loads(manifest.read_text()).get("fingerprint") == key):
+        prepare(spec.corpus, tokenizer, data_dir, val_fraction=spec.val_fraction,
+                seq_len=spec.train.seq_len, text_field=spec.text_field, overwrite=True,
+                progress=spec.progress)
+        stamped = json.loads(manifest.read_text())
+        manifest.write_text(json.dumps({**stamped, "fingerprint": key}, indent=2))
+    return data_dir
+
+
+def _init_from(init: str, model: torch.nn.Module) -> None:
+    if init.startswith("hf:"):
+        raise UserError("--init hf:DIR is not available yet", init, "start from scratch or from a ptmkit run")
+    load_weights(model, Path(init) / "model.safetensors")
+
+
+def pretrain(spec: PretrainSpec) -> dict[str, Any]:
+    """Run (or resume) one pre-training; returns the summary also written to RUN/summary.json."""
+    objective_cls = get_objective(spec.objective)
+    objective_cls.parse_options(spec.objective_options)
+    check_run_dir(spec.out, resume=spec.resume, overwrite=spec.overwrite)
+    if spec.overwrite and spec.out.is_dir() and not spec.resume:
+        shutil.rmtree(spec.out)
+    created = not spec.out.exists()
+    spec.out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _pretrain_into(spec, objective_cls)
+    except UserError:
+        if created:  # bad input found late (e.g. an empty corpus): leave nothing behind
+            shutil.rmtree(spec.out, ignore_errors=True)
+        raise
+
+
+def _pretrain_into(spec: PretrainSpec, objective_cls: type) -> dict[str, Any]:
+    data_dir = _resolve_data(spec)
+    train_shards, val_shards = TokenShards(data_dir, "train"), TokenShards(data_dir, "val")
+    tokenizer = train_shards.tokenizer()
+    cfg = spec.train
+    objective = objective_cls(Vocab(tokenizer.vocab_size, tokenizer.special), cfg.seq_len,
+                              spec.objective_options)
+    model_cfg = resolve_model_config(spec.model, vocab_size=tokenizer.vocab_size,
+                                     layout=objective.layout,
+                                     encoder_decoder=objective.architecture == "encoder_decoder")
+    if cfg.seq_len + 1 > model_cfg.max_positions:
+        raise UserError(f"seq_len {cfg.seq_len} is too long for max_positions={model_cfg.max_positions}",
+                        "--seq-len", f"use at most {model_cfg.max_positions - 1} or a model file "
+                        "with larger max_positions")
+    length = objective.window_length()
+    dataset = WindowDataset(train_shards, length, objective.make_example, cfg.seed)
+    if len(dataset) < cfg.batch_size:
+        raise UserError(f"the training split has {len(dataset)} windows of {length} tokens, fewer "
+                        f"than one batch of {cfg.batch_size}", str(data_dir),
+                        "use more text, a smaller --batch-size or a shorter --seq-len")
+
+    torch.manual_seed(cfg.seed)
+    model = objective.build_model(model_cfg)
+    if spec.init and not spec.resume:
+        _init_from(spec.init, model)
+    tokenizer.save(spec.out / "tokenizer")
+    _write_config(spec, model_cfg.to_dict(), data_dir)
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    validation = evaluation_batches(val_shards, length, objective.make_example, objective.collate,
+                                    min(cfg.batch_size, max(1, val_shards.n_windows(length))),
+                                    cfg.eval_batches)
+    trainer = Trainer(model, objective.loss, cfg, spec.out, count_tokens=objective.input_tokens,
+                      validation=validation, device=device, progress=spec.progress)
+    if spec.resume:
+        trainer.resume()
+    elif latest_checkpoint(spec.out) is not None:
+        raise UserError("run already has a checkpoint", str(spec.out), "pass --resume to continue it")
+    loader = make_loader(dataset, objective.collate, cfg.batch_size, cfg.seed,
+                         skip_batches=trainer.step * cfg.grad_accum, workers=cfg.workers)
+    summary = trainer.fit(loader)
+    summary["flops_per_token"] = model.flops_per_token(cfg.seq_len, objective.predicted_fraction()) \
+        if hasattr(model, "flops_per_token") else None
+    summary["parameters"] = sum(p.numel() for p in model.parameters())
+    (spec.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _write_config(spec: PretrainSpec, model: dict[str, Any], data_dir: Path) -> None:
+    config = {
+        "kind": "pretrain",
+        "objective": spec.objective,
+        "objective_options": spec.objective_options,
+        "model": model,
+        "train": spec.train.to_dict(),
+        "data": str(data_dir.resolve()),
+        "init": spec.init,
+        "versions": {"ptmkit": ptmkit.__version__, "torch": str(torch.__version__),
+                     "python": platform.python_version()},
+    }
+    tmp = spec.out / ".config.yaml.tmp"
+    tmp.write_text(yaml.safe_dump(config, sort_keys=False))
+    os.replace(tmp, spec.out / "config.yaml")

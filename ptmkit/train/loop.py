@@ -1,0 +1,259 @@
+"""The one training loop, for every objective: batch -> objective.loss -> backward -> AdamW step.
+
+The loop never looks at which objective it runs. It owns the optimizer, the learning-rate
+schedule, precision, gradient accumulation and clipping, logging to ``metrics.jsonl``,
+validation, checkpoints and the time budget.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from ptmkit.errors import UserError
+from ptmkit.train.checkpoint import atomic_save_model, latest_checkpoint, load_checkpoint, save_checkpoint
+
+LossFn = Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, dict[str, float]]]
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """Optimisation settings shared by pre-training and fine-tuning."""
+
+    steps: int = 1000
+    batch_size: int = 32
+    seq_len: int = 128
+    lr: float = 5e-4
+    warmup: int = -1
+    """Linear warm-up steps; -1 means 6% of the steps."""
+    schedule: str = "linear"
+    """Decay after warm-up: linear, cosine or constant."""
+    min_lr_ratio: float = 0.0
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    precision: str = "fp32"
+    compile: bool = False
+    max_minutes: float = 0.0
+    """Stop (and save) after this much wall clock; 0 = no limit."""
+    seed: int = 0
+    log_every: int = 0
+    """Steps between metrics lines; 0 = about 100 lines per run."""
+    eval_every: int = 0
+    """Steps between validation losses; 0 = ten times per run."""
+    eval_batches: int = 20
+    save_every: int = 0
+    """Steps between checkpoints; 0 = only at the end (and on SIGTERM/SIGINT)."""
+    workers: int = 1
+    """DataLoader processes building the noise; 0 = in the main process."""
+
+    def __post_init__(self) -> None:
+        checks = [("steps", self.steps >= 1, "use at least 1"),
+                  ("batch_size", self.batch_size >= 1, "use at least 1"),
+                  ("lr", self.lr > 0, "use a positive learning rate"),
+                  ("grad_accum", self.grad_accum >= 1, "use at least 1"),
+                  ("precision", self.precision in ("fp32", "bf16"), "use fp32 or bf16"),
+                  ("schedule", self.schedule in ("linear", "cosine", "constant"),
+                   "use linear, cosine or constant")]
+        for name, ok, fix in checks:
+            if not ok:
+                raise UserError(f"invalid {name}={getattr(self, name)!r}", f"--{name.replace('_', '-')}", fix)
+        if self.warmup < 0:
+            self.warmup = max(1, round(0.06 * self.steps))
+        if self.log_every <= 0:
+            self.log_every = max(1, self.steps // 100)
+        if self.eval_every <= 0:
+            self.eval_every = max(1, self.steps // 10)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Warm-up then linear/cosine decay to lr * min_lr_ratio; a pure function of the step."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    if cfg.schedule == "constant":
+        return cfg.lr
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    shape = 1 - progress if cfg.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; matrices decay, biases and norms do not (the BERT convention)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+                             foreach=True)
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class _StopRequest:
+    """Turns SIGTERM/SIGINT into a flag so the loop can save a checkpoint before exiting."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __enter__(self) -> "_StopRequest":
+        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signal = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+class Trainer:
+    """Runs `loss_fn` over `batches` for cfg.steps optimizer steps, writing into `run`."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, run: Path, *,
+                 count_tokens: Callable[[dict[str, Tensor]], int],
+                 validation: Iterable[dict[str, Tensor]] = (), device: torch.device | None = None,
+                 progress: bool = True) -> None:
+        self.cfg, self.run, self.progress = cfg, run, progress
+        self.device = device or torch.device("cpu")
+        self.model = model.to(self.device)
+        self.optimizer = make_optimizer(model, cfg)
+        self.loss_fn = torch.compile(loss_fn) if cfg.compile else loss_fn
+        self.count_tokens, self.validation = count_tokens, list(validation)
+        self.step, self.tokens, self.elapsed = 0, 0, 0.0
+
+    # ---- state --------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {"step": self.step, "tokens": self.tokens, "elapsed_s": self.elapsed,
+                "batches_consumed": self.step * self.cfg.grad_accum}
+
+    def resume(self) -> bool:
+        """Restore the latest checkpoint of the run, if any. Returns whether one was found."""
+        path = latest_checkpoint(self.run)
+        if path is None:
+            return False
+        state = load_checkpoint(path, self.model, self.optimizer)
+        self.step, self.tokens, self.elapsed = state["step"], state["tokens"], state["elapsed_s"]
+        return True
+
+    def save(self) -> None:
+        save_checkpoint(self.run, self.model, self.optimizer, self.state())
+
+    # ---- loop ---------------------------------------------------------------------------
+    def _to_device(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def _train_step(self, batches: Iterator[dict[str, Tensor]]) -> tuple[float, dict[str, float], int]:
+        lr = learning_rate(self.cfg, self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total, extras, tokens = 0.0, {}, 0
+        for _ in range(self.cfg.grad_accum):
+            batch = self._to_device(next(batches))
+            tokens += self.count_tokens(batch)
+            with autocast(self.cfg.precision, self.device):
+                loss, metrics = self.loss_fn(self.model, batch)
+            (loss / self.cfg.grad_accum).backward()
+            total += float(loss.detach()) / self.cfg.grad_accum
+            for key, value in metrics.items():
+                extras[key] = extras.get(key, 0.0) + value / self.cfg.grad_accum
+        if self.cfg.grad_clip > 0:
+            extras["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                                        self.cfg.grad_clip))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        extras["lr"] = lr
+        return total, extras, tokens
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        if not self.validation:
+            return None
+        self.model.eval()
+        losses = []
+        for batch in self.validation:
+            with autocast(self.cfg.precision, self.device):
+                losses.append(float(self.loss_fn(self.model, self._to_device(batch))[0]))
+        self.model.train()
+        return sum(losses) / len(losses)
+
+    def fit(self, batches: Iterable[dict[str, Tensor]]) -> dict[str, Any]:
+        """Train to cfg.steps (or the time budget); returns the final summary."""
+        cfg, iterator = self.cfg, iter(batches)
+        self.model.train()
+        metrics_file = open(self.run / "metrics.jsonl", "a")
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step",
+                   disable=not self.progress, dynamic_ncols=True, mininterval=1.0)
+        window: dict[str, float] = {}
+        window_tokens, window_time, window_steps = 0, 0.0, 0
+        stopped_by = "steps"
+        with _StopRequest() as stop:
+            while self.step < cfg.steps:
+                start = time.perf_counter()
+                loss, extras, tokens = self._train_step(iterator)
+                took = time.perf_counter() - start
+                self.step += 1
+                self.tokens += tokens
+                self.elapsed += took
+                window_tokens += tokens
+                window_time += took
+                window_steps += 1
+                for key, value in {"loss": loss, **extras}.items():
+                    window[key] = window.get(key, 0.0) + value
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"non-finite loss at step {self.step}")
+                line: dict[str, Any] = {}
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    line = {k: v / window_steps for k, v in window.items()}
+                    line.update(step=self.step, tokens=self.tokens,
+                                tokens_per_s=window_tokens / max(window_time, 1e-9),
+                                elapsed_s=round(self.elapsed, 3))
+                    bar.set_postfix(loss=f"{line['loss']:.3f}", tok_s=f"{line['tokens_per_s']:.0f}")
+                    window, window_tokens, window_time, window_steps = {}, 0, 0.0, 0
+                if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                    val = self.evaluate()
+                    if val is not None:
+                        line = {**line, "step": self.step, "val_loss": val}
+                if line:
+                    metrics_file.write(json.dumps(line) + "\n")
+                    metrics_file.flush()
+                bar.update(1)
+                if cfg.save_every and self.step % cfg.save_every == 0:
+                    self.save()
+                if cfg.max_minutes and self.elapsed >= cfg.max_minutes * 60:
+                    stopped_by = "time"
+                    break
+                if stop.signal is not None:
+                    stopped_by = signal.Signals(stop.signal).name
+                    break
+        bar.close()
+        metrics_file.close()
+        self.save()
+        atomic_save_model(self.model, self.run / "model.safetensors")
+        summary = {"steps": self.step, "tokens": self.tokens, "train_seconds": round(self.elapsed, 2),
+                   "tokens_per_s": self.tokens / max(self.elapsed, 1e-9), "stopped_by": stopped_by,
+                   "final_val_loss": self.evaluate()}
+        if stopped_by not in ("steps", "time"):
+            raise KeyboardInterrupt(f"stopped by {stopped_by} at step {self.step}; "
+                                    f"checkpoint saved, continue with --resume")
+        return summary
