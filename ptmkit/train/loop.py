@@ -154,7 +154,16 @@ class Trainer:
             return False
         state = load_checkpoint(path, self.model, self.optimizer)
         self.step, self.tokens, self.elapsed = state["step"], state["tokens"], state["elapsed_s"]
+        self._truncate_metrics()
         return True
+
+    def _truncate_metrics(self) -> None:
+        """Drop lines logged after the checkpoint: the resumed run logs those steps again."""
+        path = self.run / "metrics.jsonl"
+        if path.is_file():
+            lines = [line for line in path.read_text().splitlines()
+                     if line.strip() and json.loads(line)["step"] <= self.step]
+            path.write_text("".join(line + "\n" for line in lines))
 
     def save(self) -> None:
         save_checkpoint(self.run, self.model, self.optimizer, self.state())

@@ -1,0 +1,98 @@
+"""Prepared token shards: round trip, boundaries, split, dtype, atomic output."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ptmkit.data.corpus import read_documents
+from ptmkit.data.shards import TokenShards, prepare
+from ptmkit.data.tokenizer import train_tokenizer
+from ptmkit.errors import UserError
+
+DOCS = [
+    "The cat sat on the mat. It was a sunny day. Birds sang.",
+    "Prices rose sharply in March. Analysts were surprised.",
+    "A short one.",
+    "Rivers flow to the sea. The sea is salty. Rain refills the rivers. Clouds carry the rain.",
+] * 30
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "docs.txt"
+    path.write_text("\n\n".join(DOCS) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tokenizer(corpus):
+    return train_tokenizer([d for d in DOCS], kind="bpe", vocab_size=500, show_progress=False)
+
+
+def test_round_trip_keeps_every_document_and_sentence(corpus, tokenizer, tmp_path) -> None:
+    manifest = prepare([corpus], tokenizer, tmp_path / "d", val_fraction=0.2, progress=False)
+    documents = list(read_documents([corpus]))
+    counts = manifest["splits"]
+    assert counts["train"]["documents"] + counts["val"]["documents"] == len(documents) == len(DOCS)
+    assert counts["val"]["documents"] > 0
+    expected = {tuple(tuple(tokenizer.encode(s)) for s in d.sentences) for d in documents}
+    for split in ("train", "val"):
+        shards = TokenShards(tmp_path / "d", split)
+        assert shards.tokens.dtype == np.uint16
+        docs, sents = shards.document_offsets, shards.sentence_offsets
+        assert docs[-1] == sents[-1] == len(shards)
+        assert set(docs).issubset(set(sents)), "every document starts a sentence"
+        for a, b in zip(docs[:-1], docs[1:]):
+            inner = sents[(sents >= a) & (sents <= b)]
+            sentences = tuple(tuple(int(t) for t in shards.tokens[x:y]) for x, y in zip(inner[:-1], inner[1:]))
+            assert sentences in expected
+
+
+def test_windows_report_the_boundaries_inside_them(corpus, tokenizer, tmp_path) -> None:
+    prepare([corpus], tokenizer, tmp_path / "d", val_fraction=0.0, progress=False)
+    shards = TokenShards(tmp_path / "d")
+    length = 16
+    for i in range(shards.n_windows(length)):
+        w = shards.window(i, length)
+        start = i * length
+        assert (w.tokens == shards.tokens[start:start + length]).all()
+        assert set(w.sentence_starts + start) == {s for s in shards.sentence_offsets if start <= s < start + length}
+        assert set(w.document_starts + start) == {s for s in shards.document_offsets if start <= s < start + length}
+
+
+def test_split_is_deterministic(corpus, tokenizer, tmp_path) -> None:
+    a = prepare([corpus], tokenizer, tmp_path / "a", val_fraction=0.3, progress=False)
+    b = prepare([corpus], tokenizer, tmp_path / "b", val_fraction=0.3, progress=False)
+    assert a["splits"] == b["splits"]
+    assert (tmp_path / "a" / "val.bin").read_bytes() == (tmp_path / "b" / "val.bin").read_bytes()
+
+
+def test_output_is_atomic_and_protected(corpus, tokenizer, tmp_path) -> None:
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(UserError, match="not empty"):
+        prepare([corpus], tokenizer, out, progress=False)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(UserError):
+        prepare([empty], tokenizer, tmp_path / "e", progress=False)
+    assert not (tmp_path / "e").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporary left behind"
+
+
+def test_manifest_records_tokenizer_and_counts(corpus, tokenizer, tmp_path) -> None:
+    prepare([corpus], tokenizer, tmp_path / "d", progress=False)
+    manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    assert manifest["tokenizer_sha256"] == tokenizer.sha256()
+    assert manifest["vocab_size"] == tokenizer.vocab_size
+    assert TokenShards(tmp_path / "d").tokenizer().sha256() == tokenizer.sha256()
+
+
+def test_not_prepared_directory_is_a_user_error(tmp_path) -> None:
+    with pytest.raises(UserError, match="ptmkit prepare"):
+        TokenShards(tmp_path)
