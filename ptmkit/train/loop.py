@@ -172,7 +172,7 @@ class Trainer:
     def _to_device(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
-    def _train_step(self, batches: Iterator[dict[str, Tensor]]) -> tuple[float, dict[str, float], int]:
+    def train_step(self, batches: Iterator[dict[str, Tensor]]) -> tuple[float, dict[str, float], int]:
         lr = learning_rate(self.cfg, self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -219,7 +219,7 @@ class Trainer:
         with _StopRequest() as stop:
             while self.step < cfg.steps:
                 start = time.perf_counter()
-                loss, extras, tokens = self._train_step(iterator)
+                loss, extras, tokens = self.train_step(iterator)
                 took = time.perf_counter() - start
                 self.step += 1
                 self.tokens += tokens

@@ -1,0 +1,444 @@
+"""Trainable tokenizers on Hugging Face ``tokenizers``, with every special token the objectives need.
+
+Every tokenizer, whatever its kind, puts the same special tokens at the same ids::
+
+    0 [PAD]  1 [UNK]  2 [CLS]  3 [SEP]  4 [MASK]  5 <s>  6 </s>  7..106 <extra_id_0>..<extra_id_99>
+
+so objectives can refer to them by id, and a tokenizer is interchangeable between objectives.
+
+Kinds:
+
+* ``bpe`` -- byte-level BPE (GPT-2 / RoBERTa). The 256-byte alphabet means no ``[UNK]`` ever, and
+  ``decode(encode(x)) == x`` exactly for every string. The leading space GPT-2 style tokenizers add
+  is put there by a ``Prepend(" ")`` normalizer (ByteLevel's own ``add_prefix_space`` skips texts
+  that already start with a space, which makes decoding ambiguous) and taken off again by a
+  ``Strip`` decoder, so ``"hello"`` encodes like ``" hello"`` in GPT-2 and round-trips exactly.
+* ``wordpiece`` -- BERT (BertNormalizer, lowercased by default, CJK characters split apart;
+  BertPreTokenizer; ``##`` continuation pieces).
+* ``unigram`` -- SentencePiece-style unigram LM (NFKC, Metaspace ``▁``).
+* ``char`` -- one token per character (whitespace dropped), for Chinese or any script; the
+  ``vocab_size - 107`` most frequent characters are kept, the rest become ``[UNK]``.
+
+Text is always encoded WITHOUT special tokens (objectives add their own), and special-token
+strings that occur in raw text (``"[MASK]"``, ``"</s>"``) are tokenized as ordinary text, never
+turned into the special ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import tokenizers
+from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
+
+from ptmkit import __version__
+from ptmkit.errors import UserError
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<s>", "</s>")
+N_SENTINELS = 100
+SENTINEL_TOKENS = tuple(f"<extra_id_{i}>" for i in range(N_SENTINELS))
+ALL_SPECIAL_TOKENS = SPECIAL_TOKENS + SENTINEL_TOKENS  # ids 0..106, in this order
+N_SPECIAL = len(ALL_SPECIAL_TOKENS)
+KINDS = ("bpe", "wordpiece", "unigram", "char")
+
+# Smallest number of ordinary (non-special) ids each kind is allowed: bpe needs its 256-byte
+# alphabet plus some merges; the others need room for at least a basic alphabet.
+MIN_ORDINARY = {"bpe": 300, "wordpiece": 100, "unigram": 100, "char": 100}
+
+TOKENIZER_FILE = "tokenizer.json"
+META_FILE = "ptmkit_tokenizer.json"
+FORMAT_VERSION = 1
+
+_MODEL_KIND = {"BPE": "bpe", "WordPiece": "wordpiece", "Unigram": "unigram", "WordLevel": "char"}
+_RETRAIN = "retrain with `ptmkit tokenizer`"
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """Ids of the special tokens (always 0..106, read back from the tokenizer)."""
+
+    pad: int
+    unk: int
+    cls: int
+    sep: int
+    mask: int
+    bos: int
+    eos: int
+    sentinels: tuple[int, ...]
+
+    def all(self) -> frozenset[int]:
+        """Every special id: the ids an objective must never mask or corrupt."""
+        return frozenset((self.pad, self.unk, self.cls, self.sep, self.mask, self.bos, self.eos, *self.sentinels))
+
+
+def minimum_vocab_size(kind: str) -> int:
+    """The smallest ``vocab_size`` (specials included) that :func:`train_tokenizer` accepts."""
+    return N_SPECIAL + MIN_ORDINARY[kind]
+
+
+def _special_problem(hf: tokenizers.Tokenizer) -> str | None:
+    """Describe the first special token not registered as a special token at its expected id."""
+    added = hf.get_added_tokens_decoder()
+    for expected, token in enumerate(ALL_SPECIAL_TOKENS):
+        actual = hf.token_to_id(token)
+        if actual != expected:
+            where = "missing" if actual is None else f"at id {actual}"
+            return f"special token {token} is {where}, expected at id {expected}"
+        entry = added.get(expected)
+        if entry is None or entry.content != token or not entry.special:
+            return f"{token} (id {expected}) is not registered as a special token"
+    return None
+
+
+class Tokenizer:
+    """Wraps :class:`tokenizers.Tokenizer`. Encodes WITHOUT adding special tokens."""
+
+    def __init__(self, hf: tokenizers.Tokenizer, kind: str, *, lowercase: bool) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown tokenizer kind {kind!r}; expected one of {KINDS}")
+        problem = _special_problem(hf)
+        if problem is not None:
+            raise ValueError(problem)
+        # Raw text that happens to contain "[MASK]" or "</s>" must not produce special ids:
+        # objectives alone decide where specials go. (Not serialized, so set on every wrap.)
+        hf.encode_special_tokens = True
+        self.hf = hf
+        self.kind = kind
+        self.lowercase = bool(lowercase)
+        ids = list(range(N_SPECIAL))
+        self.special = SpecialIds(*ids[: len(SPECIAL_TOKENS)], sentinels=tuple(ids[len(SPECIAL_TOKENS):]))
+        self.vocab_size: int = hf.get_vocab_size(with_added_tokens=True)
+        # encode_batch_fast (tokenizers >= 0.21) skips offset tracking: ids only, faster.
+        self._encode_ids = getattr(hf, "encode_batch_fast", hf.encode_batch)
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size}, lowercase={self.lowercase})"
+
+    # -- encoding ---------------------------------------------------------------------------------
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text, no special tokens; encoded in parallel by Rust threads."""
+        return [e.ids for e in self._encode_ids(list(texts), add_special_tokens=False)]
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of one text, no special tokens."""
+        return self.hf.encode(text, add_special_tokens=False).ids
+
+    def word_starts(self, texts: list[str]) -> list[list[bool]]:
+        """Per token of ``encode_batch(texts)``: True where the token starts a new word.
+
+        Words are the pre-tokenizer's words (bpe: GPT-2 regex chunks, so punctuation and each
+        whitespace run are words of their own; wordpiece: BERT words, punctuation and each CJK
+        character separate; unigram: whitespace-separated chunks, also ended after each "[" and
+        "<"). For ``char`` a word is a run of
+        adjacent letters/digits, except that every CJK character is a word of its own (jieba-based
+        Chinese whole-word masking lives elsewhere).
+        """
+        texts = list(texts)
+        encodings = self.hf.encode_batch(texts, add_special_tokens=False)
+        if self.kind == "char":
+            return [_char_word_starts(t, e.offsets) for t, e in zip(texts, encodings)]
+        out = []
+        for enc in encodings:
+            starts, previous = [], object()
+            for word in enc.word_ids:
+                starts.append(word is None or word != previous)
+                previous = word
+            out.append(starts)
+        return out
+
+    def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
+        """Readable text of ``ids`` (special tokens dropped unless ``skip_special=False``)."""
+        return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special)
+
+    # -- persistence ------------------------------------------------------------------------------
+
+    def _json(self) -> str:
+        return self.hf.to_str(pretty=True)
+
+    def sha256(self) -> str:
+        """Hex SHA-256 of the tokenizer.json content (a cache key for prepared data)."""
+        return hashlib.sha256(self._json().encode("utf-8")).hexdigest()
+
+    def save(self, directory: Path | str) -> None:
+        """Write ``directory/tokenizer.json`` and ``directory/ptmkit_tokenizer.json`` atomically."""
+        directory = Path(directory)
+        meta = {
+            "version": FORMAT_VERSION,
+            "kind": self.kind,
+            "lowercase": self.lowercase,
+            "ptmkit_version": __version__,
+            "tokenizers_version": tokenizers.__version__,
+        }
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            _atomic_write(directory / TOKENIZER_FILE, self._json())
+            _atomic_write(directory / META_FILE, json.dumps(meta, indent=2) + "\n")
+        except OSError as exc:
+            raise UserError(
+                f"cannot write the tokenizer: {exc.strerror or exc}",
+                directory,
+                "choose a writable output directory",
+            ) from exc
+
+    @classmethod
+    def load(cls, directory: Path | str) -> Tokenizer:
+        """Load a tokenizer saved by :meth:`save` (a directory, or its tokenizer.json)."""
+        directory = Path(directory)
+        if directory.name == TOKENIZER_FILE and directory.is_file():
+            directory = directory.parent
+        path = directory / TOKENIZER_FILE
+        if not path.is_file():
+            raise UserError(
+                f"no {TOKENIZER_FILE} found", path, f"point at a directory written by `ptmkit tokenizer`, or {_RETRAIN}"
+            )
+        try:
+            text = path.read_text(encoding="utf-8")
+            config = json.loads(text)
+            hf = tokenizers.Tokenizer.from_str(text)
+        except Exception as exc:  # OSError, bad UTF-8/JSON, or the Rust side's plain Exception
+            raise UserError(f"cannot read {TOKENIZER_FILE}: {exc}", path, _RETRAIN) from exc
+        problem = _special_problem(hf)
+        if problem is not None:
+            raise UserError(problem, path, f"ptmkit needs {ALL_SPECIAL_TOKENS[0]}..<extra_id_99> at ids 0..106; {_RETRAIN}")
+        model_type = (config.get("model") or {}).get("type")
+        model_kind = _MODEL_KIND.get(model_type)
+        if model_kind is None:
+            raise UserError(f"unsupported tokenizer model type {model_type!r}", path, _RETRAIN)
+        meta_path = directory / META_FILE
+        if meta_path.is_file():
+            try:
+                meta = json.loads(meta_path.read_text(encoding="utf-8"))
+                kind, lowercase, version = meta["kind"], bool(meta["lowercase"]), int(meta["version"])
+            except (OSError, ValueError, TypeError, KeyError) as exc:
+                raise UserError(f"cannot read {META_FILE}: {exc}", meta_path, _RETRAIN) from exc
+            if version > FORMAT_VERSION:
+                raise UserError(
+                    f"{META_FILE} has format version {version}, newer than this ptmkit's {FORMAT_VERSION}",
+                    meta_path,
+                    "upgrade ptmkit",
+                )
+            if kind != model_kind:
+                raise UserError(f"{META_FILE} says kind {kind!r} but {TOKENIZER_FILE} holds a {model_type} model", meta_path, _RETRAIN)
+        else:  # a bare tokenizer.json: infer what we can
+            kind, lowercase = model_kind, _infers_lowercase(config)
+        return cls(hf, kind, lowercase=lowercase)
+
+
+def _infers_lowercase(config: dict) -> bool:
+    normalizer = config.get("normalizer") or {}
+    parts = normalizer.get("normalizers", [normalizer])
+    return any(p.get("type") == "Lowercase" or (p.get("type") == "BertNormalizer" and p.get("lowercase")) for p in parts)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write to a temp file beside ``path`` (umask permissions, unlike mkstemp), then os.replace."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "x", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _is_cjk(ch: str) -> bool:
+    """CJK unified ideographs (the ranges BERT's handle_chinese_chars uses)."""
+    cp = ord(ch)
+    return (
+        0x4E00 <= cp <= 0x9FFF
+        or 0x3400 <= cp <= 0x4DBF
+        or 0x20000 <= cp <= 0x2A6DF
+        or 0x2A700 <= cp <= 0x2B73F
+        or 0x2B740 <= cp <= 0x2B81F
+        or 0x2B820 <= cp <= 0x2CEAF
+        or 0xF900 <= cp <= 0xFAFF
+        or 0x2F800 <= cp <= 0x2FA1F
+    )
+
+
+def _char_word_starts(text: str, offsets: list[tuple[int, int]]) -> list[bool]:
+    starts: list[bool] = []
+    prev_end, prev_wordish = -1, False
+    for start, end in offsets:
+        piece = text[start:end]
+        wordish = bool(piece) and all(c.isalnum() and not _is_cjk(c) for c in piece)
+        starts.append(not (wordish and prev_wordish and start == prev_end))
+        prev_end, prev_wordish = end, wordish
+    return starts
+
+
+# -- training -------------------------------------------------------------------------------------
+
+
+def _lowercased(first: normalizers.Normalizer, lowercase: bool) -> normalizers.Normalizer:
+    return normalizers.Sequence([first, normalizers.Lowercase()]) if lowercase else first
+
+
+def _build(kind: str, vocab_size: int, lowercase: bool, min_frequency: int, show_progress: bool):
+    specials = list(ALL_SPECIAL_TOKENS)
+    if kind == "bpe":
+        hf = tokenizers.Tokenizer(models.BPE())
+        # Lowercase first, then the GPT-2 leading space (see the module docstring).
+        hf.normalizer = normalizers.Sequence(
+            ([normalizers.Lowercase()] if lowercase else []) + [normalizers.Prepend(" ")]
+        )
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        hf.decoder = decoders.Sequence([decoders.ByteLevel(), decoders.Strip(" ", 1, 0)])
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=show_progress,
+        )
+    elif kind == "wordpiece":
+        hf = tokenizers.Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        hf.normalizer = normalizers.BertNormalizer(
+            clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
+        )
+        hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        hf.decoder = decoders.WordPiece(prefix="##")
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=specials,
+            # Every alphabet character may also get a "##" twin, and the trainer never drops
+            # alphabet entries, so cap the alphabet at half the ordinary ids to stay in budget.
+            limit_alphabet=(vocab_size - N_SPECIAL) // 2,
+            continuing_subword_prefix="##",
+            show_progress=show_progress,
+        )
+    elif kind == "unigram":
+        hf = tokenizers.Tokenizer(models.Unigram())
+        hf.normalizer = _lowercased(normalizers.NFKC(), lowercase)
+        # Unigram's Viterbi would match the special pieces ("[MASK]", "<s>", ...) inside raw text,
+        # so end a pre-token at every "[" and "<": no special piece can then start mid-pre-token.
+        hf.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True),
+                pre_tokenizers.Split(Regex("[\\[<]"), behavior="merged_with_previous"),
+            ]
+        )
+        hf.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+        trainer = trainers.UnigramTrainer(
+            vocab_size=vocab_size, special_tokens=specials, unk_token="[UNK]", show_progress=show_progress
+        )
+    else:  # char
+        hf = tokenizers.Tokenizer(models.WordLevel(unk_token="[UNK]"))
+        hf.normalizer = _lowercased(normalizers.NFC(), lowercase)
+        hf.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(Regex("."), behavior="isolated")]
+        )
+        hf.decoder = decoders.Fuse()
+        trainer = trainers.WordLevelTrainer(
+            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials, show_progress=show_progress
+        )
+    return hf, trainer
+
+
+def _canonical(hf: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
+    """Round-trip through JSON until stable, so a trained tokenizer is bit-identical to its reload.
+
+    The Rust JSON parser is not float-exact: unigram scores can move by one ulp on the first
+    reload, which would change :meth:`Tokenizer.sha256` between training and ``load``.
+    """
+    text = hf.to_str(pretty=True)
+    for _ in range(5):
+        hf = tokenizers.Tokenizer.from_str(text)
+        again = hf.to_str(pretty=True)
+        if again == text:
+            break
+        text = again
+    return hf
+
+
+def train_tokenizer(
+    texts: Iterable[str],
+    *,
+    kind: str = "bpe",
+    vocab_size: int = 8000,
+    lowercase: bool | None = None,
+    min_frequency: int = 2,
+    show_progress: bool = True,
+) -> Tokenizer:
+    """Train a ``kind`` tokenizer of at most ``vocab_size`` ids (107 specials included) on ``texts``.
+
+    ``texts`` is streamed once (any iterable, e.g. a generator over a huge file). ``lowercase``
+    defaults to True for wordpiece and False otherwise. ``min_frequency`` is ignored by unigram.
+    """
+    if isinstance(texts, str):
+        raise TypeError("train_tokenizer expects an iterable of texts, not one str")
+    if kind not in KINDS:
+        raise UserError(f"unknown tokenizer kind {kind!r}", "--kind", f"choose one of: {', '.join(KINDS)}")
+    minimum = minimum_vocab_size(kind)
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < minimum:
+        raise UserError(
+            f"vocab size {vocab_size!r} is too small for a {kind} tokenizer",
+            "--vocab-size",
+            f"use --vocab-size {minimum} or more ({N_SPECIAL} ids are special tokens, "
+            f"{MIN_ORDINARY[kind]} is the least room a {kind} vocabulary may have)",
+        )
+    if isinstance(min_frequency, bool) or not isinstance(min_frequency, int) or min_frequency < 1:
+        raise UserError(f"min frequency {min_frequency!r} is not a positive integer", "--min-frequency", "use 1 or more")
+    if lowercase is None:
+        lowercase = kind == "wordpiece"
+    hf, trainer = _build(kind, vocab_size, bool(lowercase), min_frequency, show_progress)
+
+    n_nonblank = 0
+
+    def stream():
+        nonlocal n_nonblank
+        for text in texts:
+            if not isinstance(text, str):
+                raise TypeError(f"train_tokenizer expects str texts, got {type(text).__name__}")
+            if text and not text.isspace():
+                n_nonblank += 1
+            yield text
+
+    no_text = UserError(
+        "no training text (the corpus is empty or only whitespace)",
+        "tokenizer training corpus",
+        "point the tokenizer at a non-empty text corpus",
+    )
+    length = len(texts) if isinstance(texts, Sequence) else None
+    try:
+        hf.train_from_iterator(stream(), trainer, length=length)
+    except Exception as exc:
+        if type(exc) is not Exception:  # the Rust trainer raises bare Exception; let others through
+            raise
+        if n_nonblank == 0:
+            raise no_text from exc
+        if "not large enough" in str(exc):  # unigram: the vocabulary must hold every character
+            raise UserError(
+                f"vocab size {vocab_size} cannot hold every distinct character of the corpus",
+                "--vocab-size",
+                "raise --vocab-size, or use --kind bpe (its 256-byte alphabet covers any text)",
+            ) from exc
+        raise
+    if n_nonblank == 0:
+        raise no_text
+
+    hf = _canonical(hf)
+    problem = _special_problem(hf)
+    assert problem is None, f"{kind} trainer misplaced the special tokens: {problem}"
+    actual = hf.get_vocab_size(with_added_tokens=True)
+    if actual > vocab_size:  # unigram keeps every character even past vocab_size
+        raise UserError(
+            f"the {kind} vocabulary needs {actual} ids to hold every distinct character, more than --vocab-size {vocab_size}",
+            "--vocab-size",
+            f"raise --vocab-size ({actual} is certainly enough), or use --kind bpe",
+        )
+    return Tokenizer(hf, kind, lowercase=bool(lowercase))
