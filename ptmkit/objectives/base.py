@@ -90,10 +90,10 @@ class Objective:
         """Fraction of input positions projected onto the vocabulary (for FLOP accounting)."""
         return 1.0
 
-    @staticmethod
-    def input_tokens(batch: Batch) -> int:
-        """Tokens counted for throughput: non-padding input tokens, the same for every objective."""
-        return int(batch["input_ids"].numel())
+    def input_tokens(self, batch: Batch) -> int:
+        """Tokens counted for throughput: non-padding encoder/decoder-only input tokens, counted
+        the same way for every objective (decoder inputs of encoder-decoders are not added)."""
+        return int((batch["input_ids"] != self.vocab.special.pad).sum())
 
 
 def token_cross_entropy(model: nn.Module, hidden: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, float]]:

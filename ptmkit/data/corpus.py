@@ -1,0 +1,356 @@
+"""Corpus readers: whatever layout the text comes in, pre-training sees documents of sentences.
+
+Sentence boundaries are kept because several objectives need them (next-sentence / sentence-order
+prediction, sentence permutation); document boundaries are kept so that no training pair straddles
+two unrelated articles. The layout is chosen from the file name (``.jsonl``, ``.csv``, ``.xml``…,
+looked up after a ``.gz`` / ``.bz2`` / ``.xz`` suffix, which is decompressed on the fly) or, for
+any other name, sniffed from the content. Everything streams: a file is never held in memory.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import gzip
+import json
+import lzma
+import os
+import re
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+from xml.etree.ElementTree import ParseError
+
+from gensim.corpora.wikicorpus import extract_pages, filter_wiki
+
+from ptmkit.data.sentences import split_sentences
+from ptmkit.errors import UserError
+
+PathArg = str | os.PathLike
+CorpusPaths = PathArg | Sequence[PathArg]
+
+_COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+# Suffixes that are never text; a directory may hold them next to the corpus.
+_BINARY_SUFFIXES = frozenset(
+    ".pyc .pyo .so .o .a .dll .exe .bin .zip .tar .tgz .7z .rar .zst .png .jpg .jpeg .gif "
+    ".pdf .pt .pth .ckpt .safetensors .npy .npz .pkl .parquet .arrow".split()
+)
+# Layouts named by the file suffix; any other file is sniffed (see _sniff_layout).
+_SUFFIX_LAYOUTS = {
+    ".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".xml": "mediawiki"
+}
+_TEXT_FIELD_FIX = "pass --text-field with the one that holds the text"
+_JSON_LINES_FIX = "each line must be one JSON object; make lines of a JSON array with `jq -c '.[]'`"
+
+# Extractors leave "Name () is" / "哲學（）是" where a pronunciation template was removed.
+_EMPTY_PARENS = re.compile(r" ?[(（][\s,;，；、]*[)）]")
+# filter_wiki keeps bold/italic quotes, headings ("==History=="), lists and table cells. Only prose
+# paragraphs are kept, as WikiExtractor does by default: no heading, list or table line, and the
+# paragraph must end like a sentence (drops image captions and stray cells).
+_WIKI_EMPHASIS = re.compile(r"'{2,}")
+_WIKI_NON_PROSE_START = frozenset("=*#;|!{}+")
+_PROSE_END = re.compile(r"[.!?…。！？\"”’」』]$")
+
+
+@dataclass(frozen=True)
+class Document:
+    """One document, split into sentences so objectives can pair, order and mask them.
+
+    ``sentences`` is non-empty and each sentence is stripped and non-empty; ``source`` is the file
+    the document came from, for messages about the data.
+    """
+
+    sentences: tuple[str, ...]
+    source: str
+
+
+def list_corpus_files(paths: CorpusPaths) -> list[Path]:
+    """Expand the corpus paths into files, checking them now so a typo fails before training starts.
+
+    Directories are walked recursively in sorted order (stable corpus order across machines),
+    skipping hidden entries and binary files such as ``.pyc`` or ``.zip``.
+    """
+    paths = _as_list(paths)
+    if not paths:
+        raise UserError("no corpus paths given", "corpus", "name at least one file or directory")
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = _walk_corpus_dir(path)
+            if not found:
+                raise UserError(
+                    "directory holds no corpus files",
+                    path,
+                    "point at the directory with the text files (hidden, binary files are skipped)",
+                )
+            files.extend(found)
+        elif not path.exists():
+            raise UserError("corpus path does not exist", path,
+                            "check the spelling and the working directory")
+        elif _is_binary(path):
+            raise UserError(
+                "not a text corpus file",
+                path,
+                "unpack it first: corpora are text, JSON lines, CSV/TSV or MediaWiki XML, "
+                "optionally .gz/.bz2/.xz",
+            )
+        else:
+            files.append(path)
+    return files
+
+
+def read_documents(paths: CorpusPaths, *, text_field: str = "text",
+                   split: bool = True) -> Iterator[Document]:
+    """Stream the documents of all files in order; the paths are checked before this returns.
+
+    ``split=False`` keeps each paragraph (line) as one unsplit "sentence": much cheaper when only
+    the text matters. Raises :class:`UserError` (while iterating) if the files hold no document.
+    """
+    paths = _as_list(paths)
+    files = list_corpus_files(paths)
+    return _documents(files, text_field=text_field, split=split, where=", ".join(map(str, paths)))
+
+
+def read_texts(paths: CorpusPaths, *, text_field: str = "text") -> Iterator[str]:
+    """One string per document, paragraphs joined by newlines, for tokenizer training.
+
+    The sentence splitter is not run: tokenizer trainers only need the raw text. Newline is used as
+    the joiner because it is whitespace to every pre-tokenizer yet adds no space inside Chinese.
+    """
+    documents = read_documents(paths, text_field=text_field, split=False)
+    return ("\n".join(document.sentences) for document in documents)
+
+
+def _as_list(paths: CorpusPaths) -> list[PathArg]:
+    """Accept one path as well as many: a bare string must not be iterated letter by letter."""
+    return [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+
+
+def _walk_corpus_dir(root: Path) -> list[Path]:
+    """Corpus files under ``root`` sorted by path, never descending into hidden directories."""
+    found = []
+    for directory, subdirs, names in os.walk(root):
+        subdirs[:] = [name for name in subdirs if not name.startswith(".")]
+        found += [Path(directory, name) for name in names if not name.startswith(".")]
+    return sorted(path for path in found if not _is_binary(path))
+
+
+def _name_suffix(path: Path) -> str:
+    """The suffix under any compression suffix: ``a.jsonl.gz`` → ``.jsonl``."""
+    name = path.name.lower()
+    stem, suffix = os.path.splitext(name)
+    return os.path.splitext(stem)[1] if suffix in _COMPRESSED else suffix
+
+
+def _is_binary(path: Path) -> bool:
+    return _name_suffix(path) in _BINARY_SUFFIXES
+
+
+def _open_text(path: Path, *, newline: str | None = None) -> IO[str]:
+    """Open decompressed UTF-8 text; bad bytes become U+FFFD rather than stopping a long run."""
+    opener = _COMPRESSED.get(path.suffix.lower(), open)
+    return opener(path, "rt", encoding="utf-8-sig", errors="replace", newline=newline)
+
+
+def _open_binary(path: Path) -> IO[bytes]:
+    return _COMPRESSED.get(path.suffix.lower(), open)(path, "rb")
+
+
+def _documents(files: list[Path], *, text_field: str, split: bool,
+               where: str) -> Iterator[Document]:
+    found = False
+    for path in files:
+        for paragraphs in _read_file(path, text_field):
+            document = _make_document(paragraphs, str(path), split)
+            if document is not None:
+                found = True
+                yield document
+    if not found:
+        raise UserError("no documents found", where,
+                        "check the files are non-empty text / the right --text-field")
+
+
+def _make_document(paragraphs: Iterable[str], source: str, split: bool) -> Document | None:
+    """Clean the paragraphs into sentences; ``None`` when nothing is left (an empty record)."""
+    texts = [paragraph.replace("\ufeff", "").strip() for paragraph in paragraphs]
+    sentences = [sentence for text in texts if text
+                 for sentence in (split_sentences(text) if split else (text,))]
+    return Document(tuple(sentences), source) if sentences else None
+
+
+def _read_file(path: Path, text_field: str) -> Iterator[list[str]]:
+    """Yield each document of one file as its list of raw paragraphs."""
+    try:
+        if _is_empty(path):
+            return
+        layout = _SUFFIX_LAYOUTS.get(_name_suffix(path)) or _sniff_layout(path)
+        if layout == "jsonl":
+            yield from _json_lines_documents(path, text_field)
+        elif layout in ("csv", "tsv"):
+            yield from _table_documents(path, text_field, tabs=layout == "tsv")
+        elif layout == "mediawiki":
+            yield from _mediawiki_documents(path)
+        else:
+            yield from _plain_documents(path, layout)
+    except (OSError, EOFError) as error:  # truncated download, bad gzip/bz2 stream, permissions
+        raise UserError(f"cannot read corpus file ({error})", path,
+                        "check the file is complete (e.g. `gzip -t`) and readable") from error
+
+
+def _is_empty(path: Path) -> bool:
+    with _open_binary(path) as stream:
+        return not stream.read(1)
+
+
+def _json_lines_documents(path: Path, text_field: str) -> Iterator[list[str]]:
+    with _open_text(path) as lines:
+        for number, line in enumerate(lines, start=1):
+            if line.strip():
+                yield _json_text(line, text_field, f"{path}:{number}").splitlines()
+
+
+def _json_text(line: str, text_field: str, where: str) -> str:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise UserError(f"malformed JSON line ({error.msg})", where, _JSON_LINES_FIX) from None
+    if not isinstance(record, dict):
+        raise UserError("JSON line is not an object", where, _JSON_LINES_FIX)
+    if text_field not in record:
+        keys = ", ".join(map(repr, record)) or "none"
+        raise UserError(f"no field {text_field!r}", where,
+                        f"available keys: {keys}; {_TEXT_FIELD_FIX}")
+    text = record[text_field]
+    if text is None:
+        return ""
+    if not isinstance(text, str):
+        raise UserError(f"field {text_field!r} holds {type(text).__name__}, not text", where,
+                        _TEXT_FIELD_FIX)
+    return text
+
+
+def _table_documents(path: Path, text_field: str, *, tabs: bool) -> Iterator[list[str]]:
+    """One document per row of a CSV/TSV file with a header row.
+
+    TSV is read without quote handling: real TSV corpora (GLUE) hold bare ``"`` characters that a
+    quoting reader would take as the start of a multi-line cell.
+    """
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # an article can exceed the 128 KiB default
+    dialect = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if tabs else {}
+    with _open_text(path, newline="") as stream:
+        rows = csv.reader(stream, **dialect)
+        column = _text_column(next(rows), text_field, path)
+        for row in rows:
+            if column < len(row):
+                yield row[column].splitlines()
+
+
+def _text_column(header: list[str], text_field: str, path: Path) -> int:
+    names = [name.strip() for name in header]
+    if text_field not in names:
+        columns = ", ".join(map(repr, names)) or "none"
+        raise UserError(
+            f"no column {text_field!r}",
+            path,
+            f"columns are {columns} (the first row must be a header); {_TEXT_FIELD_FIX}",
+        )
+    return names.index(text_field)
+
+
+def _mediawiki_documents(path: Path) -> Iterator[list[str]]:
+    """Articles of a MediaWiki dump; redirects and other namespaces (Category:, File:…) are skipped.
+
+    The namespace comes from each page's ``<ns>`` element rather than a title prefix, because
+    article titles may contain a colon ("Star Wars: Episode IV").
+    """
+    with _open_binary(path) as stream:
+        try:
+            for _title, markup, _page_id in extract_pages(stream, filter_namespaces=("0",)):
+                if markup and not markup.lstrip()[:9].lower() == "#redirect":
+                    yield _wiki_paragraphs(markup)
+        except (ParseError, ValueError) as error:  # ValueError: XML, but not a MediaWiki export
+            raise UserError(f"malformed XML ({error})", path,
+                            "a .xml corpus must be a complete MediaWiki dump "
+                            "(*-pages-articles.xml.bz2)") from None
+
+
+def _wiki_paragraphs(markup: str) -> list[str]:
+    paragraphs = []
+    for line in filter_wiki(markup).splitlines():
+        line = _WIKI_EMPHASIS.sub("", line).strip().lstrip(":").strip()
+        if line and line[0] not in _WIKI_NON_PROSE_START and _PROSE_END.search(line):
+            paragraphs.append(_EMPTY_PARENS.sub("", line))
+    return paragraphs
+
+
+def _plain_documents(path: Path, layout: str) -> Iterator[list[str]]:
+    with _open_text(path) as lines:
+        if layout == "wikiextractor":
+            yield from _wikiextractor_documents(lines)
+        elif layout == "blocks":
+            yield from _blank_line_blocks(lines)
+        else:
+            yield from ([line] for line in lines)
+
+
+def _sniff_layout(path: Path) -> str:
+    """Tell the layout of a file whose name does not: by its first line, else by its blank lines.
+
+    ``mediawiki`` (split dumps are named ``…-pages-articles1.xml-p1p41242.bz2``),
+    ``wikiextractor`` (``<doc …>`` blocks), ``blocks`` (documents separated by blank lines) or
+    ``lines`` (one document per line). The last two need a pass over the whole file before the
+    real one: only the absence of any blank line between two text lines makes a
+    one-document-per-line file. Blank lines at the very start or end do not count, so a trailing
+    empty line does not merge a whole file into one document.
+    """
+    seen_text = blank_after_text = False
+    with _open_text(path) as lines:
+        for line in lines:
+            if not line.strip():
+                blank_after_text = seen_text
+            elif not seen_text:
+                if line.lstrip().startswith("<doc "):
+                    return "wikiextractor"
+                if line.lstrip().startswith("<mediawiki"):
+                    return "mediawiki"
+                seen_text = True
+            elif blank_after_text:
+                return "blocks"
+    return "lines"
+
+
+def _blank_line_blocks(lines: Iterable[str]) -> Iterator[list[str]]:
+    block: list[str] = []
+    for line in lines:
+        if line.strip():
+            block.append(line)
+        elif block:
+            yield block
+            block = []
+    if block:
+        yield block
+
+
+def _wikiextractor_documents(lines: Iterable[str]) -> Iterator[list[str]]:
+    """Bodies of ``<doc …>`` blocks; the first line repeats the title and is dropped.
+
+    A block cut off by the end of the file (a truncated shard) still counts.
+    """
+    block: list[str] | None = None
+    for line in lines:
+        if line.startswith("<doc "):
+            block = []
+        elif line.startswith("</doc>"):
+            if block:
+                yield _wikiextractor_body(block)
+            block = None
+        elif block is not None and line.strip():
+            block.append(line)
+    if block:
+        yield _wikiextractor_body(block)
+
+
+def _wikiextractor_body(block: list[str]) -> list[str]:
+    return [_EMPTY_PARENS.sub("", paragraph) for paragraph in block[1:]]
