@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ptmkit.data.shards import Window
-from ptmkit.data.tokenizer import SpecialIds
+from ptmkit.data.shards import TokenShards, Window
+from ptmkit.data.tokenizer import SpecialIds, Tokenizer
 from ptmkit.errors import UserError
 from ptmkit.model.backbone import Transformer
 from ptmkit.model.config import ModelConfig
@@ -48,6 +49,9 @@ class Objective:
     """Backbone family: encoder, decoder, prefix, two_stream, encoder_decoder."""
     layout: ClassVar[str] = "prenorm"
     """Default layout (see `ptmkit.model.config.LAYOUTS`) so that export maps onto HF exactly."""
+    standalone: ClassVar[bool] = False
+    """True for objectives trained outside the shared loop (word2vec through gensim): pretrain
+    then calls `train_standalone` instead of the Trainer."""
 
     @dataclass(kw_only=True)
     class Options:
@@ -85,6 +89,25 @@ class Objective:
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         raise NotImplementedError
+
+    def train_standalone(self, shards: TokenShards, tokenizer: Tokenizer, run: Path,
+                         cfg: Any, progress: bool) -> dict[str, Any]:
+        """Train without the shared loop, writing RUN/model.safetensors and RUN/metrics.jsonl;
+        returns the summary. Only for `standalone` objectives."""
+        raise NotImplementedError
+
+    def features(self, model: nn.Module, input_ids: Tensor, valid: Tensor) -> Tensor:
+        """Token representations (B, L, H) that downstream tasks build on.
+
+        `valid` (B, L) marks real tokens. Encoders (and two-stream models, whose content stream
+        is a plain bidirectional encoder) attend both ways; decoder-only models causally;
+        encoder-decoders expose their encoder. Objectives with another network override this.
+        """
+        mask = valid[:, None, :]
+        if self.architecture in ("decoder", "prefix"):
+            mask = mask & torch.ones(input_ids.shape[1], input_ids.shape[1], dtype=torch.bool,
+                                     device=input_ids.device).tril()
+        return model.encode(input_ids, attn_mask=mask)
 
     def predicted_fraction(self) -> float:
         """Fraction of input positions projected onto the vocabulary (for FLOP accounting)."""
