@@ -18,6 +18,10 @@ from ptmkit.errors import UserError
 from ptmkit.train.loop import TrainConfig
 
 EPILOGS = {
+    "ptmkit": ("example (each command has --help with its own examples):\n"
+               "  ptmkit tokenizer --corpus wiki.txt.gz --kind bpe --vocab-size 8000 --out tok/\n"
+               "  ptmkit prepare --corpus wiki.txt.gz --tokenizer tok/ --out data/ --seq-len 128\n"
+               "  ptmkit pretrain --objective mlm --data data/ --model mini --steps 2000 --out runs/mlm"),
     "tokenizer": "example:\n  ptmkit tokenizer --corpus wiki.txt.gz --kind bpe --vocab-size 8000 --out tok/",
     "prepare": "example:\n  ptmkit prepare --corpus wiki.txt.gz --tokenizer tok/ --out data/ --seq-len 128",
     "pretrain": ("examples:\n"
@@ -93,7 +97,8 @@ def _parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> argpa
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ptmkit", description="Pre-train language models with "
-                                     "every classic objective on one shared backbone.")
+                                     "every classic objective on one shared backbone.",
+                                     epilog=EPILOGS["ptmkit"], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"ptmkit {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_tokenizer, _add_prepare, _add_pretrain, _add_demo):
@@ -124,7 +129,9 @@ def _run_tokenizer(args: argparse.Namespace) -> None:
 def _run_prepare(args: argparse.Namespace) -> None:
     from ptmkit.data.shards import prepare
     from ptmkit.data.tokenizer import Tokenizer
+    from ptmkit.pretrain import check_corpus
     tokenizer = Tokenizer.load(args.tokenizer)
+    check_corpus(args.corpus, args.text_field)  # a wrong --text-field fails before the progress bar
     manifest = prepare(args.corpus, tokenizer, args.out, val_fraction=args.val_fraction,
                        seq_len=args.seq_len, text_field=args.text_field, overwrite=args.overwrite)
     train, val = manifest["splits"]["train"], manifest["splits"]["val"]
@@ -147,7 +154,9 @@ def _load_config_file(path: Path | None) -> dict[str, Any]:
 
 
 def _run_pretrain(args: argparse.Namespace) -> None:
-    from ptmkit.pretrain import PretrainSpec, pretrain
+    from ptmkit.pretrain import PretrainSpec, check_run_dir, pretrain
+    if args.resume:  # before reading the run's config.yaml for the objective
+        check_run_dir(args.out, resume=True, overwrite=args.overwrite)
     file_values = _load_config_file(args.config)
     where = str(args.config)
     known = set(TRAIN_FLAGS) | {f.name for f in fields(TrainConfig)} | {
@@ -157,6 +166,9 @@ def _run_pretrain(args: argparse.Namespace) -> None:
     if unknown:
         raise UserError(f"unknown option(s) {', '.join(unknown)}", where,
                         f"use only: {', '.join(sorted(known))}")
+    for f in fields(TrainConfig):
+        if f.name in file_values:
+            file_values[f.name] = _typed(f.name, file_values[f.name], f.default, where)
 
     def pick(name: str, default: Any = None) -> Any:
         value = getattr(args, name, None)
@@ -184,6 +196,22 @@ def _run_pretrain(args: argparse.Namespace) -> None:
     summary = pretrain(spec)
     print(f"pre-trained {summary['steps']} steps, {summary['tokens']:,} tokens at "
           f"{summary['tokens_per_s']:,.0f} tokens/s; run in {args.out}")
+
+
+def _typed(name: str, value: Any, default: Any, where: str) -> Any:
+    """A --config value as the type of its default (YAML reads `lr: 2e-3` as a string)."""
+    kind = type(default)
+    if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+        return value
+    if kind in (int, float) and not isinstance(value, bool):
+        try:
+            number = kind(value) if isinstance(value, str) or kind is float else None
+        except (TypeError, ValueError):
+            number = None
+        if number is not None:
+            return number
+    raise UserError(f"option {name} must be {kind.__name__}, not {value!r}", where,
+                    f"write e.g. `{name}: {default}`")
 
 
 def _train_config(values: dict[str, Any], where: str) -> TrainConfig:

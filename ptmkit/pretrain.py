@@ -20,9 +20,9 @@ import ptmkit
 from ptmkit.data.loader import WindowDataset, evaluation_batches, make_loader
 from ptmkit.data.shards import TokenShards, corpus_fingerprint, prepare
 from ptmkit.data.tokenizer import Tokenizer, train_tokenizer
-from ptmkit.data.corpus import read_texts
+from ptmkit.data.corpus import read_documents, read_texts
 from ptmkit.errors import UserError
-from ptmkit.model.config import resolve_model_config
+from ptmkit.model.config import ModelConfig, resolve_model_config
 from ptmkit.objectives import get_objective
 from ptmkit.objectives.base import Vocab
 from ptmkit.train.checkpoint import latest_checkpoint, load_weights
@@ -66,15 +66,7 @@ def check_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
 def _resolve_data(spec: PretrainSpec) -> Path:
     """Prepared shards: given with --data, or prepared (and cached) inside the run from --corpus."""
     if spec.data is not None:
-        if spec.corpus:
-            raise UserError("both --data and --corpus given", "--data/--corpus", "pass only one of them")
-        TokenShards(spec.data)  # validates the directory before anything is written
-        return spec.data
-    if not spec.corpus:
-        raise UserError("no training data", "--data/--corpus",
-                        "pass --data DIR from `ptmkit prepare` or --corpus FILE...")
-    from ptmkit.data.corpus import list_corpus_files
-    list_corpus_files(spec.corpus)
+        return spec.data  # validated by _check_inputs
     if spec.tokenizer is not None:
         tokenizer = Tokenizer.load(spec.tokenizer)
     else:
@@ -95,9 +87,84 @@ def _resolve_data(spec: PretrainSpec) -> Path:
     return data_dir
 
 
-def _init_from(init: str, model: torch.nn.Module) -> None:
+def check_corpus(paths: list[str], text_field: str) -> None:
+    """The files exist and the first document reads (right format and --text-field): a typo fails
+    at once, before a progress bar starts or anything is written."""
+    next(iter(read_documents(paths, text_field=text_field, split=False)), None)
+
+
+def _check_init(init: str) -> None:
     if init.startswith("hf:"):
         raise UserError("--init hf:DIR is not available yet", init, "start from scratch or from a ptmkit run")
+    if not (Path(init) / "model.safetensors").is_file():
+        raise UserError("no model.safetensors in the --init run", init, "point --init at a finished run directory")
+
+
+def _check_inputs(spec: PretrainSpec, objective_cls: type) -> _Plan | None:
+    """Every input check that needs no data preparation, done before the run directory is touched.
+
+    With --data this is all of them (the returned plan is reused); with --corpus the data is
+    prepared inside the run, so its size is checked later (a new run directory is then removed).
+    """
+    if spec.init and not spec.resume:
+        _check_init(spec.init)
+    if spec.data is not None:
+        if spec.corpus:
+            raise UserError("both --data and --corpus given", "--data/--corpus", "pass only one of them")
+        return _plan(spec, objective_cls, spec.data)
+    if not spec.corpus:
+        raise UserError("no training data", "--data/--corpus",
+                        "pass --data DIR from `ptmkit prepare` or --corpus FILE...")
+    check_corpus(spec.corpus, spec.text_field)
+    vocab_size = (Tokenizer.load(spec.tokenizer).vocab_size if spec.tokenizer is not None
+                  else DEFAULT_TOKENIZER["vocab_size"])
+    _model_config(spec, objective_cls, vocab_size)
+    return None
+
+
+def _model_config(spec: PretrainSpec, objective_cls: type, vocab_size: int) -> ModelConfig:
+    model_cfg = resolve_model_config(spec.model, vocab_size=vocab_size, layout=objective_cls.layout,
+                                     encoder_decoder=objective_cls.architecture == "encoder_decoder")
+    seq_len = spec.train.seq_len
+    if seq_len + 1 > model_cfg.max_positions:
+        raise UserError(f"seq_len {seq_len} is too long for max_positions={model_cfg.max_positions}",
+                        "--seq-len", f"use at most {model_cfg.max_positions - 1} or a model file "
+                        "with larger max_positions")
+    return model_cfg
+
+
+@dataclass
+class _Plan:
+    """Data, tokenizer, objective and model config of a run, all checked."""
+
+    data_dir: Path
+    train_shards: TokenShards
+    val_shards: TokenShards
+    tokenizer: Tokenizer
+    objective: Any
+    model_cfg: ModelConfig
+    length: int
+    dataset: WindowDataset
+
+
+def _plan(spec: PretrainSpec, objective_cls: type, data_dir: Path) -> _Plan:
+    train_shards, val_shards = TokenShards(data_dir, "train"), TokenShards(data_dir, "val")
+    tokenizer = train_shards.tokenizer()
+    cfg = spec.train
+    objective = objective_cls(Vocab(tokenizer.vocab_size, tokenizer.special), cfg.seq_len,
+                              spec.objective_options)
+    model_cfg = _model_config(spec, objective_cls, tokenizer.vocab_size)
+    length = objective.window_length()
+    dataset = WindowDataset(train_shards, length, objective.make_example, cfg.seed)
+    if len(dataset) < cfg.batch_size:
+        raise UserError(f"the training split has {len(dataset)} windows of {length} tokens, fewer "
+                        f"than one batch of {cfg.batch_size}", str(data_dir),
+                        "use more text, a smaller --batch-size or a shorter --seq-len")
+    return _Plan(data_dir, train_shards, val_shards, tokenizer, objective, model_cfg, length, dataset)
+
+
+def _init_from(init: str, model: torch.nn.Module) -> None:
+    _check_init(init)
     load_weights(model, Path(init) / "model.safetensors")
 
 
@@ -106,38 +173,24 @@ def pretrain(spec: PretrainSpec) -> dict[str, Any]:
     objective_cls = get_objective(spec.objective)
     objective_cls.parse_options(spec.objective_options)
     check_run_dir(spec.out, resume=spec.resume, overwrite=spec.overwrite)
+    plan = _check_inputs(spec, objective_cls)  # before --overwrite removes anything
     if spec.overwrite and spec.out.is_dir() and not spec.resume:
         shutil.rmtree(spec.out)
     created = not spec.out.exists()
     spec.out.mkdir(parents=True, exist_ok=True)
     try:
-        return _pretrain_into(spec, objective_cls)
+        return _pretrain_into(spec, objective_cls, plan)
     except UserError:
         if created:  # bad input found late (e.g. an empty corpus): leave nothing behind
             shutil.rmtree(spec.out, ignore_errors=True)
         raise
 
 
-def _pretrain_into(spec: PretrainSpec, objective_cls: type) -> dict[str, Any]:
-    data_dir = _resolve_data(spec)
-    train_shards, val_shards = TokenShards(data_dir, "train"), TokenShards(data_dir, "val")
-    tokenizer = train_shards.tokenizer()
+def _pretrain_into(spec: PretrainSpec, objective_cls: type, plan: _Plan | None) -> dict[str, Any]:
+    plan = plan or _plan(spec, objective_cls, _resolve_data(spec))
+    data_dir, val_shards, tokenizer = plan.data_dir, plan.val_shards, plan.tokenizer
+    objective, model_cfg, length, dataset = plan.objective, plan.model_cfg, plan.length, plan.dataset
     cfg = spec.train
-    objective = objective_cls(Vocab(tokenizer.vocab_size, tokenizer.special), cfg.seq_len,
-                              spec.objective_options)
-    model_cfg = resolve_model_config(spec.model, vocab_size=tokenizer.vocab_size,
-                                     layout=objective.layout,
-                                     encoder_decoder=objective.architecture == "encoder_decoder")
-    if cfg.seq_len + 1 > model_cfg.max_positions:
-        raise UserError(f"seq_len {cfg.seq_len} is too long for max_positions={model_cfg.max_positions}",
-                        "--seq-len", f"use at most {model_cfg.max_positions - 1} or a model file "
-                        "with larger max_positions")
-    length = objective.window_length()
-    dataset = WindowDataset(train_shards, length, objective.make_example, cfg.seed)
-    if len(dataset) < cfg.batch_size:
-        raise UserError(f"the training split has {len(dataset)} windows of {length} tokens, fewer "
-                        f"than one batch of {cfg.batch_size}", str(data_dir),
-                        "use more text, a smaller --batch-size or a shorter --seq-len")
 
     torch.manual_seed(cfg.seed)
     model = objective.build_model(model_cfg)

@@ -96,6 +96,13 @@ class Objective:
         returns the summary. Only for `standalone` objectives."""
         raise NotImplementedError
 
+    def load_pretrained(self, run: Path, cfg: ModelConfig) -> nn.Module:
+        """The network that fine-tuning starts from, with the run's weights loaded."""
+        from ptmkit.train.checkpoint import load_weights
+        model = self.build_model(cfg)
+        load_weights(model, run / "model.safetensors")
+        return model
+
     def features(self, model: nn.Module, input_ids: Tensor, valid: Tensor) -> Tensor:
         """Token representations (B, L, H) that downstream tasks build on.
 

@@ -1,0 +1,113 @@
+"""The acceptance flow of the issue, end to end through the CLI:
+
+    ptmkit tokenizer --corpus $C --kind bpe --vocab-size 2000 --out T
+    ptmkit prepare   --corpus $C --tokenizer T --out D --seq-len 64
+    ptmkit pretrain  --objective {mlm,clm} --data D --model tiny --steps 80 --batch-size 16 \\
+                     --seq-len 64 --lr 2e-3 --out R --no-progress
+
+(the first two run once, in the session fixture `prepared`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ptmkit.data.tokenizer import Tokenizer
+
+RUN_FILES = ("config.yaml", "model.safetensors", "metrics.jsonl", "tokenizer/tokenizer.json")
+
+
+def _loss_lines(run: Path) -> list[dict]:
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [line for line in lines if "loss" in line]
+
+
+def test_tokenizer_and_prepare_outputs(prepared):
+    tokenizer = Tokenizer.load(prepared.tokenizer)
+    assert tokenizer.kind == "bpe" and tokenizer.vocab_size == 2000
+    manifest = json.loads((prepared.data / "manifest.json").read_text())
+    assert manifest["seq_len"] == 64 and manifest["vocab_size"] == 2000
+    assert manifest["splits"]["train"]["tokens"] > 50_000
+    assert (prepared.data / "tokenizer" / "tokenizer.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["mlm", "clm"])
+def test_pretrain_from_prepared_data_learns(objective, prepared, tmp_path, run_cli):
+    run = tmp_path / f"run-{objective}"
+    code, out, err = run_cli(["pretrain", "--objective", objective, "--data", prepared.data,
+                              "--model", "tiny", "--steps", "80", "--batch-size", "16",
+                              "--seq-len", "64", "--lr", "2e-3", "--out", run, "--no-progress"])
+    assert code == 0, err
+    assert "Traceback" not in err and "pre-trained 80 steps" in out
+    for name in RUN_FILES:
+        assert (run / name).is_file(), name
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["objective"] == objective
+    assert config["model"]["n_layers"] == 2 and config["model"]["hidden"] == 128
+    assert config["model"]["vocab_size"] == 2000
+    train = config["train"]
+    assert (train["steps"], train["batch_size"], train["seq_len"], train["lr"]) == (80, 16, 64, 2e-3)
+    assert Path(config["data"]) == prepared.data.resolve()
+    assert config["versions"]["ptmkit"]
+    assert Tokenizer.load(run / "tokenizer").sha256() == Tokenizer.load(prepared.tokenizer).sha256()
+
+    lines = _loss_lines(run)
+    assert len(lines) >= 10 and lines[-1]["step"] == 80
+    first = sum(line["loss"] for line in lines[:5]) / 5
+    last = sum(line["loss"] for line in lines[-5:]) / 5
+    assert last <= 0.95 * first, f"{objective}: loss {first:.3f} -> {last:.3f} (needs a 5% drop)"
+
+
+@pytest.mark.slow
+def test_pretrain_from_raw_corpus_trains_its_own_tokenizer(lee, tmp_path, run_cli):
+    run = tmp_path / "run"
+    code, out, err = run_cli(["pretrain", "--objective", "clm", "--corpus", lee, "--steps", "5",
+                              "--batch-size", "4", "--seq-len", "32", "--out", run, "--no-progress"])
+    assert code == 0, err
+    for name in RUN_FILES:
+        assert (run / name).is_file(), name
+    tokenizer = Tokenizer.load(run / "tokenizer")
+    assert tokenizer.kind == "bpe" and tokenizer.vocab_size == 8000  # the documented default
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["objective"] == "clm" and config["train"]["steps"] == 5
+    assert config["model"]["vocab_size"] == 8000
+    assert (run / "data" / "manifest.json").is_file()  # prepared inside the run
+    assert _loss_lines(run)[-1]["step"] == 5
+
+
+@pytest.mark.slow
+def test_config_file_values_and_flags(prepared, tmp_path, run_cli):
+    """`--config` sets options (YAML's `2e-3` string is read as a number); flags win over it."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("objective: mlm\nsteps: 3\nbatch_size: 4\nseq_len: 32\nlr: 2e-3\nwarmup: 1\n")
+    run = tmp_path / "run"
+    code, _, err = run_cli(["pretrain", "--config", cfg, "--data", prepared.data, "--steps", "4",
+                            "--out", run, "--no-progress"])
+    assert code == 0, err
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["objective"] == "mlm"
+    assert config["train"]["lr"] == 2e-3 and config["train"]["batch_size"] == 4
+    assert config["train"]["steps"] == 4
+
+
+@pytest.mark.slow
+def test_resume_and_overwrite_of_a_finished_run(prepared, tmp_path, run_cli, user_error, unchanged):
+    run = tmp_path / "run"
+    base = ["--data", prepared.data, "--steps", "3", "--batch-size", "4", "--seq-len", "32",
+            "--out", run, "--no-progress"]
+    assert run_cli(["pretrain", "--objective", "clm", *base])[0] == 0
+    with unchanged(run):  # a second call without --resume/--overwrite refuses
+        code, _, err = run_cli(["pretrain", "--objective", "clm", *base])
+    user_error(code, err, str(run), "--overwrite")
+    code, out, err = run_cli(["pretrain", "--out", run, "--resume", "--no-progress", "--steps", "5"])
+    assert code == 0, err
+    assert _loss_lines(run)[-1]["step"] == 5
+    code, _, err = run_cli(["pretrain", "--objective", "mlm", *base, "--overwrite"])
+    assert code == 0, err
+    assert yaml.safe_load((run / "config.yaml").read_text())["objective"] == "mlm"
+    assert _loss_lines(run)[-1]["step"] == 3
