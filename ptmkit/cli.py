@@ -65,7 +65,9 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
 
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p = _parser(sub, "pretrain", "pre-train a model with one objective")
-    p.add_argument("--objective", help="clm | mlm (see README for the full list)")
+    p.add_argument("--objective", help="the objective's name (README lists them all)")
+    p.add_argument("--noise", help="BART noises, comma-separated: token_mask, token_delete, "
+                   "text_infill, sentence_permute, document_rotate")
     p.add_argument("--data", type=Path, help="directory written by `ptmkit prepare`")
     p.add_argument("--corpus", nargs="+", metavar="PATH", help="raw text; prepared inside the run")
     p.add_argument("--tokenizer", type=Path, help="with --corpus; default: train a bpe 8000 one")
@@ -189,7 +191,7 @@ def _run_pretrain(args: argparse.Namespace) -> None:
         corpus=list(pick("corpus") or []),
         tokenizer=Path(pick("tokenizer")) if pick("tokenizer") else None,
         text_field=pick("text_field", "text"), model=pick("model", "tiny"),
-        objective_options=dict(pick("objective_options", {}) or {}),
+        objective_options=_objective_options(pick("objective_options", {}), args.noise),
         train=_train_config(train_values, where), init=pick("init"),
         resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
     )
@@ -212,6 +214,13 @@ def _typed(name: str, value: Any, default: Any, where: str) -> Any:
             return number
     raise UserError(f"option {name} must be {kind.__name__}, not {value!r}", where,
                     f"write e.g. `{name}: {default}`")
+
+
+def _objective_options(values: dict[str, Any] | None, noise: str | None) -> dict[str, Any]:
+    options = dict(values or {})
+    if noise:  # --noise is shorthand for objective_options.noise
+        options["noise"] = [name.strip() for name in noise.split(",") if name.strip()]
+    return options
 
 
 def _train_config(values: dict[str, Any], where: str) -> TrainConfig:

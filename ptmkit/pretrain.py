@@ -5,6 +5,7 @@ Everything the user got wrong is detected before the run directory is touched.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -192,12 +193,17 @@ def _pretrain_into(spec: PretrainSpec, objective_cls: type, plan: _Plan | None) 
     objective, model_cfg, length, dataset = plan.objective, plan.model_cfg, plan.length, plan.dataset
     cfg = spec.train
 
+    tokenizer.save(spec.out / "tokenizer")
+    _write_config(spec, model_cfg.to_dict(), data_dir, dataclasses.asdict(objective.options))
+    if objective.standalone:
+        summary = objective.train_standalone(plan.train_shards, tokenizer, spec.out, cfg, spec.progress)
+        (spec.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
     torch.manual_seed(cfg.seed)
     model = objective.build_model(model_cfg)
     if spec.init and not spec.resume:
         _init_from(spec.init, model)
-    tokenizer.save(spec.out / "tokenizer")
-    _write_config(spec, model_cfg.to_dict(), data_dir)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     validation = evaluation_batches(val_shards, length, objective.make_example, objective.collate,
@@ -219,11 +225,12 @@ def _pretrain_into(spec: PretrainSpec, objective_cls: type, plan: _Plan | None) 
     return summary
 
 
-def _write_config(spec: PretrainSpec, model: dict[str, Any], data_dir: Path) -> None:
+def _write_config(spec: PretrainSpec, model: dict[str, Any], data_dir: Path,
+                  objective_options: dict[str, Any]) -> None:
     config = {
         "kind": "pretrain",
         "objective": spec.objective,
-        "objective_options": spec.objective_options,
+        "objective_options": objective_options,
         "model": model,
         "train": spec.train.to_dict(),
         "data": str(data_dir.resolve()),

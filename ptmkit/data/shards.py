@@ -123,11 +123,13 @@ def prepare(paths: Sequence[str | os.PathLike], tokenizer: Tokenizer, out: Path,
     umask = os.umask(0)
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make the output private to this user
+    bar = None
     try:
         writers = {split: _SplitWriter(tmp / split, dtype) for split in SPLITS}
         total_bytes = sum(f.stat().st_size for f in files)
+        # delay: an input error found in the first seconds prints no half-drawn bar
         bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare",
-                   disable=not progress)
+                   disable=not progress, delay=1.0)
         index = seen_bytes = 0
         for batch in _batched(read_documents(files, text_field=text_field), batch_documents):
             flat = [s for doc in batch for s in doc.sentences]
@@ -159,6 +161,8 @@ def prepare(paths: Sequence[str | os.PathLike], tokenizer: Tokenizer, out: Path,
             shutil.rmtree(out)
         os.replace(tmp, out)
     except BaseException:
+        if bar is not None:
+            bar.close()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
