@@ -6,6 +6,7 @@ Bad input exits 2 with ``ptmkit: error: <what> (<where>): <fix>`` and no traceba
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import fields
@@ -28,6 +29,12 @@ EPILOGS = {
                  "  ptmkit pretrain --objective mlm --data data/ --model mini --steps 2000 --out runs/mlm\n"
                  "  ptmkit pretrain --objective clm --corpus my_texts/ --max-minutes 30 --out runs/clm\n"
                  "  ptmkit pretrain --out runs/mlm --resume      # continue after an interruption"),
+    "finetune": ("examples:\n"
+                 "  ptmkit finetune --task glue:sst2 --data-dir glue/ --init runs/mlm --out runs/sst2 "
+                 "--max-train-examples 1000\n"
+                 "  ptmkit finetune --task classify --train train.tsv --dev dev.tsv --text-fields "
+                 "sentence1,sentence2 --init scratch --tokenizer tok/ --out runs/pair"),
+    "evaluate": "example:\n  ptmkit evaluate --run runs/sst2 --data test.tsv --out test.json",
     "demo": "example:\n  ptmkit demo --out demo-run/",
 }
 
@@ -48,7 +55,7 @@ def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text-field", default="text", help="jsonl field / csv column with the text")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--overwrite", action="store_true")
-    p.set_defaults(run=_run_tokenizer)
+    p.set_defaults(handler=_run_tokenizer)
 
 
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
@@ -60,7 +67,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-fraction", type=float, default=0.01)
     p.add_argument("--text-field", default="text")
     p.add_argument("--overwrite", action="store_true")
-    p.set_defaults(run=_run_prepare)
+    p.set_defaults(handler=_run_prepare)
 
 
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
@@ -82,14 +89,49 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
     for flag, kind in TRAIN_FLAGS.items():
         p.add_argument("--" + flag.replace("_", "-"), type=kind, default=None)
-    p.set_defaults(run=_run_pretrain)
+    p.set_defaults(handler=_run_pretrain)
+
+
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    p = _parser(sub, "finetune", "fine-tune a pre-trained run (or a scratch model) on a labelled task")
+    p.add_argument("--task", required=True, help="classify | regress | glue:<sst2|cola|stsb|...>")
+    p.add_argument("--init", required=True, help="RUN directory of `ptmkit pretrain`, or scratch")
+    p.add_argument("--train", help="training file (.tsv/.csv/.jsonl[.gz])")
+    p.add_argument("--dev", help="dev file; default: a stratified --dev-fraction of --train")
+    p.add_argument("--data-dir", help="GLUE folder for --task glue:<name>")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--tokenizer", type=Path, help="tokenizer of a scratch model")
+    p.add_argument("--model", default="tiny", help="size of a scratch model")
+    p.add_argument("--text-fields", default="text", help="one field, or two comma-separated for pairs")
+    p.add_argument("--label-field", default="label")
+    p.add_argument("--max-train-examples", type=int, help="label budget (stratified, seeded)")
+    p.add_argument("--dev-fraction", type=float, default=0.1)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--patience", type=int, default=0, help="early stopping; 0 = off")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--freeze", action="store_true", help="train only the task head")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_run_finetune)
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = _parser(sub, "evaluate", "score a fine-tuned run on a data file")
+    p.add_argument("--run", required=True, type=Path)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", type=Path, help="also write the metrics to this JSON file")
+    p.set_defaults(handler=_run_evaluate)
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = _parser(sub, "demo", "pre-train a tiny MLM on text shipped with gensim (no network)")
     p.add_argument("--out", type=Path, default=Path("demo-run"))
     p.add_argument("--minutes", type=float, default=3.0, help="pre-training time budget")
-    p.set_defaults(run=_run_demo)
+    p.set_defaults(handler=_run_demo)
 
 
 def _parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -103,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog=EPILOGS["ptmkit"], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"ptmkit {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_tokenizer, _add_prepare, _add_pretrain, _add_demo):
+    for add in (_add_tokenizer, _add_prepare, _add_pretrain, _add_finetune, _add_evaluate, _add_demo):
         add(sub)
     return parser
 
@@ -230,6 +272,25 @@ def _train_config(values: dict[str, Any], where: str) -> TrainConfig:
         raise UserError(f"bad training option: {err}", where, "check option names and types") from None
 
 
+def _run_finetune(args: argparse.Namespace) -> None:
+    from ptmkit.finetune.run import FinetuneSpec, finetune
+    spec = FinetuneSpec(
+        task=args.task, init=args.init, out=args.out, train=args.train, dev=args.dev,
+        data_dir=args.data_dir, tokenizer=args.tokenizer, model=args.model,
+        text_fields=[f.strip() for f in args.text_fields.split(",") if f.strip()],
+        label_field=args.label_field, max_train_examples=args.max_train_examples,
+        dev_fraction=args.dev_fraction, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+        max_length=args.max_length, patience=args.patience, seed=args.seed, precision=args.precision,
+        freeze=args.freeze, overwrite=args.overwrite, progress=not args.no_progress)
+    result = finetune(spec)
+    print(json.dumps(result))
+
+
+def _run_evaluate(args: argparse.Namespace) -> None:
+    from ptmkit.finetune.run import evaluate
+    print(json.dumps(evaluate(args.run, args.data, args.out)))
+
+
 def _run_demo(args: argparse.Namespace) -> None:
     from ptmkit.demo import demo
     demo(args.out, minutes=args.minutes)
@@ -238,9 +299,9 @@ def _run_demo(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    run: Callable[[argparse.Namespace], None] = args.run
+    handler: Callable[[argparse.Namespace], None] = args.handler
     try:
-        run(args)
+        handler(args)
     except UserError as err:
         print(f"ptmkit: error: {err}", file=sys.stderr)
         return 2

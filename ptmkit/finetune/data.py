@@ -1,0 +1,156 @@
+"""Labelled data for fine-tuning: table readers, the GLUE layouts, and label budgets."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ptmkit.errors import UserError
+
+Record = dict[str, str]
+
+
+def _open(path: Path) -> io.TextIOBase:
+    # utf-8-sig strips the byte-order mark some official TSVs start with
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path), encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
+
+
+def read_records(path: str | Path, *, columns: Sequence[str] | None = None) -> list[Record]:
+    """Rows of a .jsonl / .tsv / .csv file (optionally .gz) as dicts of strings.
+
+    TSVs are read with quoting disabled, as GLUE needs (STS-B and QNLI contain bare quotes).
+    `columns` names the fields of a header-less TSV (CoLA).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError("data file not found", str(path), "check the path")
+    kind = path.name.removesuffix(".gz").rsplit(".", 1)[-1].lower()
+    csv.field_size_limit(sys.maxsize)
+    with _open(path) as f:
+        if kind in ("jsonl", "json"):
+            records = [_json_record(line, path, n) for n, line in enumerate(f, 1) if line.strip()]
+        elif kind in ("tsv", "csv"):
+            reader = (csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if kind == "tsv"
+                      else csv.reader(f))
+            rows = [row for row in reader if row]
+            header = list(columns) if columns else (rows.pop(0) if rows else [])
+            records = [dict(zip(header, row)) for row in rows]
+        else:
+            raise UserError(f"unsupported data format .{kind}", str(path), "use .jsonl, .tsv or .csv")
+    if not records:
+        raise UserError("no examples in the file", str(path), "check that the file is not empty")
+    return records
+
+
+def _json_record(line: str, path: Path, number: int) -> Record:
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise UserError(f"invalid JSON ({err.msg})", f"{path}:{number}", "fix or remove the line") from None
+    if not isinstance(value, dict):
+        raise UserError("a JSON line must be an object", f"{path}:{number}", 'write {"text": ..., "label": ...}')
+    return value
+
+
+def require_fields(records: list[Record], fields: Sequence[str], path: str | Path, flag: str) -> None:
+    """A missing field is the user's: name it and list the available ones."""
+    available = list(records[0].keys())
+    for field in fields:
+        if field not in records[0]:
+            raise UserError(f"field {field!r} not found", str(path),
+                            f"use {flag} with one of: {', '.join(map(str, available))}")
+
+
+@dataclass(frozen=True)
+class GlueSpec:
+    """Where a GLUE task keeps its text and label, and how it is scored."""
+
+    task: str
+    text_fields: tuple[str, ...]
+    label_field: str
+    dev_files: tuple[str, ...] = ("dev.tsv",)
+    columns: tuple[str, ...] | None = None
+    metrics: tuple[str, ...] = ("accuracy",)
+
+
+GLUE: dict[str, GlueSpec] = {
+    "sst2": GlueSpec("classify", ("sentence",), "label"),
+    "cola": GlueSpec("classify", ("sentence",), "label", metrics=("mcc", "accuracy"),
+                     columns=("source", "label", "author_label", "sentence")),
+    "mrpc": GlueSpec("classify", ("#1 String", "#2 String"), "Quality", metrics=("f1", "accuracy")),
+    "qqp": GlueSpec("classify", ("question1", "question2"), "is_duplicate", metrics=("f1", "accuracy")),
+    "stsb": GlueSpec("regress", ("sentence1", "sentence2"), "score", metrics=("pearson", "spearman")),
+    "qnli": GlueSpec("classify", ("question", "sentence"), "label"),
+    "rte": GlueSpec("classify", ("sentence1", "sentence2"), "label"),
+    "wnli": GlueSpec("classify", ("sentence1", "sentence2"), "label"),
+    "mnli": GlueSpec("classify", ("sentence1", "sentence2"), "gold_label",
+                     dev_files=("dev_matched.tsv", "dev_mismatched.tsv")),
+}
+GLUE_DIRS = {"sst2": "SST-2", "cola": "CoLA", "mrpc": "MRPC", "qqp": "QQP", "stsb": "STS-B",
+             "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI", "mnli": "MNLI"}
+
+
+def glue_spec(name: str) -> GlueSpec:
+    key = name.lower().replace("-", "")
+    if key not in GLUE:
+        raise UserError(f"unknown GLUE task {name!r}", "--task", f"use glue:{'|'.join(GLUE)}")
+    return GLUE[key]
+
+
+def glue_files(name: str, data_dir: str | Path) -> tuple[Path, list[Path]]:
+    """train.tsv and dev file(s) of a GLUE task in DIR or DIR/<official task folder>."""
+    key = name.lower().replace("-", "")
+    root = Path(data_dir)
+    if (root / GLUE_DIRS[key]).is_dir():
+        root = root / GLUE_DIRS[key]
+    spec = GLUE[key]
+    train, devs = root / "train.tsv", [root / f for f in spec.dev_files]
+    for path in [train, *devs]:
+        if not path.is_file():
+            raise UserError(f"GLUE file {path.name} not found", str(root),
+                            f"point --data-dir at the folder holding the {GLUE_DIRS[key]} TSVs")
+    return train, devs
+
+
+def label_budget(labels: Sequence, n: int | None, seed: int, stratified: bool = True) -> np.ndarray:
+    """Indices of a deterministic subset of `n` examples (all when n is None or too large).
+
+    Stratified: each class keeps its share (largest-remainder rounding, at least one example per
+    class when n allows), so small budgets do not lose a class by chance.
+    """
+    total = len(labels)
+    if n is None or n >= total:
+        return np.arange(total)
+    rng = np.random.default_rng(seed)
+    if not stratified:
+        return np.sort(rng.choice(total, size=n, replace=False))
+    by_class: dict = defaultdict(list)
+    for i, label in enumerate(labels):
+        by_class[label].append(i)
+    classes = sorted(by_class, key=str)
+    share = np.array([len(by_class[c]) for c in classes], dtype=float) * n / total
+    counts = np.floor(share).astype(int)
+    if n >= len(classes):
+        counts = np.maximum(counts, 1)
+    order = np.argsort(-(share - np.floor(share)), kind="stable")
+    i = 0
+    while counts.sum() < n:
+        c = order[i % len(classes)]
+        if counts[c] < len(by_class[classes[c]]):
+            counts[c] += 1
+        i += 1
+    while counts.sum() > n:
+        counts[np.argmax(counts)] -= 1
+    picked = [rng.choice(by_class[c], size=k, replace=False) for c, k in zip(classes, counts)]
+    return np.sort(np.concatenate(picked))

@@ -1,0 +1,98 @@
+"""A pre-trained (or fresh) backbone with a task head on top."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from torch import Tensor, nn
+
+from ptmkit.data.tokenizer import Tokenizer
+from ptmkit.errors import UserError
+from ptmkit.model.config import ModelConfig, resolve_model_config
+from ptmkit.objectives import get_objective
+from ptmkit.objectives.base import Objective, Vocab
+from ptmkit.finetune.tasks import Task
+
+SCRATCH_OBJECTIVE = "mlm"
+"""A from-scratch model has the architecture (and layout) of an MLM encoder."""
+
+
+@dataclass
+class Backbone:
+    """The network fine-tuning starts from, and what produced it."""
+
+    network: nn.Module
+    objective: Objective
+    objective_name: str
+    model_cfg: ModelConfig
+    tokenizer: Tokenizer
+    source: str
+
+    @property
+    def pooling(self) -> str:
+        """Decoder-only models summarise a sequence in its last token, the others in the first."""
+        return "last" if self.objective.architecture in ("decoder", "prefix") else "first"
+
+
+def read_run_config(run: Path) -> dict[str, Any]:
+    path = run / "config.yaml"
+    if not path.is_file():
+        raise UserError("not a ptmkit run (no config.yaml)", str(run),
+                        "point --init at a directory written by `ptmkit pretrain`, or use scratch")
+    return yaml.safe_load(path.read_text())
+
+
+def load_backbone(init: str, *, tokenizer_dir: Path | None = None, model: str = "tiny",
+                  max_length: int = 128) -> Backbone:
+    """`scratch` (needs a tokenizer) or a pre-training run directory."""
+    if init.startswith("hf:"):
+        raise UserError("--init hf:DIR is not available yet", init, "use a ptmkit run or scratch")
+    if init == "scratch":
+        if tokenizer_dir is None:
+            raise UserError("a scratch model needs a tokenizer", "--tokenizer",
+                            "pass --tokenizer DIR (e.g. from `ptmkit tokenizer`)")
+        tokenizer = Tokenizer.load(tokenizer_dir)
+        objective = get_objective(SCRATCH_OBJECTIVE)(_vocab(tokenizer), max_length)
+        cfg = resolve_model_config(model, vocab_size=tokenizer.vocab_size, layout=objective.layout)
+        return Backbone(objective.build_model(cfg), objective, SCRATCH_OBJECTIVE, cfg, tokenizer, "scratch")
+    run = Path(init)
+    config = read_run_config(run)
+    if config.get("kind") != "pretrain":
+        raise UserError(f"--init needs a pre-training run, this one is a {config.get('kind')} run",
+                        str(run), "point --init at a `ptmkit pretrain` output")
+    tokenizer = Tokenizer.load(run / "tokenizer")
+    if tokenizer_dir is not None and Tokenizer.load(tokenizer_dir).sha256() != tokenizer.sha256():
+        raise UserError("--tokenizer differs from the run's tokenizer", str(tokenizer_dir),
+                        "drop --tokenizer: a pre-trained run brings its own")
+    name = config["objective"]
+    objective = get_objective(name)(_vocab(tokenizer), max_length, config.get("objective_options") or {})
+    cfg = ModelConfig.from_dict(config["model"], str(run / "config.yaml"))
+    return Backbone(objective.load_pretrained(run, cfg), objective, name, cfg, tokenizer, str(run))
+
+
+def _vocab(tokenizer: Tokenizer) -> Vocab:
+    return Vocab(tokenizer.vocab_size, tokenizer.special)
+
+
+class TaskModel(nn.Module):
+    """Backbone features -> task head. `backbone` and `head` are the weight-name prefixes."""
+
+    def __init__(self, backbone: Backbone, task: Task, freeze: bool = False) -> None:
+        super().__init__()
+        self.backbone = backbone.network
+        self.features = backbone.objective.features
+        self.task = task
+        self.head = task.build_head(_hidden_size(backbone))
+        if freeze:
+            self.backbone.requires_grad_(False)
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        features = self.features(self.backbone, batch["input_ids"], batch["valid"])
+        return self.task.head_output(features, batch, self.head)
+
+
+def _hidden_size(backbone: Backbone) -> int:
+    return getattr(backbone.network, "output_size", backbone.model_cfg.hidden)

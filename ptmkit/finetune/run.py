@@ -1,0 +1,276 @@
+"""`ptmkit finetune` and `ptmkit evaluate`: train a task head (and the backbone) by epochs,
+evaluate on dev after each, keep the best, write the run directory."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+import ptmkit
+from ptmkit.errors import UserError
+from ptmkit.finetune.data import Record, glue_files, glue_spec, label_budget, read_records
+from ptmkit.finetune.model import Backbone, TaskModel, load_backbone, read_run_config
+from ptmkit.finetune.tasks import Task, TaskSpec, get_task, stratify_key
+from ptmkit.model.config import ModelConfig
+from ptmkit.objectives import get_objective
+from ptmkit.objectives.base import Vocab
+from ptmkit.data.tokenizer import Tokenizer
+from ptmkit.pretrain import check_run_dir
+from ptmkit.train.checkpoint import atomic_save_model, load_weights
+from ptmkit.train.loop import TrainConfig, autocast, learning_rate, make_optimizer
+
+
+@dataclass(kw_only=True)
+class FinetuneSpec:
+    """Everything `ptmkit finetune` needs; the CLI and `ptmkit.finetune()` both build one."""
+
+    task: str
+    init: str
+    out: Path
+    train: str | None = None
+    dev: str | None = None
+    data_dir: str | None = None
+    tokenizer: Path | None = None
+    text_fields: list[str] = field(default_factory=lambda: ["text"])
+    label_field: str = "label"
+    model: str = "tiny"
+    max_train_examples: int | None = None
+    dev_fraction: float = 0.1
+    epochs: int = 3
+    lr: float = 5e-5
+    batch_size: int = 32
+    max_length: int = 128
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    patience: int = 0
+    """Stop after this many epochs without improvement on dev; 0 = never stop early."""
+    seed: int = 0
+    freeze: bool = False
+    precision: str = "fp32"
+    overwrite: bool = False
+    progress: bool = True
+
+
+@dataclass
+class _Prepared:
+    task: Task
+    backbone: Backbone
+    train: list[dict[str, np.ndarray]]
+    dev: list[dict[str, np.ndarray]]
+    dev_targets: list[Any]
+    n_available: int
+
+
+def _task_spec(spec: FinetuneSpec) -> tuple[str, TaskSpec, str, list[str]]:
+    """Resolve `glue:<name>` into a task, fields and files; returns (task, spec, train, devs)."""
+    if spec.task.startswith("glue:"):
+        name = spec.task.split(":", 1)[1]
+        glue = glue_spec(name)
+        if spec.data_dir is None:
+            raise UserError("glue tasks need the GLUE folder", "--data-dir", "pass --data-dir DIR")
+        train, devs = glue_files(name, spec.data_dir)
+        task_spec = TaskSpec(name=glue.task, text_fields=list(glue.text_fields),
+                             label_field=glue.label_field, max_length=spec.max_length,
+                             metrics=list(glue.metrics),
+                             columns=list(glue.columns) if glue.columns else None)
+        return glue.task, task_spec, str(train), [str(d) for d in devs]
+    get_task(spec.task)
+    if spec.train is None:
+        raise UserError("no training data", "--train", "pass --train FILE (and --dev FILE)")
+    task_spec = TaskSpec(name=spec.task, text_fields=list(spec.text_fields),
+                         label_field=spec.label_field, max_length=spec.max_length)
+    return spec.task, task_spec, spec.train, [spec.dev] if spec.dev else []
+
+
+def _read(task: Task, path: str) -> list[Record]:
+    records = read_records(path, columns=task.spec.columns)
+    task.check(records, path)
+    return records
+
+
+def _prepare(spec: FinetuneSpec) -> _Prepared:
+    task_name, task_spec, train_path, dev_paths = _task_spec(spec)
+    backbone = load_backbone(spec.init, tokenizer_dir=spec.tokenizer, model=spec.model,
+                             max_length=spec.max_length)
+    task = get_task(task_name)(task_spec, backbone.tokenizer, backbone.pooling, token_types=False)
+    train_records = _read(task, train_path)
+    if dev_paths:
+        dev_records = _read(task, dev_paths[0])
+    else:  # no dev file: hold out a stratified, seeded slice of the training data
+        task.fit_labels(train_records)
+        keys, stratified = stratify_key(task, task.targets(train_records, train_path))
+        n_dev = max(1, round(spec.dev_fraction * len(train_records)))
+        dev_index = set(label_budget(keys, n_dev, spec.seed + 1, stratified).tolist())
+        dev_records = [r for i, r in enumerate(train_records) if i in dev_index]
+        train_records = [r for i, r in enumerate(train_records) if i not in dev_index]
+    task.fit_labels(train_records)
+    n_available = len(train_records)
+    if spec.max_train_examples is not None:
+        if spec.max_train_examples > n_available:
+            warnings.warn(f"--max-train-examples {spec.max_train_examples} exceeds the "
+                          f"{n_available} training examples; using all of them", stacklevel=2)
+        keys, stratified = stratify_key(task, task.targets(train_records, train_path))
+        keep = label_budget(keys, spec.max_train_examples, spec.seed, stratified)
+        train_records = [train_records[i] for i in keep]
+    train = task.encode(train_records, train_path)
+    dev = task.encode(dev_records, dev_paths[0] if dev_paths else train_path)
+    return _Prepared(task, backbone, train, dev, [item["target"].tolist() for item in dev], n_available)
+
+
+def finetune(spec: FinetuneSpec) -> dict[str, Any]:
+    """Fine-tune, keep the best dev epoch, write the run; returns eval.json's content."""
+    check_run_dir(spec.out, resume=False, overwrite=spec.overwrite)
+    if spec.epochs < 1 or spec.batch_size < 1 or spec.lr <= 0:
+        raise UserError("epochs, batch size and learning rate must be positive", "--epochs/--batch-size/--lr",
+                        "e.g. --epochs 3 --batch-size 32 --lr 5e-5")
+    prepared = _prepare(spec)  # every input error surfaces before the run directory is touched
+    if spec.overwrite and spec.out.is_dir():
+        shutil.rmtree(spec.out)
+    spec.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(spec.seed)
+    model = TaskModel(prepared.backbone, prepared.task, freeze=spec.freeze)
+    best, history = _train(model, prepared, spec)
+    model.load_state_dict(best["state"])
+    atomic_save_model(model, spec.out / "model.safetensors")
+    prepared.backbone.tokenizer.save(spec.out / "tokenizer")
+    _write_config(spec, prepared)
+    result = {**best["metrics"], "epoch": best["epoch"], "main_metric": prepared.task.main_metric,
+              "train_examples": len(prepared.train), "dev_examples": len(prepared.dev),
+              "init": prepared.backbone.source, "objective": prepared.backbone.objective_name}
+    _write_json(spec.out / "eval.json", result)
+    return result
+
+
+def _batches(items: list, batch_size: int, rng: np.random.Generator | None) -> list[list]:
+    order = rng.permutation(len(items)) if rng is not None else np.arange(len(items))
+    return [[items[i] for i in order[k:k + batch_size]] for k in range(0, len(items), batch_size)]
+
+
+def _train(model: TaskModel, prepared: _Prepared, spec: FinetuneSpec) -> tuple[dict, list]:
+    task = prepared.task
+    steps_per_epoch = -(-len(prepared.train) // spec.batch_size)
+    cfg = TrainConfig(steps=spec.epochs * steps_per_epoch, lr=spec.lr, batch_size=spec.batch_size,
+                      warmup=max(1, round(spec.warmup_ratio * spec.epochs * steps_per_epoch)),
+                      weight_decay=spec.weight_decay, precision=spec.precision, seed=spec.seed)
+    optimizer = make_optimizer(model, cfg)
+    rng = np.random.default_rng(spec.seed)
+    best: dict[str, Any] = {"score": -np.inf}
+    history, stale, step = [], 0, 0
+    metrics_file = open(spec.out / "metrics.jsonl", "w")
+    bar = tqdm(total=cfg.steps, desc="finetune", unit="step", disable=not spec.progress, mininterval=1.0)
+    for epoch in range(1, spec.epochs + 1):
+        model.train()
+        losses = []
+        for items in _batches(prepared.train, spec.batch_size, rng):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(cfg, step)
+            batch = task.collate(items)
+            with autocast(spec.precision, torch.device("cpu")):
+                loss = task.loss(model(batch), batch)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        metrics = evaluate_items(model, task, prepared.dev, prepared.dev_targets, spec.batch_size)
+        line = {"epoch": epoch, "step": step, "loss": float(np.mean(losses)), "lr": learning_rate(cfg, step - 1),
+                **{f"dev_{k}": v for k, v in metrics.items()}}
+        metrics_file.write(json.dumps(line) + "\n")
+        metrics_file.flush()
+        history.append(line)
+        score = metrics[task.main_metric]
+        if score > best["score"]:
+            best = {"score": score, "epoch": epoch, "metrics": metrics,
+                    "state": copy.deepcopy(model.state_dict())}
+            stale = 0
+        else:
+            stale += 1
+            if spec.patience and stale >= spec.patience:
+                break
+    bar.close()
+    metrics_file.close()
+    return best, history
+
+
+@torch.no_grad()
+def predict_items(model: TaskModel, task: Task, items: list, batch_size: int) -> list[Any]:
+    model.eval()
+    predictions: list[Any] = []
+    for chunk in _batches(items, batch_size, None):
+        predictions += task.predict(model(task.collate(chunk)))
+    return predictions
+
+
+def evaluate_items(model: TaskModel, task: Task, items: list, targets: list, batch_size: int) -> dict[str, float]:
+    return task.metrics(predict_items(model, task, items, batch_size), targets)
+
+
+def _write_config(spec: FinetuneSpec, prepared: _Prepared) -> None:
+    backbone = prepared.backbone
+    config = {
+        "kind": "finetune",
+        "task": dataclasses.asdict(prepared.task.spec),
+        "init": spec.init,
+        "objective": backbone.objective_name,
+        "objective_options": dataclasses.asdict(backbone.objective.options),
+        "model": backbone.model_cfg.to_dict(),
+        "finetune": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(spec).items()},
+        "versions": {"ptmkit": ptmkit.__version__, "torch": str(torch.__version__),
+                     "python": platform.python_version()},
+    }
+    _write_text(spec.out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+
+
+def load_finetuned(run: Path) -> tuple[TaskModel, Task, dict[str, Any]]:
+    """Rebuild a fine-tuned model (backbone + head) from its run directory."""
+    config = read_run_config(run)
+    if config.get("kind") != "finetune":
+        raise UserError("not a fine-tuned run", str(run), "point --run at a `ptmkit finetune` output")
+    tokenizer = Tokenizer.load(run / "tokenizer")
+    task_spec = TaskSpec(**config["task"])
+    objective = get_objective(config["objective"])(Vocab(tokenizer.vocab_size, tokenizer.special),
+                                                   task_spec.max_length, config["objective_options"])
+    cfg = ModelConfig.from_dict(config["model"])
+    backbone = Backbone(objective.build_model(cfg), objective, config["objective"], cfg, tokenizer, config["init"])
+    task = get_task(task_spec.name)(task_spec, tokenizer, backbone.pooling, token_types=False)
+    model = TaskModel(backbone, task)
+    load_weights(model, run / "model.safetensors")
+    return model, task, config
+
+
+def evaluate(run: Path, data: str, out: Path | None = None, batch_size: int = 64) -> dict[str, Any]:
+    """Score a fine-tuned run on any file of its task's format."""
+    model, task, _ = load_finetuned(run)
+    records = _read(task, data)
+    items = task.encode(records, data)
+    metrics = evaluate_items(model, task, items, [item["target"].tolist() for item in items], batch_size)
+    result = {**metrics, "examples": len(items), "data": data}
+    if out is not None:
+        _write_json(out, result)
+    return result
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    _write_text(path, json.dumps(value, indent=2))
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

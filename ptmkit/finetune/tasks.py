@@ -1,0 +1,242 @@
+"""Downstream tasks: how examples are read, encoded, scored by a head, and evaluated.
+
+A task turns records into token ids plus a target, builds its head on top of the backbone's
+token features, and computes its loss, predictions and metrics (from scikit-learn / scipy).
+The fine-tuning loop knows nothing else about it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ptmkit.data.tokenizer import Tokenizer
+from ptmkit.errors import UserError
+from ptmkit.finetune.data import Record, require_fields
+
+Encoded = dict[str, np.ndarray]
+
+
+@dataclass(kw_only=True)
+class TaskSpec:
+    """What the user said about the data; saved in the run so evaluation reads data the same way."""
+
+    name: str
+    text_fields: list[str] = field(default_factory=lambda: ["text"])
+    label_field: str = "label"
+    max_length: int = 128
+    labels: list[str] = field(default_factory=list)
+    """Class names in id order (classification), learned from the training data."""
+    metrics: list[str] = field(default_factory=list)
+    """Metric names to report first (e.g. GLUE's official ones); all task metrics are computed."""
+    columns: list[str] | None = None
+    """Column names of a header-less TSV (GLUE CoLA)."""
+
+
+class Task:
+    """Base class of the downstream tasks."""
+
+    name: ClassVar[str]
+    main_metric: ClassVar[str]
+
+    def __init__(self, spec: TaskSpec, tokenizer: Tokenizer, pooling: str, token_types: bool) -> None:
+        self.spec, self.tokenizer = spec, tokenizer
+        self.pooling, self.token_types = pooling, token_types
+
+    # ---- data ---------------------------------------------------------------------------
+    def check(self, records: list[Record], path: str) -> None:
+        require_fields(records, self.spec.text_fields, path, "--text-fields")
+        require_fields(records, [self.spec.label_field], path, "--label-field")
+
+    def fit_labels(self, records: list[Record]) -> None:
+        """Learn what the training data says about the targets (e.g. the class names)."""
+
+    def targets(self, records: list[Record], path: str) -> list[Any]:
+        raise NotImplementedError
+
+    def encode_texts(self, records: list[Record]) -> list[Encoded]:
+        """[CLS] a [SEP] (b [SEP]) with token types, cut to max_length by trimming the longer text."""
+        special = self.tokenizer.special
+        columns = [self.tokenizer.encode_batch([str(r[f]) for r in records]) for f in self.spec.text_fields]
+        budget = self.spec.max_length - 1 - len(columns)
+        out = []
+        for parts in zip(*columns):
+            parts = _truncate([list(p) for p in parts], budget)
+            ids, types = [special.cls], [0]
+            for k, piece in enumerate(parts):
+                ids += piece + [special.sep]
+                types += [k] * (len(piece) + 1)
+            item = {"input_ids": np.array(ids, dtype=np.int64)}
+            if self.token_types:
+                item["token_type_ids"] = np.array(types, dtype=np.int64)
+            out.append(item)
+        return out
+
+    def encode(self, records: list[Record], path: str) -> list[Encoded]:
+        targets = self.targets(records, path)
+        items = self.encode_texts(records)
+        for item, target in zip(items, targets):
+            item["target"] = np.asarray(target)
+        return items
+
+    def collate(self, items: list[Encoded]) -> dict[str, Tensor]:
+        return pad_batch(items, self.tokenizer.special.pad)
+
+    # ---- model --------------------------------------------------------------------------
+    def build_head(self, hidden: int) -> nn.Module:
+        raise NotImplementedError
+
+    def pool(self, features: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        """One vector per sequence: the first token for encoders, the last real token for decoders."""
+        if self.pooling == "last":
+            last = batch["valid"].sum(1) - 1
+            return features[torch.arange(features.shape[0]), last]
+        return features[:, 0]
+
+    def head_output(self, features: Tensor, batch: dict[str, Tensor], head: nn.Module) -> Tensor:
+        """Sequence-level tasks pool, then score; token-level tasks override this."""
+        return head(self.pool(features, batch))
+
+    def loss(self, output: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        raise NotImplementedError
+
+    def predict(self, output: Tensor) -> list[Any]:
+        raise NotImplementedError
+
+    def metrics(self, predictions: list[Any], targets: list[Any]) -> dict[str, float]:
+        raise NotImplementedError
+
+
+def _truncate(parts: list[list[int]], budget: int) -> list[list[int]]:
+    while sum(map(len, parts)) > budget:
+        longest = max(range(len(parts)), key=lambda k: len(parts[k]))
+        parts[longest].pop()
+    return parts
+
+
+def pad_batch(items: list[Encoded], pad_id: int) -> dict[str, Tensor]:
+    """Right-pad every sequence field; adds `valid` (B, L) marking real tokens."""
+    length = max(len(item["input_ids"]) for item in items)
+    batch: dict[str, Tensor] = {}
+    for key in items[0]:
+        values = [item[key] for item in items]
+        if values[0].ndim == 0:
+            batch[key] = torch.from_numpy(np.stack(values))
+            continue
+        fill = -100 if key in ("target", "labels") else (pad_id if key == "input_ids" else 0)
+        array = np.full((len(items), length), fill, dtype=values[0].dtype)
+        for row, value in enumerate(values):
+            array[row, : len(value)] = value
+        batch[key] = torch.from_numpy(array)
+    batch["valid"] = batch["input_ids"] != pad_id
+    return batch
+
+
+class PooledHead(nn.Module):
+    """BERT's pooler (dense + tanh on the pooled token) followed by a linear classifier."""
+
+    def __init__(self, hidden: int, outputs: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.pooler = nn.Linear(hidden, hidden)
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden, outputs)
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        return self.out(self.drop(torch.tanh(self.pooler(pooled))))
+
+
+class Classify(Task):
+    """Single-text or pair classification; string labels are mapped to ids and saved."""
+
+    name = "classify"
+    main_metric = "accuracy"
+
+    def fit_labels(self, records: list[Record]) -> None:
+        if not self.spec.labels:
+            self.spec.labels = sorted({str(r[self.spec.label_field]) for r in records}, key=_natural)
+
+    def targets(self, records: list[Record], path: str) -> list[int]:
+        index = {label: i for i, label in enumerate(self.spec.labels)}
+        unseen = sorted({str(r[self.spec.label_field]) for r in records} - set(index))
+        if unseen:
+            raise UserError(f"label(s) {', '.join(map(repr, unseen[:5]))} do not occur in the training data",
+                            f"{path}: {self.spec.label_field}",
+                            f"known labels: {', '.join(self.spec.labels)}")
+        return [index[str(r[self.spec.label_field])] for r in records]
+
+    def build_head(self, hidden: int) -> nn.Module:
+        return PooledHead(hidden, len(self.spec.labels))
+
+    def loss(self, output: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        return F.cross_entropy(output.float(), batch["target"])
+
+    def predict(self, output: Tensor) -> list[int]:
+        return output.argmax(-1).tolist()
+
+    def metrics(self, predictions: list[int], targets: list[int]) -> dict[str, float]:
+        from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+        result = {"accuracy": accuracy_score(targets, predictions),
+                  "f1_macro": f1_score(targets, predictions, average="macro", zero_division=0),
+                  "mcc": matthews_corrcoef(targets, predictions)}
+        if len(self.spec.labels) == 2:  # MRPC/QQP report F1 of the positive class
+            result["f1"] = f1_score(targets, predictions, pos_label=1, zero_division=0)
+        return {k: float(v) for k, v in result.items()}
+
+
+class Regress(Task):
+    """Single-text or pair regression (STS-B); MSE loss, Pearson and Spearman correlations."""
+
+    name = "regress"
+    main_metric = "pearson"
+
+    def targets(self, records: list[Record], path: str) -> list[float]:
+        try:
+            return [float(r[self.spec.label_field]) for r in records]
+        except ValueError as err:
+            raise UserError(f"non-numeric target ({err})", f"{path}: {self.spec.label_field}",
+                            "regression needs a numeric --label-field") from None
+
+    def build_head(self, hidden: int) -> nn.Module:
+        return PooledHead(hidden, 1)
+
+    def loss(self, output: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        return F.mse_loss(output.float().squeeze(-1), batch["target"].float())
+
+    def predict(self, output: Tensor) -> list[float]:
+        return output.float().squeeze(-1).tolist()
+
+    def metrics(self, predictions: list[float], targets: list[float]) -> dict[str, float]:
+        from scipy.stats import pearsonr, spearmanr
+        if np.std(predictions) == 0:  # a constant prediction has no correlation; say 0, not NaN
+            return {"pearson": 0.0, "spearman": 0.0}
+        return {"pearson": float(pearsonr(predictions, targets)[0]),
+                "spearman": float(spearmanr(predictions, targets)[0])}
+
+
+def _natural(label: str) -> tuple:
+    """Sort "2" before "10" and numbers before words, so 0/1 labels keep their ids."""
+    try:
+        return (0, float(label), "")
+    except ValueError:
+        return (1, 0.0, label)
+
+
+TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (Classify, Regress)}
+
+
+def get_task(name: str) -> type[Task]:
+    if name not in TASKS:
+        raise UserError(f"unknown task {name!r}", "--task",
+                        f"use one of: {', '.join(TASKS)} or glue:<name>")
+    return TASKS[name]
+
+
+def stratify_key(task: Task, targets: Sequence[Any]) -> tuple[list[Any], bool]:
+    """What a label budget stratifies on: the class for classification, nothing otherwise."""
+    return list(targets), isinstance(task, Classify)
