@@ -35,6 +35,8 @@ EPILOGS = {
                  "  ptmkit finetune --task classify --train train.tsv --dev dev.tsv --text-fields "
                  "sentence1,sentence2 --init scratch --tokenizer tok/ --out runs/pair"),
     "evaluate": "example:\n  ptmkit evaluate --run runs/sst2 --data test.tsv --out test.json",
+    "compare": "examples:\n  ptmkit compare --config experiments/sst2.yaml --out runs/cmp --dry-run\n"
+               "  ptmkit compare --config experiments/sst2.yaml --out runs/cmp",
     "demo": "example:\n  ptmkit demo --out demo-run/",
 }
 
@@ -127,6 +129,15 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run_evaluate)
 
 
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = _parser(sub, "compare", "scratch vs pre-training objectives, label budgets, seeds, paths A/B/C")
+    p.add_argument("--config", required=True, type=Path, help="compare YAML (see README)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--dry-run", action="store_true", help="list the runs and their estimated time")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_run_compare)
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = _parser(sub, "demo", "pre-train a tiny MLM on text shipped with gensim (no network)")
     p.add_argument("--out", type=Path, default=Path("demo-run"))
@@ -145,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog=EPILOGS["ptmkit"], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"ptmkit {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_tokenizer, _add_prepare, _add_pretrain, _add_finetune, _add_evaluate, _add_demo):
+    for add in (_add_tokenizer, _add_prepare, _add_pretrain, _add_finetune, _add_evaluate, _add_compare, _add_demo):
         add(sub)
     return parser
 
@@ -289,6 +300,23 @@ def _run_finetune(args: argparse.Namespace) -> None:
 def _run_evaluate(args: argparse.Namespace) -> None:
     from ptmkit.finetune.run import evaluate
     print(json.dumps(evaluate(args.run, args.data, args.out)))
+
+
+def _run_compare(args: argparse.Namespace) -> None:
+    from ptmkit.compare.config import load_compare_config
+    from ptmkit.compare.report import summary_lines, write_report
+    from ptmkit.compare.runner import Compare, estimate
+    cfg = load_compare_config(args.config)
+    if args.dry_run:
+        plan = estimate(cfg)
+        for what, seconds in plan:
+            print(f"{seconds / 60:7.1f} min  {what}")
+        print(f"{sum(s for _, s in plan) / 60:7.1f} min  in all ({len(plan)} runs, rough estimate)")
+        return
+    Compare(cfg, args.out, progress=not args.no_progress).run()
+    _, page = write_report(args.out)
+    print(summary_lines(args.out))
+    print(f"report: {page}")
 
 
 def _run_demo(args: argparse.Namespace) -> None:

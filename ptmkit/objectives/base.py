@@ -8,7 +8,7 @@ its loss from the shared backbone. The trainer knows nothing else about it.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,6 +34,10 @@ class Vocab:
 
     size: int
     special: SpecialIds
+    word_start: np.ndarray | None = field(default=None, compare=False, repr=False)
+    """(size,) bool, True where a token id starts a word (`Tokenizer.word_start_table`): word
+    boundaries for whole-word masking. Left out of == and hash (an array is neither), so two
+    Vocabs of one tokenizer compare by size and specials."""
 
     @property
     def first_normal_id(self) -> int:
@@ -49,6 +53,8 @@ class Objective:
     """Backbone family: encoder, decoder, prefix, two_stream, encoder_decoder."""
     layout: ClassVar[str] = "prenorm"
     """Default layout (see `ptmkit.model.config.LAYOUTS`) so that export maps onto HF exactly."""
+    family: ClassVar[str] = ""
+    """AR (autoregressive), AE (autoencoding), permuted, denoising or shallow: the survey's axis."""
     standalone: ClassVar[bool] = False
     """True for objectives trained outside the shared loop (word2vec through gensim): pretrain
     then calls `train_standalone` instead of the Trainer."""

@@ -20,6 +20,7 @@ class CausalLM(Objective):
     name = "clm"
     architecture = "decoder"
     layout = "gpt2"
+    family = "AR"
 
     @dataclass(kw_only=True)
     class Options:

@@ -13,13 +13,14 @@ import numpy as np
 from torch import Tensor, nn
 
 from ptmkit.objectives.base import Batch, Example, Objective, Window, token_cross_entropy
-from ptmkit.objectives.noise import choose_positions, corrupt, insert_before
+from ptmkit.objectives.noise import bert_frame, choose_positions, corrupt
 
 
 class MaskedLM(Objective):
     name = "mlm"
     architecture = "encoder"
     layout = "bert"
+    family = "AE"
 
     @dataclass(kw_only=True)
     class Options:
@@ -32,18 +33,20 @@ class MaskedLM(Objective):
         return self.seq_len - 2  # [CLS] ... [SEP]
 
     def frame(self, window: Window) -> np.ndarray:
-        """[CLS] tokens [SEP], with [SEP] between packed documents, cut to seq_len."""
-        special = self.vocab.special
-        body = insert_before(window.tokens, window.document_starts, special.sep)[: self.seq_len - 2]
-        return np.concatenate([[special.cls], body, [special.sep]]).astype(np.int64)
+        return bert_frame(window, self.vocab.special, self.seq_len)
 
     def make_example(self, window: Window, rng: np.random.Generator) -> Example:
         tokens = self.frame(window)
         eligible = ~np.isin(tokens, list(self.vocab.special.all()))
-        positions = choose_positions(eligible, self.options.mask_prob, rng)
+        positions = self.select(window, eligible, rng)
         inputs, labels = corrupt(tokens, positions, self.vocab, rng,
                                  self.options.mask_share, self.options.random_share)
         return {"input_ids": inputs, "labels": labels}
+
+    def select(self, window: Window, eligible: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Framed positions to predict: `mask_prob` of the eligible ones, token by token (whole-word
+        masking overrides this)."""
+        return choose_positions(eligible, self.options.mask_prob, rng)
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         hidden = model.encode(batch["input_ids"])

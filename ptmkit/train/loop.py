@@ -72,24 +72,39 @@ class TrainConfig:
         for name, ok, fix in checks:
             if not ok:
                 raise UserError(f"invalid {name}={getattr(self, name)!r}", f"--{name.replace('_', '-')}", fix)
-        if self.warmup < 0:
-            self.warmup = max(1, round(0.06 * self.steps))
+        if self.warmup < 0:  # a pure time budget has no step count to take 6% of
+            self.warmup = 100 if self.time_bound else max(1, round(0.06 * self.steps))
         if self.log_every <= 0:
             self.log_every = max(1, self.steps // 100)
         if self.eval_every <= 0:
             self.eval_every = max(1, self.steps // 10)
 
+    @property
+    def time_bound(self) -> bool:
+        """True when the wall-clock budget, not the step count, ends the run."""
+        return self.max_minutes > 0 and self.steps >= UNBOUNDED_STEPS
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def learning_rate(cfg: TrainConfig, step: int) -> float:
-    """Warm-up then linear/cosine decay to lr * min_lr_ratio; a pure function of the step."""
+UNBOUNDED_STEPS = 10**8
+"""`steps` at or above this with `max_minutes` means "as many steps as the time allows"."""
+
+
+def learning_rate(cfg: TrainConfig, step: int, elapsed_s: float = 0.0) -> float:
+    """Warm-up then linear/cosine decay to lr * min_lr_ratio.
+
+    A function of the step alone (so resuming is exact), except under a time budget, where the
+    decay follows whichever of steps and wall clock is further along.
+    """
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     if cfg.schedule == "constant":
         return cfg.lr
     progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    if cfg.max_minutes > 0:
+        progress = min(1.0, max(progress, elapsed_s / (cfg.max_minutes * 60)))
     shape = 1 - progress if cfg.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape)
 
@@ -173,7 +188,7 @@ class Trainer:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def train_step(self, batches: Iterator[dict[str, Tensor]]) -> tuple[float, dict[str, float], int]:
-        lr = learning_rate(self.cfg, self.step)
+        lr = learning_rate(self.cfg, self.step, self.elapsed)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total, extras, tokens = 0.0, {}, 0
@@ -211,7 +226,7 @@ class Trainer:
         cfg, iterator = self.cfg, iter(batches)
         self.model.train()
         metrics_file = open(self.run / "metrics.jsonl", "a")
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step",
+        bar = tqdm(total=None if cfg.time_bound else cfg.steps, initial=self.step, desc="train", unit="step",
                    disable=not self.progress, dynamic_ncols=True, mininterval=1.0)
         window: dict[str, float] = {}
         window_tokens, window_time, window_steps = 0, 0.0, 0

@@ -1,0 +1,275 @@
+"""`ptmkit compare`: every (path, objective) x task x label budget x seed cell, cached and resumable.
+
+Layout of the output directory::
+
+    tokenizer/  data/{general,domain}/     shared by every cell
+    pretrain/<objective>-s<seed>[-domain]/  one pre-training run each (reused when its key matches)
+    finetune/<task>/<path>-<objective>/b<budget>-s<seed>/   one fine-tuning run each
+    results.csv  report.md  report.html  *.png
+
+A cell is done when its run holds the files it ends with and the key it was made with; a second
+compare over the same config trains nothing, and an interrupted one continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from ptmkit.compare.config import CompareConfig, TaskConfig
+from ptmkit.data.corpus import read_texts
+from ptmkit.data.shards import corpus_fingerprint, prepare
+from ptmkit.data.tokenizer import Tokenizer, train_tokenizer
+from ptmkit.finetune.run import FinetuneSpec, finetune
+from ptmkit.pretrain import PretrainSpec, pretrain
+from ptmkit.train.loop import UNBOUNDED_STEPS, TrainConfig
+
+RESULT_COLUMNS = ["objective", "path", "task", "label_budget", "seed", "metric", "value",
+                  "pretrain_tokens", "pretrain_seconds", "finetune_seconds"]
+SCRATCH = "scratch"
+
+
+@dataclass(frozen=True)
+class PretrainJob:
+    objective: str
+    seed: int
+    domain: bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.objective}-s{self.seed}" + ("-domain" if self.domain else "")
+
+
+@dataclass(frozen=True)
+class Cell:
+    task: TaskConfig
+    path: str
+    objective: str
+    budget: int | None
+    seed: int
+    pretrain_seed: int
+
+    @property
+    def name(self) -> str:
+        budget = "full" if self.budget is None else str(self.budget)
+        return f"{self.task.name}/{self.path}-{self.objective}/b{budget}-s{self.seed}"
+
+    @property
+    def job(self) -> PretrainJob | None:
+        if self.path == "A":
+            return None
+        return PretrainJob(self.objective, self.pretrain_seed, domain=self.path == "C")
+
+
+def pretrain_jobs(cfg: CompareConfig) -> list[PretrainJob]:
+    jobs = [PretrainJob(o, s, False) for o in cfg.objectives for s in cfg.pretrain_seeds]
+    if cfg.domain_corpus:
+        jobs += [PretrainJob(o, s, True) for o in cfg.objectives for s in cfg.pretrain_seeds]
+    return jobs
+
+
+def cells(cfg: CompareConfig) -> list[Cell]:
+    """Every fine-tuning cell; pre-trained cells use the first pre-training seed unless several
+    are given, in which case fine-tuning seed i starts from pre-training seed i (cyclically)."""
+    out = []
+    for task in cfg.tasks:
+        for budget in cfg.label_budgets:
+            for i, seed in enumerate(cfg.seeds):
+                pseed = cfg.pretrain_seeds[i % len(cfg.pretrain_seeds)]
+                out.append(Cell(task, "A", SCRATCH, budget, seed, pseed))
+                for path in cfg.paths[1:]:
+                    out += [Cell(task, path, o, budget, seed, pseed) for o in cfg.objectives]
+    return out
+
+
+def _key(values: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _done(run: Path, marker: str, key: str) -> bool:
+    stamp = run / "compare_key.json"
+    return (run / marker).is_file() and stamp.is_file() and json.loads(stamp.read_text())["key"] == key
+
+
+def _stamp(run: Path, key: str) -> None:
+    (run / "compare_key.json").write_text(json.dumps({"key": key}))
+
+
+class Compare:
+    """Runs the cells of one config into one output directory."""
+
+    def __init__(self, cfg: CompareConfig, out: Path, progress: bool = True) -> None:
+        self.cfg, self.out, self.progress = cfg, out, progress
+
+    # ---- shared inputs ------------------------------------------------------------------
+    def tokenizer(self) -> Tokenizer:
+        if isinstance(self.cfg.tokenizer, str):
+            return Tokenizer.load(self.cfg.tokenizer)
+        directory = self.out / "tokenizer"
+        if (directory / "tokenizer.json").is_file():
+            return Tokenizer.load(directory)
+        corpus = self.cfg.corpus + self.cfg.domain_corpus
+        tokenizer = train_tokenizer(read_texts(corpus, text_field=self.cfg.text_field),
+                                    show_progress=self.progress, **self.cfg.tokenizer)
+        tokenizer.save(directory)
+        return tokenizer
+
+    def data(self, tokenizer: Tokenizer, domain: bool) -> Path:
+        corpus = self.cfg.domain_corpus if domain else self.cfg.corpus
+        directory = self.out / "data" / ("domain" if domain else "general")
+        key = corpus_fingerprint(corpus, tokenizer, text_field=self.cfg.text_field)
+        manifest = directory / "manifest.json"
+        if not (manifest.is_file() and json.loads(manifest.read_text()).get("fingerprint") == key):
+            prepare(corpus, tokenizer, directory, text_field=self.cfg.text_field, overwrite=True,
+                    progress=self.progress)
+            manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "fingerprint": key}, indent=2))
+        return directory
+
+    # ---- pre-training -------------------------------------------------------------------
+    def train_config(self, budget: dict[str, Any], seed: int) -> TrainConfig:
+        """The same budget for every objective: steps, minutes of wall clock, or tokens."""
+        values = {k: v for k, v in budget.items() if k not in ("steps", "minutes", "tokens")}
+        if "minutes" in budget:
+            return TrainConfig(seed=seed, steps=UNBOUNDED_STEPS, max_minutes=float(budget["minutes"]), **values)
+        if "tokens" in budget:
+            per_step = values.get("batch_size", 32) * values.get("seq_len", 128) * values.get("grad_accum", 1)
+            return TrainConfig(seed=seed, steps=max(1, int(budget["tokens"]) // per_step), **values)
+        return TrainConfig(seed=seed, steps=int(budget.get("steps", 1000)), **values)
+
+    def run_pretrain(self, job: PretrainJob, data: dict[bool, Path]) -> Path:
+        run = self.out / "pretrain" / job.name
+        budget = self.cfg.domain_pretrain if job.domain else self.cfg.pretrain
+        init = self.out / "pretrain" / PretrainJob(job.objective, job.seed, False).name if job.domain else None
+        key = _key({"job": asdict(job), "budget": budget, "model": self.cfg.model,
+                    "options": self.cfg.objective_options.get(job.objective, {}),
+                    "data": json.loads((data[job.domain] / "manifest.json").read_text())["fingerprint"],
+                    "init": _read_key(init) if init else None})
+        if _done(run, "summary.json", key):
+            return run
+        resume = (run / "config.yaml").is_file() and (run / "compare_key.json").is_file() \
+            and json.loads((run / "compare_key.json").read_text())["key"] == key
+        if run.exists() and not resume:
+            shutil.rmtree(run)
+        run.mkdir(parents=True, exist_ok=True)
+        _stamp(run, key)
+        spec = PretrainSpec(objective=job.objective, out=run, data=data[job.domain], model=self.cfg.model,
+                            objective_options=dict(self.cfg.objective_options.get(job.objective, {})),
+                            train=self.train_config(budget, job.seed), init=str(init) if init else None,
+                            resume=resume and (run / "checkpoint").exists(), overwrite=not resume,
+                            progress=False)
+        pretrain(spec)
+        _stamp(run, key)
+        return run
+
+    # ---- fine-tuning --------------------------------------------------------------------
+    def run_cell(self, cell: Cell, tokenizer_dir: Path) -> dict[str, Any]:
+        run = self.out / "finetune" / cell.name
+        init = SCRATCH if cell.job is None else str(self.out / "pretrain" / cell.job.name)
+        recipe = {"epochs": 3, "lr": 5e-5, "batch_size": 32, **self.cfg.finetune}
+        if cell.job is None and "scratch_lr" in recipe:
+            recipe["lr"] = recipe["scratch_lr"]
+        key = _key({"cell": cell.name, "task": asdict(cell.task), "recipe": recipe, "model": self.cfg.model,
+                    "init": _read_key(Path(init)) if cell.job else "scratch"})
+        if _done(run, "eval.json", key):
+            return json.loads((run / "eval.json").read_text())
+        task = cell.task
+        spec = FinetuneSpec(task=task.type, init=init, out=run, train=task.train, dev=task.dev,
+                            data_dir=task.data_dir, tokenizer=tokenizer_dir if cell.job is None else None,
+                            text_fields=task.text_fields, label_field=task.label_field,
+                            model=self.cfg.model if isinstance(self.cfg.model, str) else "mini",
+                            max_train_examples=cell.budget, dev_fraction=task.dev_fraction,
+                            max_length=task.max_length, seed=cell.seed, overwrite=True, progress=False,
+                            **{k: v for k, v in recipe.items() if k != "scratch_lr"})
+        started = time.perf_counter()
+        result = finetune(spec)
+        result["finetune_seconds"] = round(time.perf_counter() - started, 2)
+        (run / "eval.json").write_text(json.dumps(result, indent=2))
+        _stamp(run, key)
+        return result
+
+    # ---- everything ---------------------------------------------------------------------
+    def run(self) -> Path:
+        self.out.mkdir(parents=True, exist_ok=True)
+        jobs, todo = pretrain_jobs(self.cfg), cells(self.cfg)
+        bar = tqdm(total=len(jobs) + len(todo), desc="compare", unit="run", disable=not self.progress)
+        tokenizer = self.tokenizer()
+        tokenizer_dir = Path(self.cfg.tokenizer) if isinstance(self.cfg.tokenizer, str) else self.out / "tokenizer"
+        data = {False: self.data(tokenizer, False)}
+        if self.cfg.domain_corpus:
+            data[True] = self.data(tokenizer, True)
+        for job in sorted(jobs, key=lambda j: j.domain):  # domain runs start from the general ones
+            bar.set_postfix_str(f"pretrain {job.name}")
+            self.run_pretrain(job, data)
+            bar.update(1)
+        rows = []
+        for cell in todo:
+            bar.set_postfix_str(f"finetune {cell.name}")
+            rows.append(self._row(cell, self.run_cell(cell, tokenizer_dir)))
+            bar.update(1)
+            self.write_results(rows)
+        bar.close()
+        return self.out / "results.csv"
+
+    def _row(self, cell: Cell, result: dict[str, Any]) -> dict[str, Any]:
+        summary = {}
+        if cell.job is not None:
+            summary = json.loads((self.out / "pretrain" / cell.job.name / "summary.json").read_text())
+            if cell.job.domain:  # path C paid for both stages
+                general = json.loads((self.out / "pretrain" / PretrainJob(cell.objective, cell.pretrain_seed,
+                                                                           False).name / "summary.json").read_text())
+                summary = {k: summary.get(k, 0) + general.get(k, 0) for k in ("tokens", "train_seconds")}
+        metric = result["main_metric"]
+        return {"objective": cell.objective, "path": cell.path, "task": cell.task.name,
+                "label_budget": "full" if cell.budget is None else cell.budget, "seed": cell.seed,
+                "metric": metric, "value": result[metric], "pretrain_tokens": summary.get("tokens", 0),
+                "pretrain_seconds": summary.get("train_seconds", 0.0),
+                "finetune_seconds": result.get("finetune_seconds", 0.0)}
+
+    def write_results(self, rows: list[dict[str, Any]]) -> None:
+        tmp = self.out / ".results.csv.tmp"
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        tmp.replace(self.out / "results.csv")
+
+
+def _read_key(run: Path) -> str | None:
+    stamp = run / "compare_key.json"
+    return json.loads(stamp.read_text())["key"] if stamp.is_file() else None
+
+
+ASSUMED_FLOPS = 1e11
+"""Sustained training FLOP/s assumed by --dry-run estimates (this class of 2-core CPU, fp32)."""
+
+
+def estimate(cfg: CompareConfig) -> list[tuple[str, float]]:
+    """(what, estimated seconds) for every pre-training job and fine-tuning cell."""
+    from ptmkit.model.backbone import Transformer
+    from ptmkit.model.config import resolve_model_config
+    vocab = cfg.tokenizer.get("vocab_size", 8000) if isinstance(cfg.tokenizer, dict) else 8000
+    model = Transformer(resolve_model_config(cfg.model, vocab_size=vocab, layout="bert"))
+    plan = []
+    for job in pretrain_jobs(cfg):
+        budget = cfg.domain_pretrain if job.domain else cfg.pretrain
+        if "minutes" in budget:
+            seconds = 60.0 * budget["minutes"]
+        else:
+            seq_len, batch = budget.get("seq_len", 128), budget.get("batch_size", 32)
+            tokens = budget.get("tokens") or budget.get("steps", 1000) * batch * seq_len
+            seconds = tokens * model.flops_per_token(seq_len, 0.15) / ASSUMED_FLOPS
+        plan.append((f"pretrain {job.name}", seconds))
+    epochs = cfg.finetune.get("epochs", 3)
+    for cell in cells(cfg):
+        examples = cell.budget or 10_000
+        seconds = 5 + examples * epochs * 64 * model.flops_per_token(64, 0) / ASSUMED_FLOPS
+        plan.append((f"finetune {cell.name}", seconds))
+    return plan
