@@ -23,7 +23,8 @@ PRETRAIN_KEYS = {"steps", "minutes", "tokens", "batch_size", "seq_len", "lr", "w
                  "precision", "weight_decay", "grad_accum", "workers"}
 TASK_KEYS = {"type", "name", "train", "dev", "text_fields", "label_field", "dev_fraction",
              "data_dir", "max_length"}
-FINETUNE_KEYS = {"epochs", "lr", "batch_size", "patience", "warmup_ratio", "max_length", "precision"}
+FINETUNE_KEYS = {"epochs", "lr", "scratch_lr", "batch_size", "patience", "warmup_ratio", "max_length",
+                 "precision"}
 TASK_TYPES = ("classify", "regress")
 
 

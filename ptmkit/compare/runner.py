@@ -186,8 +186,9 @@ class Compare:
                             text_fields=task.text_fields, label_field=task.label_field,
                             model=self.cfg.model if isinstance(self.cfg.model, str) else "mini",
                             max_train_examples=cell.budget, dev_fraction=task.dev_fraction,
-                            max_length=task.max_length, seed=cell.seed, overwrite=True, progress=False,
-                            **{k: v for k, v in recipe.items() if k != "scratch_lr"})
+                            seed=cell.seed, overwrite=True, progress=False,
+                            **{"max_length": task.max_length,
+                               **{k: v for k, v in recipe.items() if k != "scratch_lr"}})
         started = time.perf_counter()
         result = finetune(spec)
         result["finetune_seconds"] = round(time.perf_counter() - started, 2)

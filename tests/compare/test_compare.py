@@ -1,0 +1,121 @@
+"""compare: config validation, cell enumeration, caching/resume, report from results."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import gensim
+import numpy as np
+import pytest
+
+from ptmkit.compare.config import parse_compare_config
+from ptmkit.compare.report import aggregate, read_results, write_report
+from ptmkit.compare.runner import RESULT_COLUMNS, Compare, cells, pretrain_jobs
+from ptmkit.errors import UserError
+
+LEE = Path(gensim.__file__).parent / "test" / "test_data" / "lee_background.cor"
+
+
+@pytest.fixture
+def task_file(tmp_path) -> Path:
+    rng = np.random.default_rng(0)
+    words = "river market school music garden winter bridge letter".split()
+    lines = ["sentence\tlabel"]
+    for _ in range(120):
+        label = int(rng.integers(2))
+        lines.append(" ".join(list(rng.choice(words, 5)) + ["good" if label else "bad"]) + f"\t{label}")
+    path = tmp_path / "task.tsv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def config(task_file: Path, **extra) -> dict:
+    return {"corpus": [str(LEE)], "tokenizer": {"kind": "bpe", "vocab_size": 600}, "model": "tiny",
+            "objectives": ["mlm"], "pretrain": {"steps": 6, "batch_size": 4, "seq_len": 32},
+            "task": {"type": "classify", "train": str(task_file), "text_fields": ["sentence"]},
+            "label_budgets": [20, "full"], "seeds": [0, 1],
+            "finetune": {"epochs": 1, "lr": 1e-3, "batch_size": 16, "max_length": 16}, **extra}
+
+
+@pytest.mark.parametrize("patch, message", [
+    ({"objectivs": ["mlm"]}, "unknown key.*objectivs"),
+    ({"objectives": ["mlm", "nope"]}, "unknown objective 'nope'"),
+    ({"pretrain": {"steps": 5, "minutes": 1}}, "several budgets"),
+    ({"pretrain": {"stepz": 5}}, "unknown key.*stepz"),
+    ({"label_budgets": [0]}, "invalid label budget 0"),
+    ({"seeds": "0"}, "seeds must be a list"),
+    ({"task": {"type": "translate", "train": "x"}}, "unknown task type 'translate'"),
+    ({"task": {"type": "classify", "train": "/no/such.tsv"}}, "path not found"),
+    ({"corpus": ["/no/such.txt"]}, "corpus: /no/such.txt"),
+    ({"finetune": {"epoch": 1}}, "unknown key.*epoch"),
+])
+def test_every_bad_key_or_value_is_named(task_file, tmp_path, patch, message) -> None:
+    with pytest.raises(UserError, match=message):
+        parse_compare_config(config(task_file, **patch), "cmp.yaml", tmp_path)
+
+
+def test_cells_cover_paths_objectives_budgets_seeds(task_file, tmp_path) -> None:
+    domain = tmp_path / "domain.txt"
+    domain.write_text("Cardiac arrest is treated quickly.\n\nStrokes need care.\n")
+    cfg = parse_compare_config(config(task_file, objectives=["mlm", "clm"], domain_corpus=[str(domain)]),
+                               "cmp.yaml", tmp_path)
+    assert cfg.paths == ["A", "B", "C"]
+    assert [j.name for j in pretrain_jobs(cfg)] == ["mlm-s0", "clm-s0", "mlm-s0-domain", "clm-s0-domain"]
+    names = [c.name for c in cells(cfg)]
+    assert len(names) == len(set(names)) == 2 * 2 * (1 + 2 * 2)  # budgets x seeds x (scratch + B/C x objectives)
+    assert "task/A-scratch/b20-s1" in names and "task/C-clm/bfull-s0" in names
+
+
+def test_end_to_end_then_cached_then_report(task_file, tmp_path, monkeypatch) -> None:
+    cfg = parse_compare_config(config(task_file), "cmp.yaml", tmp_path)
+    out = tmp_path / "out"
+    Compare(cfg, out, progress=False).run()
+    rows = read_results(out / "results.csv")
+    assert list(rows[0]) == RESULT_COLUMNS
+    assert {(r["objective"], r["path"]) for r in rows} == {("scratch", "A"), ("mlm", "B")}
+    assert len(rows) == 2 * 2 * 2
+    assert all(r["pretrain_tokens"] == ("0" if r["path"] == "A" else str(6 * 4 * 32)) for r in rows)
+
+    import ptmkit.compare.runner as runner
+    monkeypatch.setattr(runner, "pretrain", lambda spec: pytest.fail("pre-trained again"))
+    monkeypatch.setattr(runner, "finetune", lambda spec: pytest.fail("fine-tuned again"))
+    Compare(cfg, out, progress=False).run()  # everything cached: no training at all
+    assert read_results(out / "results.csv") == rows
+
+    md, page = write_report(out)
+    text = md.read_text()
+    assert "Objectives side by side" in text and "| mlm | AE | encoder |" in text
+    assert (out / "budget_task.png").stat().st_size > 1000 and (out / "pretrain_loss.png").is_file()
+    assert "data:image/png;base64," in page.read_text()
+
+
+def test_interrupted_compare_finishes_only_the_missing_cells(task_file, tmp_path, monkeypatch) -> None:
+    cfg = parse_compare_config(config(task_file, label_budgets=[20], seeds=[0]), "cmp.yaml", tmp_path)
+    out = tmp_path / "out"
+    Compare(cfg, out, progress=False).run()
+    victim = out / "finetune" / "task" / "B-mlm" / "b20-s0" / "eval.json"
+    victim.unlink()  # as if killed before the cell finished
+    import ptmkit.compare.runner as runner
+    calls = []
+    real = runner.finetune
+    monkeypatch.setattr(runner, "pretrain", lambda spec: pytest.fail("pre-trained again"))
+    monkeypatch.setattr(runner, "finetune", lambda spec: calls.append(spec.out) or real(spec))
+    Compare(cfg, out, progress=False).run()
+    assert calls == [victim.parent]
+
+
+def test_report_statistics_from_synthetic_results(tmp_path) -> None:
+    rows = [("scratch", "A", 100, s, v) for s, v in enumerate([0.60, 0.62, 0.64])] + \
+           [("mlm", "B", 100, s, v) for s, v in enumerate([0.70, 0.72, 0.74])]
+    with open(tmp_path / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS)
+        writer.writeheader()
+        for objective, path, budget, seed, value in rows:
+            writer.writerow({"objective": objective, "path": path, "task": "sst2", "label_budget": budget,
+                             "seed": seed, "metric": "accuracy", "value": value, "pretrain_tokens": 0,
+                             "pretrain_seconds": 0, "finetune_seconds": 1})
+    stats = aggregate(read_results(tmp_path / "results.csv"))
+    assert stats[("sst2", "B", "mlm", "100")] == pytest.approx((0.72, 0.02, 3))
+    md, _ = write_report(tmp_path)
+    assert "72.0 ± 2.0 (+10.0)" in md.read_text()
