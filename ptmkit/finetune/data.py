@@ -27,7 +27,7 @@ def _open(path: Path) -> io.TextIOBase:
 
 
 def read_records(path: str | Path, *, columns: Sequence[str] | None = None) -> list[Record]:
-    """Rows of a .jsonl / .tsv / .csv file (optionally .gz) as dicts of strings.
+    """Rows of a .jsonl / .tsv / .csv / fastText file (optionally .gz) as dicts of strings.
 
     TSVs are read with quoting disabled, as GLUE needs (STS-B and QNLI contain bare quotes).
     `columns` names the fields of a header-less TSV (CoLA).
@@ -47,10 +47,25 @@ def read_records(path: str | Path, *, columns: Sequence[str] | None = None) -> l
             header = list(columns) if columns else (rows.pop(0) if rows else [])
             records = [dict(zip(header, row)) for row in rows]
         else:
-            raise UserError(f"unsupported data format .{kind}", str(path), "use .jsonl, .tsv or .csv")
+            lines = [line.strip() for line in f if line.strip()]
+            if not lines or not lines[0].startswith(FASTTEXT_LABEL):
+                raise UserError(f"unsupported data format .{kind}", str(path),
+                                "use .jsonl, .tsv, .csv or fastText lines (`__label__X text`)")
+            records = [_fasttext_record(line, path, n) for n, line in enumerate(lines, 1)]
     if not records:
         raise UserError("no examples in the file", str(path), "check that the file is not empty")
     return records
+
+
+FASTTEXT_LABEL = "__label__"
+
+
+def _fasttext_record(line: str, path: Path, number: int) -> Record:
+    """`__label__pos some text` (fastText's format, used by gensim's polarity sample)."""
+    label, _, text = line.partition(" ")
+    if not label.startswith(FASTTEXT_LABEL):
+        raise UserError("line does not start with __label__", f"{path}:{number}", "fix the line")
+    return {"label": label.removeprefix(FASTTEXT_LABEL), "text": text.strip()}
 
 
 def _json_record(line: str, path: Path, number: int) -> Record:

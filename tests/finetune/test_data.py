@@ -73,3 +73,13 @@ def test_glue_files_find_the_official_folder(tmp_path) -> None:
         glue_files("mnli", tmp_path)
     with pytest.raises(UserError, match="unknown GLUE task"):
         glue_spec("sst3")
+
+
+def test_fasttext_lines(tmp_path) -> None:
+    path = tmp_path / "polarity.cor"
+    path.write_text("__label__neg dull , silly .\n__label__pos  . . . a ride\n")
+    assert read_records(path) == [{"label": "neg", "text": "dull , silly ."}, {"label": "pos", "text": ". . . a ride"}]
+    other = tmp_path / "x.txt"
+    other.write_text("plain text\n")
+    with pytest.raises(UserError, match="unsupported data format"):
+        read_records(other)
