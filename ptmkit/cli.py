@@ -67,6 +67,8 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--val-fraction", type=float, default=0.01)
+    p.add_argument("--segment", choices=["jieba"],
+                   help="store jieba word boundaries (Chinese whole-word masking)")
     p.add_argument("--text-field", default="text")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(handler=_run_prepare)
@@ -188,7 +190,8 @@ def _run_prepare(args: argparse.Namespace) -> None:
     tokenizer = Tokenizer.load(args.tokenizer)
     check_corpus(args.corpus, args.text_field)  # a wrong --text-field fails before the progress bar
     manifest = prepare(args.corpus, tokenizer, args.out, val_fraction=args.val_fraction,
-                       seq_len=args.seq_len, text_field=args.text_field, overwrite=args.overwrite)
+                       seq_len=args.seq_len, text_field=args.text_field, overwrite=args.overwrite,
+                       segment=args.segment)
     train, val = manifest["splits"]["train"], manifest["splits"]["val"]
     print(f"prepared {train['tokens']:,} train / {val['tokens']:,} validation tokens "
           f"({train['documents'] + val['documents']:,} documents) in {args.out}")

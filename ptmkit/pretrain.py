@@ -152,7 +152,7 @@ def _plan(spec: PretrainSpec, objective_cls: type, data_dir: Path) -> _Plan:
     train_shards, val_shards = TokenShards(data_dir, "train"), TokenShards(data_dir, "val")
     tokenizer = train_shards.tokenizer()
     cfg = spec.train
-    objective = objective_cls(Vocab(tokenizer.vocab_size, tokenizer.special), cfg.seq_len,
+    objective = objective_cls(Vocab.of(tokenizer), cfg.seq_len,
                               spec.objective_options)
     model_cfg = _model_config(spec, objective_cls, tokenizer.vocab_size)
     length = objective.window_length()

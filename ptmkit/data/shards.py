@@ -7,6 +7,7 @@ Layout of a prepared directory::
     {train,val}.bin             all token ids of the split, documents back to back
     {train,val}.sentences.npy   int64 offset where each sentence starts (+ final end)
     {train,val}.documents.npy   int64 offset where each document starts (+ final end)
+    {train,val}.word_starts.bin uint8 per token, 1 where a word starts (only with `segment`)
 
 Writing streams (a corpus larger than RAM works: only the boundary offsets stay in memory, as
 compact int64 chunks) and is atomic: everything goes to a temporary sibling that is renamed to
@@ -28,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ptmkit.data.corpus import Document, list_corpus_files, read_documents
+from ptmkit.data.segment import SEGMENTERS, segment_word_starts
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.errors import UserError
 
@@ -41,11 +43,14 @@ class Window:
 
     `sentence_starts` / `document_starts` are positions within `tokens` where a new sentence
     or document begins (sorted; 0 is included when the window starts on a boundary).
+    `word_starts` (bool per token) marks the tokens that start a word, when the data was
+    prepared with a word segmenter (Chinese whole-word masking); else None.
     """
 
     tokens: np.ndarray
     sentence_starts: np.ndarray
     document_starts: np.ndarray
+    word_starts: np.ndarray | None = None
 
 
 @dataclass
@@ -54,23 +59,29 @@ class _SplitWriter:
 
     path: Path
     dtype: np.dtype
+    segmented: bool = False
     n_tokens: int = 0
     sentences: list[np.ndarray] = field(default_factory=list)
     documents: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.file = open(self.path.with_suffix(".bin"), "wb")
+        self.word_file = open(self.path.with_suffix(".word_starts.bin"), "wb") if self.segmented else None
 
-    def add(self, sentences: list[list[int]]) -> None:
+    def add(self, sentences: list[list[int]], word_starts: list[np.ndarray] | None = None) -> None:
         lengths = np.fromiter((len(s) for s in sentences), dtype=np.int64, count=len(sentences))
         self.documents.append(self.n_tokens)
         self.sentences.append(self.n_tokens + np.concatenate([[0], np.cumsum(lengths)[:-1]]))
         flat = np.fromiter((t for s in sentences for t in s), dtype=self.dtype, count=int(lengths.sum()))
         flat.tofile(self.file)
+        if self.word_file is not None:
+            np.concatenate(word_starts).astype(np.uint8).tofile(self.word_file)
         self.n_tokens += len(flat)
 
     def close(self) -> dict[str, int]:
         self.file.close()
+        if self.word_file is not None:
+            self.word_file.close()
         sentences = np.concatenate(self.sentences + [np.array([self.n_tokens])])
         documents = np.array(self.documents + [self.n_tokens], dtype=np.int64)
         np.save(self.path.with_suffix(".sentences.npy"), sentences.astype(np.int64))
@@ -110,11 +121,18 @@ def corpus_fingerprint(paths: Sequence[str | os.PathLike], tokenizer: Tokenizer,
 def prepare(paths: Sequence[str | os.PathLike], tokenizer: Tokenizer, out: Path, *,
             val_fraction: float = 0.01, seq_len: int = 128, text_field: str = "text",
             seed: int = 0, batch_documents: int = 256, overwrite: bool = False,
-            progress: bool = True) -> dict:
-    """Tokenize a corpus into shards under `out`. Returns the manifest."""
+            progress: bool = True, segment: str | None = None) -> dict:
+    """Tokenize a corpus into shards under `out`. Returns the manifest.
+
+    `segment` ("jieba") also stores which tokens start a word of that word segmenter, for
+    Chinese whole-word masking (see `ptmkit.data.segment`).
+    """
     if not 0 <= val_fraction < 1:
         raise UserError(f"val fraction {val_fraction} out of range", "--val-fraction",
                         "use a value in [0, 1), e.g. 0.01")
+    if segment is not None and segment not in SEGMENTERS:
+        raise UserError(f"unknown word segmenter {segment!r}", "--segment",
+                        f"use one of: {', '.join(SEGMENTERS)}")
     files = list_corpus_files(paths)
     _check_output(out, overwrite)
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32)
@@ -125,7 +143,7 @@ def prepare(paths: Sequence[str | os.PathLike], tokenizer: Tokenizer, out: Path,
     tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make the output private to this user
     bar = None
     try:
-        writers = {split: _SplitWriter(tmp / split, dtype) for split in SPLITS}
+        writers = {split: _SplitWriter(tmp / split, dtype, segment is not None) for split in SPLITS}
         total_bytes = sum(f.stat().st_size for f in files)
         # delay: an input error found in the first seconds prints no half-drawn bar
         bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare",
@@ -134,13 +152,15 @@ def prepare(paths: Sequence[str | os.PathLike], tokenizer: Tokenizer, out: Path,
         for batch in _batched(read_documents(files, text_field=text_field), batch_documents):
             flat = [s for doc in batch for s in doc.sentences]
             ids = tokenizer.encode_batch(flat)
+            starts = segment_word_starts(tokenizer, flat, segment) if segment else None
             cursor = 0
             for doc in batch:
-                doc_ids = [s for s in ids[cursor: cursor + len(doc.sentences)] if s]
+                kept = [i for i in range(cursor, cursor + len(doc.sentences)) if ids[i]]
                 cursor += len(doc.sentences)
-                if doc_ids:
+                if kept:
                     split = "val" if _is_validation(index, val_fraction, seed) else "train"
-                    writers[split].add(doc_ids)
+                    writers[split].add([ids[i] for i in kept],
+                                       [starts[i] for i in kept] if starts else None)
                 index += 1
             seen_bytes += sum(len(s) for s in flat)
             bar.update(min(seen_bytes, total_bytes) - bar.n)
@@ -154,7 +174,7 @@ def prepare(paths: Sequence[str | os.PathLike], tokenizer: Tokenizer, out: Path,
         manifest = {
             "format": FORMAT, "tokenizer_sha256": tokenizer.sha256(), "vocab_size": tokenizer.vocab_size,
             "dtype": dtype.name, "seq_len": seq_len, "val_fraction": val_fraction, "seed": seed,
-            "corpus": [str(f) for f in files], "splits": counts,
+            "corpus": [str(f) for f in files], "splits": counts, "segment": segment,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
         if out.exists():
@@ -189,9 +209,9 @@ class TokenShards:
         if self.manifest.get("format") != FORMAT:
             raise UserError(f"prepared data format {self.manifest.get('format')} is not {FORMAT}",
                             str(manifest_path), "re-run `ptmkit prepare` with this version")
-        bin_path = self.directory / f"{split}.bin"
-        self.tokens = (np.memmap(bin_path, dtype=self.manifest["dtype"], mode="r")
-                       if bin_path.stat().st_size else np.zeros(0, dtype=self.manifest["dtype"]))
+        self.tokens = _memmap(self.directory / f"{split}.bin", self.manifest["dtype"])
+        self.word_starts = (_memmap(self.directory / f"{split}.word_starts.bin", np.uint8)
+                            if self.manifest.get("segment") else None)
         self.sentence_offsets = np.load(self.directory / f"{split}.sentences.npy")
         self.document_offsets = np.load(self.directory / f"{split}.documents.npy")
 
@@ -209,7 +229,15 @@ class TokenShards:
         start, end = index * length, (index + 1) * length
         return Window(tokens=np.asarray(self.tokens[start:end], dtype=np.int64),
                       sentence_starts=_inside(self.sentence_offsets, start, end),
-                      document_starts=_inside(self.document_offsets, start, end))
+                      document_starts=_inside(self.document_offsets, start, end),
+                      word_starts=(None if self.word_starts is None
+                                   else np.asarray(self.word_starts[start:end], dtype=bool)))
+
+
+def _memmap(path: Path, dtype: str | np.dtype) -> np.ndarray:
+    """Read-only map of a flat array file; an empty file (a split with no documents) cannot be
+    mapped, so it reads as an empty array."""
+    return np.memmap(path, dtype=dtype, mode="r") if path.stat().st_size else np.zeros(0, dtype=dtype)
 
 
 def _inside(offsets: np.ndarray, start: int, end: int) -> np.ndarray:

@@ -34,6 +34,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import tokenizers
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
 
@@ -153,6 +154,29 @@ class Tokenizer:
             out.append(starts)
         return out
 
+    def word_start_table(self) -> np.ndarray:
+        """(vocab_size,) bool: True where a token, wherever it occurs, starts a word.
+
+        Whole-word masking needs word boundaries per id, without the text the ids came from; the
+        vocabulary strings carry them: wordpiece continuations start with ``##``
+        (google-research/bert ``create_masked_lm_predictions``), unigram word starts with ``▁``,
+        byte-level bpe word starts with a space byte (``Ġ``) or with punctuation / whitespace (a
+        GPT-2 regex chunk of its own). So words here are whitespace-separated: unlike
+        :meth:`word_starts`, a bpe letter run glued to punctuation or digits (``(hello``,
+        ``10am``) stays one word, and a unigram word runs on across ``[``/``<``. For ``char``
+        every token is a word (Latin letters cannot be told apart from the vocabulary; Chinese
+        words come from ``prepare(..., segment="jieba")``). Special tokens count as starts.
+        """
+        table = np.ones(self.vocab_size, dtype=bool)
+        if self.kind == "char":
+            return table
+        starts = {"wordpiece": lambda t: not t.startswith("##"),
+                  "unigram": lambda t: t.startswith("▁"),
+                  "bpe": _byte_level_starts_word}[self.kind]
+        for token, index in self.hf.get_vocab(with_added_tokens=False).items():
+            table[index] = index < N_SPECIAL or starts(token)
+        return table
+
     def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
         """Readable text of ``ids`` (special tokens dropped unless ``skip_special=False``)."""
         return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special)
@@ -267,6 +291,26 @@ def _is_cjk(ch: str) -> bool:
         or 0xF900 <= cp <= 0xFAFF
         or 0x2F800 <= cp <= 0x2FA1F
     )
+
+
+def _gpt2_byte_decoder() -> dict[str, int]:
+    """Inverse of GPT-2's ``bytes_to_unicode`` (openai/gpt-2 ``src/encoder.py``): printable
+    Latin-1 bytes stand for themselves, the other bytes for chr(256 + k) in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{chr(b): b for b in printable}, **{chr(256 + k): b for k, b in enumerate(others)}}
+
+
+_BYTE_OF = _gpt2_byte_decoder()
+
+
+def _byte_level_starts_word(token: str) -> bool:
+    """Whether a byte-level bpe token starts a word: it begins with whitespace (``Ġ`` = space)
+    or punctuation. Letters and digits continue a word, and so does a token that begins inside
+    a multi-byte character or whose first character is cut off (almost always a letter)."""
+    first = bytes(_BYTE_OF[c] for c in token).decode("utf-8", errors="replace")[0]
+    return first != "\ufffd" and not first.isalnum()  # U+FFFD: a character cut off
 
 
 def _char_word_starts(text: str, offsets: list[tuple[int, int]]) -> list[bool]:

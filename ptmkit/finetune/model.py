@@ -74,7 +74,7 @@ def load_backbone(init: str, *, tokenizer_dir: Path | None = None, model: str = 
 
 
 def _vocab(tokenizer: Tokenizer) -> Vocab:
-    return Vocab(tokenizer.vocab_size, tokenizer.special)
+    return Vocab.of(tokenizer)
 
 
 class TaskModel(nn.Module):

@@ -244,7 +244,7 @@ def load_finetuned(run: Path) -> tuple[TaskModel, Task, dict[str, Any]]:
         raise UserError("not a fine-tuned run", str(run), "point --run at a `ptmkit finetune` output")
     tokenizer = Tokenizer.load(run / "tokenizer")
     task_spec = TaskSpec(**config["task"])
-    objective = get_objective(config["objective"])(Vocab(tokenizer.vocab_size, tokenizer.special),
+    objective = get_objective(config["objective"])(Vocab.of(tokenizer),
                                                    task_spec.max_length, config["objective_options"])
     cfg = ModelConfig.from_dict(config["model"])
     backbone = Backbone(objective.build_model(cfg), objective, config["objective"], cfg, tokenizer, config["init"])

@@ -39,6 +39,11 @@ class Vocab:
     boundaries for whole-word masking. Left out of == and hash (an array is neither), so two
     Vocabs of one tokenizer compare by size and specials."""
 
+    @classmethod
+    def of(cls, tokenizer: Tokenizer) -> "Vocab":
+        """Everything objectives need from a tokenizer, word-start table included."""
+        return cls(tokenizer.vocab_size, tokenizer.special, tokenizer.word_start_table())
+
     @property
     def first_normal_id(self) -> int:
         """Ids below this are special tokens; random replacements are drawn above it."""

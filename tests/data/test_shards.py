@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ptmkit.data.corpus import read_documents
+from ptmkit.data.segment import segment_word_starts
 from ptmkit.data.shards import TokenShards, prepare
 from ptmkit.data.tokenizer import train_tokenizer
 from ptmkit.errors import UserError
@@ -96,3 +97,41 @@ def test_manifest_records_tokenizer_and_counts(corpus, tokenizer, tmp_path) -> N
 def test_not_prepared_directory_is_a_user_error(tmp_path) -> None:
     with pytest.raises(UserError, match="ptmkit prepare"):
         TokenShards(tmp_path)
+
+
+ZH_DOCS = ["使用语言模型来预测下一个词。北京是中国的首都。", "我们一起去公园散步吧。今天天气很好。"] * 20
+
+
+def test_jieba_segmentation_is_stored_per_token_and_windowed(tmp_path) -> None:
+    corpus = tmp_path / "zh.txt"
+    corpus.write_text("\n\n".join(ZH_DOCS) + "\n")
+    tokenizer = train_tokenizer(ZH_DOCS, kind="char", vocab_size=300, min_frequency=1, show_progress=False)
+    manifest = prepare([corpus], tokenizer, tmp_path / "d", val_fraction=0.0, progress=False,
+                       segment="jieba")
+    assert manifest["segment"] == "jieba"
+    shards = TokenShards(tmp_path / "d")
+    assert len(shards.word_starts) == len(shards)
+    sentence = "使用语言模型来预测下一个词"  # jieba: 使用/语言/模型/来/预测/下/一个/词
+    text = tokenizer.decode(shards.tokens[: len(sentence)])
+    assert text == sentence
+    window = shards.window(0, 16)
+    assert window.word_starts.dtype == bool and len(window.word_starts) == 16
+    assert window.word_starts[: len(sentence)].astype(int).tolist() == [1, 0, 1, 0, 1, 0, 1, 1, 0, 1, 1, 0, 1]
+    assert (shards.word_starts[shards.sentence_offsets[:-1]] == 1).all(), "a sentence starts a word"
+
+
+def test_jieba_words_match_subword_tokens_through_offsets(tokenizer) -> None:
+    """With a sub-word tokenizer the jieba words of English text are its whitespace words: a
+    split rare word continues, a bpe token carrying the space before a word starts it."""
+    texts = ["The cat sat on the zqxjkvwq mat.", "Prices rose  sharply, in March."]
+    starts = segment_word_starts(tokenizer, texts, "jieba")
+    assert [row.tolist() for row in starts] == [list(map(int, row)) for row in tokenizer.word_starts(texts)]
+    assert starts[0].tolist().count(0) == len(tokenizer.encode("zqxjkvwq")) - 1
+
+
+def test_word_starts_absent_unless_segmented(corpus, tokenizer, tmp_path) -> None:
+    manifest = prepare([corpus], tokenizer, tmp_path / "d", progress=False)
+    assert manifest["segment"] is None and not list((tmp_path / "d").glob("*.word_starts.bin"))
+    assert TokenShards(tmp_path / "d").window(0, 8).word_starts is None
+    with pytest.raises(UserError, match="segmenter"):
+        prepare([corpus], tokenizer, tmp_path / "e", progress=False, segment="ltp")

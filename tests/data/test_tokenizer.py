@@ -383,3 +383,50 @@ def test_load_meta_kind_mismatch(trained, tmp_path):
     with pytest.raises(UserError) as err:
         Tokenizer.load(tmp_path)
     assert "unigram" in err.value.what and "BPE" in err.value.what
+
+
+# -- per-id word-start table (whole-word masking) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("kind,lang", CASES)
+def test_word_start_table_shape_and_specials(trained, kind, lang):
+    table = trained(kind, lang).word_start_table()
+    assert table.shape == (trained(kind, lang).vocab_size,) and table.dtype == bool
+    assert table[: len(ALL_SPECIAL_TOKENS)].all()
+    if kind == "char":
+        assert table.all(), "every character token is a word of its own"
+    elif lang == "en":
+        assert not table.all(), "sub-word vocabularies have continuation pieces"
+
+
+@pytest.mark.parametrize("kind", ["bpe", "wordpiece", "unigram"])
+def test_word_start_table_marks_only_the_first_piece_of_a_split_word(trained, kind):
+    tok = trained(kind, "en")
+    ids = tok.encode("the zqxjkvwq fire")
+    assert tok.word_start_table()[ids].tolist() == tok.word_starts(["the zqxjkvwq fire"])[0]
+
+
+def _table_vs_pretokenizer(tok: Tokenizer, texts: list[str]) -> tuple[list[int], list[bool], list[bool]]:
+    ids = [i for row in tok.encode_batch(texts) for i in row]
+    starts = [s for row in tok.word_starts(texts) for s in row]
+    return ids, tok.word_start_table()[ids].tolist(), starts
+
+
+def test_word_start_table_is_exact_for_wordpiece_and_unigram(trained):
+    _, table, starts = _table_vs_pretokenizer(trained("wordpiece", "en"), LEE)
+    assert table == starts
+    _, table, starts = _table_vs_pretokenizer(trained("unigram", "en"), LEE)
+    assert sum(a != b for a, b in zip(table, starts)) / len(starts) < 1e-3  # only after "[", "<"
+
+
+def test_word_start_table_bpe_differs_only_where_letters_meet_other_characters(trained):
+    """The table's bpe words are whitespace words: a GPT-2 regex chunk boundary between
+    punctuation or digits and letters (`"I`, `10am`, `-year-old`) is not a word boundary, and a
+    punctuation run split in pieces (`...`) gives each piece a start. Never inside letters."""
+    tok = trained("bpe", "en")
+    ids, table, starts = _table_vs_pretokenizer(tok, LEE)
+    differ = [k for k in range(len(ids)) if table[k] != starts[k]]
+    assert len(differ) / len(ids) < 0.02
+    for k in differ:
+        before, here = tok.decode([ids[k - 1]]), tok.decode([ids[k]])
+        assert not (before[-1:].isalpha() and here[:1].isalpha()), (before, here)

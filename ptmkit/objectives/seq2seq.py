@@ -1,0 +1,69 @@
+"""What the encoder-decoder objectives (MASS, BART, T5) share: framing, batching and the loss.
+
+Each of them turns a window into a ragged triple (encoder `input_ids`, `decoder_input_ids`,
+`labels`) plus, for MASS, `decoder_position_ids`. The loss is the same for all three: encode the
+corrupted source, decode the teacher-forced target with causal self-attention and cross-attention
+to the source (objectives.md §1, family "encoder-decoder"), cross-entropy on the labelled rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ptmkit.model.backbone import key_padding_mask
+from ptmkit.objectives.base import IGNORE, Batch, Example, Objective, token_cross_entropy
+
+
+def framed(tokens: np.ndarray, bos: int, eos: int, max_len: int) -> np.ndarray:
+    """`<s> tokens </s>` cut to at most `max_len` ids (fairseq's BART / MASS sentence frame)."""
+    return np.concatenate([[bos], tokens[: max_len - 2], [eos]]).astype(np.int64)
+
+
+def shifted_right(targets: np.ndarray, start_id: int) -> np.ndarray:
+    """Teacher-forcing decoder input: `start_id` then every target but the last."""
+    return np.concatenate([[start_id], targets[:-1]]).astype(np.int64)
+
+
+def padded(rows: list[np.ndarray], value: int) -> Tensor:
+    """Right-pad 1-d int rows to the longest one and stack them: (B, max_len) int64."""
+    out = np.full((len(rows), max(len(row) for row in rows)), value, dtype=np.int64)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return torch.from_numpy(out)
+
+
+def _mask_unless_all(valid: Tensor) -> Tensor | None:
+    """(B, 1, L) key mask, or None when every key is valid (SDPA then takes its fast path)."""
+    return None if bool(valid.all()) else key_padding_mask(valid)
+
+
+class Seq2SeqObjective(Objective):
+    """Base of MASS, BART and T5: ragged collate and the encoder-decoder loss."""
+
+    architecture = "encoder_decoder"
+    layout = "bart"
+
+    def collate(self, examples: list[Example]) -> Batch:
+        """Pad ids with the pad id and labels with IGNORE. Decoder rows are padded at the end, so
+        the causal mask alone keeps real rows off padded keys (no decoder mask is built)."""
+        pad = self.vocab.special.pad
+        batch = {"input_ids": padded([ex["input_ids"] for ex in examples], pad),
+                 "decoder_input_ids": padded([ex["decoder_input_ids"] for ex in examples], pad),
+                 "labels": padded([ex["labels"] for ex in examples], IGNORE)}
+        if "decoder_position_ids" in examples[0]:
+            batch["decoder_position_ids"] = padded([ex["decoder_position_ids"] for ex in examples], 0)
+        return batch
+
+    def memory_keys(self, input_ids: Tensor) -> Tensor:
+        """(B, Ls) bool: encoder positions the decoder may cross-attend to (all real tokens)."""
+        return input_ids != self.vocab.special.pad
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        input_ids = batch["input_ids"]
+        memory = model.encode(input_ids, attn_mask=_mask_unless_all(input_ids != self.vocab.special.pad))
+        hidden = model.decode(batch["decoder_input_ids"], memory,
+                              memory_mask=_mask_unless_all(self.memory_keys(input_ids)),
+                              position_ids=batch.get("decoder_position_ids"))
+        return token_cross_entropy(model, hidden, batch["labels"])

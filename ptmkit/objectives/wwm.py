@@ -1,0 +1,46 @@
+"""Whole-word masking (WWM): BERT's masked LM, with whole words chosen instead of single pieces.
+
+Words are visited in random order and taken whole until ~15% of the eligible tokens are
+covered (google-research/bert `create_masked_lm_predictions`, `do_whole_word_mask=True`; see
+`noise.choose_whole_words`). The 80/10/10 [MASK]/random/keep decision is then made per TOKEN,
+as in that code and in HF `DataCollatorForWholeWordMask`, so one word may be part [MASK], part
+random. Framing, dynamic masking and the loss are MLM's.
+
+Where words come from, first match wins:
+
+1. `window.word_starts`: per-token boundaries stored by `prepare(..., segment="jieba")`. Chinese
+   WWM (Cui et al., arXiv 1906.08101): one token per Han character, words from a segmenter.
+2. `vocab.word_start`: the per-id table of `Tokenizer.word_start_table` (wordpiece `##`, unigram
+   `▁`, byte-level bpe `Ġ`/punctuation).
+3. Neither: every token is a word of its own, i.e. plain token-level MLM (HF's collator silently
+   does the same for tokenizers without `##`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from ptmkit.data.tokenizer import SpecialIds
+from ptmkit.objectives.base import Window
+from ptmkit.objectives.mlm import MaskedLM
+from ptmkit.objectives.noise import bert_frame, choose_whole_words, token_word_starts, word_groups
+
+_FLAG_FRAME = SpecialIds(*[1] * 7, sentinels=())
+"""Framing per-token flags with `bert_frame` through these "special ids" lays them out exactly
+like the tokens, with [CLS] and [SEP] counted as word starts."""
+
+
+class WholeWordMaskedLM(MaskedLM):
+    name = "wwm"
+
+    def word_starts(self, window: Window) -> np.ndarray:
+        """Bool per framed position: True where a word starts (see the module docstring)."""
+        starts = token_word_starts(window, self.vocab)
+        flags = dataclasses.replace(window, tokens=starts.astype(np.int64))
+        return bert_frame(flags, _FLAG_FRAME, self.seq_len).astype(bool)
+
+    def select(self, window: Window, eligible: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        words = word_groups(self.word_starts(window), eligible)
+        return choose_whole_words(words, self.options.mask_prob, rng)

@@ -1,0 +1,111 @@
+"""ELMo biLM: sentence framing, direction leak test, padding, fresh loss, downstream layers, learning."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ptmkit.data.shards import TokenShards, Window
+from ptmkit.model.bilm import BiLM
+from ptmkit.model.config import resolve_model_config
+from ptmkit.objectives import get_objective
+from ptmkit.objectives.base import IGNORE, Vocab
+
+V, L = 60, 12
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """An LSTM is hundreds of tiny per-time-step ops: on a loaded machine, syncing two intra-op
+    threads for each costs far more than it saves."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def small_bilm() -> BiLM:
+    torch.manual_seed(0)
+    return BiLM(V, dim=16, cells=32, layers=2, dropout=0.1).eval()
+
+
+def ids(seed: int = 0, batch: int = 2, length: int = L) -> torch.Tensor:
+    return torch.randint(10, V, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def changed(a: torch.Tensor, b: torch.Tensor) -> list[int]:
+    return torch.nonzero((a - b).abs().amax(dim=(0, 2)) > 1e-6).flatten().tolist()
+
+
+def test_sentences_are_framed_and_labels_point_both_ways(vocab: Vocab) -> None:
+    objective = get_objective("elmo")(vocab, 16)
+    assert objective.window_length() == 14
+    window = Window(tokens=np.arange(100, 114), sentence_starts=np.array([0, 5]),
+                    document_starts=np.array([0]))
+    ex = objective.make_example(window, np.random.default_rng(0))
+    bos, eos = vocab.special.bos, vocab.special.eos
+    assert ex["input_ids"].tolist() == [bos, *range(100, 105), eos, bos, *range(105, 112), eos]
+    assert ex["forward_labels"].tolist() == [*ex["input_ids"][1:], IGNORE]
+    assert ex["backward_labels"].tolist() == [IGNORE, *ex["input_ids"][:-1]]
+
+
+@pytest.mark.parametrize("m", [0, 5, L - 1])
+def test_each_direction_sees_only_its_side(m: int) -> None:
+    """Forward position k predicts token k+1, so it may depend on tokens <= k only; backward
+    position k predicts token k-1 and may depend on tokens >= k only."""
+    model, x = small_bilm(), ids()
+    y = x.clone()
+    y[:, m] = (y[:, m] + 1) % V
+    with torch.no_grad():
+        (fx, bx), (fy, by) = model.directions(x), model.directions(y)
+    assert changed(fx, fy) == list(range(m, L))
+    assert changed(bx, by) == list(range(0, m + 1))
+
+
+def test_right_padding_does_not_change_real_positions() -> None:
+    model, x = small_bilm(), ids(batch=1)
+    padded = torch.cat([x, torch.zeros(1, 4, dtype=torch.long)], dim=1)
+    valid = torch.arange(L + 4)[None] < L
+    with torch.no_grad():
+        alone, with_padding = model.layers(x), model.layers(padded, valid)
+    for (f, b), (fp, bp) in zip(alone, with_padding):
+        torch.testing.assert_close(fp[:, :L], f)
+        torch.testing.assert_close(bp[:, :L], b)
+
+
+def test_fresh_model_loss_is_near_uniform(vocab: Vocab, random_window) -> None:
+    objective = get_objective("elmo")(vocab, 32)
+    torch.manual_seed(0)
+    model = objective.build_model(resolve_model_config("tiny", vocab_size=vocab.size, layout="prenorm"))
+    rng = np.random.default_rng(0)
+    batch = objective.collate([objective.make_example(random_window(rng, 30, vocab), rng) for _ in range(4)])
+    loss, metrics = objective.loss(model, batch)
+    assert abs(float(loss.detach()) - math.log(vocab.size)) < 0.05 * math.log(vocab.size)
+    assert metrics["predicted"] == 2 * 4 * 31
+
+
+def test_feature_layers_duplicate_the_token_layer(vocab: Vocab) -> None:
+    objective = get_objective("elmo")(vocab, 32)
+    model = objective.build_model(resolve_model_config("tiny", vocab_size=vocab.size, layout="prenorm")).eval()
+    x = torch.randint(vocab.first_normal_id, vocab.size, (2, 9))
+    valid = torch.ones_like(x, dtype=torch.bool)
+    valid[1, 6:] = False
+    with torch.no_grad():
+        layers = objective.feature_layers(model, x, valid)
+        top = objective.features(model, x, valid)
+        short = objective.features(model, x[1:, :6], valid[1:, :6])
+    assert len(layers) == 3 and all(h.shape == (2, 9, 256) for h in layers)
+    embedded = model.embed(x)
+    torch.testing.assert_close(layers[0][valid], torch.cat([embedded, embedded], dim=-1)[valid])
+    torch.testing.assert_close(top, layers[-1])
+    torch.testing.assert_close(top[1:, :6], short)  # padding and <s>/</s> framing are invisible
+
+
+def test_tiny_bilm_learns_real_text(lee_shards: TokenShards, train_briefly) -> None:
+    tokenizer = lee_shards.tokenizer()
+    objective = get_objective("elmo")(Vocab(tokenizer.vocab_size, tokenizer.special), 32)
+    losses = train_briefly(objective, lee_shards, steps=30)
+    assert np.mean(losses[-5:]) <= 0.95 * np.mean(losses[:5])
