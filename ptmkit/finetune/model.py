@@ -33,8 +33,13 @@ class Backbone:
 
     @property
     def pooling(self) -> str:
-        """Decoder-only models summarise a sequence in its last token, the others in the first."""
-        return "last" if self.objective.architecture in ("decoder", "prefix") else "first"
+        """How a sequence becomes one vector: the last token of decoder-only models, the mean
+        of context-free or LSTM features, else the first ([CLS]) token."""
+        architecture = self.objective.architecture
+        if architecture in ("decoder", "prefix"):
+            return "last"
+        # no [CLS] trained to summarise: static vectors and biLM states are averaged
+        return "mean" if architecture in ("lstm", "shallow") else "first"
 
 
 def read_run_config(run: Path) -> dict[str, Any]:
@@ -95,4 +100,4 @@ class TaskModel(nn.Module):
 
 
 def _hidden_size(backbone: Backbone) -> int:
-    return getattr(backbone.network, "output_size", backbone.model_cfg.hidden)
+    return backbone.network.output_size

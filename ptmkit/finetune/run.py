@@ -247,7 +247,8 @@ def load_finetuned(run: Path) -> tuple[TaskModel, Task, dict[str, Any]]:
     objective = get_objective(config["objective"])(Vocab.of(tokenizer),
                                                    task_spec.max_length, config["objective_options"])
     cfg = ModelConfig.from_dict(config["model"])
-    backbone = Backbone(objective.build_model(cfg), objective, config["objective"], cfg, tokenizer, config["init"])
+    backbone = Backbone(objective.downstream_network(cfg), objective, config["objective"], cfg, tokenizer,
+                        config["init"])
     task = get_task(task_spec.name)(task_spec, tokenizer, backbone.pooling, token_types=False)
     model = TaskModel(backbone, task)
     load_weights(model, run / "model.safetensors")

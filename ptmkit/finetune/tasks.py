@@ -93,10 +93,13 @@ class Task:
         raise NotImplementedError
 
     def pool(self, features: Tensor, batch: dict[str, Tensor]) -> Tensor:
-        """One vector per sequence: the first token for encoders, the last real token for decoders."""
+        """One vector per sequence: first token, last real token, or the mean of real tokens."""
         if self.pooling == "last":
             last = batch["valid"].sum(1) - 1
             return features[torch.arange(features.shape[0]), last]
+        if self.pooling == "mean":
+            valid = batch["valid"].unsqueeze(-1).to(features.dtype)
+            return (features * valid).sum(1) / valid.sum(1).clamp(min=1)
         return features[:, 0]
 
     def head_output(self, features: Tensor, batch: dict[str, Tensor], head: nn.Module) -> Tensor:

@@ -220,6 +220,11 @@ class Transformer(nn.Module):
         """Vocabulary logits for the given hidden states only (callers select rows first)."""
         return self.lm_head(hidden)
 
+    @property
+    def output_size(self) -> int:
+        """Width of the features downstream heads read."""
+        return self.cfg.hidden
+
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
         if exclude_embeddings:

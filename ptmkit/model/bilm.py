@@ -105,3 +105,15 @@ class BiLM(nn.Module):
         per_layer = 4 * cells * (dim + dim) + cells * dim
         macs = 2 * (len(self.forward_stack.layers) * per_layer + predicted_fraction * vocab * dim)
         return 3 * 2 * macs
+
+
+class ELMoFeatures(nn.Module):
+    """A frozen biLM plus a task-specific `ScalarMix` of its layers (Peters et al. 2018, §3.3):
+    the downstream network of an ELMo run. Only the mix (and the task head) learn."""
+
+    def __init__(self, bilm: BiLM, n_layers: int) -> None:
+        super().__init__()
+        from ptmkit.model.scalar_mix import ScalarMix
+        self.bilm = bilm.requires_grad_(False)
+        self.mix = ScalarMix(n_layers)
+        self.output_size = 2 * bilm.embed.embedding_dim

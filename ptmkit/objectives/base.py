@@ -107,12 +107,22 @@ class Objective:
         returns the summary. Only for `standalone` objectives."""
         raise NotImplementedError
 
+    def to_downstream(self, network: nn.Module, cfg: ModelConfig) -> nn.Module:
+        """The network fine-tuning builds on, made from the pre-training network (by default
+        itself; ELECTRA keeps its discriminator, word2vec seeds a small encoder, ELMo adds a
+        scalar mix)."""
+        return network
+
+    def downstream_network(self, cfg: ModelConfig) -> nn.Module:
+        """A fresh downstream network of the right shape (to load fine-tuned weights into)."""
+        return self.to_downstream(self.build_model(cfg), cfg)
+
     def load_pretrained(self, run: Path, cfg: ModelConfig) -> nn.Module:
-        """The network that fine-tuning starts from, with the run's weights loaded."""
+        """The downstream network with the pre-training run's weights in it."""
         from ptmkit.train.checkpoint import load_weights
         model = self.build_model(cfg)
         load_weights(model, run / "model.safetensors")
-        return model
+        return self.to_downstream(model, cfg)
 
     def features(self, model: nn.Module, input_ids: Tensor, valid: Tensor) -> Tensor:
         """Token representations (B, L, H) that downstream tasks build on.

@@ -172,6 +172,6 @@ class Electra(MaskedLM):
             accuracy = (correct * valid).sum() / valid.sum()
         return loss, {"disc_loss": float(loss.detach()), "disc_accuracy": float(accuracy)}
 
-    def features(self, model: nn.Module, input_ids: Tensor, valid: Tensor) -> Tensor:
-        """The discriminator's encoder output: the network ELECTRA keeps."""
-        return super().features(model.discriminator, input_ids, valid)
+    def to_downstream(self, network: nn.Module, cfg: ModelConfig) -> nn.Module:
+        """The discriminator, a plain encoder: the network ELECTRA keeps (the generator goes)."""
+        return network.discriminator

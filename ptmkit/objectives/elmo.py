@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ptmkit.errors import UserError
-from ptmkit.model.bilm import BiLM
+from ptmkit.model.bilm import BiLM, ELMoFeatures
 from ptmkit.model.config import ModelConfig
 from ptmkit.objectives.base import IGNORE, Batch, Example, Objective, Window, token_cross_entropy
 
@@ -86,8 +86,14 @@ class ELMo(Objective):
         return [torch.cat([forward, backward], dim=-1)[:, 1:-1]
                 for forward, backward in model.layers(framed, framed_valid)]
 
+    def to_downstream(self, network: nn.Module, cfg: ModelConfig) -> nn.Module:
+        """Frozen biLM + learned scalar mix of its L+1 layers."""
+        return ELMoFeatures(network, self.options.layers + 1)
+
     def features(self, model: nn.Module, input_ids: Tensor, valid: Tensor) -> Tensor:
-        """Top biLM layer [forward; backward] (B, L, 2·hidden)."""
+        """The scalar mix of the biLM layers (B, L, 2·hidden); a bare biLM gives its top layer."""
+        if isinstance(model, ELMoFeatures):
+            return model.mix(self.feature_layers(model.bilm, input_ids, valid))
         return self.feature_layers(model, input_ids, valid)[-1]
 
     def _add_boundaries(self, input_ids: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:

@@ -28,6 +28,7 @@ PYTHONHASHSEED does not matter. More workers are faster but thread scheduling ch
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -43,7 +44,7 @@ from gensim.models import KeyedVectors
 from gensim.models import Word2Vec as GensimWord2Vec
 from gensim.test.utils import datapath
 from gensim.utils import simple_preprocess
-from torch import Tensor, nn
+from torch import nn
 from tqdm import tqdm
 
 from ptmkit.data.shards import TokenShards
@@ -248,9 +249,17 @@ class Word2Vec(Objective):
     def build_model(self, cfg: ModelConfig) -> nn.Module:
         return WordVectors(cfg.vocab_size, self.options.vector_size)
 
-    def features(self, model: nn.Module, input_ids: Tensor, valid: Tensor) -> Tensor:
-        """Static vectors: a token's features do not depend on its context."""
-        return model(input_ids)
+    def to_downstream(self, network: nn.Module, cfg: ModelConfig) -> nn.Module:
+        """A small encoder of the run's size whose token embedding starts as the word vectors
+        (width = vector_size): static vectors alone cannot tell "not good" from "good"."""
+        from ptmkit.model.backbone import Transformer
+        width = network.embedding.shape[1]
+        heads = max(h for h in range(1, cfg.heads + 1) if width % h == 0)
+        encoder_cfg = dataclasses.replace(cfg, hidden=width, heads=heads, ffn=4 * width, n_decoder_layers=0)
+        encoder = Transformer(encoder_cfg)
+        with torch.no_grad():
+            encoder.embed.tokens.weight.copy_(network.embedding)
+        return encoder
 
     def train_standalone(self, shards: TokenShards, tokenizer: Tokenizer, run: Path,
                          cfg: TrainConfig, progress: bool) -> dict[str, Any]:

@@ -120,12 +120,14 @@ def test_disc_loss_never_reaches_the_generator_and_embeddings_learn_from_both(vo
     assert all(from_mlm[n] is None for n in names if n.startswith(("discriminator_head.", "discriminator.encoder.")))
 
 
-def test_features_are_the_discriminator_encoding(vocab) -> None:
+def test_downstream_keeps_only_the_discriminator(vocab) -> None:
     objective = get_objective("electra")(vocab, 16)
     model = tiny(objective, vocab).eval()
+    downstream = objective.to_downstream(model, model.discriminator.cfg)
+    assert downstream is model.discriminator
     ids = torch.randint(vocab.first_normal_id, vocab.size, (2, 16))
     valid = torch.ones_like(ids, dtype=torch.bool)
-    features = objective.features(model, ids, valid)
+    features = objective.features(downstream, ids, valid)
     assert features.shape == (2, 16, 128)
     assert torch.allclose(features, model.discriminator.encode(ids, attn_mask=valid[:, None, :]))
 
