@@ -21,9 +21,10 @@ Record = dict[str, str]
 
 def _open(path: Path) -> io.TextIOBase:
     # utf-8-sig strips the byte-order mark some official TSVs start with
+    # errors="replace": real corpora (gensim's polarity sample) carry stray cp1252 bytes
     if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path), encoding="utf-8-sig", newline="")
-    return open(path, encoding="utf-8-sig", newline="")
+        return io.TextIOWrapper(gzip.open(path), encoding="utf-8-sig", errors="replace", newline="")
+    return open(path, encoding="utf-8-sig", errors="replace", newline="")
 
 
 def read_records(path: str | Path, *, columns: Sequence[str] | None = None) -> list[Record]:
