@@ -141,9 +141,10 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = _parser(sub, "demo", "pre-train a tiny MLM on text shipped with gensim (no network)")
+    p = _parser(sub, "demo", "compare scratch with word2vec, mlm and bart on text shipped with gensim")
     p.add_argument("--out", type=Path, default=Path("demo-run"))
-    p.add_argument("--minutes", type=float, default=3.0, help="pre-training time budget")
+    p.add_argument("--minutes", type=float, default=1.5,
+                   help="pre-training budget of each Transformer objective (default 1.5)")
     p.set_defaults(handler=_run_demo)
 
 
