@@ -14,3 +14,8 @@ class UserError(Exception):
     def __init__(self, what: str, where: str, fix: str) -> None:
         self.what, self.where, self.fix = what, str(where), fix
         super().__init__(f"{what} ({self.where}): {fix}")
+
+
+class RunStopped(UserError):
+    """A run that started cleanly stopped for a reason the user must act on (e.g. it diverged).
+    Unlike input errors, its directory is kept: it holds the last good checkpoint."""

@@ -22,7 +22,7 @@ from ptmkit.data.loader import WindowDataset, evaluation_batches, make_loader
 from ptmkit.data.shards import TokenShards, corpus_fingerprint, prepare
 from ptmkit.data.tokenizer import Tokenizer, train_tokenizer
 from ptmkit.data.corpus import read_documents, read_texts
-from ptmkit.errors import UserError
+from ptmkit.errors import RunStopped, UserError
 from ptmkit.model.config import ModelConfig, resolve_model_config
 from ptmkit.objectives import get_objective
 from ptmkit.objectives.base import Vocab
@@ -181,8 +181,8 @@ def pretrain(spec: PretrainSpec) -> dict[str, Any]:
     spec.out.mkdir(parents=True, exist_ok=True)
     try:
         return _pretrain_into(spec, objective_cls, plan)
-    except UserError:
-        if created:  # bad input found late (e.g. an empty corpus): leave nothing behind
+    except UserError as err:
+        if created and not isinstance(err, RunStopped):  # bad input found late (e.g. an empty corpus): leave nothing behind
             shutil.rmtree(spec.out, ignore_errors=True)
         raise
 

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 import ptmkit
 from ptmkit.errors import UserError
-from ptmkit.finetune.data import Record, glue_files, glue_spec, label_budget, read_records
+from ptmkit.finetune.data import glue_files, glue_spec, label_budget
 from ptmkit.finetune.model import Backbone, TaskModel, load_backbone, read_run_config
 from ptmkit.finetune.tasks import Task, TaskSpec, get_task, stratify_key
 from ptmkit.model.config import ModelConfig
@@ -46,6 +46,8 @@ class FinetuneSpec:
     tokenizer: Path | None = None
     text_fields: list[str] = field(default_factory=lambda: ["text"])
     label_field: str = "label"
+    negative_label: str | None = None
+    """Relation tasks: the "no relation" class left out of F1 (None: auto-detect, see relation.py)."""
     model: str = "tiny"
     max_train_examples: int | None = None
     dev_fraction: float = 0.1
@@ -91,14 +93,9 @@ def _task_spec(spec: FinetuneSpec) -> tuple[str, TaskSpec, str, list[str]]:
     if spec.train is None:
         raise UserError("no training data", "--train", "pass --train FILE (and --dev FILE)")
     task_spec = TaskSpec(name=spec.task, text_fields=list(spec.text_fields),
-                         label_field=spec.label_field, max_length=spec.max_length)
+                         label_field=spec.label_field, max_length=spec.max_length,
+                         negative_label=spec.negative_label)
     return spec.task, task_spec, spec.train, [spec.dev] if spec.dev else []
-
-
-def _read(task: Task, path: str) -> list[Record]:
-    records = read_records(path, columns=task.spec.columns)
-    task.check(records, path)
-    return records
 
 
 def _prepare(spec: FinetuneSpec) -> _Prepared:
@@ -106,9 +103,10 @@ def _prepare(spec: FinetuneSpec) -> _Prepared:
     backbone = load_backbone(spec.init, tokenizer_dir=spec.tokenizer, model=spec.model,
                              max_length=spec.max_length)
     task = get_task(task_name)(task_spec, backbone.tokenizer, backbone.pooling, token_types=False)
-    train_records = _read(task, train_path)
+    train_path, dev_paths = task.resolve_files(train_path, dev_paths)
+    train_records = task.read(train_path)
     if dev_paths:
-        dev_records = _read(task, dev_paths[0])
+        dev_records = task.read(dev_paths[0])
     else:  # no dev file: hold out a stratified, seeded slice of the training data
         task.fit_labels(train_records)
         keys, stratified = stratify_key(task, task.targets(train_records, train_path))
@@ -258,7 +256,7 @@ def load_finetuned(run: Path) -> tuple[TaskModel, Task, dict[str, Any]]:
 def evaluate(run: Path, data: str, out: Path | None = None, batch_size: int = 64) -> dict[str, Any]:
     """Score a fine-tuned run on any file of its task's format."""
     model, task, _ = load_finetuned(run)
-    records = _read(task, data)
+    records = task.read(data)
     items = task.encode(records, data)
     metrics = evaluate_items(model, task, items, [item["target"].tolist() for item in items], batch_size)
     result = {**metrics, "examples": len(items), "data": data}

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.errors import UserError
-from ptmkit.finetune.data import Record, require_fields
+from ptmkit.finetune.data import Record, read_records, require_fields
 
 Encoded = dict[str, np.ndarray]
 
@@ -37,6 +37,8 @@ class TaskSpec:
     """Metric names to report first (e.g. GLUE's official ones); all task metrics are computed."""
     columns: list[str] | None = None
     """Column names of a header-less TSV (GLUE CoLA)."""
+    negative_label: str | None = None
+    """Relation class meaning "no relation", left out of the relation F1 (None: auto-detect)."""
 
 
 class Task:
@@ -50,6 +52,16 @@ class Task:
         self.pooling, self.token_types = pooling, token_types
 
     # ---- data ---------------------------------------------------------------------------
+    def resolve_files(self, train: str, devs: list[str]) -> tuple[str, list[str]]:
+        """The files behind --train/--dev; a task whose archive holds both splits maps them here."""
+        return train, devs
+
+    def read(self, path: str) -> list[Record]:
+        """Examples of one data file, checked; tasks whose files are not tables override this."""
+        records = read_records(path, columns=self.spec.columns)
+        self.check(records, path)
+        return records
+
     def check(self, records: list[Record], path: str) -> None:
         require_fields(records, self.spec.text_fields, path, "--text-fields")
         require_fields(records, [self.spec.label_field], path, "--label-field")
@@ -165,13 +177,8 @@ class Classify(Task):
             self.spec.labels = sorted({str(r[self.spec.label_field]) for r in records}, key=_natural)
 
     def targets(self, records: list[Record], path: str) -> list[int]:
-        index = {label: i for i, label in enumerate(self.spec.labels)}
-        unseen = sorted({str(r[self.spec.label_field]) for r in records} - set(index))
-        if unseen:
-            raise UserError(f"label(s) {', '.join(map(repr, unseen[:5]))} do not occur in the training data",
-                            f"{path}: {self.spec.label_field}",
-                            f"known labels: {', '.join(self.spec.labels)}")
-        return [index[str(r[self.spec.label_field])] for r in records]
+        return label_ids([str(r[self.spec.label_field]) for r in records], self.spec.labels,
+                         f"{path}: {self.spec.label_field}")
 
     def build_head(self, hidden: int) -> nn.Module:
         return PooledHead(hidden, len(self.spec.labels))
@@ -222,6 +229,16 @@ class Regress(Task):
                 "spearman": float(spearmanr(predictions, targets)[0])}
 
 
+def label_ids(values: Sequence[str], labels: list[str], where: str) -> list[int]:
+    """Ids of `values` among the training labels; a label the training data lacks is the user's."""
+    index = {label: i for i, label in enumerate(labels)}
+    unseen = sorted(set(values) - set(index))
+    if unseen:
+        raise UserError(f"label(s) {', '.join(map(repr, unseen[:5]))} do not occur in the training data",
+                        where, f"known labels: {', '.join(labels)}")
+    return [index[v] for v in values]
+
+
 def _natural(label: str) -> tuple:
     """Sort "2" before "10" and numbers before words, so 0/1 labels keep their ids."""
     try:
@@ -234,10 +251,21 @@ TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (Classify, Regress)}
 
 
 def get_task(name: str) -> type[Task]:
+    _register_token_tasks()
     if name not in TASKS:
         raise UserError(f"unknown task {name!r}", "--task",
                         f"use one of: {', '.join(TASKS)} or glue:<name>")
     return TASKS[name]
+
+
+def _register_token_tasks() -> None:
+    """tag / relation / keyphrase live in modules that build on this one: importing them on first
+    use, not at import time, keeps the import graph free of cycles."""
+    from ptmkit.finetune.keyphrase import Keyphrase
+    from ptmkit.finetune.relation import Relation
+    from ptmkit.finetune.tagging import Tag
+    for cls in (Tag, Relation, Keyphrase):
+        TASKS.setdefault(cls.name, cls)
 
 
 def stratify_key(task: Task, targets: Sequence[Any]) -> tuple[list[Any], bool]:

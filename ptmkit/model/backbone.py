@@ -8,6 +8,8 @@ Masks are built by objectives (see `ptmkit.model.masks`), never here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -39,6 +41,67 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool,
                                           is_causal=is_causal and mask is None)
 
 
+@dataclass
+class LayerCache:
+    """One layer's keys and values kept between decoding steps, as (B, L, H) before the head split.
+
+    `keys`/`values` grow by the rows of every step (self-attention); `cross` holds the projected
+    memory, computed at the first step and reused (cross-attention)."""
+
+    keys: Tensor | None = None
+    values: Tensor | None = None
+    cross: tuple[Tensor, Tensor] | None = None
+
+    def extend(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Append this step's keys/values; returns all of them, past rows first."""
+        if self.keys is not None:
+            k, v = torch.cat([self.keys, k], dim=1), torch.cat([self.values, v], dim=1)
+        self.keys, self.values = k, v
+        return k, v
+
+
+class KVCache:
+    """Keys and values of every layer of one stack, so that a decoding step computes only its
+    new rows (the `past_key_values` of Hugging Face, fairseq's `incremental_state`).
+
+    Pass one to `Transformer.decode` (or `encode`, for decoder-only models) on every step; rows
+    given without `position_ids` continue at position `length`.
+    """
+
+    def __init__(self, n_layers: int) -> None:
+        self.layers = [LayerCache() for _ in range(n_layers)]
+
+    @property
+    def length(self) -> int:
+        """Rows cached so far (0 before the first step)."""
+        keys = self.layers[0].keys if self.layers else None
+        return 0 if keys is None else keys.shape[1]
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep batch rows `index` (beam search moves hypotheses between beam slots)."""
+        for layer in self.layers:
+            if layer.keys is not None:
+                layer.keys, layer.values = layer.keys[index], layer.values[index]
+            if layer.cross is not None:
+                layer.cross = (layer.cross[0][index], layer.cross[1][index])
+
+
+def past_mask(attn_mask: Tensor | None, is_causal: bool, past: int, length: int,
+              device: torch.device) -> tuple[Tensor | None, bool]:
+    """(mask, is_causal) for `length` new rows after `past` cached ones.
+
+    SDPA's `is_causal` aligns the triangle top-left, which is wrong once keys outnumber queries,
+    so a causal step past the first becomes an explicit bottom-right triangle (no mask at all for
+    a single row, which may see every key). An explicit mask is the caller's, full key width.
+    """
+    if past == 0 or attn_mask is not None or not is_causal:
+        return attn_mask, is_causal
+    if length == 1:
+        return None, False
+    rows = torch.ones(length, past + length, dtype=torch.bool, device=device)
+    return rows.tril(diagonal=past), False
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention whose keys may be a prefix of the rows (two-stream attention)."""
 
@@ -49,11 +112,13 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(cfg.hidden, cfg.hidden)
 
     def forward(self, x: Tensor, mask: Tensor | None, is_causal: bool,
-                n_keys: int | None = None) -> Tensor:
+                n_keys: int | None = None, cache: LayerCache | None = None) -> Tensor:
         # With n_keys, rows past n_keys are query-stream rows: they ask, but are never keys.
         q, k, v = self.qkv(x).chunk(3, dim=-1)
         if n_keys is not None:
             k, v = k[:, :n_keys], v[:, :n_keys]
+        if cache is not None:
+            k, v = cache.extend(k, v)
         dropout = self.dropout if self.training else 0.0
         y = _sdpa(_heads(q, self.heads), _heads(k, self.heads), _heads(v, self.heads),
                   mask, is_causal, dropout)
@@ -70,8 +135,14 @@ class CrossAttention(nn.Module):
         self.kv = nn.Linear(cfg.hidden, 2 * cfg.hidden)
         self.out = nn.Linear(cfg.hidden, cfg.hidden)
 
-    def forward(self, x: Tensor, memory: Tensor, mask: Tensor | None) -> Tensor:
-        k, v = self.kv(memory).chunk(2, dim=-1)
+    def forward(self, x: Tensor, memory: Tensor, mask: Tensor | None,
+                cache: LayerCache | None = None) -> Tensor:
+        if cache is not None and cache.cross is not None:
+            k, v = cache.cross  # the memory does not change between steps: project it once
+        else:
+            k, v = self.kv(memory).chunk(2, dim=-1)
+            if cache is not None:
+                cache.cross = (k, v)
         dropout = self.dropout if self.training else 0.0
         y = _sdpa(_heads(self.q(x), self.heads), _heads(k, self.heads), _heads(v, self.heads),
                   mask, False, dropout)
@@ -101,10 +172,11 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None, is_causal: bool = False,
                 n_keys: int | None = None, memory: Tensor | None = None,
-                memory_mask: Tensor | None = None) -> Tensor:
-        x = self._residual(x, self.attn_norm, lambda y: self.attn(y, mask, is_causal, n_keys))
+                memory_mask: Tensor | None = None, cache: LayerCache | None = None) -> Tensor:
+        x = self._residual(x, self.attn_norm, lambda y: self.attn(y, mask, is_causal, n_keys, cache))
         if self.cross is not None:
-            x = self._residual(x, self.cross_norm, lambda y: self.cross(y, memory, memory_mask))
+            x = self._residual(x, self.cross_norm,
+                               lambda y: self.cross(y, memory, memory_mask, cache))
         return self._residual(x, self.ffn_norm, lambda y: self.fc_out(self.act(self.fc_in(y))))
 
 
@@ -158,9 +230,9 @@ class Stack(nn.Module):
         self.layers = nn.ModuleList(Block(cfg, cross) for _ in range(n_layers))
         self.final_norm = nn.LayerNorm(cfg.hidden, eps=cfg.norm_eps) if cfg.final_norm else None
 
-    def forward(self, x: Tensor, **kwargs) -> Tensor:
-        for layer in self.layers:
-            x = layer(x, **kwargs)
+    def forward(self, x: Tensor, cache: KVCache | None = None, **kwargs) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cache=cache.layers[i] if cache is not None else None, **kwargs)
         return self.final_norm(x) if self.final_norm is not None else x
 
 
@@ -187,10 +259,15 @@ class Transformer(nn.Module):
 
     def encode(self, input_ids: Tensor, *, position_ids: Tensor | None = None,
                token_type_ids: Tensor | None = None, attn_mask: Tensor | None = None,
-               is_causal: bool = False) -> Tensor:
-        """Bidirectional (no mask), causal (`is_causal`) or any masked family. Returns (B, L, H)."""
-        x = self.embed(input_ids, position_ids, token_type_ids)
-        return self.encoder(x, mask=attn_mask, is_causal=is_causal)
+               is_causal: bool = False, cache: KVCache | None = None) -> Tensor:
+        """Bidirectional (no mask), causal (`is_causal`) or any masked family. Returns (B, L, H).
+
+        With `cache` (decoder-only generation) the rows continue the cached ones: an explicit
+        `attn_mask` then spans the cached keys too, (B, L, past + L)."""
+        past = cache.length if cache is not None else 0
+        x = self.embed(input_ids, _positions(position_ids, past, input_ids), token_type_ids)
+        attn_mask, is_causal = past_mask(attn_mask, is_causal, past, input_ids.shape[1], input_ids.device)
+        return self.encoder(x, mask=attn_mask, is_causal=is_causal, cache=cache)
 
     def two_stream(self, input_ids: Tensor, position_ids: Tensor, query_ids: Tensor,
                    query_position_ids: Tensor, attn_mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -208,13 +285,19 @@ class Transformer(nn.Module):
 
     def decode(self, decoder_input_ids: Tensor, memory: Tensor, *,
                memory_mask: Tensor | None = None, position_ids: Tensor | None = None,
-               attn_mask: Tensor | None = None) -> Tensor:
-        """Causal decoder over its own inputs with cross-attention to `memory` (B, Ls, H)."""
+               attn_mask: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
+        """Causal decoder over its own inputs with cross-attention to `memory` (B, Ls, H).
+
+        With `cache` only the new decoder rows are given; the memory is projected at the first
+        step and reused."""
         if self.decoder is None:
             raise RuntimeError("decode() needs an encoder-decoder config (n_decoder_layers > 0)")
-        x = self.decoder_embed(decoder_input_ids, position_ids)
-        return self.decoder(x, mask=attn_mask, is_causal=attn_mask is None,
-                            memory=memory, memory_mask=memory_mask)
+        past = cache.length if cache is not None else 0
+        x = self.decoder_embed(decoder_input_ids, _positions(position_ids, past, decoder_input_ids))
+        attn_mask, is_causal = past_mask(attn_mask, attn_mask is None, past,
+                                         decoder_input_ids.shape[1], decoder_input_ids.device)
+        return self.decoder(x, mask=attn_mask, is_causal=is_causal,
+                            memory=memory, memory_mask=memory_mask, cache=cache)
 
     def logits(self, hidden: Tensor) -> Tensor:
         """Vocabulary logits for the given hidden states only (callers select rows first)."""
@@ -243,6 +326,13 @@ class Transformer(nn.Module):
         head = predicted_fraction * cfg.vocab_size * cfg.hidden
         attention = layers * 2 * seq_len * cfg.hidden
         return 3 * 2 * (dense + head + attention)
+
+
+def _positions(position_ids: Tensor | None, past: int, ids: Tensor) -> Tensor | None:
+    """Explicit positions, or those after `past` cached rows (None = 0.., the embedding default)."""
+    if position_ids is not None or past == 0:
+        return position_ids
+    return torch.arange(past, past + ids.shape[-1], device=ids.device)
 
 
 def key_padding_mask(valid: Tensor) -> Tensor:

@@ -37,7 +37,7 @@ from ptmkit.errors import UserError
 from ptmkit.objectives.base import Example, Vocab, Window
 from ptmkit.objectives.noise import (poisson_span_lengths, rotated, segments_permuted,
                                      token_word_starts)
-from ptmkit.objectives.seq2seq import Seq2SeqObjective, framed, shifted_right
+from ptmkit.objectives.seq2seq import Seq2SeqObjective, TextFrame, framed, shifted_right
 
 NOISES = ("token_mask", "token_delete", "text_infill", "sentence_permute", "document_rotate")
 REPLACE_LENGTH = {"token_mask": -1, "token_delete": 0, "text_infill": 1}
@@ -166,6 +166,11 @@ class Bart(Seq2SeqObjective):
 
     def window_length(self) -> int:
         return self.seq_len - 2  # <s> ... </s>
+
+    def text_frame(self) -> TextFrame:
+        """`<s> source </s>` -> `<s> target </s>`, decoded from `</s>` (fairseq, HF BART)."""
+        special = self.vocab.special
+        return TextFrame((special.bos,), special.eos, (special.bos,), special.eos)
 
     def make_example(self, window: Window, rng: np.random.Generator) -> Example:
         special = self.vocab.special

@@ -8,6 +8,9 @@ to the source (objectives.md §1, family "encoder-decoder"), cross-entropy on th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -34,6 +37,34 @@ def padded(rows: list[np.ndarray], value: int) -> Tensor:
     return torch.from_numpy(out)
 
 
+@dataclass(frozen=True)
+class TextFrame:
+    """How an encoder-decoder objective frames a (source, target) text pair, so that fine-tuning
+    and generation ask the decoder exactly what pre-training taught it: the encoder reads
+    `source_prefix source </s>`, the labels are `target_prefix target </s>`, the decoder reads
+    them shifted right after `decoder_start`, and generation starts from `decoder_prompt` (the
+    start token plus the forced target prefix, HF's `decoder_start_token_id` and
+    `forced_bos_token_id`)."""
+
+    source_prefix: tuple[int, ...]
+    decoder_start: int
+    target_prefix: tuple[int, ...]
+    eos: int
+
+    def source(self, tokens: Sequence[int]) -> np.ndarray:
+        return np.array([*self.source_prefix, *tokens, self.eos], dtype=np.int64)
+
+    def labels(self, tokens: Sequence[int]) -> np.ndarray:
+        return np.array([*self.target_prefix, *tokens, self.eos], dtype=np.int64)
+
+    def decoder_input(self, labels: np.ndarray) -> np.ndarray:
+        return shifted_right(labels, self.decoder_start)
+
+    @property
+    def decoder_prompt(self) -> list[int]:
+        return [self.decoder_start, *self.target_prefix]
+
+
 def _mask_unless_all(valid: Tensor) -> Tensor | None:
     """(B, 1, L) key mask, or None when every key is valid (SDPA then takes its fast path)."""
     return None if bool(valid.all()) else key_padding_mask(valid)
@@ -55,6 +86,12 @@ class Seq2SeqObjective(Objective):
         if "decoder_position_ids" in examples[0]:
             batch["decoder_position_ids"] = padded([ex["decoder_position_ids"] for ex in examples], 0)
         return batch
+
+    def text_frame(self) -> TextFrame:
+        """MASS's frame (BART and T5 override it): `<s> source </s>`; the decoder starts from
+        `<s>` at position 0, as a fragment opening the text does in pre-training."""
+        special = self.vocab.special
+        return TextFrame((special.bos,), special.bos, (), special.eos)
 
     def memory_keys(self, input_ids: Tensor) -> Tensor:
         """(B, Ls) bool: encoder positions the decoder may cross-attend to (all real tokens)."""

@@ -26,7 +26,7 @@ import numpy as np
 from ptmkit.errors import UserError
 from ptmkit.objectives.base import Example, Vocab, Window
 from ptmkit.objectives.noise import random_spans_noise_mask, span_counts
-from ptmkit.objectives.seq2seq import Seq2SeqObjective, shifted_right
+from ptmkit.objectives.seq2seq import Seq2SeqObjective, TextFrame, shifted_right
 
 
 def corrupted_lengths(length: int, noise_density: float,
@@ -106,6 +106,11 @@ class T5(Seq2SeqObjective):
 
     def window_length(self) -> int:
         return self.raw_length
+
+    def text_frame(self) -> TextFrame:
+        """`source </s>` -> `target </s>`, decoded from the pad id (T5, HF)."""
+        special = self.vocab.special
+        return TextFrame((), special.pad, (), special.eos)
 
     def make_example(self, window: Window, rng: np.random.Generator) -> Example:
         special, o = self.vocab.special, self.options

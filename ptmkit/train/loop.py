@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ptmkit.errors import UserError
+from ptmkit.errors import RunStopped, UserError
 from ptmkit.train.checkpoint import atomic_save_model, latest_checkpoint, load_checkpoint, save_checkpoint
 
 LossFn = Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, dict[str, float]]]
@@ -60,6 +60,8 @@ class TrainConfig:
     """Steps between checkpoints; 0 = only at the end (and on SIGTERM/SIGINT)."""
     workers: int = 1
     """DataLoader processes building the noise; 0 = in the main process."""
+    max_bad_steps: int = 5
+    """Consecutive non-finite steps (skipped) after which the run stops."""
 
     def __post_init__(self) -> None:
         checks = [("steps", self.steps >= 1, "use at least 1"),
@@ -155,7 +157,7 @@ class Trainer:
         self.optimizer = make_optimizer(model, cfg)
         self.loss_fn = torch.compile(loss_fn) if cfg.compile else loss_fn
         self.count_tokens, self.validation = count_tokens, list(validation)
-        self.step, self.tokens, self.elapsed = 0, 0, 0.0
+        self.step, self.tokens, self.elapsed, self.bad_steps = 0, 0, 0.0, 0
 
     # ---- state --------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -201,13 +203,25 @@ class Trainer:
             total += float(loss.detach()) / self.cfg.grad_accum
             for key, value in metrics.items():
                 extras[key] = extras.get(key, 0.0) + value / self.cfg.grad_accum
-        if self.cfg.grad_clip > 0:
-            extras["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
-                                                                        self.cfg.grad_clip))
-        self.optimizer.step()
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        finite = math.isfinite(total) and math.isfinite(grad_norm)
+        if finite:  # a non-finite step is skipped: the weights and Adam moments stay clean
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        extras["lr"] = lr
+        self.bad_steps = 0 if finite else self.bad_steps + 1
+        extras.update(lr=lr, grad_norm=grad_norm, skipped=float(not finite))
         return total, extras, tokens
+
+    def _give_up(self, metrics_file: Any, bar: Any) -> None:
+        """Too many non-finite steps in a row: stop without overwriting the last good state."""
+        metrics_file.close()
+        bar.close()
+        last = latest_checkpoint(self.run)
+        where = f"{last} (step {json.loads((last / 'state.json').read_text())['trainer']['step']})" \
+            if last else "no checkpoint yet"
+        raise RunStopped(f"{self.bad_steps} non-finite steps in a row at step {self.step}", str(self.run),
+                        f"lower --lr or use --precision fp32; last good checkpoint: {where}")
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
@@ -228,8 +242,8 @@ class Trainer:
         metrics_file = open(self.run / "metrics.jsonl", "a")
         bar = tqdm(total=None if cfg.time_bound else cfg.steps, initial=self.step, desc="train", unit="step",
                    disable=not self.progress, dynamic_ncols=True, mininterval=1.0)
-        window: dict[str, float] = {}
-        window_tokens, window_time, window_steps = 0, 0.0, 0
+        window: dict[str, list[float]] = {}  # key -> finite values since the last line
+        window_tokens, window_time = 0, 0.0
         stopped_by = "steps"
         with _StopRequest() as stop:
             while self.step < cfg.steps:
@@ -241,19 +255,19 @@ class Trainer:
                 self.elapsed += took
                 window_tokens += tokens
                 window_time += took
-                window_steps += 1
                 for key, value in {"loss": loss, **extras}.items():
-                    window[key] = window.get(key, 0.0) + value
-                if not math.isfinite(loss):
-                    raise FloatingPointError(f"non-finite loss at step {self.step}")
+                    if math.isfinite(value):  # a skipped step's NaN would poison the average
+                        window.setdefault(key, []).append(value)
+                if self.bad_steps >= cfg.max_bad_steps:
+                    self._give_up(metrics_file, bar)
                 line: dict[str, Any] = {}
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    line = {k: v / window_steps for k, v in window.items()}
+                    line = {k: sum(v) / len(v) for k, v in window.items()}
                     line.update(step=self.step, tokens=self.tokens,
                                 tokens_per_s=window_tokens / max(window_time, 1e-9),
                                 elapsed_s=round(self.elapsed, 3))
-                    bar.set_postfix(loss=f"{line['loss']:.3f}", tok_s=f"{line['tokens_per_s']:.0f}")
-                    window, window_tokens, window_time, window_steps = {}, 0, 0.0, 0
+                    bar.set_postfix(loss=f"{line.get('loss', math.nan):.3f}", tok_s=f"{line['tokens_per_s']:.0f}")
+                    window, window_tokens, window_time = {}, 0, 0.0
                 if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
                     val = self.evaluate()
                     if val is not None:

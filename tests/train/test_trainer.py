@@ -97,3 +97,15 @@ def test_time_budget_stops_and_saves(data: Path, tmp_path: Path) -> None:
     assert summary["stopped_by"] == "time" and 0 < summary["steps"] < 10_000
     assert (tmp_path / "r" / "model.safetensors").is_file()
     assert latest_checkpoint(tmp_path / "r") is not None
+
+
+def test_non_finite_steps_are_skipped_then_the_run_stops(data: Path, tmp_path: Path) -> None:
+    from ptmkit.errors import UserError
+    spec = small_spec("mlm", data, tmp_path / "r", steps=40, lr=1e30, warmup=1, save_every=1, max_bad_steps=3)
+    with pytest.raises(UserError, match=r"3 non-finite steps in a row.*last good checkpoint: .*checkpoint \(step \d+\)"):
+        pretrain(spec)
+    lines = [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert any(l.get("skipped", 0) > 0 for l in lines)
+    for path in (tmp_path / "r" / "checkpoint" / "model.safetensors",):
+        from safetensors.torch import load_file
+        assert all(torch.isfinite(t).all() for t in load_file(str(path)).values()), "skipped steps never reach the weights"
