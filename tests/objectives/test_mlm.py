@@ -93,3 +93,15 @@ def test_loss_projects_only_selected_rows(vocab, random_window) -> None:
     assert abs(float(loss.detach()) - np.log(vocab.size)) < 0.5
     loss.backward()
     assert model.embed.tokens.weight.grad is not None
+
+
+def test_sparse_head_loss_equals_dense_head_loss(vocab, random_window) -> None:
+    import torch
+    objective, examples = sample(vocab, random_window, n=4, seq_len=32)
+    batch = objective.collate([ex for _, ex in examples])
+    model = objective.build_model(resolve_model_config("tiny", vocab_size=vocab.size, layout="bert")).eval()
+    sparse, _ = objective.loss(model, batch)
+    logits = model.logits(model.encode(batch["input_ids"]))  # every row projected
+    dense = torch.nn.functional.cross_entropy(logits.reshape(-1, vocab.size), batch["labels"].reshape(-1),
+                                             ignore_index=IGNORE)
+    torch.testing.assert_close(sparse, dense, atol=1e-5, rtol=1e-5)
