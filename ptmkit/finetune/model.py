@@ -38,8 +38,9 @@ class Backbone:
         architecture = self.objective.architecture
         if architecture in ("decoder", "prefix"):
             return "last"
-        # no [CLS] trained to summarise: static vectors and biLM states are averaged
-        return "mean" if architecture in ("lstm", "shallow") else "first"
+        # no [CLS] was trained to summarise the input: average the states (encoder-decoders
+        # keep the decoder for generation; NLU reads the mean of the encoder's states)
+        return "mean" if architecture in ("lstm", "shallow", "encoder_decoder") else "first"
 
 
 def read_run_config(run: Path) -> dict[str, Any]:
@@ -52,9 +53,10 @@ def read_run_config(run: Path) -> dict[str, Any]:
 
 def load_backbone(init: str, *, tokenizer_dir: Path | None = None, model: str = "tiny",
                   max_length: int = 128) -> Backbone:
-    """`scratch` (needs a tokenizer) or a pre-training run directory."""
+    """`scratch` (needs a tokenizer), a pre-training run directory, or `hf:DIR` (a local Hugging
+    Face BERT / RoBERTa / GPT-2 / BART directory, see `ptmkit.hf.importer`)."""
     if init.startswith("hf:"):
-        raise UserError("--init hf:DIR is not available yet", init, "use a ptmkit run or scratch")
+        return _hf_backbone(init, tokenizer_dir, max_length)
     if init == "scratch":
         if tokenizer_dir is None:
             raise UserError("a scratch model needs a tokenizer", "--tokenizer",
@@ -78,6 +80,20 @@ def load_backbone(init: str, *, tokenizer_dir: Path | None = None, model: str = 
     return Backbone(objective.load_pretrained(run, cfg), objective, name, cfg, tokenizer, str(run))
 
 
+def _hf_backbone(init: str, tokenizer_dir: Path | None, max_length: int) -> Backbone:
+    from ptmkit.hf.importer import FINETUNE_OBJECTIVE, load_hf_network
+    network, imported = load_hf_network(init)
+    if tokenizer_dir is not None and Tokenizer.load(tokenizer_dir).sha256() != imported.tokenizer.sha256():
+        raise UserError("--tokenizer differs from the Hugging Face model's tokenizer", str(tokenizer_dir),
+                        "drop --tokenizer: the imported model brings its own")
+    if max_length > imported.model_cfg.max_positions:
+        raise UserError(f"--max-length {max_length} exceeds the model's {imported.model_cfg.max_positions} positions",
+                        "--max-length", f"use at most {imported.model_cfg.max_positions}")
+    name = FINETUNE_OBJECTIVE[imported.family]
+    objective = get_objective(name)(_vocab(imported.tokenizer), max_length)
+    return Backbone(network.train(), objective, name, imported.model_cfg, imported.tokenizer, init)
+
+
 def _vocab(tokenizer: Tokenizer) -> Vocab:
     return Vocab.of(tokenizer)
 
@@ -95,8 +111,7 @@ class TaskModel(nn.Module):
             self.backbone.requires_grad_(False)
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        features = self.features(self.backbone, batch["input_ids"], batch["valid"])
-        return self.task.head_output(features, batch, self.head)
+        return self.task.forward(self, batch)
 
 
 def _hidden_size(backbone: Backbone) -> int:
