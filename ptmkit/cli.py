@@ -35,9 +35,19 @@ EPILOGS = {
                  "  ptmkit finetune --task classify --train train.tsv --dev dev.tsv --text-fields "
                  "sentence1,sentence2 --init scratch --tokenizer tok/ --out runs/pair"),
     "evaluate": "example:\n  ptmkit evaluate --run runs/sst2 --data test.tsv --out test.json",
+    "generate": ("examples:\n"
+                 "  ptmkit finetune --task seq2seq --train train.jsonl --dev dev.jsonl --init runs/bart "
+                 "--out runs/sum\n"
+                 "  ptmkit finetune --task seq2seq --train train.en.gz,train.de.gz --init runs/bart "
+                 "--out runs/mt\n"
+                 "  ptmkit generate --run runs/sum --input articles.txt --beam 4 --max-length 48\n"
+                 "  echo 'The river' | ptmkit generate --run runs/clm --input - --top-p 0.9 --seed 1"),
     "compare": "examples:\n  ptmkit compare --config experiments/sst2.yaml --out runs/cmp --dry-run\n"
                "  ptmkit compare --config experiments/sst2.yaml --out runs/cmp",
     "demo": "example:\n  ptmkit demo --out demo-run/",
+    "export": ("examples:\n  ptmkit export --run runs/mlm --format hf --out hf/mlm\n"
+               "  python -c \"from transformers import AutoModelForMaskedLM as M; M.from_pretrained('hf/mlm')\"\n"
+               "  ptmkit pretrain --objective mlm --init hf:hf/mlm --corpus more.txt --steps 500 --out runs/mlm2"),
 }
 
 TRAIN_FLAGS = {  # CLI flag -> TrainConfig field (flags default to None so a --config file can set them)
@@ -63,7 +73,8 @@ def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p = _parser(sub, "prepare", "tokenize a corpus into memory-mapped token shards")
     p.add_argument("--corpus", nargs="+", required=True, metavar="PATH")
-    p.add_argument("--tokenizer", required=True, type=Path)
+    p.add_argument("--tokenizer", required=True, type=Path,
+                   help="directory of `ptmkit tokenizer`, or hf:DIR (a Hugging Face model's)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--val-fraction", type=float, default=0.01)
@@ -86,7 +97,8 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--model", help="tiny | mini | small | medium | base | FILE.yaml (default tiny)")
     p.add_argument("--config", type=Path, help="YAML file with any of these options")
-    p.add_argument("--init", help="start from an earlier run's weights (RUN)")
+    p.add_argument("--init", help="start from an earlier run's weights (RUN), or from a local "
+                   "Hugging Face BERT/RoBERTa/GPT-2/BART directory (hf:DIR: its size and tokenizer too)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
@@ -98,16 +110,28 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
 
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p = _parser(sub, "finetune", "fine-tune a pre-trained run (or a scratch model) on a labelled task")
-    p.add_argument("--task", required=True, help="classify | regress | glue:<sst2|cola|stsb|...>")
-    p.add_argument("--init", required=True, help="RUN directory of `ptmkit pretrain`, or scratch")
-    p.add_argument("--train", help="training file (.tsv/.csv/.jsonl[.gz])")
-    p.add_argument("--dev", help="dev file; default: a stratified --dev-fraction of --train")
+    p.add_argument("--task", required=True,
+                   help="classify | regress | tag | relation | keyphrase | seq2seq | glue:<sst2|cola|stsb|...>")
+    p.add_argument("--init", required=True, help="RUN directory of `ptmkit pretrain`, scratch, or "
+                   "hf:DIR (a local Hugging Face BERT/RoBERTa/GPT-2/BART directory)")
+    p.add_argument("--train", help="training file (.tsv/.csv/.jsonl[.gz]); seq2seq also SRC,TGT text files; "
+                   "CoNLL for tag; a keyphrase zip (or ZIP:train) for keyphrase")
+    p.add_argument("--dev", help="dev file; default: a stratified --dev-fraction of --train "
+                   "(keyphrase: the zip's fixed dev part)")
+    p.add_argument("--negative-label", help="relation: the 'no relation' class left out of f1 "
+                   "(default: false/none/other/no_relation when present)")
     p.add_argument("--data-dir", help="GLUE folder for --task glue:<name>")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--tokenizer", type=Path, help="tokenizer of a scratch model")
     p.add_argument("--model", default="tiny", help="size of a scratch model")
     p.add_argument("--text-fields", default="text", help="one field, or two comma-separated for pairs")
     p.add_argument("--label-field", default="label")
+    p.add_argument("--source-field", default="source", help="seq2seq: input text field")
+    p.add_argument("--target-field", default="target", help="seq2seq: output text field")
+    p.add_argument("--target-list", choices=("references", "join"), default="references",
+                   help="seq2seq: a list-valued target is alternative references (default) or "
+                   "sentences to join")
+    p.add_argument("--max-target-length", type=int, default=64, help="seq2seq: target tokens")
     p.add_argument("--max-train-examples", type=int, help="label budget (stratified, seeded)")
     p.add_argument("--dev-fraction", type=float, default=0.1)
     p.add_argument("--epochs", type=int, default=3)
@@ -126,9 +150,26 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = _parser(sub, "evaluate", "score a fine-tuned run on a data file")
     p.add_argument("--run", required=True, type=Path)
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", required=True, help="a file of the run's task format (keyphrase: ZIP:dev)")
     p.add_argument("--out", type=Path, help="also write the metrics to this JSON file")
     p.set_defaults(handler=_run_evaluate)
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = _parser(sub, "generate", "generate text (one output line per input line) with a seq2seq "
+                "fine-tuned run or a clm/prefixlm/bart/mass/t5 pre-training run")
+    p.add_argument("--run", required=True, type=Path)
+    p.add_argument("--input", required=True, help="text file, one input per line, or - for stdin")
+    p.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
+    p.add_argument("--max-length", type=int, default=64, help="most tokens generated, EOS included")
+    p.add_argument("--min-length", type=int, default=0)
+    p.add_argument("--length-penalty", type=float, default=1.0,
+                   help="beam search ranks by log p / length**this (0 = raw log-probability)")
+    p.add_argument("--top-p", type=float, help="nucleus sampling instead of search")
+    p.add_argument("--temperature", type=float, help="sampling temperature (implies --top-p 1)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(handler=_run_generate)
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
@@ -138,6 +179,15 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="list the runs and their estimated time")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_run_compare)
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = _parser(sub, "export", "write a run as a Hugging Face transformers model directory")
+    p.add_argument("--run", required=True, type=Path, help="a pretrain or finetune run directory")
+    p.add_argument("--format", default="hf", help="hf (transformers; needs `pip install ptmkit[hf]`)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(handler=_run_export)
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -159,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog=EPILOGS["ptmkit"], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"ptmkit {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_tokenizer, _add_prepare, _add_pretrain, _add_finetune, _add_evaluate, _add_compare, _add_demo):
+    for add in (_add_tokenizer, _add_prepare, _add_pretrain, _add_finetune, _add_evaluate, _add_generate, _add_compare, _add_export, _add_demo):
         add(sub)
     return parser
 
@@ -188,7 +238,8 @@ def _run_prepare(args: argparse.Namespace) -> None:
     from ptmkit.data.shards import prepare
     from ptmkit.data.tokenizer import Tokenizer
     from ptmkit.pretrain import check_corpus
-    tokenizer = Tokenizer.load(args.tokenizer)
+    tokenizer = (Tokenizer.from_hf(str(args.tokenizer)[3:]) if str(args.tokenizer).startswith("hf:")
+                 else Tokenizer.load(args.tokenizer))
     check_corpus(args.corpus, args.text_field)  # a wrong --text-field fails before the progress bar
     manifest = prepare(args.corpus, tokenizer, args.out, val_fraction=args.val_fraction,
                        seq_len=args.seq_len, text_field=args.text_field, overwrite=args.overwrite,
@@ -294,9 +345,12 @@ def _run_finetune(args: argparse.Namespace) -> None:
         data_dir=args.data_dir, tokenizer=args.tokenizer, model=args.model,
         text_fields=[f.strip() for f in args.text_fields.split(",") if f.strip()],
         label_field=args.label_field, max_train_examples=args.max_train_examples,
+        source_field=args.source_field, target_field=args.target_field,
+        target_list=args.target_list, max_target_length=args.max_target_length,
         dev_fraction=args.dev_fraction, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
         max_length=args.max_length, patience=args.patience, seed=args.seed, precision=args.precision,
-        freeze=args.freeze, overwrite=args.overwrite, progress=not args.no_progress)
+        freeze=args.freeze, overwrite=args.overwrite, progress=not args.no_progress,
+        negative_label=args.negative_label)
     result = finetune(spec)
     print(json.dumps(result))
 
@@ -304,6 +358,35 @@ def _run_finetune(args: argparse.Namespace) -> None:
 def _run_evaluate(args: argparse.Namespace) -> None:
     from ptmkit.finetune.run import evaluate
     print(json.dumps(evaluate(args.run, args.data, args.out)))
+
+
+def _run_generate(args: argparse.Namespace) -> None:
+    from ptmkit.finetune.seq2seq_task import load_generator
+    from ptmkit.model.generate import DecodeOptions
+    texts = _input_lines(args.input)
+    top_p = args.top_p if args.top_p is not None or args.temperature is None else 1.0
+    options = DecodeOptions(max_length=args.max_length, min_length=args.min_length, beam=args.beam,
+                            length_penalty=args.length_penalty, top_p=top_p,
+                            temperature=args.temperature or 1.0, seed=args.seed)
+    generator = load_generator(args.run)
+    for output in generator(texts, options, batch_size=max(1, args.batch_size)):
+        print(" ".join(output.split()))  # one line per input, whatever the model emits
+
+
+def _input_lines(source: str) -> list[str]:
+    """Lines of a UTF-8 file or of stdin (`-`); an input without any line is the user's."""
+    if source == "-":
+        lines = sys.stdin.read().splitlines()
+    elif not Path(source).is_file():
+        raise UserError("input file not found", source, "give a text file with one input per line, or -")
+    else:
+        try:
+            lines = Path(source).read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise UserError("input is not UTF-8 text", source, "give a UTF-8 text file") from None
+    if not any(line.strip() for line in lines):
+        raise UserError("no input lines", source, "give one input text per line")
+    return lines
 
 
 def _run_compare(args: argparse.Namespace) -> None:
@@ -321,6 +404,13 @@ def _run_compare(args: argparse.Namespace) -> None:
     _, page = write_report(args.out)
     print(summary_lines(args.out))
     print(f"report: {page}")
+
+
+def _run_export(args: argparse.Namespace) -> None:
+    from ptmkit.hf.export import export_run
+    result = export_run(args.run, args.out, format=args.format, overwrite=args.overwrite)
+    print(f"exported {args.run} as {result['class']} to {args.out} "
+          f"(logits within {result['max_logit_difference']:.1e} of ptmkit's)")
 
 
 def _run_demo(args: argparse.Namespace) -> None:

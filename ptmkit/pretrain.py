@@ -46,6 +46,8 @@ class PretrainSpec:
     objective_options: dict[str, Any] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
     init: str | None = None
+    """An earlier run's directory, or "hf:DIR": a local Hugging Face model (see ptmkit.hf.importer)
+    whose config, weights and tokenizer the run then uses (`model` and `tokenizer` are not)."""
     resume: bool = False
     overwrite: bool = False
     val_fraction: float = 0.01
@@ -68,7 +70,9 @@ def _resolve_data(spec: PretrainSpec) -> Path:
     """Prepared shards: given with --data, or prepared (and cached) inside the run from --corpus."""
     if spec.data is not None:
         return spec.data  # validated by _check_inputs
-    if spec.tokenizer is not None:
+    if _is_hf(spec.init):
+        tokenizer = _hf_model(spec).tokenizer
+    elif spec.tokenizer is not None:
         tokenizer = Tokenizer.load(spec.tokenizer)
     else:
         tokenizer_dir = spec.out / "tokenizer"
@@ -94,9 +98,25 @@ def check_corpus(paths: list[str], text_field: str) -> None:
     next(iter(read_documents(paths, text_field=text_field, split=False)), None)
 
 
+def _is_hf(init: str | None) -> bool:
+    return bool(init) and str(init).startswith("hf:")
+
+
+def _hf_model(spec: PretrainSpec) -> Any:
+    """The `--init hf:DIR` model's config and tokenizer (read once per spec; weights later)."""
+    cached = getattr(spec, "_hf", None)
+    if cached is None or cached[0] != spec.init:
+        from ptmkit.hf.importer import read_hf
+        cached = (spec.init, read_hf(str(spec.init), weights=False))
+        spec._hf = cached  # type: ignore[attr-defined]
+    return cached[1]
+
+
 def _check_init(init: str) -> None:
-    if init.startswith("hf:"):
-        raise UserError("--init hf:DIR is not available yet", init, "start from scratch or from a ptmkit run")
+    if _is_hf(init):
+        from ptmkit.hf.importer import hf_directory
+        hf_directory(init)
+        return
     if not (Path(init) / "model.safetensors").is_file():
         raise UserError("no model.safetensors in the --init run", init, "point --init at a finished run directory")
 
@@ -109,6 +129,12 @@ def _check_inputs(spec: PretrainSpec, objective_cls: type) -> _Plan | None:
     """
     if spec.init and not spec.resume:
         _check_init(spec.init)
+    if _is_hf(spec.init) and not spec.resume:
+        from ptmkit.hf.importer import check_objective
+        check_objective(_hf_model(spec), spec.objective)
+        if spec.tokenizer is not None:
+            raise UserError("--tokenizer with --init hf:DIR", "--tokenizer",
+                            "drop --tokenizer: the Hugging Face model brings its own")
     if spec.data is not None:
         if spec.corpus:
             raise UserError("both --data and --corpus given", "--data/--corpus", "pass only one of them")
@@ -118,14 +144,18 @@ def _check_inputs(spec: PretrainSpec, objective_cls: type) -> _Plan | None:
                         "pass --data DIR from `ptmkit prepare` or --corpus FILE...")
     check_corpus(spec.corpus, spec.text_field)
     vocab_size = (Tokenizer.load(spec.tokenizer).vocab_size if spec.tokenizer is not None
+                  else _hf_model(spec).tokenizer.vocab_size if _is_hf(spec.init)
                   else DEFAULT_TOKENIZER["vocab_size"])
     _model_config(spec, objective_cls, vocab_size)
     return None
 
 
 def _model_config(spec: PretrainSpec, objective_cls: type, vocab_size: int) -> ModelConfig:
-    model_cfg = resolve_model_config(spec.model, vocab_size=vocab_size, layout=objective_cls.layout,
-                                     encoder_decoder=objective_cls.architecture == "encoder_decoder")
+    if _is_hf(spec.init):  # the imported model's shape, whatever --model says
+        model_cfg = _hf_model(spec).model_cfg
+    else:
+        model_cfg = resolve_model_config(spec.model, vocab_size=vocab_size, layout=objective_cls.layout,
+                                         encoder_decoder=objective_cls.architecture == "encoder_decoder")
     seq_len = spec.train.seq_len
     if seq_len + 1 > model_cfg.max_positions:
         raise UserError(f"seq_len {seq_len} is too long for max_positions={model_cfg.max_positions}",
@@ -151,6 +181,10 @@ class _Plan:
 def _plan(spec: PretrainSpec, objective_cls: type, data_dir: Path) -> _Plan:
     train_shards, val_shards = TokenShards(data_dir, "train"), TokenShards(data_dir, "val")
     tokenizer = train_shards.tokenizer()
+    if _is_hf(spec.init) and not spec.resume and tokenizer.sha256() != _hf_model(spec).tokenizer.sha256():
+        raise UserError("the data was prepared with another tokenizer than the --init hf: model's",
+                        str(data_dir), f"prepare it with `ptmkit prepare --tokenizer {spec.init}`, "
+                        "or pass --corpus instead of --data")
     cfg = spec.train
     objective = objective_cls(Vocab.of(tokenizer), cfg.seq_len,
                               spec.objective_options)
@@ -164,8 +198,14 @@ def _plan(spec: PretrainSpec, objective_cls: type, data_dir: Path) -> _Plan:
     return _Plan(data_dir, train_shards, val_shards, tokenizer, objective, model_cfg, length, dataset)
 
 
-def _init_from(init: str, model: torch.nn.Module) -> None:
+def _init_from(init: str, model: torch.nn.Module, spec: PretrainSpec | None = None) -> None:
     _check_init(init)
+    if _is_hf(init):
+        from ptmkit.hf.importer import load_into, read_hf
+        imported = _hf_model(spec) if spec is not None else read_hf(init, weights=False)
+        load_into(model, imported)
+        imported.state = {}  # the weights now live in the model
+        return
     load_weights(model, Path(init) / "model.safetensors")
 
 
@@ -203,7 +243,7 @@ def _pretrain_into(spec: PretrainSpec, objective_cls: type, plan: _Plan | None) 
     torch.manual_seed(cfg.seed)
     model = objective.build_model(model_cfg)
     if spec.init and not spec.resume:
-        _init_from(spec.init, model)
+        _init_from(spec.init, model, spec)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     validation = evaluation_batches(val_shards, length, objective.make_example, objective.collate,
@@ -241,3 +281,8 @@ def _write_config(spec: PretrainSpec, model: dict[str, Any], data_dir: Path,
     tmp = spec.out / ".config.yaml.tmp"
     tmp.write_text(yaml.safe_dump(config, sort_keys=False))
     os.replace(tmp, spec.out / "config.yaml")
+
+
+from ptmkit._callable import make_callable  # noqa: E402  (after every definition above)
+
+make_callable(__name__, "pretrain")  # `ptmkit.pretrain(objective=..., out=..., steps=...)`

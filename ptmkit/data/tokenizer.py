@@ -22,6 +22,12 @@ Kinds:
 Text is always encoded WITHOUT special tokens (objectives add their own), and special-token
 strings that occur in raw text (``"[MASK]"``, ``"</s>"``) are tokenized as ordinary text, never
 turned into the special ids.
+
+Imported tokenizers (:meth:`Tokenizer.from_hf`, for ``--init hf:DIR``) keep the ids of the
+Hugging Face tokenizer they come from: their :class:`SpecialIds` are read from its declared
+special tokens (see :func:`hf_special_ids`) and recorded in ``ptmkit_tokenizer.json`` (format
+version 2), so objectives, which refer to special tokens only through ``Tokenizer.special``,
+work unchanged.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -54,7 +61,11 @@ MIN_ORDINARY = {"bpe": 300, "wordpiece": 100, "unigram": 100, "char": 100}
 
 TOKENIZER_FILE = "tokenizer.json"
 META_FILE = "ptmkit_tokenizer.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Newest metadata format read. Version 1: ptmkit's own specials at 0..106 (still written for
+them, so older ptmkit reads new native tokenizers); version 2 adds ``special`` (imported ids)."""
+ROLES = ("pad", "unk", "cls", "sep", "mask", "bos", "eos")
+"""The named special-token roles of :class:`SpecialIds`, in field order."""
 
 _MODEL_KIND = {"BPE": "bpe", "WordPiece": "wordpiece", "Unigram": "unigram", "WordLevel": "char"}
 _RETRAIN = "retrain with `ptmkit tokenizer`"
@@ -62,7 +73,8 @@ _RETRAIN = "retrain with `ptmkit tokenizer`"
 
 @dataclass(frozen=True)
 class SpecialIds:
-    """Ids of the special tokens (always 0..106, read back from the tokenizer)."""
+    """Ids of the special tokens: 0..106 for ptmkit's own tokenizers; an imported tokenizer's
+    own ids otherwise (several roles may then share one id, and ``sentinels`` may be empty)."""
 
     pad: int
     unk: int
@@ -100,21 +112,35 @@ def _special_problem(hf: tokenizers.Tokenizer) -> str | None:
 class Tokenizer:
     """Wraps :class:`tokenizers.Tokenizer`. Encodes WITHOUT adding special tokens."""
 
-    def __init__(self, hf: tokenizers.Tokenizer, kind: str, *, lowercase: bool) -> None:
+    def __init__(self, hf: tokenizers.Tokenizer, kind: str, *, lowercase: bool,
+                 special: SpecialIds | None = None, borrowed: dict[str, str] | None = None) -> None:
+        """``special`` None: ptmkit's own layout (specials at 0..106, checked). Given: the ids of
+        an imported tokenizer (:meth:`from_hf`); ``borrowed`` then names the roles it lacked and
+        which role's token stands in for each (e.g. GPT-2's ``{"pad": "eos"}``)."""
         if kind not in KINDS:
             raise ValueError(f"unknown tokenizer kind {kind!r}; expected one of {KINDS}")
-        problem = _special_problem(hf)
-        if problem is not None:
-            raise ValueError(problem)
+        size = hf.get_vocab_size(with_added_tokens=True)
+        if special is None:
+            problem = _special_problem(hf)
+            if problem is not None:
+                raise ValueError(problem)
+            ids = list(range(N_SPECIAL))
+            special = SpecialIds(*ids[: len(SPECIAL_TOKENS)], sentinels=tuple(ids[len(SPECIAL_TOKENS):]))
+            self.imported = False
+        else:
+            outside = sorted(i for i in special.all() if not 0 <= i < size)
+            if outside:
+                raise ValueError(f"special ids {outside} are outside the vocabulary of {size}")
+            self.imported = True
         # Raw text that happens to contain "[MASK]" or "</s>" must not produce special ids:
         # objectives alone decide where specials go. (Not serialized, so set on every wrap.)
         hf.encode_special_tokens = True
         self.hf = hf
         self.kind = kind
         self.lowercase = bool(lowercase)
-        ids = list(range(N_SPECIAL))
-        self.special = SpecialIds(*ids[: len(SPECIAL_TOKENS)], sentinels=tuple(ids[len(SPECIAL_TOKENS):]))
-        self.vocab_size: int = hf.get_vocab_size(with_added_tokens=True)
+        self.special = special
+        self.borrowed: dict[str, str] = dict(borrowed or {})
+        self.vocab_size: int = size
         # encode_batch_fast (tokenizers >= 0.21) skips offset tracking: ids only, faster.
         self._encode_ids = getattr(hf, "encode_batch_fast", hf.encode_batch)
 
@@ -173,8 +199,9 @@ class Tokenizer:
         starts = {"wordpiece": lambda t: not t.startswith("##"),
                   "unigram": lambda t: t.startswith("▁"),
                   "bpe": _byte_level_starts_word}[self.kind]
+        specials = self.special.all()
         for token, index in self.hf.get_vocab(with_added_tokens=False).items():
-            table[index] = index < N_SPECIAL or starts(token)
+            table[index] = index in specials or starts(token)
         return table
 
     def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
@@ -194,12 +221,16 @@ class Tokenizer:
         """Write ``directory/tokenizer.json`` and ``directory/ptmkit_tokenizer.json`` atomically."""
         directory = Path(directory)
         meta = {
-            "version": FORMAT_VERSION,
+            "version": 2 if self.imported else 1,
             "kind": self.kind,
             "lowercase": self.lowercase,
             "ptmkit_version": __version__,
             "tokenizers_version": tokenizers.__version__,
         }
+        if self.imported:
+            meta["special"] = {**{role: getattr(self.special, role) for role in ROLES},
+                               "sentinels": list(self.special.sentinels)}
+            meta["borrowed"] = self.borrowed
         try:
             directory.mkdir(parents=True, exist_ok=True)
             _atomic_write(directory / TOKENIZER_FILE, self._json())
@@ -228,20 +259,25 @@ class Tokenizer:
             hf = tokenizers.Tokenizer.from_str(text)
         except Exception as exc:  # OSError, bad UTF-8/JSON, or the Rust side's plain Exception
             raise UserError(f"cannot read {TOKENIZER_FILE}: {exc}", path, _RETRAIN) from exc
-        problem = _special_problem(hf)
-        if problem is not None:
-            raise UserError(problem, path, f"ptmkit needs {ALL_SPECIAL_TOKENS[0]}..<extra_id_99> at ids 0..106; {_RETRAIN}")
         model_type = (config.get("model") or {}).get("type")
         model_kind = _MODEL_KIND.get(model_type)
-        if model_kind is None:
-            raise UserError(f"unsupported tokenizer model type {model_type!r}", path, _RETRAIN)
         meta_path = directory / META_FILE
+        meta = None
         if meta_path.is_file():
             try:
                 meta = json.loads(meta_path.read_text(encoding="utf-8"))
                 kind, lowercase, version = meta["kind"], bool(meta["lowercase"]), int(meta["version"])
+                special = _special_from_meta(meta.get("special"))
+                borrowed = dict(meta.get("borrowed") or {})
             except (OSError, ValueError, TypeError, KeyError) as exc:
                 raise UserError(f"cannot read {META_FILE}: {exc}", meta_path, _RETRAIN) from exc
+        if meta is None or special is None:  # ptmkit's own layout: specials at 0..106
+            problem = _special_problem(hf)
+            if problem is not None:
+                raise UserError(problem, path, f"ptmkit needs {ALL_SPECIAL_TOKENS[0]}..<extra_id_99> at ids 0..106; {_RETRAIN}")
+        if model_kind is None:
+            raise UserError(f"unsupported tokenizer model type {model_type!r}", path, _RETRAIN)
+        if meta is not None:
             if version > FORMAT_VERSION:
                 raise UserError(
                     f"{META_FILE} has format version {version}, newer than this ptmkit's {FORMAT_VERSION}",
@@ -251,8 +287,127 @@ class Tokenizer:
             if kind != model_kind:
                 raise UserError(f"{META_FILE} says kind {kind!r} but {TOKENIZER_FILE} holds a {model_type} model", meta_path, _RETRAIN)
         else:  # a bare tokenizer.json: infer what we can
-            kind, lowercase = model_kind, _infers_lowercase(config)
-        return cls(hf, kind, lowercase=lowercase)
+            kind, lowercase, special, borrowed = model_kind, _infers_lowercase(config), None, {}
+        try:
+            return cls(hf, kind, lowercase=lowercase, special=special, borrowed=borrowed)
+        except ValueError as exc:  # special ids of the metadata outside the vocabulary
+            raise UserError(f"{META_FILE} does not fit {TOKENIZER_FILE}: {exc}", meta_path, _RETRAIN) from exc
+
+    @classmethod
+    def from_hf(cls, directory: Path | str) -> Tokenizer:
+        """The tokenizer of a Hugging Face model directory (``tokenizer.json``, plus the special
+        tokens named in ``tokenizer_config.json`` / ``special_tokens_map.json``), ids unchanged.
+
+        Only the ``tokenizers`` library is used (no ``transformers``, no network). Special ids
+        come from :func:`hf_special_ids`.
+        """
+        directory = Path(directory)
+        path = directory / TOKENIZER_FILE
+        if not path.is_file():
+            raise UserError(f"no {TOKENIZER_FILE} in the Hugging Face directory", directory,
+                            "save the tokenizer there with `tokenizer.save_pretrained(DIR)` (a fast tokenizer)")
+        try:
+            text = path.read_text(encoding="utf-8")
+            config = json.loads(text)
+            hf = _canonical(tokenizers.Tokenizer.from_str(text))
+        except Exception as exc:  # OSError, bad UTF-8/JSON, or the Rust side's plain Exception
+            raise UserError(f"cannot read {TOKENIZER_FILE}: {exc}", path,
+                            "point --init hf:DIR at a directory written by `save_pretrained`") from exc
+        model_type = (config.get("model") or {}).get("type")
+        kind = _MODEL_KIND.get(model_type)
+        if kind is None:
+            raise UserError(f"unsupported tokenizer model type {model_type!r}", path,
+                            f"use a {', '.join(_MODEL_KIND)} tokenizer")
+        special, borrowed = hf_special_ids(hf, _declared_special_tokens(directory))
+        # A post-processor would add [CLS]/<s> ... behind our back; objectives add their own.
+        hf.post_processor = None
+        return cls(hf, kind, lowercase=_infers_lowercase(config), special=special, borrowed=borrowed)
+
+
+# -- imported (Hugging Face) special tokens -------------------------------------------------------
+
+_WELL_KNOWN = {"pad": ("[PAD]", "<pad>", "<|pad|>"), "unk": ("[UNK]", "<unk>", "<|unk|>"),
+               "cls": ("[CLS]", "<cls>"), "sep": ("[SEP]", "<sep>"), "mask": ("[MASK]", "<mask>"),
+               "bos": ("<s>", "<|startoftext|>", "<|endoftext|>"), "eos": ("</s>", "<|endoftext|>")}
+"""Token strings taken for a role when no Hugging Face config file names one."""
+
+_STAND_INS = {"cls": ("bos",), "bos": ("cls",), "sep": ("eos",), "eos": ("sep",),
+              "unk": ("eos", "pad"), "pad": ("eos", "unk"), "mask": ("unk", "eos")}
+"""Roles whose token stands in for a missing one, in order of preference: BERT frames with
+[CLS]/[SEP] where BART and RoBERTa use <s>/</s>; GPT-2 pads with its end-of-text token."""
+
+_SENTINEL = re.compile(r"^<extra_id_(\d+)>$")
+
+
+def _token_text(value: object) -> str | None:
+    """A special token as written in tokenizer_config.json (a string or an AddedToken dict)."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) and value else None
+
+
+def _declared_special_tokens(directory: Path) -> dict[str, object]:
+    """``<role>_token`` entries and extra special tokens from the directory's config files
+    (``special_tokens_map.json`` wins over ``tokenizer_config.json``, as in transformers)."""
+    declared: dict[str, object] = {}
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        file = directory / name
+        if not file.is_file():
+            continue
+        try:
+            values = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot read {name}: {exc}", file, "fix or remove the file") from exc
+        if isinstance(values, dict):
+            declared.update({k: v for k, v in values.items() if v is not None})
+    return declared
+
+
+def hf_special_ids(hf: tokenizers.Tokenizer, declared: dict[str, object]) -> tuple[SpecialIds, dict[str, str]]:
+    """:class:`SpecialIds` of a Hugging Face tokenizer, and the roles it had to borrow.
+
+    Each role takes the token its config names (``cls_token`` ...), else a well-known string in
+    the vocabulary (``[CLS]``, ``<s>``, ``<|endoftext|>`` ...). A role still missing borrows the
+    id of a stand-in role (``_STAND_INS``: cls <-> bos, sep <-> eos, pad <- eos as GPT-2 users do),
+    and ``borrowed`` records it (``{"pad": "eos"}``) so that code needing a real token can refuse.
+    Sentinels are the ``<extra_id_N>`` tokens (T5's), in N order, or none.
+    """
+    ids: dict[str, int] = {}
+    for role in ROLES:
+        token = _token_text(declared.get(f"{role}_token"))
+        candidates = (token,) if token is not None else _WELL_KNOWN[role]
+        for candidate in candidates:
+            index = hf.token_to_id(candidate)
+            if index is not None:
+                ids[role] = index
+                break
+    if not ids:
+        raise UserError("the tokenizer declares no special tokens (no pad, unk, cls, sep, mask, bos or eos)",
+                        "tokenizer_config.json", "save the tokenizer with its special tokens set")
+    borrowed: dict[str, str] = {}
+    for role in ROLES:
+        if role in ids:
+            continue
+        chain = list(_STAND_INS[role]) + [r for r in ROLES if r not in _STAND_INS[role]]
+        donor = next(r for r in chain if r in ids)
+        ids[role], borrowed[role] = ids[donor], borrowed.get(donor, donor)
+    extra = declared.get("additional_special_tokens") or declared.get("extra_special_tokens") or []
+    texts = [_token_text(t) for t in extra] if isinstance(extra, list) else []
+    texts += [t for t in hf.get_vocab(with_added_tokens=True) if _SENTINEL.match(t)]
+    numbered = {int(m.group(1)): t for t in texts if t and (m := _SENTINEL.match(t))}
+    sentinels = tuple(hf.token_to_id(numbered[n]) for n in sorted(numbered)
+                      if hf.token_to_id(numbered[n]) is not None)
+    return SpecialIds(*(ids[role] for role in ROLES), sentinels=sentinels), borrowed
+
+
+def _special_from_meta(values: object) -> SpecialIds | None:
+    """The ``special`` entry of ``ptmkit_tokenizer.json`` (imported tokenizers), or None."""
+    if values is None:
+        return None
+    if not isinstance(values, dict):
+        raise TypeError("special must be a mapping of role to id")
+    return SpecialIds(*(int(values[role]) for role in ROLES),
+                      sentinels=tuple(int(i) for i in values.get("sentinels", [])))
 
 
 def _infers_lowercase(config: dict) -> bool:
@@ -309,7 +464,9 @@ def _byte_level_starts_word(token: str) -> bool:
     """Whether a byte-level bpe token starts a word: it begins with whitespace (``Ġ`` = space)
     or punctuation. Letters and digits continue a word, and so does a token that begins inside
     a multi-byte character or whose first character is cut off (almost always a letter)."""
-    first = bytes(_BYTE_OF[c] for c in token).decode("utf-8", errors="replace")[0]
+    # (a character outside the byte alphabet: a BPE that is not byte-level, taken as is)
+    raw = b"".join(bytes([_BYTE_OF[c]]) if c in _BYTE_OF else c.encode() for c in token)
+    first = raw.decode("utf-8", errors="replace")[:1] or "\ufffd"
     return first != "\ufffd" and not first.isalnum()  # U+FFFD: a character cut off
 
 

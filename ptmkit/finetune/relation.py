@@ -72,6 +72,12 @@ class Relation(Classify):
             raise UserError("relation examples have one text", "--text-fields",
                             "name the single field holding the entity-marked text")
         super().check(records, path)
+        for number, record in enumerate(records, 1):
+            text = str(record[self.spec.text_fields[0]])
+            missing = [m for m in MARKERS if marker_start(text, m) < 0]
+            if missing:
+                raise UserError(f"entity marker {missing[0]!r} missing", f"{path}: example {number}",
+                                "mark the head entity as << ... >> and the tail as [[ ... ]]")
 
     def fit_labels(self, records: list[Record]) -> None:
         super().fit_labels(records)
@@ -87,26 +93,18 @@ class Relation(Classify):
         return next((label for label in self.spec.labels if label.lower() in NEGATIVE_NAMES), None)
 
     def encode_texts(self, records: list[Record]) -> list[Encoded]:
-        """[CLS] text [SEP] plus `entities` (2,): the token positions of the two start markers."""
+        """[CLS] text [SEP] plus `head_at` / `tail_at`: where the two start markers are."""
         special, budget = self.tokenizer.special, self.spec.max_length - 2
         texts = [str(r[self.spec.text_fields[0]]) for r in records]
         items = []
-        for number, (text, encoding) in enumerate(
-                zip(texts, self.tokenizer.hf.encode_batch(texts, add_special_tokens=False)), 1):
-            positions = [token_at(encoding.offsets, self._marker(text, m, number)) for m in MARKERS]
+        for text, encoding in zip(texts, self.tokenizer.hf.encode_batch(texts, add_special_tokens=False)):
+            positions = [token_at(encoding.offsets, marker_start(text, m)) for m in MARKERS]
             kept = window(len(encoding.ids), positions, budget)
             items.append({"input_ids": np.array([special.cls, *(encoding.ids[i] for i in kept), special.sep],
                                                 dtype=np.int64),
                           "head_at": np.asarray(1 + kept.index(positions[0])),
                           "tail_at": np.asarray(1 + kept.index(positions[1]))})
         return items
-
-    def _marker(self, text: str, marker: str, number: int) -> int:
-        char = marker_start(text, marker)
-        if char < 0:
-            raise UserError(f"entity marker {marker!r} missing", f"example {number}: {text[:60]!r}",
-                            "mark the head entity as << ... >> and the tail as [[ ... ]]")
-        return char
 
     def build_head(self, hidden: int) -> nn.Module:
         return PooledHead(2 * hidden, len(self.spec.labels))

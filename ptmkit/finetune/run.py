@@ -48,6 +48,11 @@ class FinetuneSpec:
     label_field: str = "label"
     negative_label: str | None = None
     """Relation tasks: the "no relation" class left out of F1 (None: auto-detect, see relation.py)."""
+    source_field: str = "source"
+    target_field: str = "target"
+    max_target_length: int = 64
+    target_list: str = "references"
+    """seq2seq fields (see `TaskSpec`); --train/--dev may also be SRC,TGT parallel text files."""
     model: str = "tiny"
     max_train_examples: int | None = None
     dev_fraction: float = 0.1
@@ -94,7 +99,9 @@ def _task_spec(spec: FinetuneSpec) -> tuple[str, TaskSpec, str, list[str]]:
         raise UserError("no training data", "--train", "pass --train FILE (and --dev FILE)")
     task_spec = TaskSpec(name=spec.task, text_fields=list(spec.text_fields),
                          label_field=spec.label_field, max_length=spec.max_length,
-                         negative_label=spec.negative_label)
+                         negative_label=spec.negative_label, source_field=spec.source_field,
+                         target_field=spec.target_field, max_target_length=spec.max_target_length,
+                         target_list=spec.target_list)
     return spec.task, task_spec, spec.train, [spec.dev] if spec.dev else []
 
 
@@ -103,6 +110,7 @@ def _prepare(spec: FinetuneSpec) -> _Prepared:
     backbone = load_backbone(spec.init, tokenizer_dir=spec.tokenizer, model=spec.model,
                              max_length=spec.max_length)
     task = get_task(task_name)(task_spec, backbone.tokenizer, backbone.pooling, token_types=False)
+    task.bind(backbone)
     train_path, dev_paths = task.resolve_files(train_path, dev_paths)
     train_records = task.read(train_path)
     if dev_paths:
@@ -211,7 +219,7 @@ def predict_items(model: TaskModel, task: Task, items: list, batch_size: int) ->
     model.eval()
     predictions: list[Any] = []
     for chunk in _batches(items, batch_size, None):
-        predictions += task.predict(model(task.collate(chunk)))
+        predictions += task.predict_batch(model, task.collate(chunk))
     return predictions
 
 
@@ -248,6 +256,7 @@ def load_finetuned(run: Path) -> tuple[TaskModel, Task, dict[str, Any]]:
     backbone = Backbone(objective.downstream_network(cfg), objective, config["objective"], cfg, tokenizer,
                         config["init"])
     task = get_task(task_spec.name)(task_spec, tokenizer, backbone.pooling, token_types=False)
+    task.bind(backbone)
     model = TaskModel(backbone, task)
     load_weights(model, run / "model.safetensors")
     return model, task, config

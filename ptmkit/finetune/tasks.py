@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -19,6 +19,9 @@ from torch import Tensor, nn
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.errors import UserError
 from ptmkit.finetune.data import Record, read_records, require_fields
+
+if TYPE_CHECKING:
+    from ptmkit.finetune.model import Backbone, TaskModel
 
 Encoded = dict[str, np.ndarray]
 
@@ -39,6 +42,14 @@ class TaskSpec:
     """Column names of a header-less TSV (GLUE CoLA)."""
     negative_label: str | None = None
     """Relation class meaning "no relation", left out of the relation F1 (None: auto-detect)."""
+    source_field: str = "source"
+    """seq2seq: the field with the input text (a list of sentences is joined)."""
+    target_field: str = "target"
+    """seq2seq: the field with the output text, or a list of them (see target_list)."""
+    max_target_length: int = 64
+    """seq2seq: most target tokens, special tokens included; also the dev generation length."""
+    target_list: str = "references"
+    """seq2seq: a list-valued target is alternative "references" or sentences to "join"."""
 
 
 class Task:
@@ -50,6 +61,10 @@ class Task:
     def __init__(self, spec: TaskSpec, tokenizer: Tokenizer, pooling: str, token_types: bool) -> None:
         self.spec, self.tokenizer = spec, tokenizer
         self.pooling, self.token_types = pooling, token_types
+
+    def bind(self, backbone: Backbone) -> None:
+        """Learn what the task needs from the backbone it will run on, or refuse it with a
+        UserError (seq2seq needs a decoder). Called before any data is encoded."""
 
     # ---- data ---------------------------------------------------------------------------
     def resolve_files(self, train: str, devs: list[str]) -> tuple[str, list[str]]:
@@ -117,6 +132,16 @@ class Task:
     def head_output(self, features: Tensor, batch: dict[str, Tensor], head: nn.Module) -> Tensor:
         """Sequence-level tasks pool, then score; token-level tasks override this."""
         return head(self.pool(features, batch))
+
+    def forward(self, model: TaskModel, batch: dict[str, Tensor]) -> Any:
+        """`model(batch)`: backbone features through the head. A task that uses the backbone
+        another way (seq2seq decodes through its LM head) overrides this."""
+        return self.head_output(model.features(model.backbone, batch["input_ids"], batch["valid"]),
+                                batch, model.head)
+
+    def predict_batch(self, model: TaskModel, batch: dict[str, Tensor]) -> list[Any]:
+        """Predictions for one evaluation batch; seq2seq generates instead of reading `model(batch)`."""
+        return self.predict(model(batch))
 
     def loss(self, output: Tensor, batch: dict[str, Tensor]) -> Tensor:
         raise NotImplementedError
@@ -252,6 +277,7 @@ TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (Classify, Regress)}
 
 def get_task(name: str) -> type[Task]:
     _register_token_tasks()
+    _register_seq2seq_task()
     if name not in TASKS:
         raise UserError(f"unknown task {name!r}", "--task",
                         f"use one of: {', '.join(TASKS)} or glue:<name>")
@@ -266,6 +292,12 @@ def _register_token_tasks() -> None:
     from ptmkit.finetune.tagging import Tag
     for cls in (Tag, Relation, Keyphrase):
         TASKS.setdefault(cls.name, cls)
+
+
+def _register_seq2seq_task() -> None:
+    """seq2seq builds on this module too (and on generation): registered on first use."""
+    from ptmkit.finetune.seq2seq_task import Seq2Seq
+    TASKS.setdefault(Seq2Seq.name, Seq2Seq)
 
 
 def stratify_key(task: Task, targets: Sequence[Any]) -> tuple[list[Any], bool]:

@@ -22,6 +22,7 @@ Conventions, from fairseq's `SequenceGenerator` and Hugging Face's `generate`:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -177,6 +178,22 @@ class DecoderOnlySession:
             self.cache.reorder(index)
 
 
+class Suppressing:
+    """A session whose logits never choose `ids` (HF's `suppress_tokens`): special tokens that
+    no target contains, which a barely trained model may still favour."""
+
+    def __init__(self, session: Session, ids: Sequence[int]) -> None:
+        self.session, self.ids = session, list(ids)
+
+    def next_logits(self, tokens: Tensor | None) -> Tensor:
+        logits = self.session.next_logits(tokens)
+        logits[:, self.ids] = -torch.inf
+        return logits
+
+    def reorder(self, index: Tensor) -> None:
+        self.session.reorder(index)
+
+
 def open_session(model: Transformer, prompts: list[list[int]], *, architecture: str, pad: int,
                  decoder_prompt: list[int] | None = None, copies: int = 1,
                  use_cache: bool = True) -> Session:
@@ -191,11 +208,14 @@ def open_session(model: Transformer, prompts: list[list[int]], *, architecture: 
 @torch.no_grad()
 def generate(model: Transformer, prompts: list[list[int]], options: DecodeOptions, *,
              architecture: str, eos: int, pad: int, decoder_prompt: list[int] | None = None,
-             use_cache: bool = True) -> list[Generated]:
-    """Generate one output per prompt with the search `options` ask for (model put in eval mode)."""
+             suppress: Sequence[int] = (), use_cache: bool = True) -> list[Generated]:
+    """Generate one output per prompt with the search `options` ask for (model put in eval mode);
+    tokens in `suppress` are never generated."""
     model.eval()
     session = open_session(model, prompts, architecture=architecture, pad=pad,
                            decoder_prompt=decoder_prompt, copies=options.beam, use_cache=use_cache)
+    if suppress:
+        session = Suppressing(session, suppress)
     if options.beam > 1:
         return beam_search(session, len(prompts), options, eos)
     return sample(session, len(prompts), options, eos) if options.top_p is not None \

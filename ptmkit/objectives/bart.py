@@ -82,7 +82,7 @@ def replace_spans(tokens: np.ndarray, starts: np.ndarray, ends: np.ndarray, repl
         return tokens[~covered]
     source = np.where(covered, vocab.special.mask, tokens)
     randomised = _covered(len(tokens), starts[is_random], ends[is_random])
-    source[randomised] = rng.integers(vocab.first_normal_id, vocab.size, size=int(randomised.sum()))
+    source[randomised] = rng.integers(*vocab.ordinary_range, size=int(randomised.sum()))
     if replace_length == -1:
         return source
     inner = starts + 1 < ends
@@ -96,7 +96,7 @@ def inserted(tokens: np.ndarray, count: int, random_ratio: float, vocab: Vocab,
     positions = rng.permutation(len(tokens) + count)[:count]
     n_random = math.ceil(count * random_ratio)
     out = np.full(len(tokens) + count, vocab.special.mask, dtype=np.int64)
-    out[positions[:n_random]] = rng.integers(vocab.first_normal_id, vocab.size, size=n_random)
+    out[positions[:n_random]] = rng.integers(*vocab.ordinary_range, size=n_random)
     is_new = np.zeros(len(out), dtype=bool)
     is_new[positions] = True
     out[~is_new] = tokens

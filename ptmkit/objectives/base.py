@@ -46,8 +46,22 @@ class Vocab:
 
     @property
     def first_normal_id(self) -> int:
-        """Ids below this are special tokens; random replacements are drawn above it."""
+        """Ids below this are special tokens (ptmkit's own tokenizers: 107)."""
         return max(self.special.all()) + 1
+
+    @property
+    def ordinary_range(self) -> tuple[int, int]:
+        """[low, high) of ordinary ids that random replacements are drawn from: the longest run
+        of ids free of special tokens. For ptmkit's tokenizers that is (107, size); imported ones
+        may put specials first and last (RoBERTa: <s> <pad> </s> <unk> ... <mask>) or in between
+        (BERT: [PAD] [unused..] [UNK] [CLS] [SEP] [MASK] ...)."""
+        edges = sorted(i for i in self.special.all() if 0 <= i < self.size)
+        best, low = (0, 0), 0
+        for edge in [*edges, self.size]:
+            if edge - low > best[1] - best[0]:
+                best = (low, edge)
+            low = max(low, edge + 1)
+        return best
 
 
 class Objective:

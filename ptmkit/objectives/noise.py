@@ -47,7 +47,7 @@ def corrupt(tokens: np.ndarray, positions: np.ndarray, vocab: Vocab, rng: np.ran
     draw = rng.random(len(positions))
     inputs[positions[draw < mask_share]] = vocab.special.mask
     swap = positions[(draw >= mask_share) & (draw < mask_share + random_share)]
-    inputs[swap] = rng.integers(vocab.first_normal_id, vocab.size, size=len(swap))
+    inputs[swap] = rng.integers(*vocab.ordinary_range, size=len(swap))
     return inputs, labels
 
 

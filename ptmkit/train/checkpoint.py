@@ -1,7 +1,17 @@
 """Checkpoints without pickle: safetensors for tensors, JSON for everything else, written atomically.
 
-``RUN/checkpoint/`` always holds the latest *complete* checkpoint: a new one is written to a
-temporary sibling and swapped in with renames, so a crash mid-save leaves the previous one.
+Each checkpoint is a directory ``RUN/checkpoints/step-NNNNNN/`` written under a temporary name
+and renamed into place once complete; ``RUN/checkpoint`` is then re-pointed (a relative symlink,
+swapped atomically) at the newest one and all but the last `keep` are deleted. A crash at any
+moment therefore leaves a complete latest checkpoint: `latest_checkpoint` follows the link, and
+falls back to the newest complete ``checkpoints/step-*``. Runs written before this layout (a
+plain ``RUN/checkpoint/`` directory, ``RUN/.checkpoint.old``) are still read.
+
+A checkpoint holds ``state.json`` (trainer state: step, tokens, data position; optimizer scalars;
+Python/numpy RNG), ``state.safetensors`` (optimizer moments, torch RNG of each process) and the
+weights: ``model.safetensors`` (single process, DDP: every process holds the full model), or
+``dcp/`` for FSDP runs, a torch.distributed.checkpoint of the sharded model and optimizer that
+loads onto any number of processes.
 """
 
 from __future__ import annotations
@@ -10,7 +20,6 @@ import json
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +31,33 @@ from torch import nn
 from ptmkit.errors import UserError
 
 CHECKPOINT = "checkpoint"
+"""RUN/checkpoint: the newest complete checkpoint (a link into RUN/checkpoints/)."""
+CHECKPOINTS = "checkpoints"
+SHARDED = "dcp"
 
 
 def atomic_save_model(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
     """Weights as safetensors (shared/tied tensors stored once), via a temp file and a rename."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_model(model, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def atomic_save_state(state: dict[str, torch.Tensor], model: nn.Module, path: Path) -> None:
+    """A full state dict (e.g. gathered from FSDP shards) written as `save_model` would write
+    `model`: tied parameters stored once, under the same name, so `load_weights` reads it."""
+    state, metadata = dict(state), {}
+    groups: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(param), []).append(name)
+    for names in groups.values():
+        keep, *others = sorted(names)
+        for name in others:
+            if name in state:
+                del state[name]
+                metadata[name] = keep
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={**metadata, "format": "pt"})
     os.replace(tmp, path)
 
 
@@ -44,21 +74,37 @@ def load_weights(model: nn.Module, path: Path) -> None:
 
 
 def rng_state() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Python, numpy and torch RNG states as (JSON part, tensor part)."""
+    """Python, numpy and torch (CPU, and the current GPU's) RNG states as (JSON part, tensor part)."""
     py = random.getstate()
     np_state = np.random.get_state(legacy=False)
     np_state["state"]["key"] = np_state["state"]["key"].tolist()
-    return ({"python": [py[0], list(py[1]), py[2]], "numpy": np_state},
-            {"rng.torch": torch.get_rng_state()})
+    return ({"python": [py[0], list(py[1]), py[2]], "numpy": np_state}, _torch_rng())
 
 
-def set_rng_state(json_part: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+def _torch_rng() -> dict[str, torch.Tensor]:
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    return tensors
+
+
+def set_rng_state(json_part: dict[str, Any], tensors: dict[str, torch.Tensor], rank: int = 0) -> None:
+    """Restore the states `rng_state` saved; process `rank` of a distributed run takes its own
+    torch states (``rng.torch.rank1``...), or, written by fewer processes, states derived from
+    rank 0's and its rank."""
     version, state, gauss = json_part["python"]
     random.setstate((version, tuple(state), gauss))
     np_state = json_part["numpy"]
     np_state["state"]["key"] = np.asarray(np_state["state"]["key"], dtype=np.uint32)
     np.random.set_state(np_state)
-    torch.set_rng_state(tensors["rng.torch"])
+    suffix = f".rank{rank}" if rank else ""
+    if rank and f"rng.torch{suffix}" not in tensors:
+        torch.set_rng_state(tensors["rng.torch"])
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,))) + rank)
+        return
+    torch.set_rng_state(tensors[f"rng.torch{suffix}"])
+    if f"rng.cuda{suffix}" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors[f"rng.cuda{suffix}"])
 
 
 def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -88,46 +134,147 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 
 
 def save_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    trainer_state: dict[str, Any]) -> Path:
-    """Write model, optimizer, RNG and trainer state (step, data position...) atomically."""
-    final = run / CHECKPOINT
-    tmp = Path(tempfile.mkdtemp(prefix=f".{CHECKPOINT}.tmp-", dir=run))
+                    trainer_state: dict[str, Any], *, keep: int = 2, distributed: Any = None) -> Path:
+    """Write model, optimizer, RNG and trainer state (step, data position...) atomically as
+    RUN/checkpoints/step-NNNNNN, point RUN/checkpoint at it and keep the newest `keep`.
+
+    With `distributed` (a `ptmkit.train.distributed.Distributed`) every process must call this:
+    rank 0 writes, except that FSDP shards go through torch.distributed.checkpoint from every
+    process into the temporary directory, which rank 0 renames after a barrier."""
+    main = distributed is None or distributed.is_main
+    sharded = distributed is not None and distributed.mode == "fsdp"
+    name = f"step-{int(trainer_state.get('step', 0)):06d}"
+    tmp = run / f".{CHECKPOINT}.tmp-{name}"
+    final = run / CHECKPOINTS / name
+    if main:
+        _remove(tmp)  # left by a crash while saving this same step
+        tmp.mkdir(parents=True)
     try:
-        save_model(model, str(tmp / "model.safetensors"))
-        optim_tensors, optim_meta = _flatten_optimizer(optimizer.state_dict())
+        if distributed is not None:
+            distributed.barrier()
+        if sharded:
+            distributed.save_sharded(model, optimizer, tmp / SHARDED)
         rng_json, rng_tensors = rng_state()
-        save_file({**optim_tensors, **rng_tensors}, str(tmp / "state.safetensors"))
-        state = {"trainer": trainer_state, "optimizer": optim_meta, "rng": rng_json}
-        (tmp / "state.json").write_text(json.dumps(state))
-        old = run / f".{CHECKPOINT}.old"
-        if final.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+        if distributed is not None:  # each process's torch RNG: dropout differs across ranks
+            for rank, states in enumerate(distributed.gather(rng_tensors)):
+                if rank:
+                    rng_tensors.update({f"{key}.rank{rank}": value for key, value in states.items()})
+        if main:
+            optim_tensors, optim_meta = {}, None
+            if not sharded:
+                save_model(model, str(tmp / "model.safetensors"))
+                optim_tensors, optim_meta = _flatten_optimizer(optimizer.state_dict())
+            save_file({**optim_tensors, **rng_tensors}, str(tmp / "state.safetensors"))
+            state = {"trainer": trainer_state, "optimizer": optim_meta, "rng": rng_json,
+                     "format": SHARDED if sharded else "safetensors",
+                     "world_size": distributed.world if distributed is not None else 1}
+            (tmp / "state.json").write_text(json.dumps(state))
+            final.parent.mkdir(exist_ok=True)
+            if final.exists():  # the same step saved again: swap it
+                trash = run / f".{CHECKPOINT}.trash-{name}"
+                _remove(trash)
+                os.replace(final, trash)
+                os.replace(tmp, final)
+                _remove(trash)
+            else:
+                os.replace(tmp, final)
+            _point_latest(run, final)
+            _prune(run, keep, final)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if main:
+            _remove(tmp)
         raise
-    return final
+    if distributed is not None:
+        distributed.barrier()
+    return run / CHECKPOINT
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _point_latest(run: Path, target: Path) -> None:
+    """Swap RUN/checkpoint to a relative link to `target` in one rename."""
+    link = run / CHECKPOINT
+    tmp_link = run / f".{CHECKPOINT}.link-{os.getpid()}"
+    _remove(tmp_link)
+    os.symlink(os.path.relpath(target, run), tmp_link)
+    if link.is_dir() and not link.is_symlink():  # the older single-directory layout
+        old = run / f".{CHECKPOINT}.old"
+        _remove(old)
+        os.replace(link, old)
+        os.replace(tmp_link, link)
+        _remove(old)
+    else:
+        os.replace(tmp_link, link)
+
+
+def _step_dirs(run: Path) -> list[tuple[int, Path]]:
+    """(step, path) of the complete RUN/checkpoints/step-* directories, oldest first."""
+    found = []
+    for path in (run / CHECKPOINTS).glob("step-*"):
+        suffix = path.name[len("step-"):]
+        if suffix.isdigit() and (path / "state.json").is_file():
+            found.append((int(suffix), path))
+    return sorted(found)
+
+
+def _prune(run: Path, keep: int, current: Path) -> None:
+    for _, path in _step_dirs(run)[:-max(1, keep)]:
+        if path != current:
+            _remove(path)
+
+
+def remove_partial_checkpoints(run: Path) -> None:
+    """Delete what a crash while saving left behind (temporary directories and links)."""
+    for pattern in (f".{CHECKPOINT}.tmp-*", f".{CHECKPOINT}.trash-*", f".{CHECKPOINT}.link-*"):
+        for path in run.glob(pattern):
+            _remove(path)
 
 
 def latest_checkpoint(run: Path) -> Path | None:
-    """The newest complete checkpoint (the previous one if a crash hit between the renames)."""
+    """The newest complete checkpoint: RUN/checkpoint, else (a crash between renames, or the
+    older layout) RUN/.checkpoint.old, else the newest complete RUN/checkpoints/step-*."""
+    found = _step_dirs(run)
     for candidate in (run / CHECKPOINT, run / f".{CHECKPOINT}.old"):
         if (candidate / "state.json").is_file():
+            # a crash after renaming a new step directory into place but before re-pointing
+            if found and candidate.resolve() != found[-1][1].resolve() and found[-1][0] > _step_of(candidate):
+                return found[-1][1]
             return candidate
-    return None
+    return found[-1][1] if found else None
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore model, optimizer and RNG states; returns the trainer state."""
+def _step_of(path: Path) -> int:
+    try:
+        return int(json.loads((path / "state.json").read_text())["trainer"].get("step", 0))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return -1
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    distributed: Any = None) -> dict[str, Any]:
+    """Restore model, optimizer and RNG states; returns the trainer state.
+
+    A sharded (FSDP) checkpoint loads onto any number of processes and into DDP or a plain
+    model; a full-weights checkpoint into a plain or DDP model, whatever its number of processes."""
     try:
         state = json.loads((path / "state.json").read_text())
         tensors = load_file(str(path / "state.safetensors"))
     except (OSError, ValueError) as err:
         raise UserError(f"corrupt checkpoint ({err.__class__.__name__})", str(path),
                         "delete the checkpoint directory to start over, or restore a backup") from None
-    load_weights(model, path / "model.safetensors")
-    optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
-    set_rng_state(state["rng"], tensors)
+    if (path / SHARDED).is_dir():
+        from ptmkit.train.distributed import load_sharded
+        load_sharded(model, optimizer, path / SHARDED, distributed)
+    else:
+        if distributed is not None and distributed.mode == "fsdp":
+            raise UserError("the checkpoint holds full weights (written by one process or by ddp)",
+                            str(path), "resume it with --distributed ddp (or in one process)")
+        load_weights(model, path / "model.safetensors")
+        optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
+    set_rng_state(state["rng"], tensors, distributed.rank if distributed is not None else 0)
     return state["trainer"]

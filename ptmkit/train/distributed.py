@@ -1,0 +1,203 @@
+"""Training on several processes launched by torchrun: the one module that imports torch.distributed.
+
+torchrun starts one process per device and sets RANK, WORLD_SIZE and LOCAL_RANK. `Distributed`
+joins them into a process group (nccl on CUDA, each process on the GPU its LOCAL_RANK names; gloo
+on CPU) and wraps the model:
+
+* ``ddp``: every process holds the whole model; DistributedDataParallel averages the gradients.
+* ``fsdp``: FSDP2 (`fully_shard` on each Transformer block, then on the root) shards parameters,
+  gradients and Adam moments over the processes; with ``--precision bf16`` the gathered parameters
+  are bf16 and gradients are reduced in fp32.
+
+Objectives compute their loss through model *methods* (``model.encode``, ``model.logits``), which
+would bypass the forward hooks DDP and FSDP rely on, so the wrapped module is `ObjectiveForward`:
+its ``forward(batch)`` runs ``loss_fn(model, batch)``, and the trainer calls ``wrapped(batch)``.
+
+Without torchrun (``--distributed`` given in a plain process) the group has one process, which
+exercises the same code paths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ptmkit.errors import UserError
+
+MODES = ("ddp", "fsdp")
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+def launched_by_torchrun() -> bool:
+    return all(name in os.environ for name in TORCHRUN_VARIABLES)
+
+
+def resolve_mode(flag: str | None) -> str | None:
+    """`--distributed` as given; else ddp when torchrun started several processes; else None."""
+    if flag is not None:
+        if flag not in MODES:
+            raise UserError(f"unknown --distributed mode {flag!r}", "--distributed", "use ddp or fsdp")
+        return flag
+    if launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
+        return "ddp"
+    return None
+
+
+class ObjectiveForward(nn.Module):
+    """``forward(batch) = loss_fn(model, batch)``: gives DDP/FSDP the forward call they hook into."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        return self.loss_fn(self.model, batch)
+
+
+class Distributed:
+    """This process's place in the group, and the collectives the trainer needs."""
+
+    def __init__(self, mode: str) -> None:
+        import torch.distributed as dist
+        if mode not in MODES:
+            raise UserError(f"unknown --distributed mode {mode!r}", "--distributed", "use ddp or fsdp")
+        if not dist.is_available():
+            raise UserError("this torch build has no torch.distributed", "--distributed",
+                            "install a torch build with distributed support or drop --distributed")
+        self.mode = mode
+        torchrun = launched_by_torchrun()
+        self.rank = int(os.environ["RANK"]) if torchrun else 0
+        self.world = int(os.environ["WORLD_SIZE"]) if torchrun else 1
+        self.local_rank = int(os.environ["LOCAL_RANK"]) if torchrun else 0
+        if torch.cuda.is_available():
+            if self.local_rank >= torch.cuda.device_count():
+                raise UserError(f"LOCAL_RANK {self.local_rank} but only {torch.cuda.device_count()} GPUs",
+                                "torchrun", "use --nproc_per_node at most the number of GPUs")
+            self.device = torch.device("cuda", self.local_rank)
+            torch.cuda.set_device(self.device)
+            backend = "nccl"
+        else:
+            if not dist.is_gloo_available():
+                raise UserError("no gloo backend for CPU processes", "--distributed",
+                                "install a torch build with gloo, or train on GPUs")
+            self.device = torch.device("cpu")
+            backend = "gloo"
+        self.backend = backend
+        self.owns_group = not dist.is_initialized()
+        if self.owns_group:
+            if torchrun:
+                dist.init_process_group(backend, device_id=self.device if backend == "nccl" else None)
+            else:  # a group of one: the same code paths without a launcher
+                dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the only process that writes the run directory and shows progress."""
+        return self.rank == 0
+
+    def close(self) -> None:
+        import torch.distributed as dist
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+    # ---- collectives ---------------------------------------------------------------------
+    def barrier(self) -> None:
+        import torch.distributed as dist
+        if self.backend == "nccl":
+            dist.barrier(device_ids=[self.device.index])
+        else:
+            dist.barrier()
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum over all processes (float64, so token counts stay exact)."""
+        import torch.distributed as dist
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every process's `value` (any picklable object), in rank order, on every process."""
+        import torch.distributed as dist
+        values: list[Any] = [None] * self.world
+        dist.all_gather_object(values, value)
+        return values
+
+    # ---- the model -----------------------------------------------------------------------
+    def wrap(self, model: nn.Module, loss_fn: Callable, precision: str) -> nn.Module:
+        """`model` (already on `self.device`) inside DDP or FSDP2, called as ``wrapped(batch)``."""
+        module = ObjectiveForward(model, loss_fn)
+        if self.mode == "ddp":
+            from torch.nn.parallel import DistributedDataParallel
+            # no buffers need syncing, and every objective uses all parameters (checked in tests)
+            return DistributedDataParallel(module, device_ids=[self.device.index] if self.device.type == "cuda"
+                                           else None, broadcast_buffers=False)
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        from ptmkit.model.backbone import Block
+        policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+                  if precision == "bf16" else MixedPrecisionPolicy())
+        for block in [m for m in model.modules() if isinstance(m, Block)]:
+            fully_shard(block, mp_policy=policy)
+        fully_shard(module, mp_policy=policy)  # the root: embeddings, heads, final norms
+        return module
+
+    def grad_sync(self, module: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
+        """Around a micro-batch's forward and backward: no gradient reduction unless `enabled`
+        (gradient accumulation reduces once, on the last micro-batch)."""
+        if enabled:
+            return contextlib.nullcontext()
+        if self.mode == "ddp":
+            return module.no_sync()
+        return _fsdp_no_sync(module)
+
+    def clip_grad_norm(self, parameters: Iterable[nn.Parameter], max_norm: float) -> float:
+        """The global gradient norm (before clipping), the same number on every process."""
+        from torch.distributed.tensor import DTensor
+        norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+        if isinstance(norm, DTensor):
+            norm = norm.full_tensor()
+        return float(norm)
+
+    def full_state_dict(self, model: nn.Module) -> dict[str, Tensor] | None:
+        """The whole model's weights on CPU in rank 0 (None elsewhere); FSDP gathers the shards,
+        so every process must call this."""
+        if self.mode == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+            state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            return state if self.is_main else None
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()} if self.is_main else None
+
+    def save_sharded(self, model: nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> None:
+        """Model and optimizer shards through torch.distributed.checkpoint (every process writes)."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+        model_state, optim_state = get_state_dict(model, optimizer)
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(path))
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(module: nn.Module):
+    module.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        module.set_requires_gradient_sync(True)
+
+
+def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path,
+                 distributed: Distributed | None) -> None:
+    """Load a torch.distributed.checkpoint into `model` and `optimizer`, whatever the number of
+    processes that wrote it and that read it (FSDP, DDP or one plain process): DCP reshards."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    model_state, optim_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optim": optim_state}
+    dcp.load(state, checkpoint_id=str(path), no_dist=distributed is None)
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])

@@ -1,0 +1,221 @@
+"""`ptmkit export --format hf`: every exportable run loads into transformers without a weight
+left out or made up, with ptmkit's logits, its tokenizer and a model card; the rest is refused."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import ptmkit
+from ptmkit.cli import main
+from ptmkit.errors import UserError
+from ptmkit.hf.export import export_run
+
+transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install ptmkit[hf])")
+
+AUTO = {"mlm": "AutoModelForMaskedLM", "wwm": "AutoModelForMaskedLM", "electra": "AutoModelForPreTraining",
+        "clm": "AutoModelForCausalLM", "prefixlm": "AutoModelForCausalLM",
+        "bart": "AutoModelForSeq2SeqLM", "mass": "AutoModelForSeq2SeqLM", "t5": "AutoModelForSeq2SeqLM"}
+CLASS = {"mlm": "BertForMaskedLM", "wwm": "BertForMaskedLM", "electra": "ElectraForPreTraining",
+         "clm": "GPT2LMHeadModel", "prefixlm": "GPT2LMHeadModel", "bart": "BartForConditionalGeneration",
+         "mass": "BartForConditionalGeneration", "t5": "BartForConditionalGeneration"}
+
+
+def _pretrain(data: Path, out: Path, objective: str, model: dict, train: dict) -> Path:
+    ptmkit.pretrain(objective=objective, data=data, out=out, model=model, **train)
+    return out
+
+
+def _load(auto: str, directory: Path, hf_messages, problems):
+    with hf_messages() as messages:
+        model, info = getattr(transformers, auto).from_pretrained(directory, output_loading_info=True)
+    assert not any(info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")), info
+    assert problems(messages) == [], problems(messages)
+    return model.eval()
+
+
+def _ids(vocab: int, batch: int = 3, length: int = 24) -> torch.Tensor:
+    return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("objective", sorted(AUTO))
+def test_pretraining_run_exports_with_identical_logits(objective, data, tmp_path, tiny, train, hf_messages, problems):
+    run = _pretrain(data, tmp_path / "run", objective, tiny, train)
+    result = export_run(run, tmp_path / "hf")
+    assert result["class"] == CLASS[objective] and result["max_logit_difference"] <= 1e-4
+    model = _load(AUTO[objective], tmp_path / "hf", hf_messages, problems)
+    assert type(model).__name__ == CLASS[objective]
+    ids = _ids(600)
+    with torch.no_grad():
+        theirs = model(input_ids=ids).logits
+    ours = ptmkit.load_run(run).logits(ids)
+    assert ours.shape == theirs.shape == ((3, 24) if objective == "electra" else (3, 24, 600))
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+
+
+def test_exported_tokenizer_has_the_special_tokens_and_frames_like_ptmkit(data, tmp_path, tiny, train):
+    run = _pretrain(data, tmp_path / "run", "mlm", tiny, train)
+    export_run(run, tmp_path / "hf")
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    ours = ptmkit.load_run(run).tokenizer
+    roles = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]",
+             "bos": "<s>", "eos": "</s>"}
+    for role, token in roles.items():
+        assert getattr(hf_tok, f"{role}_token") == token
+        assert getattr(hf_tok, f"{role}_token_id") == getattr(ours.special, role)
+    extra = getattr(hf_tok, "extra_special_tokens", None) or hf_tok.additional_special_tokens
+    assert [hf_tok.convert_tokens_to_ids(t) for t in extra] == list(ours.special.sentinels)
+    text = "The fire spread across the Blue Mountains."
+    assert hf_tok(text)["input_ids"] == [ours.special.cls, *ours.encode(text), ours.special.sep]
+    assert hf_tok.decode(hf_tok(text)["input_ids"], skip_special_tokens=True) == text
+
+
+def test_seq2seq_tokenizer_frames_as_the_objective(data, tmp_path, tiny, train):
+    run = _pretrain(data, tmp_path / "run", "t5", tiny, train)
+    export_run(run, tmp_path / "hf")
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    ours = ptmkit.load_run(run).tokenizer
+    assert hf_tok("the fire")["input_ids"] == [*ours.encode("the fire"), ours.special.eos]
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["decoder_start_token_id"] == ours.special.pad  # T5 starts decoding from pad
+
+
+def test_model_card_records_objective_data_steps_and_metrics(data, tmp_path, tiny, train):
+    run = _pretrain(data, tmp_path / "run", "clm", tiny, train)
+    export_run(run, tmp_path / "hf")
+    card = (tmp_path / "hf" / "README.md").read_text()
+    summary = json.loads((run / "summary.json").read_text())
+    assert "library_name: transformers" in card and "GPT2LMHeadModel" in card
+    assert "| objective | clm |" in card and str(data.resolve()) in card
+    assert f"| steps | {summary['steps']} " in card
+    assert f"{summary['final_val_loss']:.4f}" in card
+
+
+def _classify_file(path: Path) -> Path:
+    labels = ["negative", "neutral", "positive"]
+    path.write_text("sentence\tlabel\n" + "".join(
+        f"the fire {['ended', 'stayed', 'spread'][i % 3]} today number {i}\t{labels[i % 3]}\n" for i in range(30)))
+    return path
+
+
+def test_finetuned_classifier_exports_with_id2label(data, tmp_path, tiny, train, hf_messages, problems):
+    run = _pretrain(data, tmp_path / "run", "mlm", tiny, train)
+    ft = tmp_path / "ft"
+    result = ptmkit.finetune(task="classify", init=run, out=ft, train=_classify_file(tmp_path / "t.tsv"),
+                             text_fields="sentence", epochs=1, batch_size=8, max_length=16, progress=False)
+    assert 0 <= result["accuracy"] <= 1
+    assert export_run(ft, tmp_path / "hf")["class"] == "BertForSequenceClassification"
+    model = _load("AutoModelForSequenceClassification", tmp_path / "hf", hf_messages, problems)
+    assert model.config.id2label == {0: "negative", 1: "neutral", 2: "positive"}
+    loaded = ptmkit.load_run(ft)
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    batch = tok(["the fire spread today", "the fire ended"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        theirs = model(**batch).logits
+    ours = torch.cat([loaded.logits(tok(t, return_tensors="pt")["input_ids"])
+                      for t in ["the fire spread today", "the fire ended"]])
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)  # padding masked away in HF
+    assert "| task | classify (labels: negative, neutral, positive) |" in (tmp_path / "hf" / "README.md").read_text()
+
+
+def test_finetuned_tagger_exports_as_token_classification(data, tmp_path, tiny, train, hf_messages, problems):
+    run = _pretrain(data, tmp_path / "run", "mlm", tiny, train)
+    conll = tmp_path / "train.conll"
+    conll.write_text("".join(f"Fire\tB-EV\nin\tO\nSydney\tB-LOC\nnumber\tO\n{i}\tO\n\n" for i in range(20)))
+    ptmkit.finetune(task="tag", init=run, out=tmp_path / "ft", train=conll, dev=conll, epochs=1,
+                    batch_size=8, max_length=16, progress=False)
+    assert export_run(tmp_path / "ft", tmp_path / "hf")["class"] == "BertForTokenClassification"
+    model = _load("AutoModelForTokenClassification", tmp_path / "hf", hf_messages, problems)
+    assert set(model.config.id2label.values()) == {"O", "B-EV", "B-LOC"}
+    ids = _ids(600, 2, 12)
+    with torch.no_grad():
+        theirs = model(input_ids=ids).logits
+    torch.testing.assert_close(ptmkit.load_run(tmp_path / "ft").logits(ids), theirs, atol=1e-4, rtol=0)
+
+
+def test_positions_offset_and_missing_token_types_export_exactly(data, tmp_path, tiny, train):
+    """A RoBERTa-style position offset is cut away and an absent type embedding becomes zeros."""
+    run = _pretrain(data, tmp_path / "run", "mlm", {**tiny, "position_offset": 2, "type_vocab_size": 0}, train)
+    assert export_run(run, tmp_path / "hf")["max_logit_difference"] <= 1e-4
+    gpt = _pretrain(data, tmp_path / "gpt", "clm", {**tiny, "position_offset": 1, "type_vocab_size": 2}, train)
+    assert export_run(gpt, tmp_path / "hf-gpt")["max_logit_difference"] <= 1e-4  # types folded in
+
+
+# ---- refusals ---------------------------------------------------------------------------------
+
+def _cli_error(args: list, capsys) -> str:
+    code = main([str(a) for a in args])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ptmkit: error: "), err
+    return lines[0]
+
+
+def test_prenorm_run_is_refused_naming_the_option(data, tmp_path, tiny, train, capsys):
+    run = _pretrain(data, tmp_path / "run", "mlm", {**tiny, "layout": "prenorm"}, train)
+    line = _cli_error(["export", "--run", run, "--format", "hf", "--out", tmp_path / "hf"], capsys)
+    assert "model.norm" in line and "BERT" in line
+    assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.parametrize("objective, mention", [("plm", "relative positions"), ("elmo", "no Transformer")])
+def test_objectives_without_an_hf_equivalent_are_refused(objective, mention, data, tmp_path, tiny, train):
+    run = _pretrain(data, tmp_path / "run", objective, tiny, train)
+    with pytest.raises(UserError, match=mention) as err:
+        export_run(run, tmp_path / "hf")
+    assert "objective" in err.value.where
+
+
+def test_gpt2_layout_with_an_lm_head_bias_is_refused(data, tmp_path, tiny, train):
+    run = _pretrain(data, tmp_path / "run", "clm", {**tiny, "lm_head_bias": True}, train)
+    with pytest.raises(UserError, match="lm_head_bias"):
+        export_run(run, tmp_path / "hf")
+
+
+def test_decoder_classifier_is_refused(data, tmp_path, tiny, train):
+    run = _pretrain(data, tmp_path / "run", "clm", tiny, train)
+    ptmkit.finetune(task="classify", init=run, out=tmp_path / "ft", train=_classify_file(tmp_path / "t.tsv"),
+                    text_fields="sentence", epochs=1, batch_size=8, max_length=16, progress=False)
+    with pytest.raises(UserError, match="pools the last token"):
+        export_run(tmp_path / "ft", tmp_path / "hf")
+
+
+def test_output_directory_rules_and_cli(data, tmp_path, tiny, train, capsys):
+    run = _pretrain(data, tmp_path / "run", "mlm", tiny, train)
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    assert "not empty" in _cli_error(["export", "--run", run, "--out", out], capsys)
+    assert main(["export", "--run", str(run), "--format", "hf", "--out", str(out), "--overwrite"]) == 0
+    assert "BertForMaskedLM" in capsys.readouterr().out
+    assert not (out / "keep.txt").exists() and (out / "config.json").is_file()
+    assert "unknown export format" in _cli_error(["export", "--run", run, "--format", "onnx", "--out", tmp_path / "x"], capsys)
+    assert "not a ptmkit run" in _cli_error(["export", "--run", tmp_path, "--out", tmp_path / "y"], capsys)
+
+
+def test_missing_transformers_says_how_to_install(data, tmp_path, tiny, train, monkeypatch):
+    run = _pretrain(data, tmp_path / "run", "mlm", tiny, train)
+    monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` now fails
+    with pytest.raises(UserError, match=r"pip install ptmkit\[hf\]"):
+        export_run(run, tmp_path / "hf")
+
+
+def test_the_load_check_sees_missing_weights(data, tmp_path, tiny, train, hf_messages, problems):
+    """The capture used above does catch transformers' complaints (a head loaded from elsewhere)."""
+    run = _pretrain(data, tmp_path / "run", "mlm", tiny, train)
+    export_run(run, tmp_path / "hf")
+    with hf_messages() as messages:
+        transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf")
+    assert problems(messages)
+
+
+def test_core_never_imports_transformers():
+    import subprocess
+    code = ("import sys, ptmkit, ptmkit.cli, ptmkit.pretrain, ptmkit.finetune.run, ptmkit.api, "
+            "ptmkit.hf.importer; assert 'transformers' not in sys.modules, 'imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,125 @@
+"""The Python API: `ptmkit.load_run(...).logits / .encode`, and `ptmkit.pretrain(...)` /
+`ptmkit.finetune(...)` mirroring the CLI (export equality is checked when transformers is there)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gensim
+import pytest
+import torch
+
+import ptmkit
+from ptmkit.api import RunModel, shift_right
+from ptmkit.data.corpus import read_texts
+from ptmkit.data.shards import prepare
+from ptmkit.data.tokenizer import train_tokenizer
+from ptmkit.errors import UserError
+
+LEE = Path(gensim.__file__).parent / "test" / "test_data" / "lee_background.cor"
+TINY = {"n_layers": 2, "hidden": 32, "heads": 2, "max_positions": 64}
+TRAIN = {"steps": 2, "batch_size": 4, "seq_len": 32, "workers": 0, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("api")
+    tokenizer = train_tokenizer(read_texts([LEE]), kind="bpe", vocab_size=600, show_progress=False)
+    prepare([LEE], tokenizer, root / "d", val_fraction=0.02, progress=False)
+    return root / "d"
+
+
+@pytest.fixture(scope="module")
+def runs(data, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("api-runs")
+    out = {}
+    for objective in ("mlm", "clm", "bart", "electra"):
+        out[objective] = root / objective
+        summary = ptmkit.pretrain(objective=objective, data=str(data), out=str(out[objective]), model=TINY, **TRAIN)
+        assert summary["steps"] == 2
+    return out
+
+
+def test_callable_modules_keep_their_contents():
+    import ptmkit.finetune.run
+    import ptmkit.pretrain
+    assert callable(ptmkit.pretrain) and callable(ptmkit.finetune)
+    assert ptmkit.pretrain.PretrainSpec.__name__ == "PretrainSpec"
+    assert ptmkit.finetune.run.FinetuneSpec.__name__ == "FinetuneSpec"
+    from ptmkit.pretrain import pretrain
+    assert pretrain.__module__ == "ptmkit.pretrain"
+
+
+def test_logits_shapes_and_families(runs):
+    ids = torch.randint(0, 600, (3, 20))
+    for objective in ("mlm", "clm", "bart"):
+        model = ptmkit.load_run(runs[objective])
+        assert isinstance(model, RunModel) and model.kind == "pretrain" and model.objective == objective
+        logits = model.logits(ids)
+        assert logits.shape == (3, 20, 600) and logits.dtype == torch.float32
+        assert torch.equal(model.logits(ids[0]), model.logits(ids[:1]))  # one sequence, 1-d
+    assert ptmkit.load_run(runs["electra"]).logits(ids).shape == (3, 20)
+
+
+def test_decoder_logits_are_causal_and_encoder_logits_are_not(runs):
+    ids = torch.randint(0, 600, (1, 12))
+    changed = ids.clone()
+    changed[0, -1] = (ids[0, -1] + 1) % 600
+    clm, mlm = ptmkit.load_run(runs["clm"]), ptmkit.load_run(runs["mlm"])
+    torch.testing.assert_close(clm.logits(ids)[:, :-1], clm.logits(changed)[:, :-1])
+    assert not torch.allclose(mlm.logits(ids)[:, 0], mlm.logits(changed)[:, 0])
+
+
+def test_encoder_decoder_logits_teacher_force_the_shifted_input(runs):
+    model = ptmkit.load_run(runs["bart"])
+    ids = torch.randint(0, 600, (2, 10))
+    network = model.network
+    start = model.tokenizer.special.eos  # BART decodes from </s>
+    assert model.decoder_start_id == start
+    expected = network.logits(network.decode(shift_right(ids, start), network.encode(ids)))
+    torch.testing.assert_close(model.logits(ids), expected)
+    assert shift_right(torch.tensor([[7, 8, 9]]), 2).tolist() == [[2, 7, 8]]
+
+
+def test_encode_pools_sentences(runs):
+    for objective, width in (("mlm", 32), ("clm", 32), ("bart", 32), ("electra", 32)):
+        vectors = ptmkit.load_run(runs[objective]).encode(["The fire spread.", "It rained", "x" * 300])
+        assert vectors.shape == (3, width) and torch.isfinite(vectors).all()
+    one = ptmkit.load_run(runs["mlm"]).encode("The fire spread.")
+    both = ptmkit.load_run(runs["mlm"]).encode(["The fire spread.", "a much longer sentence than the first one"])
+    torch.testing.assert_close(one[0], both[0], atol=1e-5, rtol=0)  # padding does not leak in
+
+
+def test_finetune_api_and_load_run(runs, tmp_path):
+    task = tmp_path / "task.tsv"
+    task.write_text("sentence\tlabel\n" + "".join(f"the fire {'spread' if i % 2 else 'ended'} today\t{i % 2}\n"
+                                                  for i in range(24)))
+    result = ptmkit.finetune(task="classify", init=runs["mlm"], out=tmp_path / "ft", train=task,
+                             text_fields="sentence", epochs=1, batch_size=8, max_length=16, progress=False)
+    assert result["objective"] == "mlm"
+    model = ptmkit.load_run(tmp_path / "ft")
+    assert model.kind == "finetune" and model.logits(torch.randint(0, 600, (2, 9))).shape == (2, 2)
+    assert model.encode(["the fire"]).shape == (1, 32)
+
+
+def test_unknown_options_and_bad_inputs(runs, tmp_path):
+    with pytest.raises(UserError, match="unknown option"):
+        ptmkit.pretrain(objective="mlm", out=tmp_path / "x", stepz=3)
+    with pytest.raises(UserError, match="unknown option"):
+        ptmkit.finetune(task="classify", init="scratch", out=tmp_path / "y", epochz=1)
+    with pytest.raises(UserError, match="input_ids"):
+        ptmkit.load_run(runs["mlm"]).logits(torch.zeros(2, 3))
+    with pytest.raises(UserError, match="not a ptmkit run"):
+        ptmkit.load_run(tmp_path)
+
+
+def test_load_run_logits_equal_the_exported_model(runs, tmp_path):
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install ptmkit[hf])")
+    from ptmkit.hf.export import export_run
+    ids = torch.randint(0, 600, (2, 16))
+    for objective, auto in (("mlm", "AutoModelForMaskedLM"), ("bart", "AutoModelForSeq2SeqLM")):
+        export_run(runs[objective], tmp_path / objective)
+        hf = getattr(transformers, auto).from_pretrained(tmp_path / objective).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(ptmkit.load_run(runs[objective]).logits(ids), hf(input_ids=ids).logits,
+                                       atol=1e-4, rtol=0)
