@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from ptmkit.errors import UserError
+from ptmkit.finetune.tasks import TASKS, get_task
 from ptmkit.objectives import OBJECTIVES
 
 TOP_KEYS = {"corpus", "domain_corpus", "tokenizer", "model", "objectives", "objective_options",
@@ -22,10 +23,9 @@ TOP_KEYS = {"corpus", "domain_corpus", "tokenizer", "model", "objectives", "obje
 PRETRAIN_KEYS = {"steps", "minutes", "tokens", "batch_size", "seq_len", "lr", "warmup", "schedule",
                  "precision", "weight_decay", "grad_accum", "workers"}
 TASK_KEYS = {"type", "name", "train", "dev", "text_fields", "label_field", "dev_fraction",
-             "data_dir", "max_length"}
+             "data_dir", "max_length", "negative_label", "source_field", "target_field"}
 FINETUNE_KEYS = {"epochs", "lr", "scratch_lr", "batch_size", "patience", "warmup_ratio", "max_length",
                  "precision"}
-TASK_TYPES = ("classify", "regress")
 
 
 @dataclass
@@ -41,6 +41,8 @@ class TaskConfig:
     dev_fraction: float = 0.1
     data_dir: str | None = None
     max_length: int = 128
+    extra: dict[str, str] = field(default_factory=dict)
+    """Task-specific fields passed to fine-tuning as they are (negative_label, source_field, ...)."""
 
 
 @dataclass
@@ -105,8 +107,11 @@ def _task(values: dict, index: int, base: Path, where: str) -> TaskConfig:
     _check_keys(values, TASK_KEYS, spot)
     kind = str(values.get("type"))
     glue = kind.startswith("glue:")
-    if kind not in TASK_TYPES and not glue:
-        _fail(f"unknown task type {kind!r}", f"{spot}.type", f"use one of {', '.join(TASK_TYPES)} or glue:<name>")
+    if not glue:
+        try:
+            get_task(kind)
+        except UserError:
+            _fail(f"unknown task type {kind!r}", f"{spot}.type", f"use one of {', '.join(TASKS)} or glue:<name>")
     default_name = kind.split(":", 1)[1] if glue else Path(str(values.get("train", kind))).stem
     task = TaskConfig(type=kind, name=str(values.get("name") or default_name))
     if glue:
@@ -123,6 +128,7 @@ def _task(values: dict, index: int, base: Path, where: str) -> TaskConfig:
     task.label_field = str(values.get("label_field", "label"))
     task.dev_fraction = float(values.get("dev_fraction", 0.1))
     task.max_length = int(values.get("max_length", 128))
+    task.extra = {k: str(values[k]) for k in ("negative_label", "source_field", "target_field") if k in values}
     return task
 
 

@@ -186,7 +186,7 @@ class Compare:
                             text_fields=task.text_fields, label_field=task.label_field,
                             model=self.cfg.model if isinstance(self.cfg.model, str) else "mini",
                             max_train_examples=cell.budget, dev_fraction=task.dev_fraction,
-                            seed=cell.seed, overwrite=True, progress=False,
+                            seed=cell.seed, overwrite=True, progress=False, **task.extra,
                             **{"max_length": task.max_length,
                                **{k: v for k, v in recipe.items() if k != "scratch_lr"}})
         started = time.perf_counter()
