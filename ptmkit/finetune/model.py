@@ -17,7 +17,8 @@ from ptmkit.objectives.base import Objective, Vocab
 from ptmkit.finetune.tasks import Task
 
 SCRATCH_OBJECTIVE = "mlm"
-"""A from-scratch model has the architecture (and layout) of an MLM encoder."""
+"""A from-scratch model has the architecture (and layout) of an MLM encoder, unless the task
+needs another (`Task.scratch_objective`: seq2seq starts from a random BART-layout model)."""
 
 
 @dataclass
@@ -52,7 +53,7 @@ def read_run_config(run: Path) -> dict[str, Any]:
 
 
 def load_backbone(init: str, *, tokenizer_dir: Path | None = None, model: str = "tiny",
-                  max_length: int = 128) -> Backbone:
+                  max_length: int = 128, scratch_objective: str = SCRATCH_OBJECTIVE) -> Backbone:
     """`scratch` (needs a tokenizer), a pre-training run directory, or `hf:DIR` (a local Hugging
     Face BERT / RoBERTa / GPT-2 / BART directory, see `ptmkit.hf.importer`)."""
     if init.startswith("hf:"):
@@ -62,9 +63,10 @@ def load_backbone(init: str, *, tokenizer_dir: Path | None = None, model: str = 
             raise UserError("a scratch model needs a tokenizer", "--tokenizer",
                             "pass --tokenizer DIR (e.g. from `ptmkit tokenizer`)")
         tokenizer = Tokenizer.load(tokenizer_dir)
-        objective = get_objective(SCRATCH_OBJECTIVE)(_vocab(tokenizer), max_length)
-        cfg = resolve_model_config(model, vocab_size=tokenizer.vocab_size, layout=objective.layout)
-        return Backbone(objective.build_model(cfg), objective, SCRATCH_OBJECTIVE, cfg, tokenizer, "scratch")
+        objective = get_objective(scratch_objective)(_vocab(tokenizer), max_length)
+        cfg = resolve_model_config(model, vocab_size=tokenizer.vocab_size, layout=objective.layout,
+                                   encoder_decoder=objective.architecture == "encoder_decoder")
+        return Backbone(objective.build_model(cfg), objective, scratch_objective, cfg, tokenizer, "scratch")
     run = Path(init)
     config = read_run_config(run)
     if config.get("kind") != "pretrain":

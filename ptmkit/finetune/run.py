@@ -108,7 +108,8 @@ def _task_spec(spec: FinetuneSpec) -> tuple[str, TaskSpec, str, list[str]]:
 def _prepare(spec: FinetuneSpec) -> _Prepared:
     task_name, task_spec, train_path, dev_paths = _task_spec(spec)
     backbone = load_backbone(spec.init, tokenizer_dir=spec.tokenizer, model=spec.model,
-                             max_length=spec.max_length)
+                             max_length=spec.max_length,
+                             scratch_objective=get_task(task_name).scratch_objective)
     task = get_task(task_name)(task_spec, backbone.tokenizer, backbone.pooling, token_types=False)
     task.bind(backbone)
     train_path, dev_paths = task.resolve_files(train_path, dev_paths)

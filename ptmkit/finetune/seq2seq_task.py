@@ -17,8 +17,9 @@ Models (`bind` decides, from the run's objective):
 * decoder-only models (clm, prefixlm) read `</s> source [SEP] target </s>` (`</s>` opens a document
   as in pre-training, [SEP] is new) and are scored on `target </s>` only; a prefix LM sees
   `</s> source [SEP]` both ways, in training and in generation, a causal LM causally;
-* encoder-only models (mlm, scratch, electra, ...) are refused: a decoder trained from nothing on a
-  few hundred pairs would say little about the encoder's pre-training.
+* encoder-only models (mlm, electra, ...) are refused: a decoder trained from nothing on a few
+  hundred pairs would say little about the encoder's pre-training; `scratch` is a randomly
+  initialised BART-layout encoder-decoder (the from-scratch baseline of a comparison).
 
 Dev metrics come from greedy decoding (fast enough to run after every epoch; `ptmkit generate`
 offers beam search and sampling) of at most `--max-target-length` tokens: `rouge1`, `rouge2`,
@@ -123,6 +124,7 @@ class Seq2Seq(Task):
 
     name = "seq2seq"
     main_metric = "rougeL"
+    scratch_objective = "bart"
 
     objective: Seq2SeqObjective | Any
     architecture: str

@@ -57,6 +57,8 @@ class Task:
 
     name: ClassVar[str]
     main_metric: ClassVar[str]
+    scratch_objective: ClassVar[str] = "mlm"
+    """Whose architecture `--init scratch` builds, randomly initialised."""
 
     def __init__(self, spec: TaskSpec, tokenizer: Tokenizer, pooling: str, token_types: bool) -> None:
         self.spec, self.tokenizer = spec, tokenizer

@@ -187,8 +187,13 @@ def test_decoder_only_fine_tune_learns(data, tokenizer, tmp_path) -> None:
 
 def test_encoder_only_init_is_refused_before_anything_is_written(data, tokenizer, tmp_path) -> None:
     with pytest.raises(UserError, match="needs a model with a decoder.*bart, mass or t5"):
-        finetune(spec(data, "scratch", tmp_path / "out", tokenizer=tokenizer))
+        finetune(spec(data, fake_pretrain_run(tmp_path, "mlm", tokenizer), tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def test_scratch_is_a_random_encoder_decoder(data, tokenizer, tmp_path) -> None:
+    result = finetune(spec(data, "scratch", tmp_path / "out", tokenizer=tokenizer, epochs=1))
+    assert result["objective"] == "bart" and result["init"] == "scratch"
 
 
 def run_cli(args: list) -> tuple[int, str]:
