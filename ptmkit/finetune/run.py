@@ -23,7 +23,8 @@ import ptmkit
 from ptmkit.errors import UserError
 from ptmkit.finetune.data import glue_files, glue_spec, label_budget
 from ptmkit.finetune.model import Backbone, TaskModel, load_backbone, read_run_config
-from ptmkit.finetune.tasks import Task, TaskSpec, get_task, stratify_key
+from ptmkit.finetune.registry import get_task
+from ptmkit.finetune.tasks import Task, TaskSpec, stratify_key
 from ptmkit.model.config import ModelConfig
 from ptmkit.objectives import get_objective
 from ptmkit.objectives.base import Vocab

@@ -274,34 +274,6 @@ def _natural(label: str) -> tuple:
         return (1, 0.0, label)
 
 
-TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (Classify, Regress)}
-
-
-def get_task(name: str) -> type[Task]:
-    _register_token_tasks()
-    _register_seq2seq_task()
-    if name not in TASKS:
-        raise UserError(f"unknown task {name!r}", "--task",
-                        f"use one of: {', '.join(TASKS)} or glue:<name>")
-    return TASKS[name]
-
-
-def _register_token_tasks() -> None:
-    """tag / relation / keyphrase live in modules that build on this one: importing them on first
-    use, not at import time, keeps the import graph free of cycles."""
-    from ptmkit.finetune.keyphrase import Keyphrase
-    from ptmkit.finetune.relation import Relation
-    from ptmkit.finetune.tagging import Tag
-    for cls in (Tag, Relation, Keyphrase):
-        TASKS.setdefault(cls.name, cls)
-
-
-def _register_seq2seq_task() -> None:
-    """seq2seq builds on this module too (and on generation): registered on first use."""
-    from ptmkit.finetune.seq2seq_task import Seq2Seq
-    TASKS.setdefault(Seq2Seq.name, Seq2Seq)
-
-
 def stratify_key(task: Task, targets: Sequence[Any]) -> tuple[list[Any], bool]:
     """What a label budget stratifies on: the class for classification, nothing otherwise."""
     return list(targets), isinstance(task, Classify)

@@ -1,0 +1,19 @@
+"""Task registry: name -> class. Adding a task is one module plus one line here."""
+
+from __future__ import annotations
+
+from ptmkit.errors import UserError
+from ptmkit.finetune.keyphrase import Keyphrase
+from ptmkit.finetune.relation import Relation
+from ptmkit.finetune.seq2seq_task import Seq2Seq
+from ptmkit.finetune.tagging import Tag
+from ptmkit.finetune.tasks import Classify, Regress, Task
+
+TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (Classify, Regress, Tag, Relation, Keyphrase, Seq2Seq)}
+
+
+def get_task(name: str) -> type[Task]:
+    """The task class registered under `name`; a UserError lists the known names."""
+    if name not in TASKS:
+        raise UserError(f"unknown task {name!r}", "--task", f"use one of: {', '.join(TASKS)} or glue:<name>")
+    return TASKS[name]
