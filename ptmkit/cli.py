@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import fields
@@ -28,7 +29,9 @@ EPILOGS = {
     "pretrain": ("examples:\n"
                  "  ptmkit pretrain --objective mlm --data data/ --model mini --steps 2000 --out runs/mlm\n"
                  "  ptmkit pretrain --objective clm --corpus my_texts/ --max-minutes 30 --out runs/clm\n"
-                 "  ptmkit pretrain --out runs/mlm --resume      # continue after an interruption"),
+                 "  ptmkit pretrain --out runs/mlm --resume      # continue after an interruption\n"
+                 "  torchrun --standalone --nproc_per_node 4 -m ptmkit pretrain --objective mlm --data data/ "
+                 "--batch-size 32 --out runs/mlm4   # DDP, 4 x 32 per step"),
     "finetune": ("examples:\n"
                  "  ptmkit finetune --task glue:sst2 --data-dir glue/ --init runs/mlm --out runs/sst2 "
                  "--max-train-examples 1000\n"
@@ -53,7 +56,7 @@ EPILOGS = {
 TRAIN_FLAGS = {  # CLI flag -> TrainConfig field (flags default to None so a --config file can set them)
     "steps": int, "batch_size": int, "seq_len": int, "lr": float, "warmup": int, "seed": int,
     "precision": str, "max_minutes": float, "save_every": int, "eval_every": int,
-    "grad_accum": int, "workers": int, "schedule": str, "log_every": int,
+    "grad_accum": int, "workers": int, "schedule": str, "log_every": int, "keep_checkpoints": int,
 }
 
 
@@ -103,6 +106,9 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--distributed", choices=("ddp", "fsdp"),
+                   help="under torchrun: ddp (default when torchrun starts several processes) or fsdp; "
+                   "--batch-size is then per process")
     for flag, kind in TRAIN_FLAGS.items():
         p.add_argument("--" + flag.replace("_", "-"), type=kind, default=None)
     p.set_defaults(handler=_run_pretrain)
@@ -193,8 +199,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = _parser(sub, "demo", "compare scratch with word2vec, mlm and bart on text shipped with gensim")
     p.add_argument("--out", type=Path, default=Path("demo-run"))
-    p.add_argument("--minutes", type=float, default=1.5,
-                   help="pre-training budget of each Transformer objective (default 1.5)")
+    p.add_argument("--tokens", type=int, default=1_500_000,
+                   help="pre-training budget of each Transformer objective, in tokens (default 1.5M)")
     p.set_defaults(handler=_run_demo)
 
 
@@ -271,7 +277,7 @@ def _run_pretrain(args: argparse.Namespace) -> None:
     where = str(args.config)
     known = set(TRAIN_FLAGS) | {f.name for f in fields(TrainConfig)} | {
         "objective", "data", "corpus", "tokenizer", "text_field", "model", "init",
-        "objective_options", "compile", "val_fraction"}
+        "objective_options", "compile", "val_fraction", "distributed"}
     unknown = sorted(set(file_values) - known)
     if unknown:
         raise UserError(f"unknown option(s) {', '.join(unknown)}", where,
@@ -302,8 +308,11 @@ def _run_pretrain(args: argparse.Namespace) -> None:
         objective_options=_objective_options(pick("objective_options", {}), args.noise),
         train=_train_config(train_values, where), init=pick("init"),
         resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
+        distributed=pick("distributed"),
     )
     summary = pretrain(spec)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun: one line, from rank 0
+        return
     print(f"pre-trained {summary['steps']} steps, {summary['tokens']:,} tokens at "
           f"{summary['tokens_per_s']:,.0f} tokens/s; run in {args.out}")
 
@@ -415,7 +424,7 @@ def _run_export(args: argparse.Namespace) -> None:
 
 def _run_demo(args: argparse.Namespace) -> None:
     from ptmkit.demo import demo
-    demo(args.out, minutes=args.minutes)
+    demo(args.out, tokens=args.tokens)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,8 +31,9 @@ def gensim_data(name: str) -> Path:
     return path
 
 
-def demo_config(minutes: float) -> CompareConfig:
-    """The demo's comparison; `minutes` is each Transformer objective's pre-training budget."""
+def demo_config(tokens: int) -> CompareConfig:
+    """The demo's comparison; `tokens` is every Transformer objective's pre-training budget (a
+    token budget, not minutes, so that a busy machine changes the time, never the result)."""
     task = TaskConfig(type="classify", name="polarity", train=str(gensim_data(POLARITY)),
                       text_fields=["text"], label_field="label", dev_fraction=0.3, max_length=64)
     return CompareConfig(
@@ -40,17 +41,17 @@ def demo_config(minutes: float) -> CompareConfig:
         tokenizer={"kind": "wordpiece", "vocab_size": 8000}, model="tiny",
         objectives=["word2vec", "mlm", "bart"],
         objective_options={"word2vec": {"epochs": 10}},
-        pretrain={"minutes": minutes, "batch_size": 32, "seq_len": 128, "lr": 2e-3},
+        pretrain={"tokens": tokens, "batch_size": 32, "seq_len": 128, "lr": 2e-3},
         label_budgets=[None], seeds=[0, 1, 2, 3, 4],
         finetune={"epochs": 10, "lr": 5e-4, "batch_size": 16}, source="ptmkit demo")
 
 
-def demo(out: Path, minutes: float = 1.5) -> Path:
+def demo(out: Path, tokens: int = 1_500_000) -> Path:
     """Run (or finish) the demo comparison in `out`; returns the HTML report's path."""
     started = time.perf_counter()
     print("ptmkit demo: general text = gensim's Wikipedia excerpt + Lee corpus; task = 200 "
           "polarity sentences; scratch vs word2vec, mlm, bart")
-    Compare(demo_config(minutes), out).run()
+    Compare(demo_config(tokens), out).run()
     _, page = write_report(out, title="ptmkit demo: what does pre-training buy on 200 sentences?")
     print(summary_lines(out))
     print(f"demo finished in {time.perf_counter() - started:.0f}s; report: {page}")

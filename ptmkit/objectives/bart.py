@@ -121,6 +121,7 @@ def whole_word_mask(tokens: np.ndarray, is_word_start: np.ndarray, lengths: np.n
 
 class Bart(Seq2SeqObjective):
     name = "bart"
+    family = "denoising"
 
     @dataclass(kw_only=True)
     class Options:

@@ -77,6 +77,10 @@ class Objective:
     standalone: ClassVar[bool] = False
     """True for objectives trained outside the shared loop (word2vec through gensim): pretrain
     then calls `train_standalone` instead of the Trainer."""
+    loss_over_labels: ClassVar[bool] = False
+    """True when `loss` is the mean over the batch's ``labels != IGNORE`` positions: a step split
+    over processes or gradient-accumulation micro-batches then weights each part by that count
+    (`loss_weight`), so it equals the one big batch."""
 
     @dataclass(kw_only=True)
     class Options:
@@ -159,6 +163,12 @@ class Objective:
         """Tokens counted for throughput: non-padding encoder/decoder-only input tokens, counted
         the same way for every objective (decoder inputs of encoder-decoders are not added)."""
         return int((batch["input_ids"] != self.vocab.special.pad).sum())
+
+    def loss_weight(self, batch: Batch) -> int | None:
+        """Positions the batch's loss averages over (None: every batch weighs the same)."""
+        if not self.loss_over_labels or "labels" not in batch:
+            return None
+        return int((batch["labels"] != IGNORE).sum())
 
 
 def token_cross_entropy(model: nn.Module, hidden: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, float]]:

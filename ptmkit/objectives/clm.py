@@ -21,6 +21,7 @@ class CausalLM(Objective):
     architecture = "decoder"
     layout = "gpt2"
     family = "AR"
+    loss_over_labels = True
 
     @dataclass(kw_only=True)
     class Options:

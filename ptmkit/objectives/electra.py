@@ -128,6 +128,7 @@ def replace_with_samples(input_ids: Tensor, labels: Tensor, logits: Tensor,
 class Electra(MaskedLM):
     name = "electra"
     family = "AE"
+    loss_over_labels = False  # generator (masked positions) + discriminator (all tokens)
 
     @dataclass(kw_only=True)
     class Options(MaskedLM.Options):

@@ -30,6 +30,7 @@ from ptmkit.objectives.base import IGNORE, Batch, Example, Objective, Window, to
 
 class ELMo(Objective):
     name = "elmo"
+    family = "AR"
     architecture = "lstm"
 
     @dataclass(kw_only=True)

@@ -40,6 +40,7 @@ def fragment_start(length: int, span_len: int, rng: np.random.Generator) -> int:
 
 class Mass(Seq2SeqObjective):
     name = "mass"
+    family = "denoising"
 
     @dataclass(kw_only=True)
     class Options:

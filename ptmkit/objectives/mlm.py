@@ -21,6 +21,7 @@ class MaskedLM(Objective):
     architecture = "encoder"
     layout = "bert"
     family = "AE"
+    loss_over_labels = True
 
     @dataclass(kw_only=True)
     class Options:

@@ -25,6 +25,7 @@ from ptmkit.objectives.clm import CausalLM
 
 class PrefixLM(CausalLM):
     name = "prefixlm"
+    family = "AR"
     architecture = "prefix"
 
     @dataclass(kw_only=True)

@@ -74,6 +74,7 @@ class Seq2SeqObjective(Objective):
     """Base of MASS, BART and T5: ragged collate and the encoder-decoder loss."""
 
     architecture = "encoder_decoder"
+    loss_over_labels = True
     layout = "bart"
 
     def collate(self, examples: list[Example]) -> Batch:

@@ -77,6 +77,7 @@ def sentinel_targets(tokens: np.ndarray, noise_mask: np.ndarray,
 
 class T5(Seq2SeqObjective):
     name = "t5"
+    family = "denoising"
 
     @dataclass(kw_only=True)
     class Options:

@@ -64,6 +64,7 @@ class TwoStreamObjective(Objective):
 
     architecture = "two_stream"
     family = "permuted"
+    loss_over_labels = True
 
     def window_length(self) -> int:
         return self.seq_len - 2  # [CLS] ... [SEP]

@@ -204,6 +204,7 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
 
 class Word2Vec(Objective):
     name = "word2vec"
+    family = "shallow"
     architecture = "shallow"
     standalone = True
 

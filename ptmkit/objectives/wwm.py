@@ -34,6 +34,7 @@ like the tokens, with [CLS] and [SEP] counted as word starts."""
 
 class WholeWordMaskedLM(MaskedLM):
     name = "wwm"
+    family = "AE"
 
     def word_starts(self, window: Window) -> np.ndarray:
         """Bool per framed position: True where a word starts (see the module docstring)."""
