@@ -119,3 +119,12 @@ def test_report_statistics_from_synthetic_results(tmp_path) -> None:
     assert stats[("sst2", "B", "mlm", "100")] == pytest.approx((0.72, 0.02, 3))
     md, _ = write_report(tmp_path)
     assert "72.0 ± 2.0 (+10.0)" in md.read_text()
+
+
+def test_demo_config_uses_only_bundled_text_and_three_families() -> None:
+    from ptmkit.demo import demo_config
+    from ptmkit.objectives import OBJECTIVES
+    cfg = demo_config(tokens=1000)
+    assert all(Path(p).is_file() and "gensim" in p for p in cfg.corpus + [cfg.tasks[0].train])
+    assert len({OBJECTIVES[o].family for o in cfg.objectives}) >= 3
+    assert len(cfg.seeds) >= 3 and cfg.pretrain["tokens"] == 1000
