@@ -104,6 +104,15 @@ class ElectraModel(nn.Module):
         """(B, L) logits that each token was replaced."""
         return self.discriminator_head(self.discriminator.encode(input_ids))
 
+    def flops_per_token(self, seq_len: int, predicted_fraction: float) -> float:
+        """Training FLOPs per input token: the discriminator (and its head) everywhere, the
+        generator everywhere, the vocabulary projection at the masked rows only."""
+        gen, width = self.generator.cfg, self.discriminator.cfg.hidden
+        generator = gen.n_layers * (4 * gen.hidden**2 + 2 * gen.hidden * gen.ffn + 2 * seq_len * gen.hidden)
+        generator += 2 * gen.hidden * width  # projections in and out of the generator's width
+        heads = width * width + width + predicted_fraction * self.discriminator.cfg.vocab_size * width
+        return self.discriminator.flops_per_token(seq_len, 0.0) + 6 * (generator + heads)
+
 
 def replace_with_samples(input_ids: Tensor, labels: Tensor, logits: Tensor,
                          forbidden: list[int], temperature: float = 1.0) -> tuple[Tensor, Tensor]:
