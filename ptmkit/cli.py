@@ -149,6 +149,8 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--freeze", action="store_true", help="train only the task head")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out from its last epoch (same options)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_run_finetune)
 
@@ -358,7 +360,7 @@ def _run_finetune(args: argparse.Namespace) -> None:
         target_list=args.target_list, max_target_length=args.max_target_length,
         dev_fraction=args.dev_fraction, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
         max_length=args.max_length, patience=args.patience, seed=args.seed, precision=args.precision,
-        freeze=args.freeze, overwrite=args.overwrite, progress=not args.no_progress,
+        freeze=args.freeze, overwrite=args.overwrite, progress=not args.no_progress, resume=args.resume,
         negative_label=args.negative_label)
     result = finetune(spec)
     print(json.dumps(result))

@@ -27,6 +27,7 @@ from ptmkit.model.config import ModelConfig, resolve_model_config
 from ptmkit.objectives import get_objective
 from ptmkit.objectives.base import Vocab
 from ptmkit.train.checkpoint import latest_checkpoint, load_weights
+from ptmkit.train.distributed import Distributed, resolve_mode
 from ptmkit.train.loop import TrainConfig, Trainer
 
 DEFAULT_TOKENIZER = {"kind": "bpe", "vocab_size": 8000}
@@ -52,6 +53,9 @@ class PretrainSpec:
     overwrite: bool = False
     val_fraction: float = 0.01
     progress: bool = True
+    distributed: str | None = None
+    """"ddp" or "fsdp" for a run launched by torchrun (see ptmkit.train.distributed); None: ddp
+    when torchrun started several processes, else one plain process."""
 
 
 def check_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
@@ -213,55 +217,88 @@ def pretrain(spec: PretrainSpec) -> dict[str, Any]:
     """Run (or resume) one pre-training; returns the summary also written to RUN/summary.json."""
     objective_cls = get_objective(spec.objective)
     objective_cls.parse_options(spec.objective_options)
-    check_run_dir(spec.out, resume=spec.resume, overwrite=spec.overwrite)
-    plan = _check_inputs(spec, objective_cls)  # before --overwrite removes anything
-    if spec.overwrite and spec.out.is_dir() and not spec.resume:
-        shutil.rmtree(spec.out)
-    created = not spec.out.exists()
-    spec.out.mkdir(parents=True, exist_ok=True)
+    mode = resolve_mode(spec.distributed)
+    if mode and objective_cls.standalone:
+        raise UserError(f"{spec.objective} trains in one process", "--distributed",
+                        "run it without torchrun and --distributed")
+    dist = Distributed(mode) if mode else None
+    main = dist is None or dist.is_main
     try:
-        return _pretrain_into(spec, objective_cls, plan)
-    except UserError as err:
-        if created and not isinstance(err, RunStopped):  # bad input found late (e.g. an empty corpus): leave nothing behind
-            shutil.rmtree(spec.out, ignore_errors=True)
-        raise
+        check_run_dir(spec.out, resume=spec.resume, overwrite=spec.overwrite)
+        plan = _check_inputs(spec, objective_cls)  # before --overwrite removes anything
+        if dist is not None:
+            dist.barrier()  # every process has checked before rank 0 writes
+        created = not spec.out.exists()
+        if main:
+            if spec.overwrite and spec.out.is_dir() and not spec.resume:
+                shutil.rmtree(spec.out)
+            created = not spec.out.exists()
+            spec.out.mkdir(parents=True, exist_ok=True)
+        try:
+            return _pretrain_into(spec, objective_cls, plan, dist)
+        except UserError as err:
+            # bad input found late (e.g. an empty corpus): leave nothing behind
+            if main and created and not isinstance(err, RunStopped):
+                shutil.rmtree(spec.out, ignore_errors=True)
+            raise
+    finally:
+        if dist is not None:
+            dist.close()
 
 
-def _pretrain_into(spec: PretrainSpec, objective_cls: type, plan: _Plan | None) -> dict[str, Any]:
-    plan = plan or _plan(spec, objective_cls, _resolve_data(spec))
+def _pretrain_into(spec: PretrainSpec, objective_cls: type, plan: _Plan | None,
+                   dist: Distributed | None = None) -> dict[str, Any]:
+    main = dist is None or dist.is_main
+    if plan is None:  # --corpus: rank 0 prepares the data inside the run, the others then read it
+        data_dir = _resolve_data(spec) if main else spec.out / "data"
+        if dist is not None:
+            dist.barrier()
+        plan = _plan(spec, objective_cls, data_dir)
     data_dir, val_shards, tokenizer = plan.data_dir, plan.val_shards, plan.tokenizer
     objective, model_cfg, length, dataset = plan.objective, plan.model_cfg, plan.length, plan.dataset
     cfg = spec.train
 
-    tokenizer.save(spec.out / "tokenizer")
-    _write_config(spec, model_cfg.to_dict(), data_dir, dataclasses.asdict(objective.options))
+    if main:
+        tokenizer.save(spec.out / "tokenizer")
+        _write_config(spec, model_cfg.to_dict(), data_dir, dataclasses.asdict(objective.options))
     if objective.standalone:
         summary = objective.train_standalone(plan.train_shards, tokenizer, spec.out, cfg, spec.progress)
         (spec.out / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 
     torch.manual_seed(cfg.seed)
-    model = objective.build_model(model_cfg)
+    model = objective.build_model(model_cfg)  # the same on every process
     if spec.init and not spec.resume:
         _init_from(spec.init, model, spec)
+    if dist is not None and dist.rank > 0:
+        torch.manual_seed(cfg.seed + 7919 * dist.rank)  # other dropout masks than rank 0's
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dist is not None:
+        device = dist.device
+    else:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     validation = evaluation_batches(val_shards, length, objective.make_example, objective.collate,
                                     min(cfg.batch_size, max(1, val_shards.n_windows(length))),
                                     cfg.eval_batches)
     trainer = Trainer(model, objective.loss, cfg, spec.out, count_tokens=objective.input_tokens,
-                      validation=validation, device=device, progress=spec.progress)
+                      validation=validation, device=device, progress=spec.progress,
+                      loss_weight=objective.loss_weight, distributed=dist)
     if spec.resume:
         trainer.resume()
     elif latest_checkpoint(spec.out) is not None:
         raise UserError("run already has a checkpoint", str(spec.out), "pass --resume to continue it")
     loader = make_loader(dataset, objective.collate, cfg.batch_size, cfg.seed,
-                         skip_batches=trainer.step * cfg.grad_accum, workers=cfg.workers)
+                         skip_batches=trainer.skip_batches(), workers=cfg.workers,
+                         rank=dist.rank if dist is not None else 0, world=dist.world if dist is not None else 1)
     summary = trainer.fit(loader)
     summary["flops_per_token"] = model.flops_per_token(cfg.seq_len, objective.predicted_fraction()) \
         if hasattr(model, "flops_per_token") else None
     summary["parameters"] = sum(p.numel() for p in model.parameters())
-    (spec.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if dist is not None:
+        summary["distributed"] = {"mode": dist.mode, "processes": dist.world,
+                                  "global_batch": cfg.batch_size * cfg.grad_accum * dist.world}
+    if main:
+        (spec.out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 

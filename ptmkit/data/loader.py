@@ -8,6 +8,7 @@ sampler at the number of batches already consumed.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -67,13 +68,22 @@ class ResumableBatchSampler(Sampler):
         return 2**62
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Workers leave SIGTERM/SIGINT to the main process, which saves a checkpoint and then shuts
+    them down (torchrun and terminals signal the whole process group; a worker killed by it would
+    crash the main process before it can save). A worker still exits when the main process dies."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def make_loader(dataset: WindowDataset, collate: Callable, batch_size: int, seed: int,
                 skip_batches: int = 0, workers: int = 1, rank: int = 0, world: int = 1) -> DataLoader:
     """A DataLoader whose noise runs in `workers` background processes."""
     sampler = ResumableBatchSampler(len(dataset), batch_size, seed, skip_batches, rank, world)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
                       persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
-                      generator=torch.Generator().manual_seed(seed))
+                      generator=torch.Generator().manual_seed(seed),
+                      worker_init_fn=_ignore_stop_signals if workers else None)
 
 
 def evaluation_batches(shards: TokenShards, length: int, make_example: MakeExample,

@@ -30,7 +30,8 @@ from ptmkit.objectives import get_objective
 from ptmkit.objectives.base import Vocab
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.pretrain import check_run_dir
-from ptmkit.train.checkpoint import atomic_save_model, load_weights
+from ptmkit.train.checkpoint import (atomic_save_model, latest_checkpoint, load_checkpoint, load_extra,
+                                     load_weights, remove_checkpoints, save_checkpoint)
 from ptmkit.train.loop import TrainConfig, autocast, learning_rate, make_optimizer
 
 
@@ -70,6 +71,8 @@ class FinetuneSpec:
     precision: str = "fp32"
     overwrite: bool = False
     progress: bool = True
+    resume: bool = False
+    """Continue an interrupted run in `out` from its last epoch checkpoint (same options)."""
 
 
 @dataclass
@@ -140,12 +143,18 @@ def _prepare(spec: FinetuneSpec) -> _Prepared:
 
 def finetune(spec: FinetuneSpec) -> dict[str, Any]:
     """Fine-tune, keep the best dev epoch, write the run; returns eval.json's content."""
-    check_run_dir(spec.out, resume=False, overwrite=spec.overwrite)
+    if spec.resume:
+        if latest_checkpoint(spec.out) is None:
+            raise UserError("nothing to resume", str(spec.out),
+                            "drop --resume, or point --out at an interrupted fine-tuning run")
+    else:
+        check_run_dir(spec.out, resume=False, overwrite=spec.overwrite)
     if spec.epochs < 1 or spec.batch_size < 1 or spec.lr <= 0:
         raise UserError("epochs, batch size and learning rate must be positive", "--epochs/--batch-size/--lr",
                         "e.g. --epochs 3 --batch-size 32 --lr 5e-5")
+    torch.manual_seed(spec.seed)  # a scratch backbone is initialised inside _prepare
     prepared = _prepare(spec)  # every input error surfaces before the run directory is touched
-    if spec.overwrite and spec.out.is_dir():
+    if spec.overwrite and spec.out.is_dir() and not spec.resume:
         shutil.rmtree(spec.out)
     spec.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(spec.seed)
@@ -159,6 +168,7 @@ def finetune(spec: FinetuneSpec) -> dict[str, Any]:
               "train_examples": len(prepared.train), "dev_examples": len(prepared.dev),
               "init": prepared.backbone.source, "objective": prepared.backbone.objective_name}
     _write_json(spec.out / "eval.json", result)
+    remove_checkpoints(spec.out)  # finished: the epoch checkpoints have served their purpose
     return result
 
 
@@ -176,10 +186,15 @@ def _train(model: TaskModel, prepared: _Prepared, spec: FinetuneSpec) -> tuple[d
     optimizer = make_optimizer(model, cfg)
     rng = np.random.default_rng(spec.seed)
     best: dict[str, Any] = {"score": -np.inf}
-    history, stale, step = [], 0, 0
+    history, stale, step, first = [], 0, 0, 1
+    if spec.resume:
+        first, step, stale, history, best = _restore(spec, model, optimizer, rng)
     metrics_file = open(spec.out / "metrics.jsonl", "w")
-    bar = tqdm(total=cfg.steps, desc="finetune", unit="step", disable=not spec.progress, mininterval=1.0)
-    for epoch in range(1, spec.epochs + 1):
+    metrics_file.writelines(json.dumps(line) + "\n" for line in history)  # the epochs up to the checkpoint
+    bar = tqdm(total=cfg.steps, initial=step, desc="finetune", unit="step", disable=not spec.progress,
+               mininterval=1.0)
+    done = bool(spec.patience and stale >= spec.patience)
+    for epoch in range(first, 1 if done else spec.epochs + 1):
         model.train()
         losses = []
         for items in _batches(prepared.train, spec.batch_size, rng):
@@ -209,11 +224,52 @@ def _train(model: TaskModel, prepared: _Prepared, spec: FinetuneSpec) -> tuple[d
             stale = 0
         else:
             stale += 1
-            if spec.patience and stale >= spec.patience:
-                break
+        _save_epoch(spec, model, optimizer, rng, epoch, step, stale, history, best)
+        if stale and spec.patience and stale >= spec.patience:
+            break
     bar.close()
     metrics_file.close()
     return best, history
+
+
+_NOT_RESUMED = ("resume", "overwrite", "progress", "epochs", "patience")
+
+
+def _resume_key(spec: FinetuneSpec) -> dict[str, Any]:
+    """The options a resumed run must share with the interrupted one."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(spec).items()
+            if k not in _NOT_RESUMED}
+
+
+def _save_epoch(spec: FinetuneSpec, model: TaskModel, optimizer: torch.optim.Optimizer,
+                rng: np.random.Generator, epoch: int, step: int, stale: int, history: list,
+                best: dict[str, Any]) -> None:
+    """Model, optimizer, RNG states, epoch and the best epoch so far (its weights included)."""
+    state = {"step": step, "epoch": epoch, "stale": stale, "history": history,
+             "best": {k: v for k, v in best.items() if k != "state"},
+             "shuffle_rng": rng.bit_generator.state, "spec": _resume_key(spec)}
+    save_checkpoint(spec.out, model, optimizer, state, keep=1,
+                    extra={f"best.{k}": v for k, v in best.get("state", {}).items()})
+
+
+def _restore(spec: FinetuneSpec, model: TaskModel, optimizer: torch.optim.Optimizer,
+             rng: np.random.Generator) -> tuple[int, int, int, list, dict[str, Any]]:
+    """Load the last epoch checkpoint; returns (next epoch, step, stale, history, best)."""
+    path = latest_checkpoint(spec.out)
+    saved = json.loads((path / "state.json").read_text())["trainer"]
+    now = _resume_key(spec)
+    changed = sorted(k for k in set(now) | set(saved["spec"]) if now.get(k) != saved["spec"].get(k))
+    if changed:
+        first = changed[0]
+        raise UserError(f"the interrupted run used other options ({first}: {saved['spec'].get(first)!r}, "
+                        f"now {now.get(first)!r})", str(spec.out), "resume with the options it was started with")
+    load_checkpoint(path, model, optimizer)
+    rng.bit_generator.state = saved["shuffle_rng"]
+    best = dict(saved["best"])
+    weights = {k[len("best."):]: v for k, v in load_extra(path).items() if k.startswith("best.")}
+    if weights:
+        best["state"] = weights
+    return saved["epoch"] + 1, saved["step"], saved["stale"], saved["history"], best
 
 
 @torch.no_grad()

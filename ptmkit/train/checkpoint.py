@@ -134,9 +134,11 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 
 
 def save_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    trainer_state: dict[str, Any], *, keep: int = 2, distributed: Any = None) -> Path:
+                    trainer_state: dict[str, Any], *, keep: int = 2, distributed: Any = None,
+                    extra: dict[str, torch.Tensor] | None = None) -> Path:
     """Write model, optimizer, RNG and trainer state (step, data position...) atomically as
     RUN/checkpoints/step-NNNNNN, point RUN/checkpoint at it and keep the newest `keep`.
+    `extra` tensors (e.g. the best epoch's weights) come back from `load_extra`.
 
     With `distributed` (a `ptmkit.train.distributed.Distributed`) every process must call this:
     rank 0 writes, except that FSDP shards go through torch.distributed.checkpoint from every
@@ -164,8 +166,10 @@ def save_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimize
             if not sharded:
                 save_model(model, str(tmp / "model.safetensors"))
                 optim_tensors, optim_meta = _flatten_optimizer(optimizer.state_dict())
-            save_file({**optim_tensors, **rng_tensors}, str(tmp / "state.safetensors"))
-            state = {"trainer": trainer_state, "optimizer": optim_meta, "rng": rng_json,
+            extra_tensors, aliases = _dedupe(extra or {})
+            save_file({**optim_tensors, **rng_tensors, **{f"extra.{k}": v for k, v in extra_tensors.items()}},
+                      str(tmp / "state.safetensors"))
+            state = {"trainer": trainer_state, "optimizer": optim_meta, "rng": rng_json, "extra_aliases": aliases,
                      "format": SHARDED if sharded else "safetensors",
                      "world_size": distributed.world if distributed is not None else 1}
             (tmp / "state.json").write_text(json.dumps(state))
@@ -187,6 +191,36 @@ def save_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimize
     if distributed is not None:
         distributed.barrier()
     return run / CHECKPOINT
+
+
+def _dedupe(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Copies of the tensors, each storage once (tied weights): (kept, {alias: kept name})."""
+    kept, aliases, seen = {}, {}, {}
+    for name, tensor in tensors.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
+               tuple(tensor.stride()), tensor.dtype)
+        if key in seen:
+            aliases[name] = seen[key]
+        else:
+            seen[key] = name
+            kept[name] = tensor.detach().to("cpu", copy=True).contiguous()
+    return kept, aliases
+
+
+def load_extra(path: Path) -> dict[str, torch.Tensor]:
+    """The `extra` tensors saved with a checkpoint."""
+    tensors = load_file(str(path / "state.safetensors"))
+    extra = {name[len("extra."):]: value for name, value in tensors.items() if name.startswith("extra.")}
+    aliases = json.loads((path / "state.json").read_text()).get("extra_aliases", {})
+    extra.update({alias: extra[name] for alias, name in aliases.items()})
+    return extra
+
+
+def remove_checkpoints(run: Path) -> None:
+    """Delete every checkpoint of the run (a finished fine-tuning keeps only its weights)."""
+    for path in (run / CHECKPOINT, run / f".{CHECKPOINT}.old", run / CHECKPOINTS):
+        _remove(path)
+    remove_partial_checkpoints(run)
 
 
 def _remove(path: Path) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,17 @@ from ptmkit.errors import UserError
 
 MODES = ("ddp", "fsdp")
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+def unavailable() -> str | None:
+    """Why this machine cannot run a process group (None when it can): no torch.distributed, or
+    neither GPUs (nccl) nor gloo."""
+    import torch.distributed as dist
+    if not dist.is_available():
+        return "this torch build has no torch.distributed"
+    if not (torch.cuda.is_available() and dist.is_nccl_available()) and not dist.is_gloo_available():
+        return "neither nccl with GPUs nor gloo is available"
+    return None
 
 
 def launched_by_torchrun() -> bool:
@@ -136,9 +148,10 @@ class Distributed:
         module = ObjectiveForward(model, loss_fn)
         if self.mode == "ddp":
             from torch.nn.parallel import DistributedDataParallel
-            # no buffers need syncing, and every objective uses all parameters (checked in tests)
+            # no buffer changes in training (so no sync per forward: ranks may run different
+            # numbers of them), and every objective uses all its parameters
             return DistributedDataParallel(module, device_ids=[self.device.index] if self.device.type == "cuda"
-                                           else None, broadcast_buffers=False)
+                                           else None, forward_sync_buffers=False)
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
         from ptmkit.model.backbone import Block
         policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
@@ -199,5 +212,7 @@ def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path,
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
     model_state, optim_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optim": optim_state}
-    dcp.load(state, checkpoint_id=str(path), no_dist=distributed is None)
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=str(path), no_dist=distributed is None)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -22,9 +23,11 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ptmkit.errors import RunStopped, UserError
-from ptmkit.train.checkpoint import atomic_save_model, latest_checkpoint, load_checkpoint, save_checkpoint
+from ptmkit.train.checkpoint import (atomic_save_model, atomic_save_state, latest_checkpoint, load_checkpoint,
+                                     remove_partial_checkpoints, save_checkpoint)
 
 LossFn = Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, dict[str, float]]]
+LossWeight = Callable[[dict[str, Tensor]], "int | None"]
 
 
 @dataclass(kw_only=True)
@@ -33,6 +36,8 @@ class TrainConfig:
 
     steps: int = 1000
     batch_size: int = 32
+    """Examples per batch *per process*: one optimizer step sees batch_size x processes x
+    grad_accum examples."""
     seq_len: int = 128
     lr: float = 5e-4
     warmup: int = -1
@@ -58,6 +63,8 @@ class TrainConfig:
     eval_batches: int = 20
     save_every: int = 0
     """Steps between checkpoints; 0 = only at the end (and on SIGTERM/SIGINT)."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept in RUN/checkpoints/ (the newest ones)."""
     workers: int = 1
     """DataLoader processes building the noise; 0 = in the main process."""
     max_bad_steps: int = 5
@@ -68,6 +75,7 @@ class TrainConfig:
                   ("batch_size", self.batch_size >= 1, "use at least 1"),
                   ("lr", self.lr > 0, "use a positive learning rate"),
                   ("grad_accum", self.grad_accum >= 1, "use at least 1"),
+                  ("keep_checkpoints", self.keep_checkpoints >= 1, "use at least 1"),
                   ("precision", self.precision in ("fp32", "bf16"), "use fp32 or bf16"),
                   ("schedule", self.schedule in ("linear", "cosine", "constant"),
                    "use linear, cosine or constant")]
@@ -145,66 +153,150 @@ class _StopRequest:
 
 
 class Trainer:
-    """Runs `loss_fn` over `batches` for cfg.steps optimizer steps, writing into `run`."""
+    """Runs `loss_fn` over `batches` for cfg.steps optimizer steps, writing into `run`.
+
+    `loss_weight(batch)`, when given and not None, is the number of positions the batch's loss
+    averages over: a step split into micro-batches (gradient accumulation) or over processes then
+    weights each part by it, so the step's loss and gradient are those of the one big batch.
+
+    With `distributed` (a `ptmkit.train.distributed.Distributed`) the model runs wrapped in DDP or
+    FSDP, logged numbers are reduced over the processes (loss: token mean of the global batch,
+    tokens: summed), validation batches are spread over the processes and their losses averaged,
+    and only rank 0 writes to `run` (metrics, checkpoints, weights) and shows progress.
+    """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, run: Path, *,
                  count_tokens: Callable[[dict[str, Tensor]], int],
                  validation: Iterable[dict[str, Tensor]] = (), device: torch.device | None = None,
-                 progress: bool = True) -> None:
-        self.cfg, self.run, self.progress = cfg, run, progress
+                 progress: bool = True, loss_weight: LossWeight | None = None,
+                 distributed: Any = None) -> None:
+        self.cfg, self.run = cfg, run
+        self.dist = distributed
+        self.is_main = distributed is None or distributed.is_main
+        self.world = distributed.world if distributed is not None else 1
+        self.progress = progress and self.is_main
         self.device = device or torch.device("cpu")
         self.model = model.to(self.device)
-        self.optimizer = make_optimizer(model, cfg)
         self.loss_fn = torch.compile(loss_fn) if cfg.compile else loss_fn
+        self.wrapped = distributed.wrap(self.model, self.loss_fn, cfg.precision) if distributed is not None else None
+        self.optimizer = make_optimizer(model, cfg)  # after wrapping: FSDP replaced the parameters
         self.count_tokens, self.validation = count_tokens, list(validation)
+        self.loss_weight = loss_weight
         self.step, self.tokens, self.elapsed, self.bad_steps = 0, 0, 0.0, 0
+        self.examples = 0
+        """Examples consumed by all processes together: the data position, whatever the split."""
+        self._saved_step = -1
 
     # ---- state --------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         return {"step": self.step, "tokens": self.tokens, "elapsed_s": self.elapsed,
-                "batches_consumed": self.step * self.cfg.grad_accum}
+                "batches_consumed": self.step * self.cfg.grad_accum, "examples": self.examples,
+                "world_size": self.world}
+
+    def skip_batches(self) -> int:
+        """Batches this process's sampler skips to continue the data stream where it stopped
+        (exact when the number of examples per step is unchanged, e.g. 2 x 4 resumed as 1 x 8)."""
+        return self.examples // self.cfg.batch_size // self.world
 
     def resume(self) -> bool:
         """Restore the latest checkpoint of the run, if any. Returns whether one was found."""
         path = latest_checkpoint(self.run)
         if path is None:
             return False
-        state = load_checkpoint(path, self.model, self.optimizer)
+        state = load_checkpoint(path, self.model, self.optimizer, self.dist)
         self.step, self.tokens, self.elapsed = state["step"], state["tokens"], state["elapsed_s"]
-        self._truncate_metrics()
+        self.examples = state.get("examples", state.get("batches_consumed", 0) * self.cfg.batch_size)
+        self._saved_step = self.step
+        if self.is_main:
+            remove_partial_checkpoints(self.run)
+            self._truncate_metrics()
         return True
 
     def _truncate_metrics(self) -> None:
-        """Drop lines logged after the checkpoint: the resumed run logs those steps again."""
+        """Drop lines logged after the checkpoint: the resumed run logs those steps again (a
+        line cut short by a crash is dropped too)."""
         path = self.run / "metrics.jsonl"
         if path.is_file():
-            lines = [line for line in path.read_text().splitlines()
-                     if line.strip() and json.loads(line)["step"] <= self.step]
-            path.write_text("".join(line + "\n" for line in lines))
+            kept = []
+            for line in path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and record.get("step", math.inf) <= self.step:
+                    kept.append(line)
+            path.write_text("".join(line + "\n" for line in kept))
 
     def save(self) -> None:
-        save_checkpoint(self.run, self.model, self.optimizer, self.state())
+        if self._saved_step == self.step:  # e.g. --save-every then the end at the same step
+            return
+        save_checkpoint(self.run, self.model, self.optimizer, self.state(),
+                        keep=self.cfg.keep_checkpoints, distributed=self.dist)
+        self._saved_step = self.step
+
+    def save_model(self, path: Path) -> None:
+        """The weights alone (gathered from every process under FSDP), written by rank 0."""
+        if self.dist is None:
+            atomic_save_model(self.model, path)
+            return
+        state = self.dist.full_state_dict(self.model)
+        if self.is_main:
+            atomic_save_state(state, self.model, path)
+        self.dist.barrier()
 
     # ---- loop ---------------------------------------------------------------------------
     def _to_device(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def _loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        if self.wrapped is not None:
+            return self.wrapped(batch)
+        return self.loss_fn(self.model, batch)
+
+    def _weights(self, batches: list[dict[str, Tensor]]) -> list[float] | None:
+        """Each micro-batch's share of the step (its loss is scaled by it before backward), or
+        None for equal shares. Scaled by the number of processes, as DDP/FSDP average gradients."""
+        if self.loss_weight is None or len(batches) * self.world == 1:
+            return None
+        counts = [self.loss_weight(batch) for batch in batches]
+        if any(c is None for c in counts):
+            return None
+        total = sum(counts)
+        if self.dist is not None:
+            total = self.dist.sum([float(total)])[0]
+        return [c * self.world / total for c in counts] if total > 0 else None
 
     def train_step(self, batches: Iterator[dict[str, Tensor]]) -> tuple[float, dict[str, float], int]:
         lr = learning_rate(self.cfg, self.step, self.elapsed)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total, extras, tokens = 0.0, {}, 0
-        for _ in range(self.cfg.grad_accum):
-            batch = self._to_device(next(batches))
+        accum = self.cfg.grad_accum
+        micro = [self._to_device(next(batches)) for _ in range(accum)]
+        weights = self._weights(micro)
+        for i, batch in enumerate(micro):
             tokens += self.count_tokens(batch)
-            with autocast(self.cfg.precision, self.device):
-                loss, metrics = self.loss_fn(self.model, batch)
-            (loss / self.cfg.grad_accum).backward()
-            total += float(loss.detach()) / self.cfg.grad_accum
+            sync = self.dist.grad_sync(self.wrapped, i == accum - 1) if self.dist is not None \
+                else contextlib.nullcontext()
+            with sync:
+                with autocast(self.cfg.precision, self.device):
+                    loss, metrics = self._loss(batch)
+                (loss / accum if weights is None else loss * weights[i]).backward()
+            share = 1 / accum if weights is None else weights[i]
+            total += float(loss.detach()) / accum if weights is None else float(loss.detach()) * share
             for key, value in metrics.items():
-                extras[key] = extras.get(key, 0.0) + value / self.cfg.grad_accum
+                extras[key] = extras.get(key, 0.0) + (value / accum if weights is None else value * share)
+        self.examples += accum * self.world * self.cfg.batch_size
+        if self.dist is not None:  # the global batch's numbers, the same on every process
+            reduced = self.dist.sum([total, *extras.values(), float(tokens)])
+            total = reduced[0] / self.world
+            extras = {key: value / self.world for key, value in zip(extras, reduced[1:-1])}
+            tokens = int(reduced[-1])
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        if self.dist is not None:
+            grad_norm = self.dist.clip_grad_norm(self.model.parameters(), max_norm)
+        else:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
         finite = math.isfinite(total) and math.isfinite(grad_norm)
         if finite:  # a non-finite step is skipped: the weights and Adam moments stay clean
             self.optimizer.step()
@@ -225,21 +317,32 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
+        """Mean loss over the validation batches; processes take every world-th batch (all run
+        the same number of forwards, as FSDP needs) and the sums are reduced."""
         if not self.validation:
             return None
-        self.model.eval()
+        root = self.wrapped if self.wrapped is not None else self.model
+        root.eval()
         losses = []
-        for batch in self.validation:
+        n = len(self.validation)
+        rank = self.dist.rank if self.dist is not None else 0
+        for index in range(rank, -(-n // self.world) * self.world, self.world):
             with autocast(self.cfg.precision, self.device):
-                losses.append(float(self.loss_fn(self.model, self._to_device(batch))[0]))
-        self.model.train()
+                loss = float(self._loss(self._to_device(self.validation[index % n]))[0])
+            if index < n:  # past the end: a repeat that only keeps FSDP's collectives in step
+                losses.append(loss)
+        root.train()
+        if self.dist is not None:
+            total, count = self.dist.sum([sum(losses), float(len(losses))])
+            return total / count
         return sum(losses) / len(losses)
 
     def fit(self, batches: Iterable[dict[str, Tensor]]) -> dict[str, Any]:
         """Train to cfg.steps (or the time budget); returns the final summary."""
         cfg, iterator = self.cfg, iter(batches)
-        self.model.train()
-        metrics_file = open(self.run / "metrics.jsonl", "a")
+        (self.wrapped if self.wrapped is not None else self.model).train()
+        # rank 0 alone writes the run directory
+        metrics_file = open(self.run / "metrics.jsonl" if self.is_main else os.devnull, "a")
         bar = tqdm(total=None if cfg.time_bound else cfg.steps, initial=self.step, desc="train", unit="step",
                    disable=not self.progress, dynamic_ncols=True, mininterval=1.0)
         window: dict[str, list[float]] = {}  # key -> finite values since the last line
@@ -250,6 +353,10 @@ class Trainer:
                 start = time.perf_counter()
                 loss, extras, tokens = self.train_step(iterator)
                 took = time.perf_counter() - start
+                stop_requested = stop.signal is not None
+                if self.dist is not None:  # one clock and one decision to stop for all processes
+                    took, stops = self.dist.sum([took, float(stop_requested)])
+                    took, stop_requested = took / self.world, stops > 0
                 self.step += 1
                 self.tokens += tokens
                 self.elapsed += took
@@ -281,13 +388,13 @@ class Trainer:
                 if cfg.max_minutes and self.elapsed >= cfg.max_minutes * 60:
                     stopped_by = "time"
                     break
-                if stop.signal is not None:
-                    stopped_by = signal.Signals(stop.signal).name
+                if stop_requested:
+                    stopped_by = signal.Signals(stop.signal or signal.SIGTERM).name
                     break
         bar.close()
         metrics_file.close()
         self.save()
-        atomic_save_model(self.model, self.run / "model.safetensors")
+        self.save_model(self.run / "model.safetensors")
         summary = {"steps": self.step, "tokens": self.tokens, "train_seconds": round(self.elapsed, 2),
                    "tokens_per_s": self.tokens / max(self.elapsed, 1e-9), "stopped_by": stopped_by,
                    "final_val_loss": self.evaluate()}
