@@ -32,6 +32,7 @@ from ptmkit.data.corpus import Document, list_corpus_files, read_documents
 from ptmkit.data.segment import SEGMENTERS, segment_word_starts
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.errors import UserError
+from ptmkit.fileio import share
 
 FORMAT = 1
 SPLITS = ("train", "val")
@@ -138,9 +139,6 @@ def prepare(paths: Sequence[str | os.PathLike], tokenizer: Tokenizer, out: Path,
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make the output private to this user
     bar = None
     try:
         writers = {split: _SplitWriter(tmp / split, dtype, segment is not None) for split in SPLITS}
@@ -179,7 +177,7 @@ def prepare(paths: Sequence[str | os.PathLike], tokenizer: Tokenizer, out: Path,
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
         if out.exists():
             shutil.rmtree(out)
-        os.replace(tmp, out)
+        os.replace(share(tmp), out)
     except BaseException:
         if bar is not None:
             bar.close()

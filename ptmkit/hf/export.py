@@ -36,6 +36,7 @@ from torch import Tensor
 import ptmkit
 from ptmkit.api import RunModel, load_run
 from ptmkit.errors import UserError
+from ptmkit.fileio import share
 from ptmkit.hf import convert, require_transformers
 from ptmkit.model.backbone import Transformer
 from ptmkit.model.config import ModelConfig
@@ -414,7 +415,7 @@ def export_run(run: str | Path, out: str | Path, *, format: str = "hf", overwrit
         (staging / "README.md").write_text(model_card(loaded, target, difference))
         if out.exists():
             shutil.rmtree(out)
-        staging.rename(out)
+        share(staging).rename(out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from ptmkit.errors import UserError
+from ptmkit.fileio import share
 
 CHECKPOINT = "checkpoint"
 """RUN/checkpoint: the newest complete checkpoint (a link into RUN/checkpoints/)."""
@@ -40,7 +41,7 @@ def atomic_save_model(model: nn.Module, path: Path, metadata: dict[str, str] | N
     """Weights as safetensors (shared/tied tensors stored once), via a temp file and a rename."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_model(model, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    os.replace(share(tmp), path)
 
 
 def atomic_save_state(state: dict[str, torch.Tensor], model: nn.Module, path: Path) -> None:
@@ -58,7 +59,7 @@ def atomic_save_state(state: dict[str, torch.Tensor], model: nn.Module, path: Pa
                 metadata[name] = keep
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={**metadata, "format": "pt"})
-    os.replace(tmp, path)
+    os.replace(share(tmp), path)
 
 
 def load_weights(model: nn.Module, path: Path) -> None:
@@ -173,6 +174,7 @@ def save_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimize
                      "format": SHARDED if sharded else "safetensors",
                      "world_size": distributed.world if distributed is not None else 1}
             (tmp / "state.json").write_text(json.dumps(state))
+            share(tmp)
             final.parent.mkdir(exist_ok=True)
             if final.exists():  # the same step saved again: swap it
                 trash = run / f".{CHECKPOINT}.trash-{name}"

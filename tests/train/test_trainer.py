@@ -109,3 +109,13 @@ def test_non_finite_steps_are_skipped_then_the_run_stops(data: Path, tmp_path: P
     for path in (tmp_path / "r" / "checkpoint" / "model.safetensors",):
         from safetensors.torch import load_file
         assert all(torch.isfinite(t).all() for t in load_file(str(path)).values()), "skipped steps never reach the weights"
+
+
+def test_outputs_follow_the_umask_not_safetensors_0600(data: Path, tmp_path: Path) -> None:
+    import os
+    import stat
+    pretrain(small_spec("mlm", data, tmp_path / "r", steps=2))
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [tmp_path / "r" / "model.safetensors", *(tmp_path / "r" / "checkpoint").resolve().iterdir()]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
