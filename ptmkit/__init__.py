@@ -6,14 +6,11 @@ Python API (imported lazily, so `import ptmkit` stays cheap):
 * ``ptmkit.pretrain(objective=..., out=..., **options)`` -- ``ptmkit pretrain`` as a function;
 * ``ptmkit.finetune(task=..., init=..., out=..., **options)`` -- ``ptmkit finetune``.
 
-``ptmkit.pretrain`` and ``ptmkit.finetune`` are also the modules behind the CLI
-(``ptmkit.pretrain.PretrainSpec``, ``ptmkit.finetune.run.FinetuneSpec``); calling them runs the
-keyword wrappers of ``ptmkit.api``.
+The CLI's implementations live in ``ptmkit.pretraining`` and ``ptmkit.finetuning``.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 __version__ = "0.1.0"
@@ -21,10 +18,19 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "finetune", "load_run", "pretrain"]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "load_run":
-        from ptmkit.api import load_run
-        return load_run
-    if name in ("pretrain", "finetune"):
-        return importlib.import_module(f"ptmkit.{name}")  # a callable module (ptmkit._callable)
-    raise AttributeError(f"module 'ptmkit' has no attribute {name!r}")
+def load_run(path: Any) -> Any:
+    """A pre-training or fine-tuning run, loaded for inference (see `ptmkit.api.load_run`)."""
+    from ptmkit.api import load_run as load
+    return load(path)
+
+
+def pretrain(**options: Any) -> dict[str, Any]:
+    """`ptmkit pretrain` as a function: `PretrainSpec` and `TrainConfig` fields as keywords."""
+    from ptmkit.api import pretrain as run
+    return run(**options)
+
+
+def finetune(**options: Any) -> dict[str, Any]:
+    """`ptmkit finetune` as a function: `FinetuneSpec` fields as keywords."""
+    from ptmkit.api import finetune as run
+    return run(**options)

@@ -84,8 +84,8 @@ class RunModel:
         """
         ids = _as_ids(input_ids)
         if self.kind == "finetune":
-            from ptmkit.finetune.tasks import Classify, Regress
-            from ptmkit.finetune.tagging import Tag
+            from ptmkit.finetuning.tasks import Classify, Regress
+            from ptmkit.finetuning.tagging import Tag
             if not (type(self.task) in (Classify, Regress) or isinstance(self.task, Tag)):
                 raise UserError(f"task {self.task.spec.name} needs more than token ids", str(self.run),
                                 "use `ptmkit evaluate` (or generate) for it")
@@ -111,7 +111,7 @@ class RunModel:
         """Pooled representations (N, width) of `texts`, framed and pooled as fine-tuning does:
         `[CLS] text [SEP]` (the tokenizer's own cls/sep ids), then the first token for encoders,
         the last real token for decoder-only runs, the mean for word2vec / ELMo runs."""
-        from ptmkit.finetune.tasks import Classify, TaskSpec, pad_batch
+        from ptmkit.finetuning.tasks import Classify, TaskSpec, pad_batch
         texts = [texts] if isinstance(texts, str) else list(texts)
         limit = max_length or min(512, self.cfg.max_positions)
         framing = Classify(TaskSpec(name="classify", max_length=limit), self.tokenizer, self.pooling,
@@ -126,7 +126,7 @@ class RunModel:
 
     @property
     def pooling(self) -> str:
-        from ptmkit.finetune.model import Backbone
+        from ptmkit.finetuning.model import Backbone
         return Backbone(self.backbone, self.objective_impl, self.objective, self.model_cfg,
                         self.tokenizer, str(self.run)).pooling
 
@@ -144,7 +144,7 @@ def _as_ids(input_ids: Tensor | Sequence[Sequence[int]]) -> Tensor:
 def load_run(path: str | Path) -> RunModel:
     """Load a `ptmkit pretrain` or `ptmkit finetune` run directory for inference."""
     from ptmkit.data.tokenizer import Tokenizer
-    from ptmkit.finetune.model import read_run_config
+    from ptmkit.finetuning.model import read_run_config
     from ptmkit.model.config import ModelConfig
     from ptmkit.objectives import get_objective
     from ptmkit.objectives.base import Vocab
@@ -153,7 +153,7 @@ def load_run(path: str | Path) -> RunModel:
     config = read_run_config(run)
     kind = config.get("kind")
     if kind == "finetune":
-        from ptmkit.finetune.run import load_finetuned
+        from ptmkit.finetuning.run import load_finetuned
         model, task, config = load_finetuned(run)
         return RunModel(run, kind, config, model.features.__self__, task.tokenizer,
                         ModelConfig.from_dict(config["model"]), model, model.backbone, task)
@@ -181,7 +181,7 @@ def pretrain(*, objective: str, out: str | Path, **options: Any) -> dict[str, An
     objective_options, init -- a run or "hf:DIR" --, resume, overwrite, val_fraction, progress)
     and `TrainConfig` fields (steps, batch_size, seq_len, lr, ...), or `train=TrainConfig(...)`.
     """
-    from ptmkit.pretrain import PretrainSpec, pretrain as run_pretrain
+    from ptmkit.pretraining import PretrainSpec, pretrain as run_pretrain
     from ptmkit.train.loop import TrainConfig
     spec_fields = {f.name for f in dataclasses.fields(PretrainSpec)}
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -207,7 +207,7 @@ def finetune(*, task: str, init: str | Path, out: str | Path, **options: Any) ->
     """`ptmkit finetune` as a function (keyword arguments are `FinetuneSpec` fields: train, dev,
     data_dir, tokenizer, text_fields, label_field, epochs, lr, batch_size, max_length, ...);
     returns eval.json's content. `init` is a pre-training run, "scratch" or "hf:DIR"."""
-    from ptmkit.finetune.run import FinetuneSpec, finetune as run_finetune
+    from ptmkit.finetuning.run import FinetuneSpec, finetune as run_finetune
     known = {f.name for f in dataclasses.fields(FinetuneSpec)}
     unknown = sorted(set(options) - known)
     if unknown:

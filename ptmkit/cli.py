@@ -245,7 +245,7 @@ def _run_tokenizer(args: argparse.Namespace) -> None:
 def _run_prepare(args: argparse.Namespace) -> None:
     from ptmkit.data.shards import prepare
     from ptmkit.data.tokenizer import Tokenizer
-    from ptmkit.pretrain import check_corpus
+    from ptmkit.pretraining import check_corpus
     tokenizer = (Tokenizer.from_hf(str(args.tokenizer)[3:]) if str(args.tokenizer).startswith("hf:")
                  else Tokenizer.load(args.tokenizer))
     check_corpus(args.corpus, args.text_field)  # a wrong --text-field fails before the progress bar
@@ -272,7 +272,7 @@ def _load_config_file(path: Path | None) -> dict[str, Any]:
 
 
 def _run_pretrain(args: argparse.Namespace) -> None:
-    from ptmkit.pretrain import PretrainSpec, check_run_dir, pretrain
+    from ptmkit.pretraining import PretrainSpec, check_run_dir, pretrain
     if args.resume:  # before reading the run's config.yaml for the objective
         check_run_dir(args.out, resume=True, overwrite=args.overwrite)
     file_values = _load_config_file(args.config)
@@ -350,7 +350,7 @@ def _train_config(values: dict[str, Any], where: str) -> TrainConfig:
 
 
 def _run_finetune(args: argparse.Namespace) -> None:
-    from ptmkit.finetune.run import FinetuneSpec, finetune
+    from ptmkit.finetuning.run import FinetuneSpec, finetune
     spec = FinetuneSpec(
         task=args.task, init=args.init, out=args.out, train=args.train, dev=args.dev,
         data_dir=args.data_dir, tokenizer=args.tokenizer, model=args.model,
@@ -367,12 +367,12 @@ def _run_finetune(args: argparse.Namespace) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> None:
-    from ptmkit.finetune.run import evaluate
+    from ptmkit.finetuning.run import evaluate
     print(json.dumps(evaluate(args.run, args.data, args.out)))
 
 
 def _run_generate(args: argparse.Namespace) -> None:
-    from ptmkit.finetune.seq2seq_task import load_generator
+    from ptmkit.finetuning.seq2seq_task import load_generator
     from ptmkit.model.generate import DecodeOptions
     texts = _input_lines(args.input)
     top_p = args.top_p if args.top_p is not None or args.temperature is None else 1.0

@@ -40,14 +40,13 @@ def runs(data, tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-def test_callable_modules_keep_their_contents():
-    import ptmkit.finetune.run
-    import ptmkit.pretrain
-    assert callable(ptmkit.pretrain) and callable(ptmkit.finetune)
-    assert ptmkit.pretrain.PretrainSpec.__name__ == "PretrainSpec"
-    assert ptmkit.finetune.run.FinetuneSpec.__name__ == "FinetuneSpec"
-    from ptmkit.pretrain import pretrain
-    assert pretrain.__module__ == "ptmkit.pretrain"
+def test_api_functions_sit_beside_the_implementation_modules():
+    import ptmkit.finetuning.run
+    import ptmkit.pretraining
+    assert callable(ptmkit.pretrain) and callable(ptmkit.finetune) and callable(ptmkit.load_run)
+    assert ptmkit.pretraining.PretrainSpec.__name__ == "PretrainSpec"
+    assert ptmkit.finetuning.run.FinetuneSpec.__name__ == "FinetuneSpec"
+    assert ptmkit.pretrain.__module__ == "ptmkit" and ptmkit.finetune.__module__ == "ptmkit"
 
 
 def test_logits_shapes_and_families(runs):

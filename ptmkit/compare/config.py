@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from ptmkit.errors import UserError
-from ptmkit.finetune.registry import TASKS, get_task
+from ptmkit.finetuning.registry import TASKS, get_task
 from ptmkit.objectives import OBJECTIVES
 
 TOP_KEYS = {"corpus", "domain_corpus", "tokenizer", "model", "objectives", "objective_options",

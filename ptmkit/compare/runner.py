@@ -28,8 +28,8 @@ from ptmkit.compare.config import CompareConfig, TaskConfig
 from ptmkit.data.corpus import read_texts
 from ptmkit.data.shards import corpus_fingerprint, prepare
 from ptmkit.data.tokenizer import Tokenizer, train_tokenizer
-from ptmkit.finetune.run import FinetuneSpec, finetune
-from ptmkit.pretrain import PretrainSpec, pretrain
+from ptmkit.finetuning.run import FinetuneSpec, finetune
+from ptmkit.pretraining import PretrainSpec, pretrain
 from ptmkit.train.loop import UNBOUNDED_STEPS, TrainConfig
 
 RESULT_COLUMNS = ["objective", "path", "task", "label_budget", "seed", "metric", "value",

@@ -106,8 +106,8 @@ def _pretrain_target(run: RunModel, where: str) -> str:
 
 
 def _finetune_target(run: RunModel, where: str) -> str:
-    from ptmkit.finetune.tasks import Classify, Regress
-    from ptmkit.finetune.tagging import Tag
+    from ptmkit.finetuning.tasks import Classify, Regress
+    from ptmkit.finetuning.tagging import Tag
     task = run.task.spec.name
     token_level = isinstance(run.task, Tag)
     if not (token_level or type(run.task) in (Classify, Regress)):

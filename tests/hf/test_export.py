@@ -216,6 +216,6 @@ def test_the_load_check_sees_missing_weights(data, tmp_path, tiny, train, hf_mes
 
 def test_core_never_imports_transformers():
     import subprocess
-    code = ("import sys, ptmkit, ptmkit.cli, ptmkit.pretrain, ptmkit.finetune.run, ptmkit.api, "
+    code = ("import sys, ptmkit, ptmkit.cli, ptmkit.pretraining, ptmkit.finetuning.run, ptmkit.api, "
             "ptmkit.hf.importer; assert 'transformers' not in sys.modules, 'imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -13,7 +13,7 @@ import torch
 from ptmkit.data.shards import prepare
 from ptmkit.data.tokenizer import train_tokenizer
 from ptmkit.data.corpus import read_texts
-from ptmkit.pretrain import PretrainSpec, pretrain
+from ptmkit.pretraining import PretrainSpec, pretrain
 from ptmkit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from ptmkit.train.loop import TrainConfig, learning_rate, make_optimizer
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ptmkit.errors import UserError
-from ptmkit.finetune.data import glue_files, glue_spec, label_budget, read_records
+from ptmkit.finetuning.data import glue_files, glue_spec, label_budget, read_records
 
 
 def test_tsv_reads_bare_quotes_and_strips_bom(tmp_path) -> None:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from ptmkit.errors import UserError
-from ptmkit.finetune.keyphrase import Keyphrase
-from ptmkit.finetune.relation import Relation
-from ptmkit.finetune.seq2seq_task import Seq2Seq
-from ptmkit.finetune.tagging import Tag
-from ptmkit.finetune.tasks import Classify, Regress, Task
+from ptmkit.finetuning.keyphrase import Keyphrase
+from ptmkit.finetuning.relation import Relation
+from ptmkit.finetuning.seq2seq_task import Seq2Seq
+from ptmkit.finetuning.tagging import Tag
+from ptmkit.finetuning.tasks import Classify, Regress, Task
 
 TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (Classify, Regress, Tag, Relation, Keyphrase, Seq2Seq)}
 

@@ -40,15 +40,15 @@ import torch
 from torch import Tensor, nn
 
 from ptmkit.errors import UserError
-from ptmkit.finetune.data import Record, _open, require_fields
-from ptmkit.finetune.tasks import Encoded, Task, TaskSpec
+from ptmkit.finetuning.data import Record, _open, require_fields
+from ptmkit.finetuning.tasks import Encoded, Task, TaskSpec
 from ptmkit.model import masks
 from ptmkit.model.generate import DecodeOptions, generate
 from ptmkit.objectives.base import IGNORE
 from ptmkit.objectives.seq2seq import Seq2SeqObjective, TextFrame, padded
 
 if TYPE_CHECKING:
-    from ptmkit.finetune.model import Backbone, TaskModel
+    from ptmkit.finetuning.model import Backbone, TaskModel
 
 DECODER_ONLY = ("decoder", "prefix")
 TARGET_LISTS = ("references", "join")
@@ -305,8 +305,8 @@ def load_generator(run: Path) -> TextGenerator:
     """A fine-tuned seq2seq run (its framing), or a generative pre-training run: encoder-decoders
     decode the text as their source (BART/MASS reconstruct it, T5 fills sentinels), decoder-only
     models continue `</s> text`."""
-    from ptmkit.finetune.model import load_backbone, read_run_config
-    from ptmkit.finetune.run import load_finetuned
+    from ptmkit.finetuning.model import load_backbone, read_run_config
+    from ptmkit.finetuning.run import load_finetuned
     from ptmkit.model.generate import ARCHITECTURES
     from ptmkit.objectives import get_objective
     if not (run / "config.yaml").is_file():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ptmkit.errors import UserError
-from ptmkit.finetune.tasks import Classify, Regress, TaskSpec, pad_batch
+from ptmkit.finetuning.tasks import Classify, Regress, TaskSpec, pad_batch
 
 
 def test_classification_metrics_by_hand() -> None:

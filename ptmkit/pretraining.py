@@ -318,8 +318,3 @@ def _write_config(spec: PretrainSpec, model: dict[str, Any], data_dir: Path,
     tmp = spec.out / ".config.yaml.tmp"
     tmp.write_text(yaml.safe_dump(config, sort_keys=False))
     os.replace(tmp, spec.out / "config.yaml")
-
-
-from ptmkit._callable import make_callable  # noqa: E402  (after every definition above)
-
-make_callable(__name__, "pretrain")  # `ptmkit.pretrain(objective=..., out=..., steps=...)`

@@ -21,15 +21,15 @@ from tqdm import tqdm
 
 import ptmkit
 from ptmkit.errors import UserError
-from ptmkit.finetune.data import glue_files, glue_spec, label_budget
-from ptmkit.finetune.model import Backbone, TaskModel, load_backbone, read_run_config
-from ptmkit.finetune.registry import get_task
-from ptmkit.finetune.tasks import Task, TaskSpec, stratify_key
+from ptmkit.finetuning.data import glue_files, glue_spec, label_budget
+from ptmkit.finetuning.model import Backbone, TaskModel, load_backbone, read_run_config
+from ptmkit.finetuning.registry import get_task
+from ptmkit.finetuning.tasks import Task, TaskSpec, stratify_key
 from ptmkit.model.config import ModelConfig
 from ptmkit.objectives import get_objective
 from ptmkit.objectives.base import Vocab
 from ptmkit.data.tokenizer import Tokenizer
-from ptmkit.pretrain import check_run_dir
+from ptmkit.pretraining import check_run_dir
 from ptmkit.train.checkpoint import (atomic_save_model, latest_checkpoint, load_checkpoint, load_extra,
                                      load_weights, remove_checkpoints, save_checkpoint)
 from ptmkit.train.loop import TrainConfig, autocast, learning_rate, make_optimizer

@@ -12,10 +12,10 @@ from torch import nn
 
 from ptmkit.data.tokenizer import train_tokenizer
 from ptmkit.errors import UserError
-from ptmkit.finetune.data import read_records
-from ptmkit.finetune.relation import Relation, marker_start, window
-from ptmkit.finetune.run import evaluate, finetune
-from ptmkit.finetune.tasks import TaskSpec
+from ptmkit.finetuning.data import read_records
+from ptmkit.finetuning.relation import Relation, marker_start, window
+from ptmkit.finetuning.run import evaluate, finetune
+from ptmkit.finetuning.tasks import TaskSpec
 
 TEXT = "the << EGF receptor >> is blocked by [[ gefitinib ]] in cells"
 

@@ -12,9 +12,9 @@ import pytest
 
 from ptmkit.data.tokenizer import train_tokenizer
 from ptmkit.errors import UserError
-from ptmkit.finetune.keyphrase import DocTarget, Keyphrase, bio_tags, f1_at, read_zip, stem, stemmed
-from ptmkit.finetune.run import evaluate, finetune
-from ptmkit.finetune.tasks import TaskSpec
+from ptmkit.finetuning.keyphrase import DocTarget, Keyphrase, bio_tags, f1_at, read_zip, stem, stemmed
+from ptmkit.finetuning.run import evaluate, finetune
+from ptmkit.finetuning.tasks import TaskSpec
 
 
 def keyphrase() -> Keyphrase:

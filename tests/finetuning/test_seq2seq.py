@@ -16,10 +16,10 @@ from ptmkit.cli import main
 from ptmkit.data.shards import Window
 from ptmkit.data.tokenizer import Tokenizer, train_tokenizer
 from ptmkit.errors import UserError
-from ptmkit.finetune.model import load_backbone
-from ptmkit.finetune.run import FinetuneSpec, evaluate, finetune
-from ptmkit.finetune.seq2seq_task import Seq2Seq, text_metrics
-from ptmkit.finetune.tasks import TaskSpec
+from ptmkit.finetuning.model import load_backbone
+from ptmkit.finetuning.run import FinetuneSpec, evaluate, finetune
+from ptmkit.finetuning.seq2seq_task import Seq2Seq, text_metrics
+from ptmkit.finetuning.tasks import TaskSpec
 from ptmkit.model.config import resolve_model_config
 from ptmkit.objectives import get_objective
 from ptmkit.objectives.base import IGNORE, Vocab

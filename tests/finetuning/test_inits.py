@@ -11,10 +11,10 @@ import torch
 from ptmkit.data.corpus import read_texts
 from ptmkit.data.shards import prepare
 from ptmkit.data.tokenizer import train_tokenizer
-from ptmkit.finetune.model import load_backbone
-from ptmkit.finetune.run import FinetuneSpec, evaluate, finetune
+from ptmkit.finetuning.model import load_backbone
+from ptmkit.finetuning.run import FinetuneSpec, evaluate, finetune
 from ptmkit.objectives import OBJECTIVES
-from ptmkit.pretrain import PretrainSpec, pretrain
+from ptmkit.pretraining import PretrainSpec, pretrain
 from ptmkit.train.loop import TrainConfig
 
 LEE = Path(gensim.__file__).parent / "test" / "test_data" / "lee_background.cor"

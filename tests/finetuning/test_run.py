@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ptmkit.errors import UserError
-from ptmkit.finetune.run import evaluate, finetune
+from ptmkit.finetuning.run import evaluate, finetune
 
 def test_scratch_model_learns_a_keyword_task(keyword_task, keyword_spec, tmp_path) -> None:
     result = finetune(keyword_spec(keyword_task, tmp_path / "run"))

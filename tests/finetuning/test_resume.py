@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import ptmkit.finetune.run as run_module
+import ptmkit.finetuning.run as run_module
 from ptmkit.errors import UserError
-from ptmkit.finetune.run import finetune
+from ptmkit.finetuning.run import finetune
 
 def test_resume_after_an_epoch_repeats_the_uninterrupted_run(keyword_task: Path, keyword_spec, tmp_path: Path,
                                                                monkeypatch) -> None:

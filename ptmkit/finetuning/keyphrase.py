@@ -49,8 +49,8 @@ from nltk.stem import PorterStemmer
 from nltk.tokenize import wordpunct_tokenize
 
 from ptmkit.errors import UserError
-from ptmkit.finetune.tagging import OUTSIDE, Tag, TokenLogits, repair_iob2, word_probabilities
-from ptmkit.finetune.tasks import Encoded
+from ptmkit.finetuning.tagging import OUTSIDE, Tag, TokenLogits, repair_iob2, word_probabilities
+from ptmkit.finetuning.tasks import Encoded
 
 BEGIN, INSIDE = "B-KP", "I-KP"
 SPLITS = ("train", "dev", "all")

@@ -14,7 +14,7 @@ from ptmkit.errors import UserError
 from ptmkit.model.config import ModelConfig, resolve_model_config
 from ptmkit.objectives import get_objective
 from ptmkit.objectives.base import Objective, Vocab
-from ptmkit.finetune.tasks import Task
+from ptmkit.finetuning.tasks import Task
 
 SCRATCH_OBJECTIVE = "mlm"
 """A from-scratch model has the architecture (and layout) of an MLM encoder, unless the task

@@ -12,10 +12,10 @@ import torch
 
 from ptmkit.data.tokenizer import train_tokenizer
 from ptmkit.errors import UserError
-from ptmkit.finetune.run import evaluate, finetune
-from ptmkit.finetune.tagging import (IGNORE, Tag, TokenLogits, align_labels, read_conll, repair_iob2,
+from ptmkit.finetuning.run import evaluate, finetune
+from ptmkit.finetuning.tagging import (IGNORE, Tag, TokenLogits, align_labels, read_conll, repair_iob2,
                                      word_numbers)
-from ptmkit.finetune.tasks import TaskSpec
+from ptmkit.finetuning.tasks import TaskSpec
 
 CONLL = """-DOCSTART- -X- -X- O
 

@@ -24,8 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from ptmkit.errors import UserError
-from ptmkit.finetune.data import Record
-from ptmkit.finetune.tasks import Classify, Encoded, PooledHead
+from ptmkit.finetuning.data import Record
+from ptmkit.finetuning.tasks import Classify, Encoded, PooledHead
 
 MARKERS = ("<<", "[[")
 """Start markers of the head and tail entities."""

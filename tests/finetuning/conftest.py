@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ptmkit.data.tokenizer import train_tokenizer
-from ptmkit.finetune.run import FinetuneSpec
+from ptmkit.finetuning.run import FinetuneSpec
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 

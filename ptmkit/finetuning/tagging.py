@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ptmkit.errors import UserError
-from ptmkit.finetune.data import _open
-from ptmkit.finetune.tasks import Encoded, Task, label_ids, pad_batch
+from ptmkit.finetuning.data import _open
+from ptmkit.finetuning.tasks import Encoded, Task, label_ids, pad_batch
 
 Sentence = dict[str, Any]
 """{"words": [...], "tags": [...]}, one per sentence (a document for keyphrases)."""

@@ -18,10 +18,10 @@ from torch import Tensor, nn
 
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.errors import UserError
-from ptmkit.finetune.data import Record, read_records, require_fields
+from ptmkit.finetuning.data import Record, read_records, require_fields
 
 if TYPE_CHECKING:
-    from ptmkit.finetune.model import Backbone, TaskModel
+    from ptmkit.finetuning.model import Backbone, TaskModel
 
 Encoded = dict[str, np.ndarray]
 

@@ -1,0 +1,1 @@
+"""Fine-tuning: tasks, data, the backbone + head model and the run loop (`ptmkit finetune`)."""
