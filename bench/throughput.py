@@ -6,7 +6,17 @@
 Tokens are input tokens per optimizer step. Windows come from random ordinary token ids unless
 `--data DIR` points at prepared shards; the objective's own noise runs in the timed loop's
 DataLoader exactly as in `ptmkit pretrain`. MFU is relative to `bench/matmul_peak.py`'s
-measurement when `--peak-gflops` is given.
+measurement when `--peak-gflops` is given (MFU counts ptmkit's model FLOPs per token for both
+sides: the useful work of the architecture, not what each implementation executes).
+
+`--against hf` also builds the same architecture in transformers (bench/hf_models.py: BERT for
+mlm, GPT-2 for clm, BART for bart, XLNet for plm) and times it in the same run. Each framework
+lives in its own spawned process, which reports its own peak RSS (ru_maxrss); the parent warms
+both up, then alternates blocks of `--block` steps between them, only one running at a time.
+Both run ptmkit's `Trainer.train_step` (same AdamW groups/lr/betas/eps/decay, foreach, grad
+clipping, autocast for bf16); the HF side's loss is the model's own `model(**batch).loss`.
+Tokens per step are the non-pad input ids on both sides (batch x seq_len except for BART's
+padded, noised encoder input, whose batches are shared by both sides).
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import multiprocessing as mp
 import resource
 import tempfile
 import time
@@ -30,6 +41,11 @@ from ptmkit.objectives.base import Vocab
 from ptmkit.train.loop import TrainConfig, Trainer
 
 
+N_CACHED = 4
+HF_MODELS = {"mlm": "BertForMaskedLM", "clm": "GPT2LMHeadModel", "bart": "BartForConditionalGeneration",
+             "plm": "XLNetLMHeadModel"}
+
+
 def random_batches(objective, batch_size: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     length = objective.window_length()
@@ -43,39 +59,116 @@ def random_batches(objective, batch_size: int, seed: int = 0):
         yield objective.collate(examples)
 
 
-def measure(args: argparse.Namespace) -> dict:
-    torch.manual_seed(0)
+def build_setup(args: argparse.Namespace):
+    objective_cls = get_objective(args.objective)
     special = SpecialIds(pad=0, unk=1, cls=2, sep=3, mask=4, bos=5, eos=6,
                          sentinels=tuple(range(len(SPECIAL_TOKENS), len(SPECIAL_TOKENS) + N_SENTINELS)))
-    vocab = Vocab(args.vocab_size, special)
-    objective = get_objective(args.objective)(vocab, args.seq_len)
+    objective = objective_cls(Vocab(args.vocab_size, special), args.seq_len)
     cfg = resolve_model_config(args.model, vocab_size=args.vocab_size, layout=objective.layout,
                                encoder_decoder=objective.architecture == "encoder_decoder",
                                dropout=0.0, attention_dropout=0.0)
-    model = objective.build_model(cfg)
+    return objective, cfg
+
+
+def build_side(args: argparse.Namespace, side: str):
+    """(model, loss_fn, cached batches, token counter) of one framework."""
+    objective, cfg = build_setup(args)
+    # noise cost is measured by the data pipeline bench: a few batches are built once and cycled
+    ptmkit_batches = list(itertools.islice(random_batches(objective, args.batch_size), N_CACHED))
+    pad = objective.vocab.special.pad
+
+    def count_tokens(batch: dict) -> int:  # = Objective.input_tokens: non-pad input ids
+        return int((batch["input_ids"] != pad).sum())
+
+    if side == "ptmkit":
+        return objective.build_model(cfg), objective.loss, ptmkit_batches, objective.input_tokens
+    import hf_models  # only the HF side's process imports transformers
+    if args.objective == "mlm":
+        model, batches = hf_models.bert(cfg, args.batch_size, args.seq_len, N_CACHED)
+    elif args.objective == "clm":
+        model, batches = hf_models.gpt2(cfg, args.batch_size, args.seq_len, N_CACHED)
+    elif args.objective == "bart":
+        s = objective.vocab.special
+        model, batches = hf_models.bart(cfg, ptmkit_batches, s.pad, s.bos, s.eos)
+    elif args.objective == "plm":
+        model, batches = hf_models.xlnet(cfg, args.batch_size, args.seq_len, N_CACHED)
+    else:
+        raise SystemExit(f"--against hf has no counterpart for objective {args.objective!r} "
+                         "(mlm, clm, bart, plm)")
+    return model, hf_models.loss, batches, count_tokens
+
+
+def worker(args: argparse.Namespace, side: str, conn) -> None:
+    """One framework in its own process (so its peak RSS is its own): builds the model and a
+    ptmkit Trainer (same AdamW, clipping, autocast for both sides), then runs the blocks of
+    steps the parent asks for and answers (seconds, tokens)."""
+    torch.manual_seed(0)
+    model, loss_fn, batches, count_tokens = build_side(args, side)
     train = TrainConfig(steps=10**9, batch_size=args.batch_size, seq_len=args.seq_len,
                         precision=args.precision, compile=args.compile, warmup=1)
+    stream = itertools.cycle(batches)
     with tempfile.TemporaryDirectory() as run:
-        trainer = Trainer(model, objective.loss, train, Path(run), count_tokens=objective.input_tokens,
-                          progress=False)
-        batches = random_batches(objective, args.batch_size)
-        cached = list(itertools.islice(batches, 4))  # noise cost is measured by the data pipeline bench
-        stream = itertools.cycle(cached)
-        for _ in range(args.warmup):
-            trainer.train_step(stream)
-        start, tokens = time.perf_counter(), 0
-        for _ in range(args.steps):
-            tokens += trainer.train_step(stream)[2]
-        seconds = time.perf_counter() - start
-    tokens_per_s = tokens / seconds
-    flops = model.flops_per_token(args.seq_len, objective.predicted_fraction())
+        trainer = Trainer(model, loss_fn, train, Path(run), count_tokens=count_tokens, progress=False)
+        conn.send(sum(p.numel() for p in model.parameters()))
+        while (steps := conn.recv()) is not None:
+            start, tokens = time.perf_counter(), 0
+            for _ in range(steps):
+                tokens += trainer.train_step(stream)[2]
+            conn.send((time.perf_counter() - start, tokens))
+    conn.send(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Warm both sides up, then alternate blocks of `--block` steps (ptmkit, hf, ptmkit, ...)
+    until each has run `--steps` timed steps, so drifting machine load hits both alike."""
+    sides = ["ptmkit"] + (["hf"] if args.against == "hf" else [])
+    context = mp.get_context("spawn")
+    conns, procs, params = {}, {}, {}
+    for side in sides:
+        conns[side], child = context.Pipe()
+        procs[side] = context.Process(target=worker, args=(args, side, child), daemon=True)
+        procs[side].start()
+        child.close()  # a crashed worker then ends the parent's recv() with EOFError
+    for side in sides:
+        params[side] = conns[side].recv()
+    for side in sides:
+        conns[side].send(args.warmup)
+        conns[side].recv()
+    seconds, tokens = dict.fromkeys(sides, 0.0), dict.fromkeys(sides, 0)
+    done = 0
+    while done < args.steps:
+        block = min(args.block, args.steps - done)
+        for side in sides:
+            conns[side].send(block)
+            took, count = conns[side].recv()
+            seconds[side] += took
+            tokens[side] += count
+        done += block
+    rss = {}
+    for side in sides:
+        conns[side].send(None)
+        rss[side] = conns[side].recv()
+        procs[side].join()
+
+    objective, cfg = build_setup(args)
+    flops = objective.build_model(cfg).flops_per_token(args.seq_len, objective.predicted_fraction())
     result = {"objective": args.objective, "model": args.model, "precision": args.precision,
               "batch_size": args.batch_size, "seq_len": args.seq_len, "threads": torch.get_num_threads(),
-              "ptmkit_tokens_per_s": round(tokens_per_s, 1),
-              "ptmkit_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-              "model_tflops_per_s": round(tokens_per_s * flops / 1e12, 4)}
+              "steps": args.steps, "block": args.block}
+    for side in sides:
+        rate = tokens[side] / seconds[side]
+        result[f"{side}_tokens_per_s"] = round(rate, 1)
+        result[f"{side}_peak_rss_mb"] = round(rss[side], 1)
+        result[f"{side}_params"] = params[side]
+        result[f"{side}_model_tflops_per_s"] = round(rate * flops / 1e12, 4)
+        if args.peak_gflops:
+            result[f"{side}_mfu"] = round(rate * flops / (args.peak_gflops * 1e9), 4)
+    if "hf" in sides:
+        result["hf_model"] = HF_MODELS[args.objective]
+        result["ratio"] = round(result["ptmkit_tokens_per_s"] / result["hf_tokens_per_s"], 3)
+    result["model_tflops_per_s"] = result["ptmkit_model_tflops_per_s"]  # the keys of ptmkit-only runs
     if args.peak_gflops:
-        result["mfu"] = round(tokens_per_s * flops / (args.peak_gflops * 1e9), 4)
+        result["mfu"] = result["ptmkit_mfu"]
     return result
 
 
@@ -90,7 +183,12 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--peak-gflops", type=float, default=0.0)
+    parser.add_argument("--block", type=int, default=2,
+                        help="timed steps per turn when alternating with --against")
+    parser.add_argument("--against", choices=("hf",), default=None,
+                        help="also time the same architecture in transformers, interleaved")
+    parser.add_argument("--peak-gflops", type=float, default=0.0,
+                        help="matmul peak for MFU (bench/matmul_peak.py; the figure for --precision)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     result = measure(args)
