@@ -130,10 +130,3 @@ def test_downstream_keeps_only_the_discriminator(vocab) -> None:
     features = objective.features(downstream, ids, valid)
     assert features.shape == (2, 16, 128)
     assert torch.allclose(features, model.discriminator.encode(ids, attn_mask=valid[:, None, :]))
-
-
-def test_training_on_real_text_lowers_the_loss(lee_shards, train_briefly) -> None:
-    tokenizer = lee_shards.tokenizer()
-    vocab = Vocab(tokenizer.vocab_size, tokenizer.special)
-    losses = train_briefly(get_objective("electra")(vocab, 64), lee_shards)
-    assert np.mean(losses[-5:]) <= 0.95 * np.mean(losses[:5]), losses

@@ -96,7 +96,6 @@ def test_loss_projects_only_selected_rows(vocab, random_window) -> None:
 
 
 def test_sparse_head_loss_equals_dense_head_loss(vocab, random_window) -> None:
-    import torch
     objective, examples = sample(vocab, random_window, n=4, seq_len=32)
     batch = objective.collate([ex for _, ex in examples])
     model = objective.build_model(resolve_model_config("tiny", vocab_size=vocab.size, layout="bert")).eval()
