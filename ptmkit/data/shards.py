@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,41 +54,57 @@ class Window:
     word_starts: np.ndarray | None = None
 
 
+OFFSET = np.dtype(np.int64)
+
+
 @dataclass
 class _SplitWriter:
-    """Appends one split's tokens to disk and keeps its boundary offsets."""
+    """Appends one split's tokens and boundary offsets to disk as they come: memory stays flat
+    however large the corpus (offsets are streamed too, and turned into .npy files at the end)."""
 
     path: Path
     dtype: np.dtype
     segmented: bool = False
     n_tokens: int = 0
-    sentences: list[np.ndarray] = field(default_factory=list)
-    documents: list[int] = field(default_factory=list)
+    n_documents: int = 0
+    n_sentences: int = 0
 
     def __post_init__(self) -> None:
         self.file = open(self.path.with_suffix(".bin"), "wb")
+        self.sentence_file = open(self.path.with_suffix(".sentences.raw"), "wb")
+        self.document_file = open(self.path.with_suffix(".documents.raw"), "wb")
         self.word_file = open(self.path.with_suffix(".word_starts.bin"), "wb") if self.segmented else None
 
     def add(self, sentences: list[list[int]], word_starts: list[np.ndarray] | None = None) -> None:
         lengths = np.fromiter((len(s) for s in sentences), dtype=np.int64, count=len(sentences))
-        self.documents.append(self.n_tokens)
-        self.sentences.append(self.n_tokens + np.concatenate([[0], np.cumsum(lengths)[:-1]]))
+        np.array([self.n_tokens], dtype=OFFSET).tofile(self.document_file)
+        (self.n_tokens + np.concatenate([[0], np.cumsum(lengths)[:-1]])).astype(OFFSET).tofile(self.sentence_file)
         flat = np.fromiter((t for s in sentences for t in s), dtype=self.dtype, count=int(lengths.sum()))
         flat.tofile(self.file)
         if self.word_file is not None:
             np.concatenate(word_starts).astype(np.uint8).tofile(self.word_file)
         self.n_tokens += len(flat)
+        self.n_documents += 1
+        self.n_sentences += len(sentences)
 
     def close(self) -> dict[str, int]:
-        self.file.close()
-        if self.word_file is not None:
-            self.word_file.close()
-        sentences = np.concatenate(self.sentences + [np.array([self.n_tokens])])
-        documents = np.array(self.documents + [self.n_tokens], dtype=np.int64)
-        np.save(self.path.with_suffix(".sentences.npy"), sentences.astype(np.int64))
-        np.save(self.path.with_suffix(".documents.npy"), documents)
-        return {"tokens": self.n_tokens, "documents": len(documents) - 1,
-                "sentences": len(sentences) - 1}
+        for f in (self.file, self.word_file):
+            if f is not None:
+                f.close()
+        for name, f in (("sentences", self.sentence_file), ("documents", self.document_file)):
+            np.array([self.n_tokens], dtype=OFFSET).tofile(f)  # the end of the last one
+            f.close()
+            _raw_to_npy(self.path.with_suffix(f".{name}.raw"), self.path.with_suffix(f".{name}.npy"))
+        return {"tokens": self.n_tokens, "documents": self.n_documents, "sentences": self.n_sentences}
+
+
+def _raw_to_npy(raw: Path, npy: Path) -> None:
+    """Prefix a file of native int64s with an .npy header, streaming (no array in memory)."""
+    with open(npy, "wb") as out, open(raw, "rb") as source:
+        header = {"descr": OFFSET.str, "fortran_order": False, "shape": (raw.stat().st_size // OFFSET.itemsize,)}
+        np.lib.format.write_array_header_1_0(out, header)
+        shutil.copyfileobj(source, out, 1 << 20)
+    raw.unlink()
 
 
 def _batched(documents: Iterable[Document], size: int) -> Iterator[list[Document]]:
@@ -210,8 +226,9 @@ class TokenShards:
         self.tokens = _memmap(self.directory / f"{split}.bin", self.manifest["dtype"])
         self.word_starts = (_memmap(self.directory / f"{split}.word_starts.bin", np.uint8)
                             if self.manifest.get("segment") else None)
-        self.sentence_offsets = np.load(self.directory / f"{split}.sentences.npy")
-        self.document_offsets = np.load(self.directory / f"{split}.documents.npy")
+        # memory-mapped: a huge corpus's boundary index is paged in only where windows look
+        self.sentence_offsets = np.load(self.directory / f"{split}.sentences.npy", mmap_mode="r")
+        self.document_offsets = np.load(self.directory / f"{split}.documents.npy", mmap_mode="r")
 
     def tokenizer(self) -> Tokenizer:
         return Tokenizer.load(self.directory / "tokenizer")
@@ -240,4 +257,4 @@ def _memmap(path: Path, dtype: str | np.dtype) -> np.ndarray:
 
 def _inside(offsets: np.ndarray, start: int, end: int) -> np.ndarray:
     lo, hi = np.searchsorted(offsets, [start, end])
-    return offsets[lo:hi] - start
+    return np.asarray(offsets[lo:hi]) - start
