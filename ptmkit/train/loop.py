@@ -84,10 +84,11 @@ class TrainConfig:
                 raise UserError(f"invalid {name}={getattr(self, name)!r}", f"--{name.replace('_', '-')}", fix)
         if self.warmup < 0:  # a pure time budget has no step count to take 6% of
             self.warmup = 100 if self.time_bound else max(1, round(0.06 * self.steps))
+        # a time budget has no meaningful step count to divide: log and evaluate at fixed steps
         if self.log_every <= 0:
-            self.log_every = max(1, self.steps // 100)
+            self.log_every = 10 if self.time_bound else max(1, self.steps // 100)
         if self.eval_every <= 0:
-            self.eval_every = max(1, self.steps // 10)
+            self.eval_every = 500 if self.time_bound else max(1, self.steps // 10)
 
     @property
     def time_bound(self) -> bool:

@@ -48,6 +48,8 @@ def test_schedule_warms_up_then_decays() -> None:
     cosine = TrainConfig(steps=100, lr=1.0, warmup=0, schedule="cosine")
     assert learning_rate(cosine, 50) == pytest.approx(0.5, abs=0.02)
     assert TrainConfig(steps=1000).warmup == 60
+    timed = TrainConfig(steps=10**9, max_minutes=30)  # a pure time budget still logs and evaluates
+    assert timed.time_bound and (timed.warmup, timed.log_every, timed.eval_every) == (100, 10, 500)
 
 
 @pytest.mark.parametrize("objective", ["mlm", "clm"])
