@@ -176,14 +176,7 @@ def save_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimize
             (tmp / "state.json").write_text(json.dumps(state))
             share(tmp)
             final.parent.mkdir(exist_ok=True)
-            if final.exists():  # the same step saved again: swap it
-                trash = run / f".{CHECKPOINT}.trash-{name}"
-                _remove(trash)
-                os.replace(final, trash)
-                os.replace(tmp, final)
-                _remove(trash)
-            else:
-                os.replace(tmp, final)
+            _swap_in(tmp, final, run / f".{CHECKPOINT}.trash-{name}")  # the same step saved again
             _point_latest(run, final)
             _prune(run, keep, final)
     except BaseException:
@@ -238,14 +231,19 @@ def _point_latest(run: Path, target: Path) -> None:
     tmp_link = run / f".{CHECKPOINT}.link-{os.getpid()}"
     _remove(tmp_link)
     os.symlink(os.path.relpath(target, run), tmp_link)
-    if link.is_dir() and not link.is_symlink():  # the older single-directory layout
-        old = run / f".{CHECKPOINT}.old"
-        _remove(old)
-        os.replace(link, old)
-        os.replace(tmp_link, link)
-        _remove(old)
+    _swap_in(tmp_link, link, run / f".{CHECKPOINT}.old")  # a directory: the older layout
+
+
+def _swap_in(new: Path, target: Path, trash: Path) -> None:
+    """Rename `new` to `target`. A directory already at `target` cannot be renamed over, so it
+    is moved aside to `trash` first and removed once `new` is in place."""
+    if target.is_dir() and not target.is_symlink():
+        _remove(trash)
+        os.replace(target, trash)
+        os.replace(new, target)
+        _remove(trash)
     else:
-        os.replace(tmp_link, link)
+        os.replace(new, target)
 
 
 def _step_dirs(run: Path) -> list[tuple[int, Path]]:
