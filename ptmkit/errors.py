@@ -7,6 +7,8 @@ traceback (exit 1).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 class UserError(Exception):
     """A problem with the user's input, reported as one line naming what, where and the fix."""
@@ -19,3 +21,11 @@ class UserError(Exception):
 class RunStopped(UserError):
     """A run that started cleanly stopped for a reason the user must act on (e.g. it diverged).
     Unlike input errors, its directory is kept: it holds the last good checkpoint."""
+
+
+def check_values(owner: object, checks: list[tuple[str, bool, str]], where: Callable[[str], str]) -> None:
+    """Raise a UserError for the first (field, ok, fix) check that failed; `where` turns a field
+    name into the name the user wrote (a flag such as --batch-size, or objective_options.alpha)."""
+    for name, ok, fix in checks:
+        if not ok:
+            raise UserError(f"invalid {name}={getattr(owner, name)!r}", where(name), fix)

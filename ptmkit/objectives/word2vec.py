@@ -49,7 +49,7 @@ from tqdm import tqdm
 
 from ptmkit.data.shards import TokenShards
 from ptmkit.data.tokenizer import Tokenizer
-from ptmkit.errors import UserError
+from ptmkit.errors import UserError, check_values
 from ptmkit.model.config import ModelConfig
 from ptmkit.model.word_vectors import WordVectors
 from ptmkit.objectives.base import Objective
@@ -243,9 +243,7 @@ class Word2Vec(Objective):
                       ("alpha", self.alpha > self.min_alpha > 0, "use 0 < min_alpha < alpha"),
                       ("epochs", self.epochs >= 0, "use 0 (= --steps) or a positive count"),
                       ("workers", self.workers >= 1, "use at least 1")]
-            for name, ok, fix in checks:
-                if not ok:
-                    raise UserError(f"invalid {name}={getattr(self, name)!r}", f"objective_options.{name}", fix)
+            check_values(self, checks, "objective_options.{}".format)
 
     def build_model(self, cfg: ModelConfig) -> nn.Module:
         return WordVectors(cfg.vocab_size, self.options.vector_size)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ptmkit.errors import RunStopped, UserError
+from ptmkit.errors import RunStopped, check_values
 from ptmkit.train.checkpoint import (atomic_save_model, atomic_save_state, latest_checkpoint, load_checkpoint,
                                      remove_partial_checkpoints, save_checkpoint)
 
@@ -79,9 +79,7 @@ class TrainConfig:
                   ("precision", self.precision in ("fp32", "bf16"), "use fp32 or bf16"),
                   ("schedule", self.schedule in ("linear", "cosine", "constant"),
                    "use linear, cosine or constant")]
-        for name, ok, fix in checks:
-            if not ok:
-                raise UserError(f"invalid {name}={getattr(self, name)!r}", f"--{name.replace('_', '-')}", fix)
+        check_values(self, checks, lambda name: "--" + name.replace("_", "-"))
         if self.warmup < 0:  # a pure time budget has no step count to take 6% of
             self.warmup = 100 if self.time_bound else max(1, round(0.06 * self.steps))
         # a time budget has no meaningful step count to divide: log and evaluate at fixed steps
