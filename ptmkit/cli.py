@@ -140,6 +140,9 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-target-length", type=int, default=64, help="seq2seq: target tokens")
     p.add_argument("--max-train-examples", type=int, help="label budget (stratified, seeded)")
     p.add_argument("--dev-fraction", type=float, default=0.1)
+    p.add_argument("--select-fraction", type=float, default=0.0,
+                   help="pick the best epoch on this held-out share of the training examples "
+                        "(then score dev once); default 0: pick it on dev")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--batch-size", type=int, default=32)
@@ -358,7 +361,8 @@ def _run_finetune(args: argparse.Namespace) -> None:
         label_field=args.label_field, max_train_examples=args.max_train_examples,
         source_field=args.source_field, target_field=args.target_field,
         target_list=args.target_list, max_target_length=args.max_target_length,
-        dev_fraction=args.dev_fraction, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+        dev_fraction=args.dev_fraction, select_fraction=args.select_fraction,
+        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
         max_length=args.max_length, patience=args.patience, seed=args.seed, precision=args.precision,
         freeze=args.freeze, overwrite=args.overwrite, progress=not args.no_progress, resume=args.resume,
         negative_label=args.negative_label)

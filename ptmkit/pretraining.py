@@ -189,6 +189,10 @@ def _plan(spec: PretrainSpec, objective_cls: type, data_dir: Path) -> _Plan:
         raise UserError("the data was prepared with another tokenizer than the --init hf: model's",
                         str(data_dir), f"prepare it with `ptmkit prepare --tokenizer {spec.init}`, "
                         "or pass --corpus instead of --data")
+    if spec.init and not _is_hf(spec.init) and not spec.resume and (Path(spec.init) / "tokenizer").is_dir() \
+            and Tokenizer.load(Path(spec.init) / "tokenizer").sha256() != tokenizer.sha256():
+        raise UserError("the --init run used another tokenizer than this data", str(spec.init),
+                        f"prepare the data with `ptmkit prepare --tokenizer {spec.init}/tokenizer`")
     cfg = spec.train
     objective = objective_cls(Vocab.of(tokenizer), cfg.seq_len,
                               spec.objective_options)
@@ -209,6 +213,12 @@ def _init_from(init: str, model: torch.nn.Module, spec: PretrainSpec | None = No
         imported = _hf_model(spec) if spec is not None else read_hf(init, weights=False)
         load_into(model, imported)
         imported.state = {}  # the weights now live in the model
+        return
+    config = yaml.safe_load((Path(init) / "config.yaml").read_text()) if (Path(init) / "config.yaml").is_file() else {}
+    if config.get("objective") == "word2vec":  # vectors seed the token embedding, the rest stays random
+        from safetensors.torch import load_file
+        from ptmkit.model.word_vectors import init_token_embeddings
+        init_token_embeddings(model, load_file(str(Path(init) / "model.safetensors"))["embedding"], init)
         return
     load_weights(model, Path(init) / "model.safetensors")
 

@@ -58,6 +58,9 @@ class FinetuneSpec:
     model: str = "tiny"
     max_train_examples: int | None = None
     dev_fraction: float = 0.1
+    select_fraction: float = 0.0
+    """Hold out this share of the (budgeted) training examples to pick the best epoch, then score
+    the dev set once with that model; 0 picks the epoch on the dev set itself."""
     epochs: int = 3
     lr: float = 5e-5
     batch_size: int = 32
@@ -83,6 +86,8 @@ class _Prepared:
     dev: list[dict[str, np.ndarray]]
     dev_targets: list[Any]
     n_available: int
+    select: list[dict[str, np.ndarray]] | None = None
+    """The held-out training slice that picks the epoch (None: the dev set picks it)."""
 
 
 def _task_spec(spec: FinetuneSpec) -> tuple[str, TaskSpec, str, list[str]]:
@@ -136,9 +141,29 @@ def _prepare(spec: FinetuneSpec) -> _Prepared:
         keys, stratified = stratify_key(task, task.targets(train_records, train_path))
         keep = label_budget(keys, spec.max_train_examples, spec.seed, stratified)
         train_records = [train_records[i] for i in keep]
+    select = None
+    if spec.select_fraction > 0:
+        train_records, select_records = _hold_out(task, train_records, train_path, spec)
+        select = task.encode(select_records, train_path)
     train = task.encode(train_records, train_path)
     dev = task.encode(dev_records, dev_paths[0] if dev_paths else train_path)
-    return _Prepared(task, backbone, train, dev, [item["target"].tolist() for item in dev], n_available)
+    return _Prepared(task, backbone, train, dev, [item["target"].tolist() for item in dev], n_available, select)
+
+
+def _hold_out(task: Task, records: list, path: str, spec: FinetuneSpec) -> tuple[list, list]:
+    """(train, selection): a stratified, seeded slice of the training examples picks the epoch."""
+    if not 0 < spec.select_fraction < 1:
+        raise UserError(f"--select-fraction {spec.select_fraction} is not a share", "--select-fraction",
+                        "use a number between 0 and 1, e.g. 0.1")
+    n_select = round(spec.select_fraction * len(records))
+    if n_select < 1 or n_select >= len(records):
+        raise UserError(f"--select-fraction {spec.select_fraction} of {len(records)} training examples "
+                        "leaves no selection or no training data", "--select-fraction",
+                        "raise the label budget or change the fraction")
+    keys, stratified = stratify_key(task, task.targets(records, path))
+    chosen = set(label_budget(keys, n_select, spec.seed + 2, stratified).tolist())
+    return ([r for i, r in enumerate(records) if i not in chosen],
+            [r for i, r in enumerate(records) if i in chosen])
 
 
 def finetune(spec: FinetuneSpec) -> dict[str, Any]:
@@ -161,11 +186,16 @@ def finetune(spec: FinetuneSpec) -> dict[str, Any]:
     model = TaskModel(prepared.backbone, prepared.task, freeze=spec.freeze)
     best, history = _train(model, prepared, spec)
     model.load_state_dict(best["state"])
+    metrics = best["metrics"]
+    if prepared.select is not None:  # the epoch was picked on held-out training data: score dev once
+        metrics = {**evaluate_items(model, prepared.task, prepared.dev, prepared.dev_targets, spec.batch_size),
+                   **{f"select_{k}": v for k, v in metrics.items()}}
     atomic_save_model(model, spec.out / "model.safetensors")
     prepared.backbone.tokenizer.save(spec.out / "tokenizer")
     _write_config(spec, prepared)
-    result = {**best["metrics"], "epoch": best["epoch"], "main_metric": prepared.task.main_metric,
+    result = {**metrics, "epoch": best["epoch"], "main_metric": prepared.task.main_metric,
               "train_examples": len(prepared.train), "dev_examples": len(prepared.dev),
+              "select_examples": len(prepared.select) if prepared.select is not None else 0,
               "init": prepared.backbone.source, "objective": prepared.backbone.objective_name}
     _write_json(spec.out / "eval.json", result)
     remove_checkpoints(spec.out)  # finished: the epoch checkpoints have served their purpose
@@ -214,6 +244,10 @@ def _train(model: TaskModel, prepared: _Prepared, spec: FinetuneSpec) -> tuple[d
         metrics = evaluate_items(model, task, prepared.dev, prepared.dev_targets, spec.batch_size)
         line = {"epoch": epoch, "step": step, "loss": float(np.mean(losses)), "lr": learning_rate(cfg, step - 1),
                 **{f"dev_{k}": v for k, v in metrics.items()}}
+        if prepared.select is not None:  # dev is logged for the curve, the held-out slice decides
+            metrics = evaluate_items(model, task, prepared.select,
+                                     [item["target"].tolist() for item in prepared.select], spec.batch_size)
+            line.update({f"select_{k}": v for k, v in metrics.items()})
         metrics_file.write(json.dumps(line) + "\n")
         metrics_file.flush()
         history.append(line)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ptmkit.errors import UserError
+
 
 class WordVectors(nn.Module):
     def __init__(self, vocab_size: int, dim: int) -> None:
@@ -18,3 +20,24 @@ class WordVectors(nn.Module):
     def forward(self, input_ids: Tensor) -> Tensor:
         """(B, L) ids -> (B, L, dim) vectors."""
         return self.embedding[input_ids]
+
+
+def init_token_embeddings(model: nn.Module, vectors: Tensor, where: str) -> None:
+    """Start every transformer's token embedding in `model` from word vectors (word2vec-
+    initialised pre-training). The vectors are rescaled to the embedding's initial standard
+    deviation, so position embeddings and the tied output layer keep the scale they were
+    initialised for; only the directions of the vectors carry over."""
+    from ptmkit.model.backbone import Transformer
+    targets = [m.embed.tokens.weight for m in model.modules() if isinstance(m, Transformer)]
+    if not targets:
+        raise UserError("this objective's model has no transformer token embedding", where,
+                        "initialise a transformer objective (mlm, electra, clm, ...) from word vectors")
+    for weight in targets:
+        if weight.shape != vectors.shape:
+            raise UserError(f"word vectors of shape {tuple(vectors.shape)} do not fit the token embedding "
+                            f"{tuple(weight.shape)}", where,
+                            f"pre-train word2vec with objective_options.vector_size: {weight.shape[1]} "
+                            "and the same tokenizer")
+        with torch.no_grad():
+            centred = vectors.float() - vectors.float().mean()
+            weight.copy_(centred * (weight.std() / centred.std().clamp(min=1e-12)))

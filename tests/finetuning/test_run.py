@@ -38,3 +38,22 @@ def test_input_errors_leave_nothing(keyword_task, keyword_spec, tmp_path) -> Non
     with pytest.raises(UserError, match="'meh'"):
         finetune(keyword_spec(keyword_task, tmp_path / "c", dev=str(dev)))
     assert not any((tmp_path / d).exists() for d in "abc")
+
+
+def test_held_out_training_slice_picks_the_epoch(keyword_task, keyword_spec, tmp_path) -> None:
+    """--select-fraction: the epoch is chosen on training examples the model never trained on,
+    and the dev set is scored once, with that epoch's weights."""
+    run = tmp_path / "run"
+    result = finetune(keyword_spec(keyword_task, run, max_train_examples=100, select_fraction=0.2, epochs=3))
+    assert (result["train_examples"], result["select_examples"], result["dev_examples"]) == (80, 20, 60)
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    chosen = max(lines, key=lambda l: l["select_accuracy"])  # first best on ties, as the loop keeps
+    assert result["epoch"] == chosen["epoch"]
+    assert result["select_accuracy"] == chosen["select_accuracy"]
+    assert result["accuracy"] == pytest.approx(chosen["dev_accuracy"])
+    assert evaluate(run, str(keyword_task / "dev.tsv"))["accuracy"] == pytest.approx(result["accuracy"])
+    for bad in (0.0001, 1.5):
+        with pytest.raises(UserError, match="--select-fraction"):
+            finetune(keyword_spec(keyword_task, tmp_path / f"bad{bad}", max_train_examples=100,
+                                  select_fraction=bad))
+        assert not (tmp_path / f"bad{bad}").exists()

@@ -136,3 +136,27 @@ def test_one_worker_and_a_seed_reproduce_the_vectors(lee_shards: TokenShards, tm
     first = vectors("a", 0)
     np.testing.assert_array_equal(first, vectors("b", 0))
     assert not np.array_equal(first, vectors("c", 1))
+
+
+def test_word_vectors_initialise_a_transformer_objective(lee_shards: TokenShards, tmp_path: Path) -> None:
+    """`pretrain --init W2V_RUN`: the token embedding starts as the word vectors, rescaled."""
+    from ptmkit.pretraining import PretrainSpec, pretrain
+    data = lee_shards.directory
+    pretrain(PretrainSpec(objective="word2vec", out=tmp_path / "w2v", data=data, progress=False,
+                          objective_options={"unit": "tokens", "vector_size": 128},
+                          train=TrainConfig(steps=1)))
+    pretrain(PretrainSpec(objective="mlm", out=tmp_path / "mlm", data=data, model="tiny", progress=False,
+                          init=str(tmp_path / "w2v"), train=TrainConfig(steps=1, lr=1e-9, batch_size=4,
+                                                                          seq_len=32, warmup=1)))
+    vectors = load_file(str(tmp_path / "w2v" / "model.safetensors"))["embedding"]
+    embedding = load_file(str(tmp_path / "mlm" / "model.safetensors"))["embed.tokens.weight"]
+    assert np.std(embedding) == pytest.approx(0.02, rel=0.05)  # the transformer's own init scale
+    def cosine(a: np.ndarray) -> np.ndarray:
+        return a @ a.T / np.outer(np.linalg.norm(a, axis=1), np.linalg.norm(a, axis=1))
+    pick = np.flatnonzero(np.abs(vectors).sum(1) > 0)[:200]
+    centred = vectors - vectors.mean()
+    np.testing.assert_allclose(cosine(embedding[pick]), cosine(centred[pick]), atol=1e-3)
+    with pytest.raises(UserError, match="vector_size: 256"):
+        pretrain(PretrainSpec(objective="mlm", out=tmp_path / "mini", data=data, model="mini", progress=False,
+                              init=str(tmp_path / "w2v"), train=TrainConfig(steps=1, batch_size=4, seq_len=32)))
+    assert not (tmp_path / "mini").exists()
