@@ -91,6 +91,8 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p = _parser(sub, "pretrain", "pre-train a model with one objective")
     p.add_argument("--objective", help="the objective's name (README lists them all)")
+    p.add_argument("--recipe", help="a shipped recipe (e.g. budget: see ptmkit/recipes/) or a recipe YAML: "
+                   "its stages, model and tokenizer in its time budget (--max-minutes overrides it)")
     p.add_argument("--noise", help="BART noises, comma-separated: token_mask, token_delete, "
                    "text_infill, sentence_permute, document_rotate")
     p.add_argument("--data", type=Path, help="directory written by `ptmkit prepare`")
@@ -140,16 +142,24 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-target-length", type=int, default=64, help="seq2seq: target tokens")
     p.add_argument("--max-train-examples", type=int, help="label budget (stratified, seeded)")
     p.add_argument("--dev-fraction", type=float, default=0.1)
-    p.add_argument("--select-fraction", type=float, default=0.0,
-                   help="pick the best epoch on this held-out share of the training examples "
-                        "(then score dev once); default 0: pick it on dev")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--patience", type=int, default=0, help="early stopping; 0 = off")
+    p.add_argument("--recipe", help="fine-tuning settings of a shipped recipe (e.g. budget) or a "
+                   "recipe YAML; flags given here override them")
+    p.add_argument("--pooling", choices=["auto", "first", "last", "mean"],
+                   help="how classification/regression heads read the sequence (default auto: the "
+                        "pre-training architecture's choice)")
+    p.add_argument("--layer-decay", type=float,
+                   help="layer-wise learning-rate decay, e.g. 0.8 (default 1: off)")
+    p.add_argument("--select-fraction", type=float,
+                   help="pick the best epoch (and learning rate) on this held-out share of the "
+                        "training examples, then score dev once (default 0: pick on dev)")
+    p.add_argument("--epochs", type=int, help="default 3")
+    p.add_argument("--lr", type=_rates, help="default 5e-5; several comma-separated rates are "
+                   "each tried and the best kept (see --select-fraction)")
+    p.add_argument("--batch-size", type=int, help="default 32")
+    p.add_argument("--max-length", type=int, help="default 128")
+    p.add_argument("--patience", type=int, help="early stopping; default 0 = off")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--precision", choices=("fp32", "bf16"), help="default fp32")
     p.add_argument("--freeze", action="store_true", help="train only the task head")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--resume", action="store_true",
@@ -276,6 +286,9 @@ def _load_config_file(path: Path | None) -> dict[str, Any]:
 
 def _run_pretrain(args: argparse.Namespace) -> None:
     from ptmkit.pretraining import PretrainSpec, check_run_dir, pretrain
+    if args.recipe or (args.resume and (args.out / "recipe.yaml").is_file()):
+        _run_recipe(args)
+        return
     if args.resume:  # before reading the run's config.yaml for the objective
         check_run_dir(args.out, resume=True, overwrite=args.overwrite)
     file_values = _load_config_file(args.config)
@@ -322,6 +335,30 @@ def _run_pretrain(args: argparse.Namespace) -> None:
           f"{summary['tokens_per_s']:,.0f} tokens/s; run in {args.out}")
 
 
+RECIPE_CONFLICTS = ("objective", "config", "model", "init", "noise", "distributed")
+
+
+def _run_recipe(args: argparse.Namespace) -> None:
+    """`pretrain --recipe NAME`: the recipe's stages in its time budget (--max-minutes overrides it)."""
+    from ptmkit.recipes import load_recipe, parse_recipe
+    from ptmkit.recipes.pretrain import RecipeRun, pretrain_recipe
+    given = [name for name in RECIPE_CONFLICTS if getattr(args, name, None)]
+    if given:
+        flag = "--" + given[0].replace("_", "-")
+        raise UserError(f"{flag} conflicts with --recipe", flag, "drop it: the recipe sets the objectives and model")
+    if args.recipe:
+        recipe = load_recipe(args.recipe)
+    else:  # --resume of a recipe run: the recipe as it was started
+        recipe = parse_recipe(yaml.safe_load((args.out / "recipe.yaml").read_text()), str(args.out / "recipe.yaml"))
+    summary = pretrain_recipe(RecipeRun(
+        recipe=recipe, out=args.out, data=args.data, corpus=list(args.corpus or []), tokenizer=args.tokenizer,
+        text_field=args.text_field or "text", minutes=args.max_minutes, seed=args.seed or 0,
+        progress=not args.no_progress, overwrite=args.overwrite, resume=args.resume))
+    stages = ", ".join(f"{s['objective']} {s['wall_seconds']:.0f}s" for s in summary["stages"])
+    print(f"recipe {recipe.name}: {stages} ({summary['train_seconds']:.0f}s of {summary['budget_seconds']:.0f}s); "
+          f"run in {args.out}")
+
+
 def _typed(name: str, value: Any, default: Any, where: str) -> Any:
     """A --config value as the type of its default (YAML reads `lr: 2e-3` as a string)."""
     kind = type(default)
@@ -352,8 +389,27 @@ def _train_config(values: dict[str, Any], where: str) -> TrainConfig:
         raise UserError(f"bad training option: {err}", where, "check option names and types") from None
 
 
+RECIPE_FINETUNE_FLAGS = ("pooling", "layer_decay", "select_fraction", "epochs", "lr", "batch_size",
+                         "max_length", "patience", "precision", "warmup_ratio", "weight_decay")
+
+
+def _rates(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a learning rate or comma-separated list: {text!r}") from None
+
+
 def _run_finetune(args: argparse.Namespace) -> None:
-    from ptmkit.finetuning.run import FinetuneSpec, finetune
+    from ptmkit.finetuning.run import FinetuneSpec
+    from ptmkit.finetuning.search import finetune_search
+    settings: dict[str, Any] = {}
+    if args.recipe:
+        from ptmkit.recipes import load_recipe
+        settings = dict(load_recipe(args.recipe).finetune)
+    settings.update({k: getattr(args, k) for k in RECIPE_FINETUNE_FLAGS if getattr(args, k, None) is not None})
+    rates = settings.pop("lr", [5e-5])
+    rates = [float(r) for r in (rates if isinstance(rates, list) else [rates])]
     spec = FinetuneSpec(
         task=args.task, init=args.init, out=args.out, train=args.train, dev=args.dev,
         data_dir=args.data_dir, tokenizer=args.tokenizer, model=args.model,
@@ -361,12 +417,13 @@ def _run_finetune(args: argparse.Namespace) -> None:
         label_field=args.label_field, max_train_examples=args.max_train_examples,
         source_field=args.source_field, target_field=args.target_field,
         target_list=args.target_list, max_target_length=args.max_target_length,
-        dev_fraction=args.dev_fraction, select_fraction=args.select_fraction,
-        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-        max_length=args.max_length, patience=args.patience, seed=args.seed, precision=args.precision,
-        freeze=args.freeze, overwrite=args.overwrite, progress=not args.no_progress, resume=args.resume,
-        negative_label=args.negative_label)
-    result = finetune(spec)
+        dev_fraction=args.dev_fraction, seed=args.seed, freeze=args.freeze, overwrite=args.overwrite,
+        progress=not args.no_progress, resume=args.resume, negative_label=args.negative_label,
+        lr=rates[0], **settings)
+    if args.resume and len(rates) > 1:
+        raise UserError("--resume continues one fine-tuning, not a learning-rate search", "--lr",
+                        "resume with the single rate the run was started with")
+    result = finetune_search(spec, rates)
     print(json.dumps(result))
 
 

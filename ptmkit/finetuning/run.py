@@ -22,6 +22,7 @@ from tqdm import tqdm
 import ptmkit
 from ptmkit.errors import UserError
 from ptmkit.finetuning.data import glue_files, glue_spec, label_budget
+from ptmkit.finetuning.layer_decay import layerwise_scales
 from ptmkit.finetuning.model import Backbone, TaskModel, load_backbone, read_run_config
 from ptmkit.finetuning.registry import get_task
 from ptmkit.finetuning.tasks import Task, TaskSpec, stratify_key
@@ -71,6 +72,11 @@ class FinetuneSpec:
     """Stop after this many epochs without improvement on dev; 0 = never stop early."""
     seed: int = 0
     freeze: bool = False
+    pooling: str = "auto"
+    """first | last | mean | auto (the pre-training architecture's natural choice)."""
+    layer_decay: float = 1.0
+    """Layer-wise learning-rate decay: the head trains at --lr, each layer below at this factor
+    times the one above, the embeddings lowest (ELECTRA's fine-tuning); 1 = one rate for all."""
     precision: str = "fp32"
     overwrite: bool = False
     progress: bool = True
@@ -100,7 +106,7 @@ def _task_spec(spec: FinetuneSpec) -> tuple[str, TaskSpec, str, list[str]]:
         train, devs = glue_files(name, spec.data_dir)
         task_spec = TaskSpec(name=glue.task, text_fields=list(glue.text_fields),
                              label_field=glue.label_field, max_length=spec.max_length,
-                             metrics=list(glue.metrics),
+                             metrics=list(glue.metrics), pooling=spec.pooling,
                              columns=list(glue.columns) if glue.columns else None)
         return glue.task, task_spec, str(train), [str(d) for d in devs]
     get_task(spec.task)
@@ -110,7 +116,7 @@ def _task_spec(spec: FinetuneSpec) -> tuple[str, TaskSpec, str, list[str]]:
                          label_field=spec.label_field, max_length=spec.max_length,
                          negative_label=spec.negative_label, source_field=spec.source_field,
                          target_field=spec.target_field, max_target_length=spec.max_target_length,
-                         target_list=spec.target_list)
+                         target_list=spec.target_list, pooling=spec.pooling)
     return spec.task, task_spec, spec.train, [spec.dev] if spec.dev else []
 
 
@@ -166,14 +172,23 @@ def _hold_out(task: Task, records: list, path: str, spec: FinetuneSpec) -> tuple
             [r for i, r in enumerate(records) if i in chosen])
 
 
-def finetune(spec: FinetuneSpec) -> dict[str, Any]:
-    """Fine-tune, keep the best dev epoch, write the run; returns eval.json's content."""
+def check_finetune_out(spec: FinetuneSpec) -> None:
+    """--out must be new or empty, or an interrupted run with --resume, or replaced on purpose."""
     if spec.resume:
         if latest_checkpoint(spec.out) is None:
             raise UserError("nothing to resume", str(spec.out),
                             "drop --resume, or point --out at an interrupted fine-tuning run")
     else:
         check_run_dir(spec.out, resume=False, overwrite=spec.overwrite)
+
+
+def finetune(spec: FinetuneSpec) -> dict[str, Any]:
+    """Fine-tune, keep the best epoch (picked on dev or the held-out slice), write the run;
+    returns eval.json's content."""
+    check_finetune_out(spec)
+    if not 0 < spec.layer_decay <= 1:
+        raise UserError(f"--layer-decay {spec.layer_decay} is not in (0, 1]", "--layer-decay",
+                        "use e.g. 0.8 (lower layers learn slower) or 1 (off)")
     if spec.epochs < 1 or spec.batch_size < 1 or spec.lr <= 0:
         raise UserError("epochs, batch size and learning rate must be positive", "--epochs/--batch-size/--lr",
                         "e.g. --epochs 3 --batch-size 32 --lr 5e-5")
@@ -213,7 +228,7 @@ def _train(model: TaskModel, prepared: _Prepared, spec: FinetuneSpec) -> tuple[d
     cfg = TrainConfig(steps=spec.epochs * steps_per_epoch, lr=spec.lr, batch_size=spec.batch_size,
                       warmup=max(1, round(spec.warmup_ratio * spec.epochs * steps_per_epoch)),
                       weight_decay=spec.weight_decay, precision=spec.precision, seed=spec.seed)
-    optimizer = make_optimizer(model, cfg)
+    optimizer = make_optimizer(model, cfg, layerwise_scales(model, spec.layer_decay))
     rng = np.random.default_rng(spec.seed)
     best: dict[str, Any] = {"score": -np.inf}
     history, stale, step, first = [], 0, 0, 1
@@ -229,7 +244,7 @@ def _train(model: TaskModel, prepared: _Prepared, spec: FinetuneSpec) -> tuple[d
         losses = []
         for items in _batches(prepared.train, spec.batch_size, rng):
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(cfg, step)
+                group["lr"] = learning_rate(cfg, step) * group["lr_scale"]
             batch = task.collate(items)
             with autocast(spec.precision, torch.device("cpu")):
                 loss = task.loss(model(batch), batch)

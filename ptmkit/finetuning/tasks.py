@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ptmkit.finetuning.model import Backbone, TaskModel
 
 Encoded = dict[str, np.ndarray]
+POOLINGS = ("auto", "first", "last", "mean")
 
 
 @dataclass(kw_only=True)
@@ -50,6 +51,9 @@ class TaskSpec:
     """seq2seq: most target tokens, special tokens included; also the dev generation length."""
     target_list: str = "references"
     """seq2seq: a list-valued target is alternative "references" or sentences to "join"."""
+    pooling: str = "auto"
+    """How sequence-level heads read the backbone: first, last or mean token, or auto (what the
+    pre-training architecture suggests, see `Backbone.pooling`)."""
 
 
 class Task:
@@ -61,8 +65,11 @@ class Task:
     """Whose architecture `--init scratch` builds, randomly initialised."""
 
     def __init__(self, spec: TaskSpec, tokenizer: Tokenizer, pooling: str, token_types: bool) -> None:
+        if spec.pooling not in POOLINGS:
+            raise UserError(f"unknown pooling {spec.pooling!r}", "--pooling", f"use one of {', '.join(POOLINGS)}")
         self.spec, self.tokenizer = spec, tokenizer
-        self.pooling, self.token_types = pooling, token_types
+        self.pooling = pooling if spec.pooling == "auto" else spec.pooling
+        self.token_types = token_types
 
     def bind(self, backbone: Backbone) -> None:
         """Learn what the task needs from the backbone it will run on, or refuse it with a

@@ -118,13 +118,19 @@ def learning_rate(cfg: TrainConfig, step: int, elapsed_s: float = 0.0) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape)
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; matrices decay, biases and norms do not (the BERT convention)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                             foreach=True)
+def make_optimizer(model: nn.Module, cfg: TrainConfig,
+                   lr_scales: dict[str, float] | None = None) -> torch.optim.Optimizer:
+    """AdamW; matrices decay, biases and norms do not (the BERT convention). `lr_scales` maps
+    parameter names to learning-rate factors (default 1); each group keeps its `lr_scale`."""
+    scales = lr_scales or {}
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            groups.setdefault((scales.get(name, 1.0), param.ndim >= 2), []).append(param)
+    return torch.optim.AdamW(
+        [{"params": params, "weight_decay": cfg.weight_decay if decays else 0.0, "lr_scale": scale}
+         for (scale, decays), params in sorted(groups.items(), key=lambda g: (-g[0][0], not g[0][1]))],
+        lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, foreach=True)
 
 
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:

@@ -1,0 +1,99 @@
+"""Recipes: named, shipped pre-training + fine-tuning settings a user applies to their own data.
+
+A recipe is one YAML file: the tokenizer and model to use, a sequence of pre-training stages
+(each starting from the previous one's weights) sharing one wall-clock budget, and the
+fine-tuning settings its models were tuned with. `ptmkit pretrain --recipe NAME`,
+`ptmkit finetune --recipe NAME` and `recipe: NAME` in a compare config read it by name
+(`ptmkit/recipes/NAME.yaml`) or from a path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ptmkit.errors import UserError
+
+RECIPES_DIR = Path(__file__).parent
+TOP_KEYS = {"name", "summary", "tokenizer", "model", "minutes", "stages", "finetune"}
+STAGE_KEYS = {"objective", "objective_options", "train"}
+FINETUNE_KEYS = {"epochs", "lr", "batch_size", "max_length", "warmup_ratio", "weight_decay", "patience",
+                 "select_fraction", "layer_decay", "pooling", "precision"}
+
+
+@dataclass(frozen=True)
+class Stage:
+    objective: str
+    objective_options: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    """TrainConfig values; the last stage's time budget is whatever the recipe's minutes leave."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    stages: tuple[Stage, ...]
+    minutes: float
+    tokenizer: dict[str, Any] = field(default_factory=lambda: {"kind": "wordpiece", "vocab_size": 8192})
+    model: str | dict = "mini"
+    finetune: dict[str, Any] = field(default_factory=dict)
+    """FinetuneSpec defaults; `lr` may be a list, searched on held-out training data."""
+    summary: str = ""
+    source: str = ""
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def load_recipe(name: str) -> Recipe:
+    """A shipped recipe by name, or a recipe YAML file by path."""
+    path = Path(name)
+    if not (path.suffix in (".yaml", ".yml") and path.is_file()):
+        path = RECIPES_DIR / f"{name}.yaml"
+        if not path.is_file():
+            raise UserError(f"unknown recipe {name!r}", "--recipe",
+                            f"use one of {', '.join(available())} or a recipe YAML file")
+    values = yaml.safe_load(path.read_text()) or {}
+    return parse_recipe(values, str(path))
+
+
+def _check_keys(values: Any, allowed: set[str], where: str) -> None:
+    if not isinstance(values, dict):
+        raise UserError("must be a mapping", where, "write `key: value` lines")
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise UserError(f"unknown key(s) {', '.join(unknown)}", where, f"use only: {', '.join(sorted(allowed))}")
+
+
+def parse_recipe(values: dict, where: str) -> Recipe:
+    from ptmkit.objectives import OBJECTIVES
+    _check_keys(values, TOP_KEYS, where)
+    stages = values.get("stages")
+    if not isinstance(stages, list) or not stages:
+        raise UserError("a recipe needs stages", f"{where}: stages", "add `stages: [{objective: mlm}]`")
+    parsed = []
+    for i, stage in enumerate(stages):
+        spot = f"{where}: stages[{i}]"
+        _check_keys(stage, STAGE_KEYS, spot)
+        if stage.get("objective") not in OBJECTIVES:
+            raise UserError(f"unknown objective {stage.get('objective')!r}", f"{spot}.objective",
+                            f"use one of {', '.join(sorted(OBJECTIVES))}")
+        for key in ("objective_options", "train"):
+            if not isinstance(stage.get(key) or {}, dict):
+                raise UserError("must be a mapping", f"{spot}.{key}", "write `key: value` lines")
+        parsed.append(Stage(stage["objective"], dict(stage.get("objective_options") or {}),
+                            dict(stage.get("train") or {})))
+    minutes = values.get("minutes")
+    if not isinstance(minutes, (int, float)) or minutes <= 0:
+        raise UserError(f"minutes must be a positive number, not {minutes!r}", f"{where}: minutes",
+                        "e.g. `minutes: 30` (wall clock for all stages together)")
+    finetune = values.get("finetune") or {}
+    _check_keys(finetune, FINETUNE_KEYS, f"{where}: finetune")
+    return Recipe(name=str(values.get("name") or Path(where).stem), stages=tuple(parsed), minutes=float(minutes),
+                  tokenizer=dict(values.get("tokenizer") or Recipe.tokenizer.default_factory()),  # type: ignore[attr-defined]
+                  model=values.get("model", "mini"), finetune=dict(finetune),
+                  summary=str(values.get("summary", "")), source=where)

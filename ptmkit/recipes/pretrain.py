@@ -1,0 +1,156 @@
+"""`ptmkit pretrain --recipe NAME`: a recipe's stages, one after the other, in one wall-clock budget.
+
+Layout of the run directory::
+
+    data/                    the corpus prepared with the recipe's tokenizer (with --corpus)
+    stages/<i>-<objective>/  one ordinary pre-training run per stage, each initialised from the last
+    config.yaml model.safetensors tokenizer/   the final stage's model: `--init RUN` reads it as usual
+    summary.json             every stage's time and tokens, and their totals
+    recipe.yaml              the recipe as it was run
+
+The budget is wall clock for all stages together (model building, evaluation and saving included);
+the last stage trains for whatever the earlier ones left, less a reserve for its final evaluation
+and save. Data preparation is not counted: it is shared with whatever the run is compared with.
+A finished stage is never repeated, so an interrupted recipe continues with `--resume`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ptmkit.data.corpus import read_texts
+from ptmkit.data.shards import prepare
+from ptmkit.data.tokenizer import Tokenizer, train_tokenizer
+from ptmkit.errors import UserError
+from ptmkit.pretraining import PretrainSpec, check_corpus, check_run_dir, pretrain
+from ptmkit.recipes import Recipe
+from ptmkit.train.loop import UNBOUNDED_STEPS, TrainConfig
+
+RESERVE_SECONDS, RESERVE_SHARE = 20.0, 0.05
+"""Kept back from the last stage's training time for its final validation and save: 20 s, or
+5% of a budget shorter than 400 s."""
+FINAL_FILES = ("config.yaml", "model.safetensors", "tokenizer", "metrics.jsonl", "eval.json", "vectors.txt")
+
+
+@dataclasses.dataclass(kw_only=True)
+class RecipeRun:
+    recipe: Recipe
+    out: Path
+    data: Path | None = None
+    corpus: list[str] = dataclasses.field(default_factory=list)
+    tokenizer: Path | None = None
+    text_field: str = "text"
+    minutes: float | None = None
+    """Overrides the recipe's budget."""
+    seed: int = 0
+    progress: bool = True
+    overwrite: bool = False
+    resume: bool = False
+
+
+def pretrain_recipe(run: RecipeRun) -> dict[str, Any]:
+    """Run (or continue) every stage of the recipe; returns the summary written to OUT/summary.json."""
+    check_run_dir(run.out, resume=run.resume, overwrite=run.overwrite)
+    if run.resume and not (run.out / "recipe.yaml").is_file():
+        raise UserError("not a recipe run", str(run.out), "resume it without --recipe")
+    prepared = run.resume and (run.out / "data" / "manifest.json").is_file()
+    if run.data is None and not prepared:
+        if not run.corpus:
+            raise UserError("no training text", "--data/--corpus", "pass --corpus FILE ... or --data DIR")
+        check_corpus(run.corpus, run.text_field)
+    budget = 60.0 * (run.minutes if run.minutes is not None else run.recipe.minutes)
+    if run.overwrite and run.out.is_dir() and not run.resume:
+        shutil.rmtree(run.out)
+    run.out.mkdir(parents=True, exist_ok=True)
+    (run.out / "recipe.yaml").write_text(yaml.safe_dump(_recipe_dict(run.recipe), sort_keys=False))
+    data_dir, prepare_seconds = _data(run)
+    spent, stages, init = 0.0, [], None
+    for i, stage in enumerate(run.recipe.stages):
+        stage_dir = run.out / "stages" / f"{i}-{stage.objective}"
+        summary_path = stage_dir / "summary.json"
+        if not summary_path.is_file():
+            last = i == len(run.recipe.stages) - 1
+            left = budget - spent - (min(RESERVE_SECONDS, RESERVE_SHARE * budget) if last else 0.0)
+            if left <= 0:
+                raise UserError(f"the earlier stages used the whole {budget / 60:g}-minute budget before "
+                                f"stage {i} ({stage.objective})", run.recipe.source,
+                                "raise the recipe's minutes (or --max-minutes) or shorten the earlier stages")
+            started = time.perf_counter()
+            pretrain(PretrainSpec(objective=stage.objective, out=stage_dir, data=data_dir, model=run.recipe.model,
+                                  objective_options=dict(stage.objective_options),
+                                  train=_train_config(stage.train, run.seed, left, last), init=init,
+                                  resume=(stage_dir / "checkpoint").exists(), overwrite=True,
+                                  progress=run.progress))
+            stage_summary = json.loads(summary_path.read_text())
+            stage_summary["wall_seconds"] = round(time.perf_counter() - started, 2)
+            summary_path.write_text(json.dumps(stage_summary, indent=2))
+        stage_summary = json.loads(summary_path.read_text())
+        spent += stage_summary["wall_seconds"]
+        stages.append({"objective": stage.objective, "run": str(stage_dir.relative_to(run.out)),
+                       **{k: stage_summary.get(k) for k in ("wall_seconds", "steps", "tokens", "tokens_per_s",
+                                                            "final_loss", "stopped_by")}})
+        init = str(stage_dir)
+    _publish(Path(init), run.out, run.recipe.name)
+    summary = {"recipe": run.recipe.name, "stages": stages, "budget_seconds": budget,
+               "train_seconds": round(spent, 2), "tokens": sum(s["tokens"] or 0 for s in stages),
+               "steps": stages[-1]["steps"], "tokens_per_s": stages[-1]["tokens_per_s"],
+               "final_loss": stages[-1]["final_loss"], "prepare_seconds": prepare_seconds}
+    (run.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _train_config(values: dict[str, Any], seed: int, left: float, last: bool) -> TrainConfig:
+    """A stage's settings; the last stage trains until the budget is spent, an earlier one for
+    its own steps (or epochs), capped by what is left."""
+    values = {"seed": seed, **values}
+    if last:
+        values.update(steps=UNBOUNDED_STEPS, max_minutes=left / 60)
+    else:
+        values["max_minutes"] = min(values.get("max_minutes") or left / 60, left / 60)
+    try:
+        return TrainConfig(**values)
+    except TypeError as err:
+        raise UserError(f"bad stage training option: {err}", "recipe stages[].train",
+                        "use TrainConfig names (batch_size, seq_len, lr, warmup, precision, ...)") from None
+
+
+def _data(run: RecipeRun) -> tuple[Path, float]:
+    """The prepared shards: --data as given, or the corpus prepared once into OUT/data."""
+    if run.data is not None:
+        return run.data, 0.0
+    data_dir = run.out / "data"
+    if (data_dir / "manifest.json").is_file():
+        return data_dir, 0.0
+    started = time.perf_counter()
+    tokenizer = (Tokenizer.load(run.tokenizer) if run.tokenizer is not None else
+                 train_tokenizer(read_texts(run.corpus, text_field=run.text_field), show_progress=run.progress,
+                                 **run.recipe.tokenizer))
+    prepare(run.corpus, tokenizer, data_dir, text_field=run.text_field, overwrite=True, progress=run.progress)
+    return data_dir, round(time.perf_counter() - started, 2)
+
+
+def _publish(final: Path, out: Path, name: str) -> None:
+    """Copy the last stage's model files to the run's top level, so `--init RUN` finds them."""
+    for item in FINAL_FILES:
+        source = final / item
+        if source.is_dir():
+            shutil.copytree(source, out / item, dirs_exist_ok=True)
+        elif source.is_file():
+            shutil.copy2(source, out / item)
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    config["recipe"] = name
+    (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def _recipe_dict(recipe: Recipe) -> dict[str, Any]:
+    values = dataclasses.asdict(recipe)
+    values["stages"] = [dataclasses.asdict(s) for s in recipe.stages]
+    values.pop("source")
+    return values

@@ -1,0 +1,110 @@
+"""Recipes: validation, staged pre-training in one wall-clock budget, and fine-tuning settings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ptmkit.cli import main
+from ptmkit.errors import UserError
+from ptmkit.recipes import available, load_recipe, parse_recipe
+from ptmkit.recipes.pretrain import RecipeRun, pretrain_recipe
+
+TWO_STAGES = {
+    "name": "two-stage", "model": "tiny", "minutes": 0.25,
+    "tokenizer": {"kind": "wordpiece", "vocab_size": 600},
+    "stages": [{"objective": "word2vec", "objective_options": {"unit": "tokens", "vector_size": 128, "epochs": 2}},
+               {"objective": "mlm", "train": {"batch_size": 8, "seq_len": 32, "lr": 1e-3, "warmup": 5}}],
+    "finetune": {"epochs": 2, "lr": [1e-3, 3e-3], "select_fraction": 0.2, "pooling": "mean", "layer_decay": 0.9},
+}
+
+
+@pytest.fixture(scope="module")
+def lee() -> Path:
+    import gensim
+    return Path(gensim.__file__).parent / "test" / "test_data" / "lee_background.cor"
+
+
+def test_shipped_recipes_parse() -> None:
+    assert "budget" in available()
+    for name in available():
+        recipe = load_recipe(name)
+        assert recipe.stages and recipe.minutes > 0 and recipe.name == name
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"stages": []}, "needs stages"),
+    ({"minutes": 0}, "minutes must be a positive number"),
+    ({"stages": [{"objective": "mlmm"}]}, "unknown objective 'mlmm'"),
+    ({"stages": [{"objective": "mlm", "steps": 3}]}, r"unknown key\(s\) steps \(r.yaml: stages\[0\]\)"),
+    ({"finetune": {"lrr": 1}}, r"unknown key\(s\) lrr \(r.yaml: finetune\)"),
+    ({"budget": 3}, "unknown key"),
+])
+def test_bad_recipes_name_the_key(change: dict, match: str) -> None:
+    with pytest.raises(UserError, match=match):
+        parse_recipe({**TWO_STAGES, **change}, "r.yaml")
+    with pytest.raises(UserError, match="unknown recipe 'nope'.*budget"):
+        load_recipe("nope")
+
+
+@pytest.fixture(scope="module")
+def recipe_run(lee: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("recipe") / "run"
+    summary = pretrain_recipe(RecipeRun(recipe=parse_recipe(TWO_STAGES, "r.yaml"), out=out, corpus=[str(lee)],
+                                        progress=False))
+    return out, summary
+
+
+def test_stages_run_in_order_within_one_budget(recipe_run) -> None:
+    out, summary = recipe_run
+    assert [s["objective"] for s in summary["stages"]] == ["word2vec", "mlm"]
+    assert summary["stages"][0]["steps"] == 2 and summary["stages"][1]["stopped_by"] == "time"
+    assert summary["train_seconds"] == pytest.approx(sum(s["wall_seconds"] for s in summary["stages"]), abs=0.05)
+    assert summary["budget_seconds"] == 15.0
+    mlm = yaml.safe_load((out / "stages" / "1-mlm" / "config.yaml").read_text())
+    assert mlm["init"] == str(out / "stages" / "0-word2vec")  # each stage starts from the last
+    assert mlm["train"]["max_minutes"] < 0.25  # the last stage gets what the first one left
+    top = yaml.safe_load((out / "config.yaml").read_text())
+    assert top["objective"] == "mlm" and top["recipe"] == "two-stage"
+    assert (out / "model.safetensors").read_bytes() == (out / "stages" / "1-mlm" / "model.safetensors").read_bytes()
+    assert yaml.safe_load((out / "recipe.yaml").read_text())["stages"][0]["objective"] == "word2vec"
+
+
+def test_resume_repeats_no_finished_stage(recipe_run, tmp_path: Path) -> None:
+    out, summary = recipe_run
+    before = (out / "stages" / "0-word2vec" / "model.safetensors").stat().st_mtime_ns
+    again = pretrain_recipe(RecipeRun(recipe=parse_recipe(TWO_STAGES, "r.yaml"), out=out, resume=True,
+                                      progress=False))  # the data is already prepared in the run
+    assert again["stages"] == summary["stages"]
+    assert (out / "stages" / "0-word2vec" / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_cli_recipe_finetune_searches_rates_on_held_out_data(recipe_run, tmp_path: Path, capsys) -> None:
+    out, _ = recipe_run
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text(yaml.safe_dump(TWO_STAGES))
+    lines = ["sentence\tlabel"] + [f"{w} river bank {i}\t{int(w == 'great')}" for i in range(40)
+                                   for w in ("great", "awful")]
+    (tmp_path / "train.tsv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "dev.tsv").write_text("\n".join(lines[:21]) + "\n")
+    code = main(["finetune", "--task", "classify", "--init", str(out), "--recipe", str(recipe_file),
+                 "--train", str(tmp_path / "train.tsv"), "--dev", str(tmp_path / "dev.tsv"),
+                 "--text-fields", "sentence", "--out", str(tmp_path / "ft"), "--no-progress", "--max-length", "16"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["selected_by"] == "select_accuracy" and [s["lr"] for s in result["search"]] == [1e-3, 3e-3]
+    best = max(result["search"], key=lambda s: s["select_accuracy"])
+    assert result["lr"] == best["lr"] and result["select_examples"] == 16  # 20% of 80
+    config = yaml.safe_load((tmp_path / "ft" / "config.yaml").read_text())
+    assert config["finetune"]["lr"] == best["lr"] and config["finetune"]["epochs"] == 2
+    assert config["task"]["pooling"] == "mean" and config["finetune"]["layer_decay"] == 0.9
+    assert config["finetune"]["max_length"] == 16  # a flag given beats the recipe
+
+
+def test_cli_recipe_conflicts(tmp_path: Path, capsys) -> None:
+    code = main(["pretrain", "--recipe", "budget", "--objective", "mlm", "--corpus", "x", "--out", str(tmp_path / "o")])
+    assert code == 2 and "--objective conflicts with --recipe" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
