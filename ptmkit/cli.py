@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from ptmkit.errors import UserError
-from ptmkit.train.loop import TrainConfig
+from ptmkit.train.loop import UNBOUNDED_STEPS, TrainConfig
 
 EPILOGS = {
     "ptmkit": ("example (each command has --help with its own examples):\n"
@@ -317,6 +317,8 @@ def _run_pretrain(args: argparse.Namespace) -> None:
     if objective is None:
         raise UserError("no objective given", "--objective", "pass e.g. --objective mlm")
     train_values = {f.name: pick(f.name) for f in fields(TrainConfig) if pick(f.name) is not None}
+    if train_values.get("max_minutes") and "steps" not in train_values:
+        train_values["steps"] = UNBOUNDED_STEPS  # --max-minutes alone: train until the time is up
     spec = PretrainSpec(
         objective=objective, out=args.out,
         data=Path(pick("data")) if pick("data") else None,
@@ -346,10 +348,13 @@ def _run_recipe(args: argparse.Namespace) -> None:
     if given:
         flag = "--" + given[0].replace("_", "-")
         raise UserError(f"{flag} conflicts with --recipe", flag, "drop it: the recipe sets the objectives and model")
-    if args.recipe:
-        recipe = load_recipe(args.recipe)
-    else:  # --resume of a recipe run: the recipe as it was started
+    if args.resume and not (args.out / "recipe.yaml").is_file():
+        raise UserError("nothing to resume with --recipe (no recipe.yaml)", str(args.out),
+                        "drop --resume, or point --out at an interrupted recipe run")
+    if args.resume:  # the recipe as it was started
         recipe = parse_recipe(yaml.safe_load((args.out / "recipe.yaml").read_text()), str(args.out / "recipe.yaml"))
+    else:
+        recipe = load_recipe(args.recipe)
     summary = pretrain_recipe(RecipeRun(
         recipe=recipe, out=args.out, data=args.data, corpus=list(args.corpus or []), tokenizer=args.tokenizer,
         text_field=args.text_field or "text", minutes=args.max_minutes, seed=args.seed or 0,

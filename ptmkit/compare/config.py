@@ -16,6 +16,7 @@ import yaml
 from ptmkit.errors import UserError
 from ptmkit.finetuning.registry import TASKS, get_task
 from ptmkit.objectives import OBJECTIVES
+from ptmkit.recipes import Recipe, load_recipe
 
 TOP_KEYS = {"corpus", "domain_corpus", "tokenizer", "model", "objectives", "objective_options",
             "pretrain", "domain_pretrain", "task", "tasks", "label_budgets", "seeds",
@@ -25,7 +26,14 @@ PRETRAIN_KEYS = {"steps", "minutes", "tokens", "batch_size", "seq_len", "lr", "w
 TASK_KEYS = {"type", "name", "train", "dev", "text_fields", "label_field", "dev_fraction",
              "data_dir", "max_length", "negative_label", "source_field", "target_field"}
 FINETUNE_KEYS = {"epochs", "lr", "scratch_lr", "batch_size", "patience", "warmup_ratio", "max_length",
-                 "precision"}
+                 "precision", "select_fraction", "layer_decay", "pooling", "weight_decay"}
+RECIPE_PREFIX = "recipe:"
+"""A recipe's rows in results.csv name it `recipe:<name>` in the objective column."""
+
+
+def job_name(objective: str, seed: int, domain: bool = False) -> str:
+    """A pre-training run's directory under DIR/pretrain (`recipe:NAME` becomes `recipe-NAME`)."""
+    return f"{objective.replace(':', '-')}-s{seed}" + ("-domain" if domain else "")
 
 
 @dataclass
@@ -61,7 +69,15 @@ class CompareConfig:
     pretrain_seeds: list[int] = field(default_factory=lambda: [0])
     finetune: dict[str, Any] = field(default_factory=dict)
     text_field: str = "text"
+    recipe: Recipe | None = None
+    """`recipe: NAME`: its staged pre-training joins path B as `recipe:NAME`; its tokenizer, model
+    and fine-tuning settings are the defaults of the whole comparison (scratch included)."""
     source: str = "<config>"
+
+    @property
+    def systems(self) -> list[str]:
+        """What path B pre-trains: the objectives, then the recipe."""
+        return self.objectives + ([RECIPE_PREFIX + self.recipe.name] if self.recipe else [])
 
     @property
     def paths(self) -> list[str]:
@@ -157,7 +173,14 @@ def parse_compare_config(values: dict, where: str, base: Path) -> CompareConfig:
                         tasks=[_task(t, i, base, where) for i, t in enumerate(raw_tasks)], source=where)
     if values.get("domain_corpus"):
         cfg.domain_corpus = _paths(values["domain_corpus"], f"{where}: domain_corpus", base)
-    objectives = values.get("objectives", cfg.objectives)
+    if "recipe" in values:
+        cfg.recipe = load_recipe(str(values["recipe"]))
+        if cfg.domain_corpus:
+            _fail("a recipe runs on the general corpus only (path B)", f"{where}: recipe",
+                  "drop domain_corpus, or compare the recipe in a config of its own")
+        cfg.tokenizer, cfg.model = dict(cfg.recipe.tokenizer), cfg.recipe.model
+        cfg.finetune = dict(cfg.recipe.finetune)
+    objectives = values.get("objectives", [] if cfg.recipe else cfg.objectives)
     for name in objectives:
         if name not in OBJECTIVES:
             _fail(f"unknown objective {name!r}", f"{where}: objectives",
@@ -178,7 +201,7 @@ def parse_compare_config(values: dict, where: str, base: Path) -> CompareConfig:
             setattr(cfg, key, dict(values[key]))
     if "finetune" in values:
         _check_keys(values["finetune"], FINETUNE_KEYS, f"{where}: finetune")
-        cfg.finetune = dict(values["finetune"])
+        cfg.finetune = {**cfg.finetune, **values["finetune"]}
     cfg.label_budgets = [_budget(b, f"{where}: label_budgets") for b in values.get("label_budgets", ["full"])]
     for key in ("seeds", "pretrain_seeds"):
         if key in values:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ptmkit.compare.config import RECIPE_PREFIX, job_name
 from ptmkit.objectives import OBJECTIVES
 
 NLG_METRICS = {"rougeL", "rouge1", "rouge2", "bleu", "chrf"}
@@ -100,15 +101,25 @@ def survey_table(rows: list[dict[str, Any]], out: Path) -> tuple[list[str], list
             base = stats.get((task, "A", "scratch", budgets[-1]))
             if base and objective != "scratch":
                 gains.append(mean - base[0])
-        cls = OBJECTIVES.get(objective)
-        summary = summaries.get(f"{objective}-s0", {})
-        body.append([objective, cls.family if cls else "—", cls.architecture if cls else "random init",
+        summary = summaries.get(job_name(objective, 0), {})
+        family, backbone = _kind(objective, summary)
+        body.append([objective, family, backbone,
                      f"{np.mean(nlu) * 100:.1f}" if nlu else "–", f"{np.mean(nlg) * 100:.1f}" if nlg else "–",
                      f"{np.mean(gains) * 100:+.1f}" if gains else "–",
                      f"{summary['tokens_per_s']:,.0f}" if summary else "–",
                      f"{summary['tokens']:,}" if summary else "–",
                      f"{summary['train_seconds']:.0f}" if summary else "–"])
     return header, body
+
+
+def _kind(objective: str, summary: dict[str, Any]) -> tuple[str, str]:
+    """(family, backbone) of a survey row; a recipe is its stages, the last one's family."""
+    if objective.startswith(RECIPE_PREFIX):
+        stages = [s["objective"] for s in summary.get("stages", [])]
+        last = OBJECTIVES.get(stages[-1]) if stages else None
+        return (last.family if last else "—"), " → ".join(stages) or "recipe"
+    cls = OBJECTIVES.get(objective)
+    return (cls.family, cls.architecture) if cls else ("—", "random init")
 
 
 def _markdown_table(header: list[str], body: list[list[str]]) -> str:

@@ -24,12 +24,14 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ptmkit.compare.config import CompareConfig, TaskConfig
+from ptmkit.compare.config import RECIPE_PREFIX, CompareConfig, TaskConfig, job_name
 from ptmkit.data.corpus import read_texts
 from ptmkit.data.shards import corpus_fingerprint, prepare
 from ptmkit.data.tokenizer import Tokenizer, train_tokenizer
-from ptmkit.finetuning.run import FinetuneSpec, finetune
+from ptmkit.finetuning.run import FinetuneSpec
+from ptmkit.finetuning.search import finetune_search
 from ptmkit.pretraining import PretrainSpec, pretrain
+from ptmkit.recipes.pretrain import RecipeRun, pretrain_recipe
 from ptmkit.train.loop import UNBOUNDED_STEPS, TrainConfig
 
 RESULT_COLUMNS = ["objective", "path", "task", "label_budget", "seed", "metric", "value",
@@ -45,7 +47,7 @@ class PretrainJob:
 
     @property
     def name(self) -> str:
-        return f"{self.objective}-s{self.seed}" + ("-domain" if self.domain else "")
+        return job_name(self.objective, self.seed, self.domain)
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ class Cell:
 
 
 def pretrain_jobs(cfg: CompareConfig) -> list[PretrainJob]:
-    jobs = [PretrainJob(o, s, False) for o in cfg.objectives for s in cfg.pretrain_seeds]
+    jobs = [PretrainJob(o, s, False) for o in cfg.systems for s in cfg.pretrain_seeds]
     if cfg.domain_corpus:
         jobs += [PretrainJob(o, s, True) for o in cfg.objectives for s in cfg.pretrain_seeds]
     return jobs
@@ -86,7 +88,7 @@ def cells(cfg: CompareConfig) -> list[Cell]:
                 pseed = cfg.pretrain_seeds[i % len(cfg.pretrain_seeds)]
                 out.append(Cell(task, "A", SCRATCH, budget, seed, pseed))
                 for path in cfg.paths[1:]:
-                    out += [Cell(task, path, o, budget, seed, pseed) for o in cfg.objectives]
+                    out += [Cell(task, path, o, budget, seed, pseed) for o in (cfg.systems if path == "B" else cfg.objectives)]
     return out
 
 
@@ -151,9 +153,12 @@ class Compare:
         key = _key({"job": asdict(job), "budget": budget, "model": self.cfg.model,
                     "options": self.cfg.objective_options.get(job.objective, {}),
                     "data": json.loads((data[job.domain] / "manifest.json").read_text())["fingerprint"],
-                    "init": _read_key(init) if init else None})
+                    "init": _read_key(init) if init else None,
+                    "recipe": asdict(self.cfg.recipe) if job.objective.startswith(RECIPE_PREFIX) else None})
         if _done(run, "summary.json", key):
             return run
+        if job.objective.startswith(RECIPE_PREFIX):
+            return self._run_recipe(job, run, key, data[False])
         resume = (run / "config.yaml").is_file() and (run / "compare_key.json").is_file() \
             and json.loads((run / "compare_key.json").read_text())["key"] == key
         if run.exists() and not resume:
@@ -169,6 +174,18 @@ class Compare:
         _stamp(run, key)
         return run
 
+    def _run_recipe(self, job: PretrainJob, run: Path, key: str, data: Path) -> Path:
+        """The recipe's stages on the shared data (an interrupted one continues with its finished
+        stages); its summary's train_seconds is their wall clock."""
+        assert self.cfg.recipe is not None
+        if _read_key(run) != key:
+            shutil.rmtree(run, ignore_errors=True)
+        run.mkdir(parents=True, exist_ok=True)
+        _stamp(run, key)
+        pretrain_recipe(RecipeRun(recipe=self.cfg.recipe, out=run, data=data, seed=job.seed, progress=False,
+                                  resume=True))
+        return run
+
     # ---- fine-tuning --------------------------------------------------------------------
     def run_cell(self, cell: Cell, tokenizer_dir: Path) -> dict[str, Any]:
         run = self.out / "finetune" / cell.name
@@ -176,6 +193,7 @@ class Compare:
         recipe = {"epochs": 3, "lr": 5e-5, "batch_size": 32, **self.cfg.finetune}
         if cell.job is None and "scratch_lr" in recipe:
             recipe["lr"] = recipe["scratch_lr"]
+        rates = recipe["lr"] if isinstance(recipe["lr"], list) else [recipe["lr"]]
         key = _key({"cell": cell.name, "task": asdict(cell.task), "recipe": recipe, "model": self.cfg.model,
                     "init": _read_key(Path(init)) if cell.job else "scratch"})
         if _done(run, "eval.json", key):
@@ -188,9 +206,10 @@ class Compare:
                             max_train_examples=cell.budget, dev_fraction=task.dev_fraction,
                             seed=cell.seed, overwrite=True, progress=False, **task.extra,
                             **{"max_length": task.max_length,
-                               **{k: v for k, v in recipe.items() if k != "scratch_lr"}})
+                               **{k: v for k, v in recipe.items() if k not in ("scratch_lr", "lr")}},
+                            lr=float(rates[0]))
         started = time.perf_counter()
-        result = finetune(spec)
+        result = finetune_search(spec, [float(r) for r in rates])
         result["finetune_seconds"] = round(time.perf_counter() - started, 2)
         (run / "eval.json").write_text(json.dumps(result, indent=2))
         _stamp(run, key)

@@ -33,9 +33,9 @@ from ptmkit.pretraining import PretrainSpec, check_corpus, check_run_dir, pretra
 from ptmkit.recipes import Recipe
 from ptmkit.train.loop import UNBOUNDED_STEPS, TrainConfig
 
-RESERVE_SECONDS, RESERVE_SHARE = 20.0, 0.05
-"""Kept back from the last stage's training time for its final validation and save: 20 s, or
-5% of a budget shorter than 400 s."""
+RESERVE_SECONDS, RESERVE_SHARE = 20.0, 0.15
+"""Kept back from the last stage's training time for building the model, its one validation and
+its save (the trainer's clock counts training steps only): 20 s, or 15% of a budget under 133 s."""
 FINAL_FILES = ("config.yaml", "model.safetensors", "tokenizer", "metrics.jsonl", "eval.json", "vectors.txt")
 
 
@@ -53,13 +53,13 @@ class RecipeRun:
     progress: bool = True
     overwrite: bool = False
     resume: bool = False
+    """Continue the stages already in `out` (none yet is fine); False needs a new or empty `out`."""
 
 
 def pretrain_recipe(run: RecipeRun) -> dict[str, Any]:
     """Run (or continue) every stage of the recipe; returns the summary written to OUT/summary.json."""
-    check_run_dir(run.out, resume=run.resume, overwrite=run.overwrite)
-    if run.resume and not (run.out / "recipe.yaml").is_file():
-        raise UserError("not a recipe run", str(run.out), "resume it without --recipe")
+    if not run.resume:
+        check_run_dir(run.out, resume=False, overwrite=run.overwrite)
     prepared = run.resume and (run.out / "data" / "manifest.json").is_file()
     if run.data is None and not prepared:
         if not run.corpus:
@@ -110,8 +110,8 @@ def _train_config(values: dict[str, Any], seed: int, left: float, last: bool) ->
     """A stage's settings; the last stage trains until the budget is spent, an earlier one for
     its own steps (or epochs), capped by what is left."""
     values = {"seed": seed, **values}
-    if last:
-        values.update(steps=UNBOUNDED_STEPS, max_minutes=left / 60)
+    if last:  # validation only at the end, so the reserve covers all time outside training steps
+        values = {"eval_every": UNBOUNDED_STEPS, **values, "steps": UNBOUNDED_STEPS, "max_minutes": left / 60}
     else:
         values["max_minutes"] = min(values.get("max_minutes") or left / 60, left / 60)
     try:

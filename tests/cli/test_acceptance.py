@@ -95,6 +95,16 @@ def test_config_file_values_and_flags(prepared, tmp_path, run_cli):
     assert config["train"]["steps"] == 4
 
 
+def test_max_minutes_alone_trains_until_the_time_is_up(prepared, tmp_path, run_cli):
+    """No step count with --max-minutes: the clock ends the run, not a default number of steps."""
+    run = tmp_path / "run"
+    code, _, err = run_cli(["pretrain", "--objective", "mlm", "--data", prepared.data, "--batch-size", "4",
+                            "--seq-len", "32", "--max-minutes", "0.03", "--out", run, "--no-progress"])
+    assert code == 0, err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped_by"] == "time" and summary["train_seconds"] >= 1.8
+
+
 @pytest.mark.slow
 def test_resume_and_overwrite_of_a_finished_run(prepared, tmp_path, run_cli, user_error, unchanged):
     run = tmp_path / "run"

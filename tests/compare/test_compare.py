@@ -79,7 +79,7 @@ def test_end_to_end_then_cached_then_report(task_file, tmp_path, monkeypatch) ->
 
     import ptmkit.compare.runner as runner
     monkeypatch.setattr(runner, "pretrain", lambda spec: pytest.fail("pre-trained again"))
-    monkeypatch.setattr(runner, "finetune", lambda spec: pytest.fail("fine-tuned again"))
+    monkeypatch.setattr(runner, "finetune_search", lambda spec, rates: pytest.fail("fine-tuned again"))
     Compare(cfg, out, progress=False).run()  # everything cached: no training at all
     assert read_results(out / "results.csv") == rows
 
@@ -98,9 +98,9 @@ def test_interrupted_compare_finishes_only_the_missing_cells(task_file, tmp_path
     victim.unlink()  # as if killed before the cell finished
     import ptmkit.compare.runner as runner
     calls = []
-    real = runner.finetune
+    real = runner.finetune_search
     monkeypatch.setattr(runner, "pretrain", lambda spec: pytest.fail("pre-trained again"))
-    monkeypatch.setattr(runner, "finetune", lambda spec: calls.append(spec.out) or real(spec))
+    monkeypatch.setattr(runner, "finetune_search", lambda spec, rates: calls.append(spec.out) or real(spec, rates))
     Compare(cfg, out, progress=False).run()
     assert calls == [victim.parent]
 
@@ -128,3 +128,28 @@ def test_demo_config_uses_only_bundled_text_and_three_families() -> None:
     assert all(Path(p).is_file() and "gensim" in p for p in cfg.corpus + [cfg.tasks[0].train])
     assert len({OBJECTIVES[o].family for o in cfg.objectives}) >= 3
     assert len(cfg.seeds) >= 3 and cfg.pretrain["tokens"] == 1000
+
+
+def test_a_recipe_joins_path_b_and_scratch_gets_its_finetuning_search(task_file, tmp_path) -> None:
+    import yaml
+    recipe = {"name": "quick", "model": "tiny", "minutes": 0.2, "tokenizer": {"kind": "wordpiece", "vocab_size": 600},
+              "stages": [{"objective": "mlm", "train": {"batch_size": 4, "seq_len": 32, "warmup": 2}}],
+              "finetune": {"epochs": 1, "lr": [1e-3, 3e-3], "select_fraction": 0.25, "batch_size": 16,
+                           "max_length": 16}}
+    (tmp_path / "quick.yaml").write_text(yaml.safe_dump(recipe))
+    values = {k: v for k, v in config(task_file).items() if k not in ("objectives", "tokenizer", "model", "finetune")}
+    cfg = parse_compare_config({**values, "recipe": str(tmp_path / "quick.yaml"), "label_budgets": [40],
+                                "seeds": [0]}, "cmp.yaml", tmp_path)
+    assert cfg.systems == ["recipe:quick"] and cfg.model == "tiny" and cfg.tokenizer["kind"] == "wordpiece"
+    out = tmp_path / "out"
+    Compare(cfg, out, progress=False).run()
+    rows = read_results(out / "results.csv")
+    assert {(r["objective"], r["path"]) for r in rows} == {("scratch", "A"), ("recipe:quick", "B")}
+    recipe_row = next(r for r in rows if r["path"] == "B")
+    assert 0 < float(recipe_row["pretrain_seconds"]) <= 12.0 and int(recipe_row["pretrain_tokens"]) > 0
+    for system in ("A-scratch", "B-recipe:quick"):
+        run = out / "finetune" / "task" / system / "b40-s0"
+        assert sorted(p.name for p in (run / "search").iterdir()) == ["lr-0.001", "lr-0.003"]
+    with pytest.raises(UserError, match="path B"):
+        parse_compare_config({**values, "recipe": str(tmp_path / "quick.yaml"),
+                              "domain_corpus": [str(LEE)]}, "cmp.yaml", tmp_path)
