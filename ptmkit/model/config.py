@@ -113,6 +113,8 @@ def resolve_model_config(spec: str | Path | dict[str, Any], *, vocab_size: int, 
     """
     if isinstance(spec, dict):
         values, where = dict(spec), "model"
+        if "size" in values:
+            values = {**SIZES[_check_size(values.pop("size"), where)], **values}
     elif str(spec) in SIZES:
         values, where = dict(SIZES[str(spec)]), "--model"
     elif str(spec).endswith((".yaml", ".yml")):
