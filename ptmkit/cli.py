@@ -131,7 +131,7 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="GLUE folder for --task glue:<name>")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--tokenizer", type=Path, help="tokenizer of a scratch model")
-    p.add_argument("--model", default="tiny", help="size of a scratch model")
+    p.add_argument("--model", help="size of a scratch model (default tiny; with --recipe, the recipe's)")
     p.add_argument("--text-fields", default="text", help="one field, or two comma-separated for pairs")
     p.add_argument("--label-field", default="label")
     p.add_argument("--source-field", default="source", help="seq2seq: input text field")
@@ -153,6 +153,8 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
                    help="pick the best epoch (and learning rate) on this held-out share of the "
                         "training examples, then score dev once (default 0: pick on dev)")
     p.add_argument("--epochs", type=int, help="default 3")
+    p.add_argument("--min-steps", type=int, help="at least this many optimizer steps: more epochs "
+                   "for small data (default 0)")
     p.add_argument("--lr", type=_rates, help="default 5e-5; several comma-separated rates are "
                    "each tried and the best kept (see --select-fraction)")
     p.add_argument("--batch-size", type=int, help="default 32")
@@ -394,8 +396,8 @@ def _train_config(values: dict[str, Any], where: str) -> TrainConfig:
         raise UserError(f"bad training option: {err}", where, "check option names and types") from None
 
 
-RECIPE_FINETUNE_FLAGS = ("pooling", "layer_decay", "select_fraction", "epochs", "lr", "batch_size",
-                         "max_length", "patience", "precision", "warmup_ratio", "weight_decay")
+RECIPE_FINETUNE_FLAGS = ("pooling", "layer_decay", "select_fraction", "epochs", "min_steps", "lr",
+                         "batch_size", "max_length", "patience", "precision", "warmup_ratio", "weight_decay")
 
 
 def _rates(text: str) -> list[float]:
@@ -409,15 +411,17 @@ def _run_finetune(args: argparse.Namespace) -> None:
     from ptmkit.finetuning.run import FinetuneSpec
     from ptmkit.finetuning.search import finetune_search
     settings: dict[str, Any] = {}
+    model = args.model or "tiny"
     if args.recipe:
         from ptmkit.recipes import load_recipe
-        settings = dict(load_recipe(args.recipe).finetune)
+        recipe = load_recipe(args.recipe)
+        settings, model = dict(recipe.finetune), args.model or recipe.model
     settings.update({k: getattr(args, k) for k in RECIPE_FINETUNE_FLAGS if getattr(args, k, None) is not None})
     rates = settings.pop("lr", [5e-5])
     rates = [float(r) for r in (rates if isinstance(rates, list) else [rates])]
     spec = FinetuneSpec(
         task=args.task, init=args.init, out=args.out, train=args.train, dev=args.dev,
-        data_dir=args.data_dir, tokenizer=args.tokenizer, model=args.model,
+        data_dir=args.data_dir, tokenizer=args.tokenizer, model=model,
         text_fields=[f.strip() for f in args.text_fields.split(",") if f.strip()],
         label_field=args.label_field, max_train_examples=args.max_train_examples,
         source_field=args.source_field, target_field=args.target_field,

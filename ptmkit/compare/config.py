@@ -25,7 +25,7 @@ PRETRAIN_KEYS = {"steps", "minutes", "tokens", "batch_size", "seq_len", "lr", "w
                  "precision", "weight_decay", "grad_accum", "workers"}
 TASK_KEYS = {"type", "name", "train", "dev", "text_fields", "label_field", "dev_fraction",
              "data_dir", "max_length", "negative_label", "source_field", "target_field"}
-FINETUNE_KEYS = {"epochs", "lr", "scratch_lr", "batch_size", "patience", "warmup_ratio", "max_length",
+FINETUNE_KEYS = {"epochs", "min_steps", "lr", "scratch_lr", "batch_size", "patience", "warmup_ratio", "max_length",
                  "precision", "select_fraction", "layer_decay", "pooling", "weight_decay"}
 RECIPE_PREFIX = "recipe:"
 """A recipe's rows in results.csv name it `recipe:<name>` in the objective column."""

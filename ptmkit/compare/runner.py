@@ -31,6 +31,7 @@ from ptmkit.data.tokenizer import Tokenizer, train_tokenizer
 from ptmkit.finetuning.run import FinetuneSpec
 from ptmkit.finetuning.search import finetune_search
 from ptmkit.pretraining import PretrainSpec, pretrain
+from ptmkit.recipes import Recipe
 from ptmkit.recipes.pretrain import RecipeRun, pretrain_recipe
 from ptmkit.train.loop import UNBOUNDED_STEPS, TrainConfig
 
@@ -154,7 +155,7 @@ class Compare:
                     "options": self.cfg.objective_options.get(job.objective, {}),
                     "data": json.loads((data[job.domain] / "manifest.json").read_text())["fingerprint"],
                     "init": _read_key(init) if init else None,
-                    "recipe": asdict(self.cfg.recipe) if job.objective.startswith(RECIPE_PREFIX) else None})
+                    "recipe": _pretraining_part(self.cfg.recipe) if job.objective.startswith(RECIPE_PREFIX) else None})
         if _done(run, "summary.json", key):
             return run
         if job.objective.startswith(RECIPE_PREFIX):
@@ -202,7 +203,7 @@ class Compare:
         spec = FinetuneSpec(task=task.type, init=init, out=run, train=task.train, dev=task.dev,
                             data_dir=task.data_dir, tokenizer=tokenizer_dir if cell.job is None else None,
                             text_fields=task.text_fields, label_field=task.label_field,
-                            model=self.cfg.model if isinstance(self.cfg.model, str) else "mini",
+                            model=self.cfg.model,
                             max_train_examples=cell.budget, dev_fraction=task.dev_fraction,
                             seed=cell.seed, overwrite=True, progress=False, **task.extra,
                             **{"max_length": task.max_length,
@@ -262,6 +263,12 @@ class Compare:
         tmp.replace(self.out / "results.csv")
 
 
+def _pretraining_part(recipe: Recipe | None) -> dict[str, Any]:
+    """What a recipe's pre-training depends on (its fine-tuning settings do not invalidate it)."""
+    assert recipe is not None
+    return {k: v for k, v in asdict(recipe).items() if k not in ("finetune", "summary", "source")}
+
+
 def _read_key(run: Path) -> str | None:
     stamp = run / "compare_key.json"
     return json.loads(stamp.read_text())["key"] if stamp.is_file() else None
@@ -288,8 +295,10 @@ def estimate(cfg: CompareConfig) -> list[tuple[str, float]]:
             seconds = tokens * model.flops_per_token(seq_len, 0.15) / ASSUMED_FLOPS
         plan.append((f"pretrain {job.name}", seconds))
     epochs = cfg.finetune.get("epochs", 3)
+    rates = cfg.finetune.get("lr", [5e-5])
+    runs = len(rates) if isinstance(rates, list) else 1  # a learning-rate search fine-tunes once per rate
     for cell in cells(cfg):
         examples = cell.budget or 10_000
-        seconds = 5 + examples * epochs * 64 * model.flops_per_token(64, 0) / ASSUMED_FLOPS
+        seconds = runs * (5 + examples * epochs * 64 * model.flops_per_token(64, 0) / ASSUMED_FLOPS)
         plan.append((f"finetune {cell.name}", seconds))
     return plan

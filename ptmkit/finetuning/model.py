@@ -52,7 +52,7 @@ def read_run_config(run: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text())
 
 
-def load_backbone(init: str, *, tokenizer_dir: Path | None = None, model: str = "tiny",
+def load_backbone(init: str, *, tokenizer_dir: Path | None = None, model: str | dict = "tiny",
                   max_length: int = 128, scratch_objective: str = SCRATCH_OBJECTIVE) -> Backbone:
     """`scratch` (needs a tokenizer), a pre-training run directory, or `hf:DIR` (a local Hugging
     Face BERT / RoBERTa / GPT-2 / BART directory, see `ptmkit.hf.importer`)."""

@@ -56,13 +56,17 @@ class FinetuneSpec:
     max_target_length: int = 64
     target_list: str = "references"
     """seq2seq fields (see `TaskSpec`); --train/--dev may also be SRC,TGT parallel text files."""
-    model: str = "tiny"
+    model: str | dict = "tiny"
+    """Size of a scratch model: a name, a YAML file or a dict of ModelConfig fields."""
     max_train_examples: int | None = None
     dev_fraction: float = 0.1
     select_fraction: float = 0.0
     """Hold out this share of the (budgeted) training examples to pick the best epoch, then score
     the dev set once with that model; 0 picks the epoch on the dev set itself."""
     epochs: int = 3
+    min_steps: int = 0
+    """Train at least this many optimizer steps, adding epochs when the data is small (a
+    100-example budget makes 4 steps an epoch: too few to learn anything in --epochs)."""
     lr: float = 5e-5
     batch_size: int = 32
     max_length: int = 128
@@ -225,8 +229,9 @@ def _batches(items: list, batch_size: int, rng: np.random.Generator | None) -> l
 def _train(model: TaskModel, prepared: _Prepared, spec: FinetuneSpec) -> tuple[dict, list]:
     task = prepared.task
     steps_per_epoch = -(-len(prepared.train) // spec.batch_size)
-    cfg = TrainConfig(steps=spec.epochs * steps_per_epoch, lr=spec.lr, batch_size=spec.batch_size,
-                      warmup=max(1, round(spec.warmup_ratio * spec.epochs * steps_per_epoch)),
+    epochs = max(spec.epochs, -(-spec.min_steps // steps_per_epoch))
+    cfg = TrainConfig(steps=epochs * steps_per_epoch, lr=spec.lr, batch_size=spec.batch_size,
+                      warmup=max(1, round(spec.warmup_ratio * epochs * steps_per_epoch)),
                       weight_decay=spec.weight_decay, precision=spec.precision, seed=spec.seed)
     optimizer = make_optimizer(model, cfg, layerwise_scales(model, spec.layer_decay))
     rng = np.random.default_rng(spec.seed)
@@ -239,7 +244,7 @@ def _train(model: TaskModel, prepared: _Prepared, spec: FinetuneSpec) -> tuple[d
     bar = tqdm(total=cfg.steps, initial=step, desc="finetune", unit="step", disable=not spec.progress,
                mininterval=1.0)
     done = bool(spec.patience and stale >= spec.patience)
-    for epoch in range(first, 1 if done else spec.epochs + 1):
+    for epoch in range(first, 1 if done else epochs + 1):
         model.train()
         losses = []
         for items in _batches(prepared.train, spec.batch_size, rng):
@@ -256,13 +261,11 @@ def _train(model: TaskModel, prepared: _Prepared, spec: FinetuneSpec) -> tuple[d
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        metrics = evaluate_items(model, task, prepared.dev, prepared.dev_targets, spec.batch_size)
+        # the held-out slice, when there is one, decides; dev is then scored once, at the end
+        scored, prefix = (prepared.dev, "dev") if prepared.select is None else (prepared.select, "select")
+        metrics = evaluate_items(model, task, scored, [item["target"].tolist() for item in scored], spec.batch_size)
         line = {"epoch": epoch, "step": step, "loss": float(np.mean(losses)), "lr": learning_rate(cfg, step - 1),
-                **{f"dev_{k}": v for k, v in metrics.items()}}
-        if prepared.select is not None:  # dev is logged for the curve, the held-out slice decides
-            metrics = evaluate_items(model, task, prepared.select,
-                                     [item["target"].tolist() for item in prepared.select], spec.batch_size)
-            line.update({f"select_{k}": v for k, v in metrics.items()})
+                **{f"{prefix}_{k}": v for k, v in metrics.items()}}
         metrics_file.write(json.dumps(line) + "\n")
         metrics_file.flush()
         history.append(line)

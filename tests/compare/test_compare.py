@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import gensim
@@ -132,7 +133,7 @@ def test_demo_config_uses_only_bundled_text_and_three_families() -> None:
 
 def test_a_recipe_joins_path_b_and_scratch_gets_its_finetuning_search(task_file, tmp_path) -> None:
     import yaml
-    recipe = {"name": "quick", "model": "tiny", "minutes": 0.2, "tokenizer": {"kind": "wordpiece", "vocab_size": 600},
+    recipe = {"name": "quick", "model": {"size": "tiny", "hidden": 64}, "minutes": 0.2, "tokenizer": {"kind": "wordpiece", "vocab_size": 600},
               "stages": [{"objective": "mlm", "train": {"batch_size": 4, "seq_len": 32, "warmup": 2}}],
               "finetune": {"epochs": 1, "lr": [1e-3, 3e-3], "select_fraction": 0.25, "batch_size": 16,
                            "max_length": 16}}
@@ -140,16 +141,20 @@ def test_a_recipe_joins_path_b_and_scratch_gets_its_finetuning_search(task_file,
     values = {k: v for k, v in config(task_file).items() if k not in ("objectives", "tokenizer", "model", "finetune")}
     cfg = parse_compare_config({**values, "recipe": str(tmp_path / "quick.yaml"), "label_budgets": [40],
                                 "seeds": [0]}, "cmp.yaml", tmp_path)
-    assert cfg.systems == ["recipe:quick"] and cfg.model == "tiny" and cfg.tokenizer["kind"] == "wordpiece"
+    assert cfg.systems == ["recipe:quick"] and cfg.tokenizer["kind"] == "wordpiece"
     out = tmp_path / "out"
     Compare(cfg, out, progress=False).run()
     rows = read_results(out / "results.csv")
     assert {(r["objective"], r["path"]) for r in rows} == {("scratch", "A"), ("recipe:quick", "B")}
     recipe_row = next(r for r in rows if r["path"] == "B")
-    assert 0 < float(recipe_row["pretrain_seconds"]) <= 12.0 and int(recipe_row["pretrain_tokens"]) > 0
+    summary = json.loads((out / "pretrain" / "recipe-quick-s0" / "summary.json").read_text())
+    assert float(recipe_row["pretrain_seconds"]) == summary["train_seconds"] > 0  # the recipe's wall clock
+    assert int(recipe_row["pretrain_tokens"]) == summary["tokens"] > 0
     for system in ("A-scratch", "B-recipe:quick"):
         run = out / "finetune" / "task" / system / "b40-s0"
         assert sorted(p.name for p in (run / "search").iterdir()) == ["lr-0.001", "lr-0.003"]
+        model = yaml.safe_load((run / "config.yaml").read_text())["model"]
+        assert (model["n_layers"], model["hidden"]) == (2, 64)  # scratch gets the recipe's architecture
     with pytest.raises(UserError, match="path B"):
         parse_compare_config({**values, "recipe": str(tmp_path / "quick.yaml"),
                               "domain_corpus": [str(LEE)]}, "cmp.yaml", tmp_path)

@@ -14,9 +14,9 @@ from ptmkit.recipes import available, load_recipe, parse_recipe
 from ptmkit.recipes.pretrain import RecipeRun, pretrain_recipe
 
 TWO_STAGES = {
-    "name": "two-stage", "model": "tiny", "minutes": 0.25,
+    "name": "two-stage", "model": {"size": "tiny", "hidden": 64}, "minutes": 0.25,
     "tokenizer": {"kind": "wordpiece", "vocab_size": 600},
-    "stages": [{"objective": "word2vec", "objective_options": {"unit": "tokens", "vector_size": 128, "epochs": 2}},
+    "stages": [{"objective": "word2vec", "objective_options": {"unit": "tokens", "vector_size": 64, "epochs": 2}},
                {"objective": "mlm", "train": {"batch_size": 8, "seq_len": 32, "lr": 1e-3, "warmup": 5}}],
     "finetune": {"epochs": 2, "lr": [1e-3, 3e-3], "select_fraction": 0.2, "pooling": "mean", "layer_decay": 0.9},
 }
@@ -102,6 +102,12 @@ def test_cli_recipe_finetune_searches_rates_on_held_out_data(recipe_run, tmp_pat
     assert config["finetune"]["lr"] == best["lr"] and config["finetune"]["epochs"] == 2
     assert config["task"]["pooling"] == "mean" and config["finetune"]["layer_decay"] == 0.9
     assert config["finetune"]["max_length"] == 16  # a flag given beats the recipe
+    code = main(["finetune", "--task", "classify", "--init", "scratch", "--tokenizer", str(out / "tokenizer"),
+                 "--recipe", str(recipe_file), "--lr", "1e-3", "--train", str(tmp_path / "train.tsv"),
+                 "--text-fields", "sentence", "--out", str(tmp_path / "scratch"), "--no-progress"])
+    assert code == 0
+    model = yaml.safe_load((tmp_path / "scratch" / "config.yaml").read_text())["model"]
+    assert model["hidden"] == 64  # a scratch model takes the recipe's architecture
 
 
 def test_cli_recipe_conflicts(tmp_path: Path, capsys) -> None:
