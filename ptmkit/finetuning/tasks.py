@@ -70,6 +70,8 @@ class Task:
         self.spec, self.tokenizer = spec, tokenizer
         self.pooling = pooling if spec.pooling == "auto" else spec.pooling
         self.token_types = token_types
+        if spec.metrics:  # the official metric (GLUE CoLA: MCC) picks the epoch and heads the report
+            self.main_metric = spec.metrics[0]
 
     def bind(self, backbone: Backbone) -> None:
         """Learn what the task needs from the backbone it will run on, or refuse it with a

@@ -67,3 +67,22 @@ def test_min_steps_adds_epochs_for_small_budgets(keyword_task, keyword_spec, tmp
     assert [l["epoch"] for l in lines] == [1, 2, 3, 4] and lines[-1]["step"] == 8
     finetune(keyword_spec(keyword_task, tmp_path / "big", max_train_examples=20, epochs=5, min_steps=7))
     assert len((tmp_path / "big" / "metrics.jsonl").read_text().splitlines()) == 5  # epochs already enough
+
+
+def test_glue_cola_picks_epochs_and_reports_by_mcc(keyword_task, keyword_spec, tmp_path) -> None:
+    """A header-less CoLA folder: the official metric (MCC), not accuracy, is the main one."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    glue = tmp_path / "glue" / "CoLA"
+    glue.mkdir(parents=True)
+    for name, n in (("train.tsv", 120), ("dev.tsv", 40)):
+        rows = []
+        for _ in range(n):
+            label = int(rng.integers(2))
+            rows.append(f"src\t{label}\t\t{'river great' if label else 'river awful'} market")
+        (glue / name).write_text("\n".join(rows) + "\n")
+    result = finetune(keyword_spec(keyword_task, tmp_path / "run", task="glue:cola", data_dir=str(tmp_path / "glue"),
+                                   train=None, dev=None, text_fields=["sentence"], epochs=2))
+    assert result["main_metric"] == "mcc" and -1 <= result["mcc"] <= 1
+    lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert result["epoch"] == max(lines, key=lambda l: l["dev_mcc"])["epoch"]
