@@ -409,7 +409,7 @@ def _rates(text: str) -> list[float]:
 
 def _run_finetune(args: argparse.Namespace) -> None:
     from ptmkit.finetuning.run import FinetuneSpec
-    from ptmkit.finetuning.search import finetune_search
+    from ptmkit.finetuning.search import as_rates, finetune_search
     settings: dict[str, Any] = {}
     model = args.model or "tiny"
     if args.recipe:
@@ -417,8 +417,7 @@ def _run_finetune(args: argparse.Namespace) -> None:
         recipe = load_recipe(args.recipe)
         settings, model = dict(recipe.finetune), args.model or recipe.model
     settings.update({k: getattr(args, k) for k in RECIPE_FINETUNE_FLAGS if getattr(args, k, None) is not None})
-    rates = settings.pop("lr", [5e-5])
-    rates = [float(r) for r in (rates if isinstance(rates, list) else [rates])]
+    rates = as_rates(settings.pop("lr", FinetuneSpec.lr))
     spec = FinetuneSpec(
         task=args.task, init=args.init, out=args.out, train=args.train, dev=args.dev,
         data_dir=args.data_dir, tokenizer=args.tokenizer, model=model,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -19,3 +21,14 @@ def share(path: Path) -> Path:
     for item in paths:
         item.chmod((0o777 if item.is_dir() else 0o666) & ~umask)
     return path
+
+
+def copy_items(source: Path, dest: Path, names: Iterable[str]) -> None:
+    """Copy the named files and directories of `source` that exist into `dest` (a winning
+    learning-rate run to its search's top level, a recipe's last stage to the recipe run)."""
+    for name in names:
+        item = source / name
+        if item.is_dir():
+            shutil.copytree(item, dest / name, dirs_exist_ok=True)
+        elif item.is_file():
+            shutil.copy2(item, dest / name)

@@ -29,7 +29,7 @@ from ptmkit.data.corpus import read_texts
 from ptmkit.data.shards import corpus_fingerprint, prepare
 from ptmkit.data.tokenizer import Tokenizer, train_tokenizer
 from ptmkit.finetuning.run import FinetuneSpec
-from ptmkit.finetuning.search import finetune_search
+from ptmkit.finetuning.search import as_rates, finetune_search
 from ptmkit.pretraining import PretrainSpec, pretrain
 from ptmkit.recipes import Recipe
 from ptmkit.recipes.pretrain import RecipeRun, pretrain_recipe
@@ -151,14 +151,15 @@ class Compare:
         run = self.out / "pretrain" / job.name
         budget = self.cfg.domain_pretrain if job.domain else self.cfg.pretrain
         init = self.out / "pretrain" / PretrainJob(job.objective, job.seed, False).name if job.domain else None
+        is_recipe = job.objective.startswith(RECIPE_PREFIX)
         key = _key({"job": asdict(job), "budget": budget, "model": self.cfg.model,
                     "options": self.cfg.objective_options.get(job.objective, {}),
                     "data": json.loads((data[job.domain] / "manifest.json").read_text())["fingerprint"],
                     "init": _read_key(init) if init else None,
-                    "recipe": _pretraining_part(self.cfg.recipe) if job.objective.startswith(RECIPE_PREFIX) else None})
+                    "recipe": _pretraining_part(self.cfg.recipe) if is_recipe else None})
         if _done(run, "summary.json", key):
             return run
-        if job.objective.startswith(RECIPE_PREFIX):
+        if is_recipe:
             return self._run_recipe(job, run, key, data[False])
         resume = (run / "config.yaml").is_file() and (run / "compare_key.json").is_file() \
             and json.loads((run / "compare_key.json").read_text())["key"] == key
@@ -194,7 +195,7 @@ class Compare:
         recipe = {"epochs": 3, "lr": 5e-5, "batch_size": 32, **self.cfg.finetune}
         if cell.job is None and "scratch_lr" in recipe:
             recipe["lr"] = recipe["scratch_lr"]
-        rates = recipe["lr"] if isinstance(recipe["lr"], list) else [recipe["lr"]]
+        rates = as_rates(recipe["lr"])
         key = _key({"cell": cell.name, "task": asdict(cell.task), "recipe": recipe, "model": self.cfg.model,
                     "init": _read_key(Path(init)) if cell.job else "scratch"})
         if _done(run, "eval.json", key):
@@ -208,9 +209,9 @@ class Compare:
                             seed=cell.seed, overwrite=True, progress=False, **task.extra,
                             **{"max_length": task.max_length,
                                **{k: v for k, v in recipe.items() if k not in ("scratch_lr", "lr")}},
-                            lr=float(rates[0]))
+                            lr=rates[0])
         started = time.perf_counter()
-        result = finetune_search(spec, [float(r) for r in rates])
+        result = finetune_search(spec, rates)
         result["finetune_seconds"] = round(time.perf_counter() - started, 2)
         (run / "eval.json").write_text(json.dumps(result, indent=2))
         _stamp(run, key)
@@ -295,8 +296,7 @@ def estimate(cfg: CompareConfig) -> list[tuple[str, float]]:
             seconds = tokens * model.flops_per_token(seq_len, 0.15) / ASSUMED_FLOPS
         plan.append((f"pretrain {job.name}", seconds))
     epochs = cfg.finetune.get("epochs", 3)
-    rates = cfg.finetune.get("lr", [5e-5])
-    runs = len(rates) if isinstance(rates, list) else 1  # a learning-rate search fine-tunes once per rate
+    runs = len(as_rates(cfg.finetune.get("lr", 5e-5)))  # a learning-rate search fine-tunes once per rate
     for cell in cells(cfg):
         examples = cell.budget or 10_000
         seconds = runs * (5 + examples * epochs * 64 * model.flops_per_token(64, 0) / ASSUMED_FLOPS)

@@ -137,11 +137,8 @@ def _prepare(spec: FinetuneSpec) -> _Prepared:
         dev_records = task.read(dev_paths[0])
     else:  # no dev file: hold out a stratified, seeded slice of the training data
         task.fit_labels(train_records)
-        keys, stratified = stratify_key(task, task.targets(train_records, train_path))
         n_dev = max(1, round(spec.dev_fraction * len(train_records)))
-        dev_index = set(label_budget(keys, n_dev, spec.seed + 1, stratified).tolist())
-        dev_records = [r for i, r in enumerate(train_records) if i in dev_index]
-        train_records = [r for i, r in enumerate(train_records) if i not in dev_index]
+        train_records, dev_records = _split_off(task, train_records, train_path, n_dev, spec.seed + 1)
     task.fit_labels(train_records)
     n_available = len(train_records)
     if spec.max_train_examples is not None:
@@ -170,8 +167,13 @@ def _hold_out(task: Task, records: list, path: str, spec: FinetuneSpec) -> tuple
         raise UserError(f"--select-fraction {spec.select_fraction} of {len(records)} training examples "
                         "leaves no selection or no training data", "--select-fraction",
                         "raise the label budget or change the fraction")
+    return _split_off(task, records, path, n_select, spec.seed + 2)
+
+
+def _split_off(task: Task, records: list, path: str, n: int, seed: int) -> tuple[list, list]:
+    """(rest, slice): `n` records, stratified by class where the task has classes, seeded."""
     keys, stratified = stratify_key(task, task.targets(records, path))
-    chosen = set(label_budget(keys, n_select, spec.seed + 2, stratified).tolist())
+    chosen = set(label_budget(keys, n, seed, stratified).tolist())
     return ([r for i, r in enumerate(records) if i not in chosen],
             [r for i, r in enumerate(records) if i in chosen])
 

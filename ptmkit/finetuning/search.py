@@ -13,6 +13,7 @@ import shutil
 from typing import Any
 
 from ptmkit.errors import UserError
+from ptmkit.fileio import copy_items
 from ptmkit.finetuning.run import FinetuneSpec, check_finetune_out, finetune
 
 RUN_FILES = ("config.yaml", "model.safetensors", "tokenizer", "metrics.jsonl")
@@ -34,17 +35,17 @@ def finetune_search(spec: FinetuneSpec, rates: list[float]) -> dict[str, Any]:
         tried.append({"lr": rate, "result": result})
     key = selection_key(tried[0]["result"])
     best = max(tried, key=lambda t: t["result"][key])  # the first of equal scores: lists order ties
-    for item in RUN_FILES:
-        source = spec.out / "search" / f"lr-{best['lr']:g}" / item
-        if source.is_dir():
-            shutil.copytree(source, spec.out / item, dirs_exist_ok=True)
-        else:
-            shutil.copy2(source, spec.out / item)
+    copy_items(spec.out / "search" / f"lr-{best['lr']:g}", spec.out, RUN_FILES)
     result = {**best["result"], "lr": best["lr"], "selected_by": key,
               "search": [{"lr": t["lr"], key: t["result"][key],
                           t["result"]["main_metric"]: t["result"][t["result"]["main_metric"]]} for t in tried]}
     (spec.out / "eval.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def as_rates(value: float | str | list) -> list[float]:
+    """A learning rate, or a list of them to search (a recipe's or compare config's `lr`)."""
+    return [float(r) for r in (value if isinstance(value, list) else [value])]
 
 
 def selection_key(result: dict[str, Any]) -> str:

@@ -29,6 +29,7 @@ from ptmkit.data.corpus import read_texts
 from ptmkit.data.shards import prepare
 from ptmkit.data.tokenizer import Tokenizer, train_tokenizer
 from ptmkit.errors import UserError
+from ptmkit.fileio import copy_items
 from ptmkit.pretraining import PretrainSpec, check_corpus, check_run_dir, pretrain
 from ptmkit.recipes import Recipe
 from ptmkit.train.loop import UNBOUNDED_STEPS, TrainConfig
@@ -138,12 +139,7 @@ def _data(run: RecipeRun) -> tuple[Path, float]:
 
 def _publish(final: Path, out: Path, name: str) -> None:
     """Copy the last stage's model files to the run's top level, so `--init RUN` finds them."""
-    for item in FINAL_FILES:
-        source = final / item
-        if source.is_dir():
-            shutil.copytree(source, out / item, dirs_exist_ok=True)
-        elif source.is_file():
-            shutil.copy2(source, out / item)
+    copy_items(final, out, FINAL_FILES)
     config = yaml.safe_load((out / "config.yaml").read_text())
     config["recipe"] = name
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
