@@ -22,7 +22,9 @@ from __future__ import annotations
 import warnings
 
 import torch
+
 from torch import Tensor, nn
+from ptmkit.model.vocab_loss import linear_cross_entropy
 
 # Projected LSTMs run on PyTorch's native kernel instead of oneDNN's; the warning says only that.
 warnings.filterwarnings("ignore", message="LSTM with projections is not supported with oneDNN")
@@ -95,6 +97,10 @@ class BiLM(nn.Module):
     def logits(self, hidden: Tensor) -> Tensor:
         """The softmax shared by both directions, for the given rows only."""
         return self.softmax(hidden)
+
+    def token_loss(self, hidden: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """(mean cross-entropy, accuracy) of the shared softmax at rows `hidden`, fused."""
+        return linear_cross_entropy(hidden, self.softmax.weight, self.softmax.bias, targets)
 
     def flops_per_token(self, seq_len: int, predicted_fraction: float = 1.0) -> float:
         """Training FLOPs per input token (3x forward): both directions' LSTM gates and

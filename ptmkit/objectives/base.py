@@ -173,11 +173,12 @@ class Objective:
 
 def token_cross_entropy(model: nn.Module, hidden: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, float]]:
     """Cross-entropy computed only at rows with a target: the vocabulary projection, the most
-    expensive matmul of a small model, is skipped everywhere else."""
+    expensive matmul of a small model, is skipped everywhere else (and fused with the loss)."""
     selected = labels != IGNORE
-    targets = labels[selected]
-    logits = model.logits(hidden[selected])
-    loss = torch.nn.functional.cross_entropy(logits.float(), targets)
-    with torch.no_grad():
-        accuracy = (logits.argmax(-1) == targets).float().mean()
+    return rows_cross_entropy(model, hidden[selected], labels[selected])
+
+
+def rows_cross_entropy(model: nn.Module, rows: Tensor, targets: Tensor) -> tuple[Tensor, dict[str, float]]:
+    """`token_cross_entropy` of hidden rows already selected (e.g. by ``encode(select=...)``)."""
+    loss, accuracy = model.token_loss(rows, targets)
     return loss, {"accuracy": float(accuracy), "predicted": float(targets.numel())}
