@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch import Tensor, nn
 
-from ptmkit.objectives.base import Batch, Example, Objective, Window, token_cross_entropy
+from ptmkit.objectives.base import IGNORE, Batch, Example, Objective, Window, rows_cross_entropy
 from ptmkit.objectives.noise import bert_frame, choose_positions, corrupt
 
 
@@ -50,8 +50,9 @@ class MaskedLM(Objective):
         return choose_positions(eligible, self.options.mask_prob, rng)
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
-        hidden = model.encode(batch["input_ids"])
-        return token_cross_entropy(model, hidden, batch["labels"])
+        selected = batch["labels"] != IGNORE  # only these rows go through the last layer
+        rows = model.encode(batch["input_ids"], select=selected)
+        return rows_cross_entropy(model, rows, batch["labels"][selected])
 
     def predicted_fraction(self) -> float:
         return self.options.mask_prob

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from ptmkit.errors import UserError
 from ptmkit.model import masks
-from ptmkit.objectives.base import IGNORE, Batch, Example, Window, token_cross_entropy
+from ptmkit.objectives.base import IGNORE, Batch, Example, Window, rows_cross_entropy
 from ptmkit.objectives.clm import CausalLM
 
 
@@ -54,8 +54,9 @@ class PrefixLM(CausalLM):
         return {**example, "labels": labels, "attn_mask": masks.prefix(self.seq_len, prefix)}
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
-        hidden = model.encode(batch["input_ids"], attn_mask=batch["attn_mask"])
-        return token_cross_entropy(model, hidden, batch["labels"])
+        selected = batch["labels"] != IGNORE  # the prefix's rows skip the last layer
+        rows = model.encode(batch["input_ids"], attn_mask=batch["attn_mask"], select=selected)
+        return rows_cross_entropy(model, rows, batch["labels"][selected])
 
     def predicted_fraction(self) -> float:
         return 1.0 - (self.options.min_prefix + self.options.max_prefix) / 2

@@ -157,3 +157,66 @@ def test_model_yaml_file(tmp_path) -> None:
     path.write_text("size: mini\nhidden: 192\nheads: 3\nlayout: gpt2\n")
     cfg = resolve_model_config(str(path), vocab_size=V, layout="bert")
     assert (cfg.n_layers, cfg.hidden, cfg.heads, cfg.ffn, cfg.norm) == (4, 192, 3, 768, "pre")
+
+
+def _select(batch: int = 3, length: int = L, seed: int = 1) -> torch.Tensor:
+    select = torch.rand(batch, length, generator=torch.Generator().manual_seed(seed)) < 0.3
+    select[0] = False  # a sequence with nothing selected
+    select[1, 0] = select[1, -1] = True
+    return select
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("form", ["none", "padding", "causal", "full-mask"])
+def test_selected_rows_equal_the_full_encoding(layout: str, form: str) -> None:
+    model, x, select = make(layout), ids(batch=3), _select()
+    kwargs: dict = {}
+    if form == "padding":
+        valid = torch.ones(3, L, dtype=torch.bool)
+        valid[2, 9:] = False
+        kwargs["attn_mask"] = key_padding_mask(valid)
+    elif form == "causal":
+        kwargs["is_causal"] = True
+    elif form == "full-mask":
+        kwargs["attn_mask"] = torch.from_numpy(np.stack([masks.prefix(L, p) for p in (3, 6, 9)]))
+    with torch.no_grad():
+        full = model.encode(x, **kwargs)[select]
+        rows = model.encode(x, select=select, **kwargs)
+    assert rows.shape == (int(select.sum()), model.cfg.hidden)
+    torch.testing.assert_close(rows, full, atol=1e-5, rtol=1e-5)
+
+
+def test_selected_rows_give_the_same_gradients() -> None:
+    model, x, select = make("bert"), ids(batch=3), _select()  # eval(): no dropout
+    weights = torch.randn(int(select.sum()), model.cfg.hidden, generator=torch.Generator().manual_seed(2))
+    grads = []
+    for rows in (model.encode(x)[select], model.encode(x, select=select)):
+        model.zero_grad()
+        (rows * weights).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("form", ["none", "causal", "mask", "mask-with-empty-row"])
+def test_explicit_attention_equals_the_sdpa_kernel(form: str) -> None:
+    from ptmkit.model.backbone import _explicit_attention
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 8, generator=g) for _ in range(3))
+    mask = torch.rand(2, 1, 5, 5, generator=g) < 0.6 if form.startswith("mask") else None
+    if mask is not None:
+        mask[..., 0] = True
+    if form == "mask-with-empty-row":
+        mask[1, 0, 2] = False  # a query row that may see nothing: zeros, as from the flash kernel
+    ours = _explicit_attention(q, k, v, mask, form == "causal", 0.0)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=form == "causal")
+    torch.testing.assert_close(ours, ref)
+    if form == "mask-with-empty-row":
+        assert ours[1, :, 2].abs().max() == 0
+
+
+def test_fused_adamw_on_plain_parameters() -> None:
+    from ptmkit.train.loop import TrainConfig, make_optimizer
+    optimizer = make_optimizer(make(), TrainConfig())
+    assert all(group["fused"] for group in optimizer.param_groups)
