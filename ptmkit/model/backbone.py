@@ -52,19 +52,22 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool,
 
 def _explicit_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool,
                         dropout: float) -> Tensor:
-    """`F.scaled_dot_product_attention` as matmuls (softmax in fp32); a query row that may see
-    no key gets zeros, as from the flash kernel."""
-    scores = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
+    """`F.scaled_dot_product_attention` as matmuls; a query row that may see no key gets zeros,
+    as from the flash kernel. The scores stay in the matmuls' dtype: CPU softmax kernels
+    accumulate in fp32 whatever the input, and casting (B, heads, L, L) both ways costs more."""
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
     if is_causal:
         mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
     if mask is not None:
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        scores = scores.masked_fill_(~mask, torch.finfo(scores.dtype).min)  # a fresh tensor
     probs = torch.softmax(scores, dim=-1)
     if mask is not None and not is_causal:
-        probs = probs * mask.any(-1, keepdim=True)
+        blind = ~mask.any(-1, keepdim=True)
+        if blind.any():
+            probs = probs.masked_fill(blind, 0.0)
     if dropout > 0:
         probs = F.dropout(probs, dropout)
-    return probs.to(v.dtype) @ v
+    return probs @ v
 
 
 @dataclass

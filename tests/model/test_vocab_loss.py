@@ -60,8 +60,10 @@ def test_tied_weight_gradient_adds_to_the_embedding_gradient() -> None:
     torch.testing.assert_close(ours, torch.autograd.grad(ref_loss, embedding.weight)[0])
 
 
-def test_bf16_autocast_matches_plain_autocast(monkeypatch) -> None:
+@pytest.mark.parametrize("group_elements", [50 * 40, 1 << 24])  # two groups (the second partial), or one
+def test_bf16_autocast_matches_plain_autocast(monkeypatch, group_elements) -> None:
     monkeypatch.setattr(vocab_loss, "CHUNK_ELEMENTS", 50 * 16)
+    monkeypatch.setattr(vocab_loss, "GROUP_ELEMENTS", group_elements)
     hidden, weight, b, targets = inputs(64)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss, _ = linear_cross_entropy(hidden, weight, b, targets)
