@@ -11,7 +11,9 @@ sides: the useful work of the architecture, not what each implementation execute
 
 `--against hf` also builds the same architecture in transformers (bench/hf_models.py: BERT for
 mlm, GPT-2 for clm, BART for bart, XLNet for plm) and times it in the same run. Each framework
-lives in its own spawned process, which reports its own peak RSS (ru_maxrss); the parent warms
+lives in its own spawned process, which reports its own peak RSS (ru_maxrss); the ptmkit one
+applies ptmkit's allocator setting as `ptmkit pretrain` does (`--hf-keep-freed-memory` gives it
+to the HF one too, to see how much of the lead it is); the parent warms
 both up, then alternates blocks of `--block` steps between them, only one running at a time.
 Both run ptmkit's `Trainer.train_step` (same AdamW groups/lr/betas/eps/decay, foreach, grad
 clipping, autocast for bf16); the HF side's loss is the model's own `model(**batch).loss`.
@@ -38,6 +40,7 @@ from ptmkit.data.tokenizer import N_SENTINELS, SPECIAL_TOKENS, SpecialIds
 from ptmkit.model.config import resolve_model_config
 from ptmkit.objectives import get_objective
 from ptmkit.objectives.base import Vocab
+from ptmkit.train.host import keep_freed_memory
 from ptmkit.train.loop import TrainConfig, Trainer
 
 
@@ -102,6 +105,8 @@ def worker(args: argparse.Namespace, side: str, conn) -> None:
     """One framework in its own process (so its peak RSS is its own): builds the model and a
     ptmkit Trainer (same AdamW, clipping, autocast for both sides), then runs the blocks of
     steps the parent asks for and answers (seconds, tokens)."""
+    if side == "ptmkit" or args.hf_keep_freed_memory:
+        keep_freed_memory()  # as `ptmkit pretrain` does at start
     torch.manual_seed(0)
     model, loss_fn, batches, count_tokens = build_side(args, side)
     train = TrainConfig(steps=10**9, batch_size=args.batch_size, seq_len=args.seq_len,
@@ -187,6 +192,8 @@ def main() -> None:
                         help="timed steps per turn when alternating with --against")
     parser.add_argument("--against", choices=("hf",), default=None,
                         help="also time the same architecture in transformers, interleaved")
+    parser.add_argument("--hf-keep-freed-memory", action="store_true",
+                        help="give the HF side ptmkit's allocator setting too (ptmkit.train.host)")
     parser.add_argument("--peak-gflops", type=float, default=0.0,
                         help="matmul peak for MFU (bench/matmul_peak.py; the figure for --precision)")
     parser.add_argument("--json", action="store_true")

@@ -29,6 +29,7 @@ from ptmkit.objectives.base import Vocab
 from ptmkit.train.checkpoint import latest_checkpoint, load_weights
 from ptmkit.train.distributed import Distributed, resolve_mode
 from ptmkit.train.loop import TrainConfig, Trainer
+from ptmkit.train.host import keep_freed_memory
 
 DEFAULT_TOKENIZER = {"kind": "bpe", "vocab_size": 8000}
 
@@ -225,6 +226,7 @@ def _init_from(init: str, model: torch.nn.Module, spec: PretrainSpec | None = No
 
 def pretrain(spec: PretrainSpec) -> dict[str, Any]:
     """Run (or resume) one pre-training; returns the summary also written to RUN/summary.json."""
+    keep_freed_memory()
     objective_cls = get_objective(spec.objective)
     objective_cls.parse_options(spec.objective_options)
     mode = resolve_mode(spec.distributed)

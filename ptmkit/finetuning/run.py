@@ -33,6 +33,7 @@ from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.pretraining import check_run_dir
 from ptmkit.train.checkpoint import (atomic_save_model, latest_checkpoint, load_checkpoint, load_extra,
                                      load_weights, remove_checkpoints, save_checkpoint)
+from ptmkit.train.host import keep_freed_memory
 from ptmkit.train.loop import TrainConfig, autocast, learning_rate, make_optimizer
 
 
@@ -191,6 +192,7 @@ def check_finetune_out(spec: FinetuneSpec) -> None:
 def finetune(spec: FinetuneSpec) -> dict[str, Any]:
     """Fine-tune, keep the best epoch (picked on dev or the held-out slice), write the run;
     returns eval.json's content."""
+    keep_freed_memory()
     check_finetune_out(spec)
     if not 0 < spec.layer_decay <= 1:
         raise UserError(f"--layer-decay {spec.layer_decay} is not in (0, 1]", "--layer-decay",

@@ -1,0 +1,33 @@
+"""Process-wide settings of the host that training pays for on every step."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+HEAP_BELOW = 1 << 28
+"""Allocations below this size (256 MB) come from the heap, where freed memory is reused."""
+KEEP_BELOW = 1 << 30
+"""Freed heap memory kept for reuse up to this much (1 GiB), instead of being returned."""
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Serve large tensors from the heap and keep freed memory for the next step (glibc only).
+
+    By default glibc hands every allocation above a threshold (dynamic, at most 32 MB) its own
+    mmap and unmaps it when freed, so a training step that allocates the same activations every
+    time page-faults through all of them again: 10-12% of a bf16 step of a small GPT-2 here
+    (the reason jemalloc or tcmalloc are recommended for PyTorch on CPU). Peak memory is
+    unchanged; the process keeps what it freed (up to `KEEP_BELOW`). Returns whether it applied.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):  # not glibc (macOS, musl, Windows)
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, HEAP_BELOW) and mallopt(_M_TRIM_THRESHOLD, KEEP_BELOW))
