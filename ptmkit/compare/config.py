@@ -118,6 +118,11 @@ def _budget(value: Any, where: str) -> int | None:
     return None
 
 
+def _data_path(value: Any, spot: str, base: Path) -> str:
+    """A task file, or `SOURCE,TARGET` line-aligned files (seq2seq), each resolved from `base`."""
+    return ",".join(_paths(part, spot, base)[0] for part in str(value).split(","))
+
+
 def _task(values: dict, index: int, base: Path, where: str) -> TaskConfig:
     spot = f"{where}: tasks[{index}]"
     _check_keys(values, TASK_KEYS, spot)
@@ -137,8 +142,8 @@ def _task(values: dict, index: int, base: Path, where: str) -> TaskConfig:
     else:
         if "train" not in values:
             _fail("task has no training file", spot, "add `train: PATH`")
-        task.train = _paths(values["train"], f"{spot}.train", base)[0]
-        task.dev = _paths(values["dev"], f"{spot}.dev", base)[0] if values.get("dev") else None
+        task.train = _data_path(values["train"], f"{spot}.train", base)
+        task.dev = _data_path(values["dev"], f"{spot}.dev", base) if values.get("dev") else None
     fields = values.get("text_fields", ["text"])
     task.text_fields = [fields] if isinstance(fields, str) else list(fields)
     task.label_field = str(values.get("label_field", "label"))
