@@ -48,12 +48,21 @@ def config(task_file: Path, **extra) -> dict:
     ({"seeds": "0"}, "seeds must be a list"),
     ({"task": {"type": "translate", "train": "x"}}, "unknown task type 'translate'"),
     ({"task": {"type": "classify", "train": "/no/such.tsv"}}, "path not found"),
+    ({"task": {"type": "seq2seq", "train": f"{LEE},/no/such.de"}}, "path not found.*train: /no/such.de"),
     ({"corpus": ["/no/such.txt"]}, "corpus: /no/such.txt"),
     ({"finetune": {"epoch": 1}}, "unknown key.*epoch"),
 ])
 def test_every_bad_key_or_value_is_named(task_file, tmp_path, patch, message) -> None:
     with pytest.raises(UserError, match=message):
         parse_compare_config(config(task_file, **patch), "cmp.yaml", tmp_path)
+
+
+def test_seq2seq_file_pairs_resolve_from_the_config_directory(task_file, tmp_path) -> None:
+    for name in ("train.en", "train.de"):
+        (tmp_path / name).write_text("a line\n")
+    cfg = parse_compare_config(config(task_file, task={"type": "seq2seq", "train": "train.en,train.de"}),
+                               "cmp.yaml", tmp_path)
+    assert cfg.tasks[0].train == f"{tmp_path / 'train.en'},{tmp_path / 'train.de'}"
 
 
 def test_cells_cover_paths_objectives_budgets_seeds(task_file, tmp_path) -> None:
