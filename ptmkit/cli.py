@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from ptmkit.errors import UserError
+from ptmkit.fileio import check_writable
 from ptmkit.train.loop import UNBOUNDED_STEPS, TrainConfig
 
 EPILOGS = {
@@ -305,6 +306,9 @@ def _run_pretrain(args: argparse.Namespace) -> None:
     for f in fields(TrainConfig):
         if f.name in file_values:
             file_values[f.name] = _typed(f.name, file_values[f.name], f.default, where)
+    if "val_fraction" in file_values:
+        file_values["val_fraction"] = _typed("val_fraction", file_values["val_fraction"],
+                                             PretrainSpec.val_fraction, where)
 
     def pick(name: str, default: Any = None) -> Any:
         value = getattr(args, name, None)
@@ -330,7 +334,7 @@ def _run_pretrain(args: argparse.Namespace) -> None:
         objective_options=_objective_options(pick("objective_options", {}), args.noise),
         train=_train_config(train_values, where), init=pick("init"),
         resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
-        distributed=pick("distributed"),
+        distributed=pick("distributed"), val_fraction=pick("val_fraction", PretrainSpec.val_fraction),
     )
     summary = pretrain(spec)
     if os.environ.get("RANK", "0") != "0":  # under torchrun: one line, from rank 0
@@ -503,6 +507,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], None] = args.handler
     try:
+        if getattr(args, "out", None) is not None:  # a read-only --out fails before any work
+            check_writable(args.out, "--out")
         handler(args)
     except UserError as err:
         print(f"ptmkit: error: {err}", file=sys.stderr)

@@ -7,6 +7,8 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
+from ptmkit.errors import UserError
+
 
 def share(path: Path) -> Path:
     """Give `path` (recursively, for a directory) the permissions the user's umask asks for.
@@ -21,6 +23,19 @@ def share(path: Path) -> Path:
     for item in paths:
         item.chmod((0o777 if item.is_dir() else 0o666) & ~umask)
     return path
+
+
+def check_writable(path: Path, flag: str) -> None:
+    """The output `path` can be written: it, or the nearest directory above it that exists, is a
+    writable directory. Checked before any work, so a read-only place fails at once, not with a
+    PermissionError traceback after minutes of training."""
+    existing = Path(path).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    directory = existing if existing.is_dir() else existing.parent
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise UserError(f"no write permission on {directory}", str(path),
+                        f"choose a writable {flag}, or give yourself write permission")
 
 
 def copy_items(source: Path, dest: Path, names: Iterable[str]) -> None:

@@ -26,7 +26,7 @@ from ptmkit.errors import RunStopped, UserError
 from ptmkit.model.config import ModelConfig, resolve_model_config
 from ptmkit.objectives import get_objective
 from ptmkit.objectives.base import Vocab
-from ptmkit.train.checkpoint import latest_checkpoint, load_weights
+from ptmkit.train.checkpoint import check_weights_file, latest_checkpoint, load_weights
 from ptmkit.train.distributed import Distributed, resolve_mode
 from ptmkit.train.loop import TrainConfig, Trainer
 from ptmkit.train.host import keep_freed_memory
@@ -124,6 +124,7 @@ def _check_init(init: str) -> None:
         return
     if not (Path(init) / "model.safetensors").is_file():
         raise UserError("no model.safetensors in the --init run", init, "point --init at a finished run directory")
+    check_weights_file(Path(init) / "model.safetensors")
 
 
 def _check_inputs(spec: PretrainSpec, objective_cls: type) -> _Plan | None:
@@ -148,7 +149,11 @@ def _check_inputs(spec: PretrainSpec, objective_cls: type) -> _Plan | None:
         raise UserError("no training data", "--data/--corpus",
                         "pass --data DIR from `ptmkit prepare` or --corpus FILE...")
     check_corpus(spec.corpus, spec.text_field)
-    vocab_size = (Tokenizer.load(spec.tokenizer).vocab_size if spec.tokenizer is not None
+    tokenizer = Tokenizer.load(spec.tokenizer) if spec.tokenizer is not None else None
+    if tokenizer is not None and _init_tokenizer_differs(spec, tokenizer):  # before preparing the corpus
+        raise UserError("the --init run used another tokenizer than --tokenizer", str(spec.tokenizer),
+                        f"pass --tokenizer {spec.init}/tokenizer")
+    vocab_size = (tokenizer.vocab_size if tokenizer is not None
                   else _hf_model(spec).tokenizer.vocab_size if _is_hf(spec.init)
                   else DEFAULT_TOKENIZER["vocab_size"])
     _model_config(spec, objective_cls, vocab_size)
@@ -183,6 +188,13 @@ class _Plan:
     dataset: WindowDataset
 
 
+def _init_tokenizer_differs(spec: PretrainSpec, tokenizer: Tokenizer) -> bool:
+    """An --init RUN (not hf:, not resuming) whose saved tokenizer is not `tokenizer`."""
+    init_tokenizer = Path(spec.init) / "tokenizer" if spec.init and not _is_hf(spec.init) else None
+    return (init_tokenizer is not None and not spec.resume and init_tokenizer.is_dir()
+            and Tokenizer.load(init_tokenizer).sha256() != tokenizer.sha256())
+
+
 def _plan(spec: PretrainSpec, objective_cls: type, data_dir: Path) -> _Plan:
     train_shards, val_shards = TokenShards(data_dir, "train"), TokenShards(data_dir, "val")
     tokenizer = train_shards.tokenizer()
@@ -190,8 +202,7 @@ def _plan(spec: PretrainSpec, objective_cls: type, data_dir: Path) -> _Plan:
         raise UserError("the data was prepared with another tokenizer than the --init hf: model's",
                         str(data_dir), f"prepare it with `ptmkit prepare --tokenizer {spec.init}`, "
                         "or pass --corpus instead of --data")
-    if spec.init and not _is_hf(spec.init) and not spec.resume and (Path(spec.init) / "tokenizer").is_dir() \
-            and Tokenizer.load(Path(spec.init) / "tokenizer").sha256() != tokenizer.sha256():
+    if _init_tokenizer_differs(spec, tokenizer):
         raise UserError("the --init run used another tokenizer than this data", str(spec.init),
                         f"prepare the data with `ptmkit prepare --tokenizer {spec.init}/tokenizer`")
     cfg = spec.train

@@ -10,6 +10,7 @@ any other name, sniffed from the content. Everything streams: a file is never he
 from __future__ import annotations
 
 import bz2
+import codecs
 import csv
 import gzip
 import json
@@ -183,8 +184,10 @@ def _make_document(paragraphs: Iterable[str], source: str, split: bool) -> Docum
 def _read_file(path: Path, text_field: str) -> Iterator[list[str]]:
     """Yield each document of one file as its list of raw paragraphs."""
     try:
-        if _is_empty(path):
+        head = _head(path)
+        if not head:
             return
+        _check_utf8(head, path)
         layout = _SUFFIX_LAYOUTS.get(_name_suffix(path)) or _sniff_layout(path)
         if layout == "jsonl":
             yield from _json_lines_documents(path, text_field)
@@ -199,9 +202,23 @@ def _read_file(path: Path, text_field: str) -> Iterator[list[str]]:
                         "check the file is complete (e.g. `gzip -t`) and readable") from error
 
 
-def _is_empty(path: Path) -> bool:
+def _head(path: Path) -> bytes:
+    """The first (decompressed) bytes of a file, enough to tell text from binary."""
     with _open_binary(path) as stream:
-        return not stream.read(1)
+        return stream.read(1 << 16)
+
+
+def _check_utf8(head: bytes, path: Path) -> None:
+    """Reject a binary or non-UTF-8 file by its head: read with errors="replace" it would train on
+    noise. Only the head is checked, so a stray bad byte deep inside a corpus does not stop a run."""
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head)  # not final: a character may be cut off
+        bad = head.find(b"\0")
+    except UnicodeDecodeError as error:
+        bad = error.start
+    if bad >= 0:
+        raise UserError(f"binary or non-UTF-8 data at byte {bad}", path,
+                        "convert the file to UTF-8 text (e.g. `iconv -f latin1 -t utf-8`) or leave it out")
 
 
 def _json_lines_documents(path: Path, text_field: str) -> Iterator[list[str]]:

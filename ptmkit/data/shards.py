@@ -181,6 +181,10 @@ def prepare(paths: Sequence[str | os.PathLike], tokenizer: Tokenizer, out: Path,
         bar.update(total_bytes - bar.n)
         bar.close()
         counts = {split: writer.close() for split, writer in writers.items()}
+        if counts["train"]["tokens"] == 0 and counts["val"]["tokens"]:
+            raise UserError(f"val fraction {val_fraction} put all {counts['val']['documents']} document(s) "
+                            "in the validation split, none in training", "--val-fraction",
+                            "use more documents or a smaller --val-fraction (0: no validation)")
         if counts["train"]["tokens"] == 0:
             raise UserError("the corpus produced no tokens", ", ".join(map(str, paths)),
                             "check that the files contain text (and the --text-field)")

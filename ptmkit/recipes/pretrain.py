@@ -61,6 +61,8 @@ def pretrain_recipe(run: RecipeRun) -> dict[str, Any]:
     """Run (or continue) every stage of the recipe; returns the summary written to OUT/summary.json."""
     if not run.resume:
         check_run_dir(run.out, resume=False, overwrite=run.overwrite)
+    if run.data is not None and run.corpus:
+        raise UserError("both --data and --corpus given", "--data/--corpus", "pass only one of them")
     prepared = run.resume and (run.out / "data" / "manifest.json").is_file()
     if run.data is None and not prepared:
         if not run.corpus:

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
@@ -66,12 +67,24 @@ def load_weights(model: nn.Module, path: Path) -> None:
     """Load safetensors weights strictly; a mismatch is the user's (wrong run or size)."""
     if not path.is_file():
         raise UserError("weights file not found", str(path), "point at a finished run directory")
+    check_weights_file(path)
     try:
         load_model(model, str(path), strict=True)
     except (RuntimeError, KeyError, ValueError) as err:
         first = str(err).strip().splitlines()[0][:200]
         raise UserError(f"weights do not fit this model: {first}", str(path),
                         "use the same --model size and tokenizer as the run that wrote them") from None
+
+
+def check_weights_file(path: Path) -> None:
+    """A complete, readable safetensors file: opening it checks the header and that the data covers
+    it, without reading the tensors (cheap enough to run before anything is written)."""
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except SafetensorError as err:
+        raise UserError(f"corrupt or truncated weights file ({err})", str(path),
+                        "copy the run again, or re-run the training that wrote it") from None
 
 
 def rng_state() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -3,13 +3,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from ptmkit.cli import main
 from ptmkit.objectives import OBJECTIVES
 
 KEEP = b"precious bytes that must survive\n"
@@ -35,12 +40,40 @@ def _existing_run(name: str) -> Callable[[Path], None]:
     return setup
 
 
+def _read_only_dir(name: str) -> Callable[[Path], None]:
+    def setup(root: Path) -> None:
+        if os.geteuid() == 0:
+            pytest.skip("running as root, which writes into read-only directories: "
+                        "run the tests as an ordinary user to check a non-writable --out")
+        (root / name).mkdir()
+        (root / name).chmod(0o500)
+    return setup
+
+
 @dataclass
 class Case:
     id: str
     args: list[str]
     mentions: tuple[str, ...]
     setups: list[Callable[[Path], None]] = field(default_factory=list)
+
+    def placeholders(self) -> set[str]:
+        return {name for arg in self.args for name in re.findall(r"\{(\w+)\}", arg)}
+
+
+@dataclass(frozen=True)
+class Runs:
+    """A real (tiny, 2-step bart) pre-training run, and broken variants of it, made once."""
+
+    root: Path
+    run: Path
+    garbage_run: Path  # model.safetensors is not safetensors at all
+    truncated_run: Path  # model.safetensors cut in half (an interrupted copy)
+    other_tok: Path  # a tokenizer that is not the run's (nor the prepared data's)
+    other_tok_run: Path  # the run, saved with other_tok
+
+
+RUN_PLACEHOLDERS = {f.name for f in dataclasses.fields(Runs)} - {"root"}
 
 
 PRETRAIN = ["pretrain", "--no-progress", "--objective", "mlm"]
@@ -50,6 +83,17 @@ JSONL = _file("docs.jsonl", "".join(json.dumps({"body": f"Sentence number {i} is
 CSV = _file("docs.csv", "id,body\n" + "".join(f"{i},Sentence number {i} is here.\n" for i in range(50)))
 EMPTY_DIR = [_dir("corpus_dir"), _file("corpus_dir/.hidden", "hidden text is skipped\n"),
              _file("corpus_dir/archive.zip", b"PK\x03\x04")]
+
+BART_DATA = ["pretrain", "--no-progress", "--objective", "bart", "--data", "{data}", "--steps", "2",
+             "--batch-size", "2", "--seq-len", "32"]
+BINARY = _file("bad.txt", b"\xff\xfe\x00\x81\x00binary\x00\x9c\xd3 not text\n" * 4)
+LATIN1 = _file("latin1.txt", "Un café très crème, s'il vous plaît.\n".encode("latin-1"))
+BAD_JSONL = _file("bad.jsonl", '{"text": "A fine first line."}\n{"text": "A second one."}\n'
+                               '{"text": "an unclosed string}\n{"text": "A fourth."}\n')
+TRAIN_TSV = _file("train.tsv", "text\tlabel\n" + "".join(f"good film {i}\tpos\nbad film {i}\tneg\n"
+                                                      for i in range(20)))
+ONE_DOC = _file("one.txt", "The only document. It has two sentences.\n")
+TWO_DOCS = _file("two.txt", "The first document is one line.\nThe second document is another.\n")
 
 CASES = [
     # --- objective
@@ -183,21 +227,123 @@ CASES = [
     Case("pretrain-unknown-model-corpus-overwrite",
          [*PRETRAIN, "--corpus", "{lee}", "--model", "huge", "--out", "old", "--overwrite"], ("huge", "--model"),
          [_existing_run("old")]),
+    # --- binary / non-UTF-8 corpus files (read with errors="replace" they would train on noise)
+    Case("tokenizer-binary-corpus", ["tokenizer", "--corpus", "bad.txt", "--out", "tok"],
+         ("bad.txt", "UTF-8"), [BINARY]),
+    Case("prepare-binary-corpus", ["prepare", "--corpus", "bad.txt", "--tokenizer", "{tok}", "--out", "out"],
+         ("bad.txt", "UTF-8"), [BINARY]),
+    Case("pretrain-binary-corpus", [*PRETRAIN, "--corpus", "bad.txt", "--tokenizer", "{tok}", "--out", "run"],
+         ("bad.txt", "UTF-8"), [BINARY]),
+    Case("prepare-latin1-corpus",
+         ["prepare", "--corpus", "latin1.txt", "--tokenizer", "{tok}", "--out", "out"],
+         ("latin1.txt", "UTF-8", "iconv"), [LATIN1]),
+    # --- malformed JSON lines: the line number is part of <where>
+    Case("tokenizer-jsonl-malformed-line", ["tokenizer", "--corpus", "bad.jsonl", "--out", "tok"],
+         ("bad.jsonl:3", "JSON"), [BAD_JSONL]),
+    Case("prepare-jsonl-malformed-line",
+         ["prepare", "--corpus", "bad.jsonl", "--tokenizer", "{tok}", "--out", "out"],
+         ("bad.jsonl:3", "JSON"), [BAD_JSONL]),
+    Case("pretrain-jsonl-malformed-line",  # found while preparing inside the run: the run is removed
+         [*PRETRAIN, "--corpus", "bad.jsonl", "--tokenizer", "{tok}", "--out", "run"],
+         ("bad.jsonl:3", "JSON"), [BAD_JSONL]),
+    # --- objective options
+    Case("pretrain-bart-unknown-noise", [*BART_DATA, "--noise", "nosuchnoise", "--out", "run"],
+         ("nosuchnoise", "noise", "text_infill", "sentence_permute")),
+    # --- corrupt or truncated weights
+    Case("pretrain-init-garbage-weights", [*BART_DATA, "--init", "{garbage_run}", "--out", "run"],
+         ("model.safetensors", "corrupt")),
+    Case("pretrain-init-truncated-weights-overwrite",
+         [*BART_DATA, "--init", "{truncated_run}", "--out", "old", "--overwrite"],
+         ("model.safetensors", "truncated"), [_existing_run("old")]),
+    Case("finetune-init-truncated-weights",
+         ["finetune", "--no-progress", "--task", "classify", "--train", "train.tsv", "--init", "{truncated_run}",
+          "--out", "ft"], ("model.safetensors", "truncated"), [TRAIN_TSV]),
+    Case("generate-garbage-weights", ["generate", "--run", "{garbage_run}", "--input", "in.txt"],
+         ("model.safetensors", "corrupt"), [_file("in.txt", "The river\n")]),
+    Case("export-truncated-weights", ["export", "--run", "{truncated_run}", "--out", "hf"],
+         ("model.safetensors", "truncated")),
+    # --- tokenizer / model vocabulary mismatch
+    Case("pretrain-init-other-tokenizer-than-data", [*BART_DATA, "--init", "{other_tok_run}", "--out", "run"],
+         ("other_tok_run", "tokenizer", "ptmkit prepare --tokenizer")),
+    Case("pretrain-init-other-tokenizer-than-corpus",  # before the corpus is prepared
+         ["pretrain", "--no-progress", "--objective", "bart", "--corpus", "{lee}", "--tokenizer", "{other_tok}",
+          "--init", "{run}", "--out", "run"], ("other_tok", "--init", "--tokenizer")),
+    Case("finetune-init-other-tokenizer",
+         ["finetune", "--no-progress", "--task", "classify", "--train", "train.tsv", "--init", "{run}",
+          "--tokenizer", "{other_tok}", "--out", "ft"], ("other_tok", "--tokenizer"), [TRAIN_TSV]),
+    # --- export and generate
+    Case("export-unknown-format", ["export", "--run", "{run}", "--format", "nosuch", "--out", "hf"],
+         ("nosuch", "--format", "hf")),
+    Case("generate-input-missing", ["generate", "--run", "{run}", "--input", "missing.txt"],
+         ("missing.txt", "-")),
+    # --- non-writable output location (checked before any work)
+    Case("tokenizer-out-not-writable", ["tokenizer", "--corpus", "{lee}", "--out", "ro/tok"],
+         ("ro/tok", "--out"), [_read_only_dir("ro")]),
+    Case("prepare-out-not-writable", ["prepare", "--corpus", "{lee}", "--tokenizer", "{tok}", "--out", "ro/data"],
+         ("ro/data", "--out"), [_read_only_dir("ro")]),
+    Case("pretrain-out-not-writable", [*PRETRAIN_DATA, "--out", "ro/run"], ("ro/run", "--out"),
+         [_read_only_dir("ro")]),
+    Case("export-out-not-writable", ["export", "--run", "{run}", "--out", "ro/hf"], ("ro/hf", "--out"),
+         [_read_only_dir("ro")]),
+    Case("evaluate-out-not-writable", ["evaluate", "--run", "{run}", "--data", "train.tsv", "--out", "ro/m.json"],
+         ("ro/m.json", "--out"), [TRAIN_TSV, _read_only_dir("ro")]),
+    # --- a validation split that leaves nothing to train on
+    Case("prepare-val-split-takes-every-document",
+         ["prepare", "--corpus", "two.txt", "--tokenizer", "{tok}", "--out", "out", "--val-fraction", "0.9"],
+         ("--val-fraction", "2 document"), [TWO_DOCS]),
+    Case("pretrain-corpus-val-split-takes-every-document",
+         [*PRETRAIN, "--corpus", "one.txt", "--tokenizer", "{tok}", "--config", "cfg.yaml", "--out", "run"],
+         ("--val-fraction", "1 document"), [ONE_DOC, _file("cfg.yaml", "val_fraction: 0.9\n")]),
+    Case("pretrain-config-bad-val-fraction", [*PRETRAIN_DATA, "--config", "cfg.yaml", "--out", "run"],
+         ("cfg.yaml", "val_fraction"), [_file("cfg.yaml", "val_fraction: most\n")]),
+    # --- conflicting flags
+    Case("pretrain-recipe-and-objective",
+         ["pretrain", "--recipe", "budget", "--objective", "mlm", "--data", "{data}", "--out", "run"],
+         ("--objective", "--recipe")),
+    Case("pretrain-recipe-data-and-corpus",
+         ["pretrain", "--recipe", "budget", "--data", "{data}", "--corpus", "{lee}", "--out", "run"],
+         ("--data", "--corpus")),
+    Case("generate-beam-and-top-p", ["generate", "--run", "{run}", "--input", "in.txt", "--beam", "4",
+                                     "--top-p", "0.9"], ("--beam", "--top-p"), [_file("in.txt", "The river\n")]),
 ]
 
 
-def _format(args: list[str], lee: Path, prepared) -> list[str]:
-    return [a.format(lee=lee, tok=prepared.tokenizer, data=prepared.data) for a in args]
+@pytest.fixture(scope="module")
+def runs(lee: Path, prepared, tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    root = tmp_path_factory.mktemp("runs")
+    run, other_tok = root / "run", root / "other_tok"
+    assert main(["pretrain", "--no-progress", "--objective", "bart", "--data", str(prepared.data), "--steps", "2",
+                 "--batch-size", "2", "--seq-len", "32", "--out", str(run)]) == 0
+    assert main(["tokenizer", "--corpus", str(lee), "--kind", "wordpiece", "--vocab-size", "500",
+                 "--out", str(other_tok)]) == 0
+    runs = Runs(root, run, root / "garbage_run", root / "truncated_run", other_tok, root / "other_tok_run")
+    for copy in (runs.garbage_run, runs.truncated_run, runs.other_tok_run):
+        shutil.copytree(run, copy, ignore=shutil.ignore_patterns("checkpoint*"))
+    weights = (run / "model.safetensors").read_bytes()
+    (runs.garbage_run / "model.safetensors").write_bytes(b"\x89PNG garbage, not safetensors" * 10)
+    (runs.truncated_run / "model.safetensors").write_bytes(weights[:len(weights) // 2])
+    shutil.rmtree(runs.other_tok_run / "tokenizer")
+    shutil.copytree(other_tok, runs.other_tok_run / "tokenizer")
+    return runs
+
+
+def _format(args: list[str], lee: Path, prepared, runs: Runs | None = None) -> list[str]:
+    paths = {"lee": lee, "tok": prepared.tokenizer, "data": prepared.data}
+    paths.update({name: getattr(runs, name) for name in RUN_PLACEHOLDERS} if runs else {})
+    return [a.format(**paths) for a in args]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, lee, prepared, tmp_path, monkeypatch,
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, lee, prepared, tmp_path, monkeypatch, request,
                                                             run_cli, user_error, unchanged):
     monkeypatch.chdir(tmp_path)
     for setup in case.setups:
         setup(tmp_path)
-    with unchanged(tmp_path, prepared.root):
-        code, _, err = run_cli(_format(case.args, lee, prepared))
+    # the runs are built (and watched) only for the cases that use them
+    runs = request.getfixturevalue("runs") if case.placeholders() & RUN_PLACEHOLDERS else None
+    watched = [tmp_path, prepared.root, *([runs.root] if runs else [])]
+    with unchanged(*watched):
+        code, _, err = run_cli(_format(case.args, lee, prepared, runs))
     user_error(code, err, *case.mentions)
 
 
