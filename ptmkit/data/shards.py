@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +108,16 @@ def _raw_to_npy(raw: Path, npy: Path) -> None:
     raw.unlink()
 
 
+def _read_ahead(batches: Iterator[list[Document]]) -> Iterator[list[Document]]:
+    """The same batches, each next one read (and split into sentences) in a thread while the
+    caller encodes this one: the tokenizer and the sentence splitter both release the GIL."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(next, batches, None)
+        while (batch := pending.result()) is not None:
+            pending = pool.submit(next, batches, None)
+            yield batch
+
+
 def _batched(documents: Iterable[Document], size: int) -> Iterator[list[Document]]:
     batch: list[Document] = []
     for doc in documents:
@@ -163,7 +174,7 @@ def prepare(paths: Sequence[str | os.PathLike], tokenizer: Tokenizer, out: Path,
         bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare",
                    disable=not progress, delay=1.0)
         index = seen_bytes = 0
-        for batch in _batched(read_documents(files, text_field=text_field), batch_documents):
+        for batch in _read_ahead(_batched(read_documents(files, text_field=text_field), batch_documents)):
             flat = [s for doc in batch for s in doc.sentences]
             ids = tokenizer.encode_batch(flat)
             starts = segment_word_starts(tokenizer, flat, segment) if segment else None

@@ -1,0 +1,66 @@
+"""`ptmkit prepare` against the raw `tokenizers` encode_batch rate on the same text.
+
+    python bench/prepare_rate.py --corpus ../shared/data/pretrain/enwiki_sample/*.txt.gz \\
+        --tokenizer TOK --json
+
+The raw rate: every paragraph of the corpus read into memory first, then one
+`Tokenizer.encode_batch` over them in batches (the Rust tokenizer's threads, nothing else), in
+MB of UTF-8 text per second. The prepare rate: `prepare(...)` end to end on the same files
+(reading and decompressing, sentence splitting, encoding, writing the shards), over the same
+number of text bytes. Peak RSS of each part is reported (the raw part holds the text in memory;
+prepare streams).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+from ptmkit.data.corpus import read_documents
+from ptmkit.data.shards import prepare
+from ptmkit.data.tokenizer import Tokenizer
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(args: argparse.Namespace) -> dict:
+    tokenizer = Tokenizer.load(args.tokenizer)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as root:
+        prepare(args.corpus, tokenizer, Path(root) / "data", progress=False)
+    prepare_seconds = time.perf_counter() - start
+    prepare_rss = peak_rss_mb()
+
+    paragraphs = [p for doc in read_documents(args.corpus, split=False) for p in doc.sentences]
+    text_bytes = sum(len(p.encode()) for p in paragraphs)
+    start = time.perf_counter()
+    for i in range(0, len(paragraphs), args.batch):
+        tokenizer.encode_batch(paragraphs[i:i + args.batch])
+    raw_seconds = time.perf_counter() - start
+    megabytes = text_bytes / 1e6
+    return {"tokenizer": str(args.tokenizer), "text_mb": round(megabytes, 1),
+            "raw_encode_mb_per_s": round(megabytes / raw_seconds, 2),
+            "prepare_mb_per_s": round(megabytes / prepare_seconds, 2),
+            "ratio": round(raw_seconds / prepare_seconds, 3),
+            "prepare_peak_rss_mb": round(prepare_rss, 1), "raw_peak_rss_mb": round(peak_rss_mb(), 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", nargs="+", required=True)
+    parser.add_argument("--tokenizer", type=Path, required=True, help="a tokenizer directory")
+    parser.add_argument("--batch", type=int, default=4096, help="paragraphs per raw encode_batch call")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    result = measure(args)
+    print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
+
+
+if __name__ == "__main__":
+    main()
