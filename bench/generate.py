@@ -1,6 +1,6 @@
 """Beam-search generation speed (tokens/s) of ptmkit against Hugging Face `generate`, same BART.
 
-    python bench/generate.py --model small --beam 4 --batch-size 8 --source-len 64 --max-length 32
+    python bench/generate.py --model small --beam 4 --batch-size 8 --source-len 64 --max-length 32 --json
 
 One BART model (a random `--model` init, built as bench/throughput.py builds it, or a trained
 bart/mass/t5 run with `--run RUN`) is converted by `ptmkit.hf.export` into a transformers
@@ -19,7 +19,6 @@ both chose the same best hypothesis for input 0 (`same_output`; reported, not as
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -32,6 +31,8 @@ import transformers
 from ptmkit.api import RunModel, load_run
 from ptmkit.hf.export import build_hf_model, max_logit_difference, plan_export, probe_ids
 from ptmkit.model.generate import DecodeOptions, generate
+
+from bench_cli import bench_parser, emit
 from throughput import build_setup
 
 
@@ -104,7 +105,7 @@ def measure(args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--model", default="small", help="size of the random init (without --run)")
     parser.add_argument("--run", type=Path, help="a trained bart/mass/t5 ptmkit run instead")
     parser.add_argument("--vocab-size", type=int, default=8192, help="of the random init")
@@ -114,7 +115,8 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=32, help="tokens generated per input")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    print(json.dumps(measure(parser.parse_args())))
+    args = parser.parse_args()
+    emit(measure(args), args.json)
 
 
 if __name__ == "__main__":

@@ -5,11 +5,11 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 
 import torch
+
+from bench_cli import bench_parser, emit
 
 
 def peak_gflops(size: int, dtype: torch.dtype, repeats: int) -> float:
@@ -25,15 +25,14 @@ def peak_gflops(size: int, dtype: torch.dtype, repeats: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     result = {"size": args.size, "threads": torch.get_num_threads(),
               "fp32_gflops": round(peak_gflops(args.size, torch.float32, args.repeats), 1),
               "bf16_gflops": round(peak_gflops(args.size, torch.bfloat16, args.repeats), 1)}
-    print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +29,8 @@ from ptmkit.objectives import get_objective
 from ptmkit.objectives.base import Vocab
 from ptmkit.train.host import keep_freed_memory
 from ptmkit.train.loop import TrainConfig, Trainer
+
+from bench_cli import bench_parser, emit
 
 LEE = Path(gensim.__file__).parent / "test" / "test_data" / "lee_background.cor"
 
@@ -76,7 +77,7 @@ def measure(args: argparse.Namespace, data: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--objective", default="bart")
     parser.add_argument("--model", default="small")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -88,12 +89,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--block", type=int, default=2)
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     keep_freed_memory()  # as `ptmkit pretrain` does
     with tempfile.TemporaryDirectory() as root:
         result = measure(args, args.data or default_data(Path(root), args.vocab_size))
-    print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ prepare streams).
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import tempfile
 import time
@@ -23,6 +22,8 @@ from pathlib import Path
 from ptmkit.data.corpus import read_documents
 from ptmkit.data.shards import prepare
 from ptmkit.data.tokenizer import Tokenizer
+
+from bench_cli import bench_parser, emit
 
 
 def peak_rss_mb() -> float:
@@ -52,14 +53,13 @@ def measure(args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--corpus", nargs="+", required=True)
     parser.add_argument("--tokenizer", type=Path, required=True, help="a tokenizer directory")
     parser.add_argument("--batch", type=int, default=4096, help="paragraphs per raw encode_batch call")
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     result = measure(args)
-    print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

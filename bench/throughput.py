@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import multiprocessing as mp
 import resource
 import tempfile
@@ -42,6 +41,8 @@ from ptmkit.objectives import get_objective
 from ptmkit.objectives.base import Vocab
 from ptmkit.train.host import keep_freed_memory
 from ptmkit.train.loop import TrainConfig, Trainer
+
+from bench_cli import bench_parser, emit
 
 
 N_CACHED = 4
@@ -178,7 +179,7 @@ def measure(args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--objective", default="mlm")
     parser.add_argument("--model", default="small")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -196,10 +197,9 @@ def main() -> None:
                         help="give the HF side ptmkit's allocator setting too (ptmkit.train.host)")
     parser.add_argument("--peak-gflops", type=float, default=0.0,
                         help="matmul peak for MFU (bench/matmul_peak.py; the figure for --precision)")
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     result = measure(args)
-    print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
+    emit(result, args.json)
 
 
 if __name__ == "__main__":
