@@ -22,8 +22,8 @@ from __future__ import annotations
 import warnings
 
 import torch
-
 from torch import Tensor, nn
+
 from ptmkit.model.vocab_loss import linear_cross_entropy
 
 # Projected LSTMs run on PyTorch's native kernel instead of oneDNN's; the warning says only that.
