@@ -17,6 +17,7 @@ import csv
 import hashlib
 import json
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -164,6 +165,8 @@ class Compare:
         resume = (run / "config.yaml").is_file() and (run / "compare_key.json").is_file() \
             and json.loads((run / "compare_key.json").read_text())["key"] == key
         if run.exists() and not resume:
+            tqdm.write(f"compare: {run} was made from other settings, data or tokenizer; training it again",
+                       file=sys.stderr)
             shutil.rmtree(run)
         run.mkdir(parents=True, exist_ok=True)
         _stamp(run, key)

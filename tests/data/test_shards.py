@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 
 import numpy as np
 import pytest
 
 from ptmkit.data.corpus import read_documents
 from ptmkit.data.segment import segment_word_starts
-from ptmkit.data.shards import TokenShards, prepare
+from ptmkit.data.shards import TokenShards, corpus_fingerprint, prepare
 from ptmkit.data.tokenizer import train_tokenizer
 from ptmkit.errors import UserError
 
@@ -135,3 +137,16 @@ def test_word_starts_absent_unless_segmented(corpus, tokenizer, tmp_path) -> Non
     assert TokenShards(tmp_path / "d").window(0, 8).word_starts is None
     with pytest.raises(UserError, match="segmenter"):
         prepare([corpus], tokenizer, tmp_path / "e", progress=False, segment="ltp")
+
+
+def test_fingerprint_follows_content_not_path_or_mtime(corpus, tokenizer, tmp_path) -> None:
+    # A corpus copied elsewhere or re-mounted (new mtime) keeps its prepared data and every
+    # pre-training keyed on it; one changed byte invalidates them.
+    copy = tmp_path / "moved" / "corpus.txt"
+    copy.parent.mkdir()
+    shutil.copyfile(corpus, copy)
+    os.utime(copy, (1, 1))
+    assert corpus_fingerprint([copy], tokenizer) == corpus_fingerprint([corpus], tokenizer)
+    copy.write_bytes(copy.read_bytes().replace(b"e", b"E", 1))
+    assert corpus_fingerprint([copy], tokenizer) != corpus_fingerprint([corpus], tokenizer)
+    assert corpus_fingerprint([corpus], tokenizer, seq_len=64) != corpus_fingerprint([corpus], tokenizer)
