@@ -476,7 +476,7 @@ def _input_lines(source: str) -> list[str]:
 def _run_compare(args: argparse.Namespace) -> None:
     from ptmkit.compare.config import load_compare_config
     from ptmkit.compare.report import summary_lines, write_report
-    from ptmkit.compare.runner import Compare, estimate
+    from ptmkit.compare.runner import Compare, estimate, skipped_pairs
     cfg = load_compare_config(args.config)
     if args.dry_run:
         plan = estimate(cfg)
@@ -485,7 +485,10 @@ def _run_compare(args: argparse.Namespace) -> None:
         print(f"{sum(s for _, s in plan) / 60:7.1f} min  in all ({len(plan)} runs, rough estimate)")
         return
     Compare(cfg, args.out, progress=not args.no_progress).run()
-    _, page = write_report(args.out)
+    skipped = [f"{system} on {task}" for system, task in skipped_pairs(cfg)]
+    notes = [f"Not run, their networks cannot do the task (seq2seq needs a decoder): {', '.join(skipped)}."] \
+        if skipped else []
+    _, page = write_report(args.out, notes=notes)
     print(summary_lines(args.out))
     print(f"report: {page}")
 

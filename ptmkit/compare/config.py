@@ -24,7 +24,7 @@ TOP_KEYS = {"corpus", "domain_corpus", "tokenizer", "model", "objectives", "obje
 PRETRAIN_KEYS = {"steps", "minutes", "tokens", "batch_size", "seq_len", "lr", "warmup", "schedule",
                  "precision", "weight_decay", "grad_accum", "workers"}
 TASK_KEYS = {"type", "name", "train", "dev", "text_fields", "label_field", "dev_fraction",
-             "data_dir", "max_length", "negative_label", "source_field", "target_field"}
+             "data_dir", "max_length", "negative_label", "source_field", "target_field", "label_budgets"}
 FINETUNE_KEYS = {"epochs", "min_steps", "lr", "scratch_lr", "batch_size", "patience", "warmup_ratio", "max_length",
                  "precision", "select_fraction", "layer_decay", "pooling", "weight_decay"}
 RECIPE_PREFIX = "recipe:"
@@ -51,6 +51,9 @@ class TaskConfig:
     max_length: int = 128
     extra: dict[str, str] = field(default_factory=dict)
     """Task-specific fields passed to fine-tuning as they are (negative_label, source_field, ...)."""
+    label_budgets: list[int | None] | None = None
+    """This task's own label budgets (e.g. a small task in full next to SST-2 at 1,000);
+    None: the comparison's `label_budgets`."""
 
 
 @dataclass
@@ -118,6 +121,12 @@ def _budget(value: Any, where: str) -> int | None:
     return None
 
 
+def _budgets(values: Any, where: str) -> list[int | None]:
+    if not isinstance(values, list) or not values:
+        _fail("label budgets must be a list", where, "e.g. [100, 1000, full]")
+    return [_budget(b, where) for b in values]
+
+
 def _data_path(value: Any, spot: str, base: Path) -> str:
     """A task file, or `SOURCE,TARGET` line-aligned files (seq2seq), each resolved from `base`."""
     return ",".join(_paths(part, spot, base)[0] for part in str(value).split(","))
@@ -150,6 +159,8 @@ def _task(values: dict, index: int, base: Path, where: str) -> TaskConfig:
     task.dev_fraction = float(values.get("dev_fraction", 0.1))
     task.max_length = int(values.get("max_length", 128))
     task.extra = {k: str(values[k]) for k in ("negative_label", "source_field", "target_field") if k in values}
+    if "label_budgets" in values:
+        task.label_budgets = _budgets(values["label_budgets"], f"{spot}.label_budgets")
     return task
 
 
@@ -207,7 +218,7 @@ def parse_compare_config(values: dict, where: str, base: Path) -> CompareConfig:
     if "finetune" in values:
         _check_keys(values["finetune"], FINETUNE_KEYS, f"{where}: finetune")
         cfg.finetune = {**cfg.finetune, **values["finetune"]}
-    cfg.label_budgets = [_budget(b, f"{where}: label_budgets") for b in values.get("label_budgets", ["full"])]
+    cfg.label_budgets = _budgets(values.get("label_budgets", ["full"]), f"{where}: label_budgets")
     for key in ("seeds", "pretrain_seeds"):
         if key in values:
             seeds = values[key]

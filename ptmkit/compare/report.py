@@ -11,6 +11,7 @@ import html
 import json
 from collections import defaultdict
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -196,21 +197,25 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def write_report(out: Path, title: str = "ptmkit compare") -> tuple[Path, Path]:
-    """report.md and a self-contained report.html (plots embedded) from out/results.csv."""
+def write_report(out: Path, title: str = "ptmkit compare", notes: Sequence[str] = ()) -> tuple[Path, Path]:
+    """report.md and a self-contained report.html (plots embedded) from out/results.csv; each
+    of `notes` is one paragraph under the introduction."""
     rows = read_results(out / "results.csv")
     survey = survey_table(rows, out)
     tables = task_tables(rows)
     images = plots(rows, out)
     md = [f"# {title}", "", "Scores on dev (×100), mean ± std over seeds; in brackets the gain over "
           "scratch (path A) at the same label budget. Paths: A = scratch, B = general pre-training, "
-          "C = general then domain pre-training.", "", "## Objectives side by side", "",
-          _markdown_table(*survey), ""]
+          "C = general then domain pre-training.", ""]
+    for note in notes:
+        md += [note, ""]
+    md += ["## Objectives side by side", "", _markdown_table(*survey), ""]
     for task, table in tables.items():
         md += [f"## {task}", "", _markdown_table(*table), ""]
     md += [f"![{p.stem}]({p.name})" for p in images]
     (out / "report.md").write_text("\n".join(md) + "\n")
     body = [f"<h1>{html.escape(title)}</h1>", "<p>" + html.escape(md[2]) + "</p>",
+            *("<p>" + html.escape(note) + "</p>" for note in notes),
             "<h2>Objectives side by side</h2>", _html_table(*survey)]
     for task, table in tables.items():
         body += [f"<h2>{html.escape(task)}</h2>", _html_table(*table)]

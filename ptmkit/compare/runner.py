@@ -29,6 +29,7 @@ from ptmkit.compare.config import RECIPE_PREFIX, CompareConfig, TaskConfig, job_
 from ptmkit.data.corpus import read_texts
 from ptmkit.data.shards import corpus_fingerprint, prepare
 from ptmkit.data.tokenizer import Tokenizer, train_tokenizer
+from ptmkit.finetuning.registry import task_accepts
 from ptmkit.finetuning.run import FinetuneSpec
 from ptmkit.finetuning.search import as_rates, finetune_search
 from ptmkit.pretraining import PretrainSpec, pretrain
@@ -85,13 +86,28 @@ def cells(cfg: CompareConfig) -> list[Cell]:
     are given, in which case fine-tuning seed i starts from pre-training seed i (cyclically)."""
     out = []
     for task in cfg.tasks:
-        for budget in cfg.label_budgets:
+        for budget in task.label_budgets or cfg.label_budgets:
             for i, seed in enumerate(cfg.seeds):
                 pseed = cfg.pretrain_seeds[i % len(cfg.pretrain_seeds)]
                 out.append(Cell(task, "A", SCRATCH, budget, seed, pseed))
                 for path in cfg.paths[1:]:
-                    out += [Cell(task, path, o, budget, seed, pseed) for o in (cfg.systems if path == "B" else cfg.objectives)]
+                    out += [Cell(task, path, o, budget, seed, pseed) for o in (cfg.systems if path == "B" else cfg.objectives)
+                            if task_accepts(task.type, _final_objective(cfg, o))]
     return out
+
+
+def _final_objective(cfg: CompareConfig, system: str) -> str:
+    """The objective whose network a system hands to fine-tuning (a recipe: its last stage's)."""
+    if system.startswith(RECIPE_PREFIX) and cfg.recipe is not None:
+        return cfg.recipe.stages[-1].objective
+    return system
+
+
+def skipped_pairs(cfg: CompareConfig) -> list[tuple[str, str]]:
+    """(system, task) pairs left out because the system's network cannot do the task (an
+    encoder-only run has no decoder for seq2seq); the report names them."""
+    return [(o, task.name) for task in cfg.tasks for o in cfg.systems
+            if not task_accepts(task.type, _final_objective(cfg, o))]
 
 
 def _key(values: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ from ptmkit.finetuning.relation import Relation
 from ptmkit.finetuning.seq2seq_task import Seq2Seq
 from ptmkit.finetuning.tagging import Tag
 from ptmkit.finetuning.tasks import Classify, Regress, Task
+from ptmkit.objectives import get_objective
 
 TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (Classify, Regress, Tag, Relation, Keyphrase, Seq2Seq)}
 
@@ -17,3 +18,12 @@ def get_task(name: str) -> type[Task]:
     if name not in TASKS:
         raise UserError(f"unknown task {name!r}", "--task", f"use one of: {', '.join(TASKS)} or glue:<name>")
     return TASKS[name]
+
+
+def task_accepts(task_type: str, objective: str) -> bool:
+    """Whether a run pre-trained with `objective` can be fine-tuned on `task_type` (seq2seq needs
+    a decoder; `glue:<name>` tasks are classification or regression, which every run can do)."""
+    if task_type.startswith("glue:"):
+        return True
+    accepted = get_task(task_type).architectures
+    return accepted is None or get_objective(objective).architecture in accepted

@@ -125,6 +125,7 @@ class Seq2Seq(Task):
     name = "seq2seq"
     main_metric = "rougeL"
     scratch_objective = "bart"
+    architectures = ("encoder_decoder", *DECODER_ONLY)
 
     objective: Seq2SeqObjective | Any
     architecture: str
@@ -135,7 +136,7 @@ class Seq2Seq(Task):
     # ---- backbone -----------------------------------------------------------------------
     def bind(self, backbone: Backbone) -> None:
         objective = backbone.objective
-        if objective.architecture not in ("encoder_decoder", *DECODER_ONLY):
+        if objective.architecture not in self.architectures:
             raise UserError(f"seq2seq needs a model with a decoder, {backbone.objective_name} is "
                             f"an {objective.architecture} model", backbone.source,
                             "pass --init a bart, mass or t5 (encoder-decoder) or a clm or prefixlm "

@@ -63,6 +63,8 @@ class Task:
     main_metric: ClassVar[str]
     scratch_objective: ClassVar[str] = "mlm"
     """Whose architecture `--init scratch` builds, randomly initialised."""
+    architectures: ClassVar[tuple[str, ...] | None] = None
+    """The pre-training architectures this task can start from (None: every one)."""
 
     def __init__(self, spec: TaskSpec, tokenizer: Tokenizer, pooling: str, token_types: bool) -> None:
         if spec.pooling not in POOLINGS:

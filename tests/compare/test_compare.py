@@ -12,8 +12,9 @@ import pytest
 
 from ptmkit.compare.config import parse_compare_config
 from ptmkit.compare.report import aggregate, read_results, write_report
-from ptmkit.compare.runner import RESULT_COLUMNS, Compare, cells, pretrain_jobs
+from ptmkit.compare.runner import RESULT_COLUMNS, Compare, cells, pretrain_jobs, skipped_pairs
 from ptmkit.errors import UserError
+from ptmkit.finetuning.registry import task_accepts
 
 LEE = Path(gensim.__file__).parent / "test" / "test_data" / "lee_background.cor"
 
@@ -51,6 +52,8 @@ def config(task_file: Path, **extra) -> dict:
     ({"task": {"type": "seq2seq", "train": f"{LEE},/no/such.de"}}, "path not found.*train: /no/such.de"),
     ({"corpus": ["/no/such.txt"]}, "corpus: /no/such.txt"),
     ({"finetune": {"epoch": 1}}, "unknown key.*epoch"),
+    ({"task": {"type": "classify", "train": str(LEE), "label_budgets": 100}}, "label budgets must be a list.*tasks\\[0\\].label_budgets"),
+    ({"task": {"type": "classify", "train": str(LEE), "label_budgets": [-5]}}, "invalid label budget -5"),
 ])
 def test_every_bad_key_or_value_is_named(task_file, tmp_path, patch, message) -> None:
     with pytest.raises(UserError, match=message):
@@ -75,6 +78,29 @@ def test_cells_cover_paths_objectives_budgets_seeds(task_file, tmp_path) -> None
     names = [c.name for c in cells(cfg)]
     assert len(names) == len(set(names)) == 2 * 2 * (1 + 2 * 2)  # budgets x seeds x (scratch + B/C x objectives)
     assert "task/A-scratch/b20-s1" in names and "task/C-clm/bfull-s0" in names
+
+
+def test_a_task_may_have_its_own_label_budgets_and_seq2seq_skips_encoder_only_runs(task_file, tmp_path) -> None:
+    # NLU and NLG in one comparison: an MLM encoder has no decoder, so it gets no seq2seq cells
+    # (scratch and BART do), and the small seq2seq task runs in full next to a budgeted one.
+    for name in ("train.en", "train.de"):
+        (tmp_path / name).write_text("a line\n")
+    tasks = [{"type": "classify", "train": str(task_file), "text_fields": ["sentence"]},
+             {"type": "seq2seq", "name": "mt", "train": "train.en,train.de", "label_budgets": ["full"]}]
+    values = config(task_file, tasks=tasks, objectives=["mlm", "bart"])
+    del values["task"]
+    cfg = parse_compare_config(values, "cmp.yaml", tmp_path)
+    names = [c.name for c in cells(cfg)]
+    assert [n for n in names if n.startswith("mt/")] == ["mt/A-scratch/bfull-s0", "mt/B-bart/bfull-s0",
+                                                         "mt/A-scratch/bfull-s1", "mt/B-bart/bfull-s1"]
+    assert "task/B-mlm/b20-s0" in names and "task/B-bart/b20-s0" in names
+    assert skipped_pairs(cfg) == [("mlm", "mt")]
+
+
+def test_task_accepts_follows_the_network_each_task_needs() -> None:
+    assert task_accepts("seq2seq", "bart") and task_accepts("seq2seq", "clm") and task_accepts("seq2seq", "t5")
+    assert not task_accepts("seq2seq", "mlm") and not task_accepts("seq2seq", "word2vec")
+    assert all(task_accepts(task, "elmo") for task in ("classify", "tag", "relation", "keyphrase", "glue:sst2"))
 
 
 def test_end_to_end_then_cached_then_report(task_file, tmp_path, monkeypatch) -> None:
