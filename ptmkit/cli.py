@@ -164,6 +164,8 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=("fp32", "bf16"), help="default fp32")
     p.add_argument("--freeze", action="store_true", help="train only the task head")
+    p.add_argument("--freeze-embeddings", action="store_true", default=None,
+                   help="keep the pre-trained token embeddings fixed (helps when few labels cover few words)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in --out from its last epoch (same options)")
@@ -401,7 +403,8 @@ def _train_config(values: dict[str, Any], where: str) -> TrainConfig:
 
 
 RECIPE_FINETUNE_FLAGS = ("pooling", "layer_decay", "select_fraction", "epochs", "min_steps", "lr",
-                         "batch_size", "max_length", "patience", "precision", "warmup_ratio", "weight_decay")
+                         "batch_size", "max_length", "patience", "precision", "warmup_ratio", "weight_decay",
+                         "freeze_embeddings")
 
 
 def _rates(text: str) -> list[float]:

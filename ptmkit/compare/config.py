@@ -26,7 +26,7 @@ PRETRAIN_KEYS = {"steps", "minutes", "tokens", "batch_size", "seq_len", "lr", "w
 TASK_KEYS = {"type", "name", "train", "dev", "text_fields", "label_field", "dev_fraction",
              "data_dir", "max_length", "negative_label", "source_field", "target_field", "label_budgets"}
 FINETUNE_KEYS = {"epochs", "min_steps", "lr", "scratch_lr", "batch_size", "patience", "warmup_ratio", "max_length",
-                 "precision", "select_fraction", "layer_decay", "pooling", "weight_decay"}
+                 "precision", "select_fraction", "layer_decay", "pooling", "weight_decay", "freeze_embeddings"}
 RECIPE_PREFIX = "recipe:"
 """A recipe's rows in results.csv name it `recipe:<name>` in the objective column."""
 

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.errors import UserError
 from ptmkit.model.config import ModelConfig, resolve_model_config
+from ptmkit.model.word_vectors import token_embedding_weights
 from ptmkit.objectives import get_objective
 from ptmkit.objectives.base import Objective, Vocab
 from ptmkit.finetuning.tasks import Task
@@ -103,7 +104,8 @@ def _vocab(tokenizer: Tokenizer) -> Vocab:
 class TaskModel(nn.Module):
     """Backbone features -> task head. `backbone` and `head` are the weight-name prefixes."""
 
-    def __init__(self, backbone: Backbone, task: Task, freeze: bool = False) -> None:
+    def __init__(self, backbone: Backbone, task: Task, freeze: bool = False,
+                 freeze_embeddings: bool = False) -> None:
         super().__init__()
         self.backbone = backbone.network
         self.features = backbone.objective.features
@@ -111,6 +113,12 @@ class TaskModel(nn.Module):
         self.head = task.build_head(_hidden_size(backbone))
         if freeze:
             self.backbone.requires_grad_(False)
+        if freeze_embeddings:
+            # with few labels, the words the labelled examples contain would move and the
+            # unseen ones stay behind; fixed vectors let what is learnt about a word reach its
+            # pre-trained neighbours
+            for weight in token_embedding_weights(self.backbone):
+                weight.requires_grad_(False)
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         return self.task.forward(self, batch)

@@ -77,6 +77,8 @@ class FinetuneSpec:
     """Stop after this many epochs without improvement on dev; 0 = never stop early."""
     seed: int = 0
     freeze: bool = False
+    freeze_embeddings: bool = False
+    """Keep the token embeddings as pre-trained (see `TaskModel`)."""
     pooling: str = "auto"
     """first | last | mean | auto (the pre-training architecture's natural choice)."""
     layer_decay: float = 1.0
@@ -206,7 +208,7 @@ def finetune(spec: FinetuneSpec) -> dict[str, Any]:
         shutil.rmtree(spec.out)
     spec.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(spec.seed)
-    model = TaskModel(prepared.backbone, prepared.task, freeze=spec.freeze)
+    model = TaskModel(prepared.backbone, prepared.task, freeze=spec.freeze, freeze_embeddings=spec.freeze_embeddings)
     best, history = _train(model, prepared, spec)
     model.load_state_dict(best["state"])
     metrics = best["metrics"]

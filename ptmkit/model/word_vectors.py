@@ -22,13 +22,18 @@ class WordVectors(nn.Module):
         return self.embedding[input_ids]
 
 
+def token_embedding_weights(model: nn.Module) -> list[nn.Parameter]:
+    """The token embedding matrix of every transformer in `model` (one per tower)."""
+    from ptmkit.model.backbone import Transformer
+    return [m.embed.tokens.weight for m in model.modules() if isinstance(m, Transformer)]
+
+
 def init_token_embeddings(model: nn.Module, vectors: Tensor, where: str) -> None:
     """Start every transformer's token embedding in `model` from word vectors (word2vec-
     initialised pre-training). The vectors are rescaled to the embedding's initial standard
     deviation, so position embeddings and the tied output layer keep the scale they were
     initialised for; only the directions of the vectors carry over."""
-    from ptmkit.model.backbone import Transformer
-    targets = [m.embed.tokens.weight for m in model.modules() if isinstance(m, Transformer)]
+    targets = token_embedding_weights(model)
     if not targets:
         raise UserError("this objective's model has no transformer token embedding", where,
                         "initialise a transformer objective (mlm, electra, clm, ...) from word vectors")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from ptmkit.errors import UserError
 from ptmkit.finetuning.run import evaluate, finetune
@@ -86,3 +87,18 @@ def test_glue_cola_picks_epochs_and_reports_by_mcc(keyword_task, keyword_spec, t
     assert result["main_metric"] == "mcc" and -1 <= result["mcc"] <= 1
     lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert result["epoch"] == max(lines, key=lambda l: l["dev_mcc"])["epoch"]
+
+
+def test_freeze_embeddings_keeps_token_vectors_and_trains_the_rest(keyword_task, keyword_spec, tmp_path) -> None:
+    from safetensors.torch import load_file
+    from ptmkit.finetuning.model import load_backbone
+    torch.manual_seed(0)  # the run builds its scratch backbone right after seeding with --seed
+    initial = load_backbone("scratch", tokenizer_dir=keyword_task / "tok", max_length=16).network.state_dict()
+    for frozen in (True, False):
+        run = tmp_path / f"frozen-{frozen}"
+        result = finetune(keyword_spec(keyword_task, run, epochs=2, freeze_embeddings=frozen))
+        trained = load_file(run / "model.safetensors")
+        same = {name: torch.equal(trained[f"backbone.{name}"], initial[name])
+                for name in ("embed.tokens.weight", "embed.positions.weight", "encoder.layers.0.fc_in.weight")}
+        assert same == {"embed.tokens.weight": frozen, "embed.positions.weight": False, "encoder.layers.0.fc_in.weight": False}
+        assert result["accuracy"] >= 0.9  # the keyword task is learnt on fixed random vectors too
