@@ -106,12 +106,14 @@ class KVCache:
         keys = self.layers[0].keys if self.layers else None
         return 0 if keys is None else keys.shape[1]
 
-    def reorder(self, index: Tensor) -> None:
-        """Keep batch rows `index` (beam search moves hypotheses between beam slots)."""
+    def reorder(self, index: Tensor, cross: bool = True) -> None:
+        """Keep batch rows `index` (beam search moves hypotheses between beam slots).
+        `cross=False` leaves the projected memory alone: right when rows only move among copies
+        of the same source, whose memory rows are equal."""
         for layer in self.layers:
             if layer.keys is not None:
                 layer.keys, layer.values = layer.keys[index], layer.values[index]
-            if layer.cross is not None:
+            if cross and layer.cross is not None:
                 layer.cross = (layer.cross[0][index], layer.cross[1][index])
 
 

@@ -90,7 +90,8 @@ class Session(Protocol):
         return the next-token logits (N, V)."""
 
     def reorder(self, index: Tensor) -> None:
-        """Keep rows `index` (N,): beam search moves hypotheses between slots."""
+        """Keep rows `index` (N,): beam search moves hypotheses between the slots of one input
+        (a row's new index stays among the `copies` of its prompt)."""
 
 
 def _right_padded(rows: list[list[int]], pad: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -131,11 +132,11 @@ class EncoderDecoderSession:
         return self.model.logits(hidden[:, -1]).float()
 
     def reorder(self, index: Tensor) -> None:
-        self.tokens, self.memory = self.tokens[index], self.memory[index]
-        if self.memory_mask is not None:
-            self.memory_mask = self.memory_mask[index]
+        # rows move only among the copies of one source: the memory, its mask and its
+        # projections are the same for all of them, so only the decoder's own state follows
+        self.tokens = self.tokens[index]
         if self.cache is not None:
-            self.cache.reorder(index)
+            self.cache.reorder(index, cross=False)
 
 
 class DecoderOnlySession:

@@ -46,13 +46,13 @@ def session(model: Transformer, architecture: str, use_cache: bool, copies: int 
 @pytest.mark.parametrize("architecture", ARCHS)
 def test_cached_and_uncached_logits_agree_step_by_step(architecture: str) -> None:
     model = make(architecture, sharpen=1.0)  # logits of order 1: 1e-5 is well above float32 noise
-    fed = torch.randint(7, V, (8, len(PROMPTS)), generator=torch.Generator().manual_seed(1))
+    fed = torch.randint(7, V, (8, 2 * len(PROMPTS)), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        cached, full = session(model, architecture, True), session(model, architecture, False)
+        cached, full = session(model, architecture, True, 2), session(model, architecture, False, 2)
         torch.testing.assert_close(cached.next_logits(None), full.next_logits(None), atol=1e-5, rtol=0)
         for step, tokens in enumerate(fed):
-            if step == 4:  # beam search reorders rows mid-way
-                index = torch.tensor([2, 0, 0])
+            if step == 4:  # beam search reorders rows mid-way, among the two copies of each prompt
+                index = torch.tensor([1, 1, 2, 3, 5, 4])
                 cached.reorder(index), full.reorder(index)
             torch.testing.assert_close(cached.next_logits(tokens), full.next_logits(tokens),
                                        atol=1e-5, rtol=0)
