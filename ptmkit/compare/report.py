@@ -87,7 +87,7 @@ def survey_table(rows: list[dict[str, Any]], out: Path) -> tuple[list[str], list
     stats = aggregate(rows)
     summaries = pretrain_summaries(out)
     header = ["objective", "family", "backbone", "NLU score", "NLG score", "gain vs scratch",
-              "tokens/s", "pre-train tokens", "pre-train s"]
+              "tokens/s", "pre-train tokens", "pre-train s", "pre-train FLOPs"]
     body = []
     for objective in sorted({r["objective"] for r in rows}):
         nlu, nlg, gains = [], [], []
@@ -109,8 +109,16 @@ def survey_table(rows: list[dict[str, Any]], out: Path) -> tuple[list[str], list
                      f"{np.mean(gains) * 100:+.1f}" if gains else "–",
                      f"{summary['tokens_per_s']:,.0f}" if summary else "–",
                      f"{summary['tokens']:,}" if summary else "–",
-                     f"{summary['train_seconds']:.0f}" if summary else "–"])
+                     f"{summary['train_seconds']:.0f}" if summary else "–",
+                     _training_flops(summary)])
     return header, body
+
+
+def _training_flops(summary: dict[str, Any]) -> str:
+    """Model FLOPs of a pre-training (tokens x training FLOPs per token), so budgets given in
+    minutes can be compared in compute; word2vec, which is not a network pass, has none."""
+    per_token = summary.get("flops_per_token")
+    return f"{summary['tokens'] * per_token:.2e}" if per_token else "–"
 
 
 def _kind(objective: str, summary: dict[str, Any]) -> tuple[str, str]:

@@ -122,6 +122,10 @@ def test_end_to_end_then_cached_then_report(task_file, tmp_path, monkeypatch) ->
     md, page = write_report(out)
     text = md.read_text()
     assert "Objectives side by side" in text and "| mlm | AE | encoder |" in text
+    summary = json.loads((out / "pretrain" / "mlm-s0" / "summary.json").read_text())
+    flops = summary["tokens"] * summary["flops_per_token"]  # compute stated next to tokens and seconds
+    mlm_row = next(line for line in text.splitlines() if line.startswith("| mlm |"))
+    assert mlm_row.rstrip(" |").endswith(f"{flops:.2e}") and flops > 0
     assert (out / "budget_task.png").stat().st_size > 1000 and (out / "pretrain_loss.png").is_file()
     assert "data:image/png;base64," in page.read_text()
 
