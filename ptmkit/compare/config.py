@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from ptmkit.data.segment import SEGMENTERS
 from ptmkit.errors import UserError
 from ptmkit.finetuning.registry import TASKS, get_task
 from ptmkit.objectives import OBJECTIVES
@@ -20,7 +21,7 @@ from ptmkit.recipes import Recipe, load_recipe
 
 TOP_KEYS = {"corpus", "domain_corpus", "tokenizer", "model", "objectives", "objective_options",
             "pretrain", "domain_pretrain", "task", "tasks", "label_budgets", "seeds",
-            "pretrain_seeds", "finetune", "text_field", "recipe"}
+            "pretrain_seeds", "finetune", "text_field", "recipe", "segment"}
 PRETRAIN_KEYS = {"steps", "minutes", "tokens", "batch_size", "seq_len", "lr", "warmup", "schedule",
                  "precision", "weight_decay", "grad_accum", "workers"}
 TASK_KEYS = {"type", "name", "train", "dev", "text_fields", "label_field", "dev_fraction",
@@ -72,6 +73,9 @@ class CompareConfig:
     pretrain_seeds: list[int] = field(default_factory=lambda: [0])
     finetune: dict[str, Any] = field(default_factory=dict)
     text_field: str = "text"
+    segment: str | None = None
+    """`jieba`: store word boundaries from that segmenter when preparing the corpora (Chinese
+    whole-word masking, see `ptmkit.objectives.wwm`)."""
     recipe: Recipe | None = None
     """`recipe: NAME`: its staged pre-training joins path B as `recipe:NAME`; its tokenizer, model
     and fine-tuning settings are the defaults of the whole comparison (scratch included)."""
@@ -202,6 +206,11 @@ def parse_compare_config(values: dict, where: str, base: Path) -> CompareConfig:
             _fail(f"unknown objective {name!r}", f"{where}: objectives",
                   f"use names from: {', '.join(sorted(OBJECTIVES))}")
     cfg.objectives = [o for o in objectives if o != "scratch"]
+    if values.get("segment") is not None:
+        if values["segment"] not in SEGMENTERS:
+            _fail(f"unknown word segmenter {values['segment']!r}", f"{where}: segment",
+                  f"use one of: {', '.join(SEGMENTERS)}")
+        cfg.segment = str(values["segment"])
     for key in ("tokenizer", "model", "objective_options", "text_field"):
         if key in values:
             setattr(cfg, key, values[key])

@@ -145,11 +145,13 @@ class Compare:
     def data(self, tokenizer: Tokenizer, domain: bool) -> Path:
         corpus = self.cfg.domain_corpus if domain else self.cfg.corpus
         directory = self.out / "data" / ("domain" if domain else "general")
-        key = corpus_fingerprint(corpus, tokenizer, text_field=self.cfg.text_field)
+        options = {"text_field": self.cfg.text_field}
+        if self.cfg.segment:
+            options["segment"] = self.cfg.segment
+        key = corpus_fingerprint(corpus, tokenizer, **options)
         manifest = directory / "manifest.json"
         if not (manifest.is_file() and json.loads(manifest.read_text()).get("fingerprint") == key):
-            prepare(corpus, tokenizer, directory, text_field=self.cfg.text_field, overwrite=True,
-                    progress=self.progress)
+            prepare(corpus, tokenizer, directory, overwrite=True, progress=self.progress, **options)
             manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "fingerprint": key}, indent=2))
         return directory
 

@@ -13,6 +13,7 @@ import pytest
 from ptmkit.compare.config import parse_compare_config
 from ptmkit.compare.report import aggregate, read_results, write_report
 from ptmkit.compare.runner import RESULT_COLUMNS, Compare, cells, pretrain_jobs, skipped_pairs
+from ptmkit.data.shards import TokenShards
 from ptmkit.errors import UserError
 from ptmkit.finetuning.registry import task_accepts
 
@@ -52,6 +53,7 @@ def config(task_file: Path, **extra) -> dict:
     ({"task": {"type": "seq2seq", "train": f"{LEE},/no/such.de"}}, "path not found.*train: /no/such.de"),
     ({"corpus": ["/no/such.txt"]}, "corpus: /no/such.txt"),
     ({"finetune": {"epoch": 1}}, "unknown key.*epoch"),
+    ({"segment": "thulac"}, "unknown word segmenter 'thulac'.*segment"),
     ({"task": {"type": "classify", "train": str(LEE), "label_budgets": 100}}, "label budgets must be a list.*tasks\\[0\\].label_budgets"),
     ({"task": {"type": "classify", "train": str(LEE), "label_budgets": [-5]}}, "invalid label budget -5"),
 ])
@@ -95,6 +97,18 @@ def test_a_task_may_have_its_own_label_budgets_and_seq2seq_skips_encoder_only_ru
                                                          "mt/A-scratch/bfull-s1", "mt/B-bart/bfull-s1"]
     assert "task/B-mlm/b20-s0" in names and "task/B-bart/b20-s0" in names
     assert skipped_pairs(cfg) == [("mlm", "mt")]
+
+
+def test_segment_prepares_word_boundaries_for_chinese_whole_word_masking(task_file, tmp_path) -> None:
+    corpus = tmp_path / "zh.txt"
+    corpus.write_text("我们今天去北京大学参观。天气很好。\n\n他喜欢自然语言处理。\n")
+    cfg = parse_compare_config(config(task_file, corpus=[str(corpus)], segment="jieba",
+                                      tokenizer={"kind": "wordpiece", "vocab_size": 300}), "cmp.yaml", tmp_path)
+    compare = Compare(cfg, tmp_path / "out", progress=False)
+    data = compare.data(compare.tokenizer(), domain=False)
+    assert json.loads((data / "manifest.json").read_text())["segment"] == "jieba"
+    starts = TokenShards(data).word_starts
+    assert starts is not None and 0 < starts.sum() < len(starts)  # 北京大学 is one word of four tokens
 
 
 def test_task_accepts_follows_the_network_each_task_needs() -> None:
