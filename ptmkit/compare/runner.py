@@ -188,10 +188,12 @@ class Compare:
             shutil.rmtree(run)
         run.mkdir(parents=True, exist_ok=True)
         _stamp(run, key)
+        # killed before its first checkpoint: nothing to continue, start it again
+        resume = resume and (run / "checkpoint").exists()
         spec = PretrainSpec(objective=job.objective, out=run, data=data[job.domain], model=self.cfg.model,
                             objective_options=dict(self.cfg.objective_options.get(job.objective, {})),
                             train=self.train_config(budget, job.seed), init=str(init) if init else None,
-                            resume=resume and (run / "checkpoint").exists(), overwrite=not resume,
+                            resume=resume, overwrite=not resume,
                             progress=False)
         pretrain(spec)
         _stamp(run, key)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import gensim
@@ -211,3 +212,16 @@ def test_a_recipe_joins_path_b_and_scratch_gets_its_finetuning_search(task_file,
     with pytest.raises(UserError, match="path B"):
         parse_compare_config({**values, "recipe": str(tmp_path / "quick.yaml"),
                               "domain_corpus": [str(LEE)]}, "cmp.yaml", tmp_path)
+
+
+def test_pretraining_killed_before_its_first_checkpoint_starts_again(task_file, tmp_path) -> None:
+    cfg = parse_compare_config(config(task_file, label_budgets=[20], seeds=[0]), "cmp.yaml", tmp_path)
+    out = tmp_path / "out"
+    Compare(cfg, out, progress=False).run()
+    run = out / "pretrain" / "mlm-s0"
+    for name in ("checkpoint", "checkpoints", "summary.json", "model.safetensors"):
+        path = run / name
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+    (run / "metrics.jsonl").write_text("")  # what a run killed in its first steps leaves
+    Compare(cfg, out, progress=False).run()
+    assert json.loads((run / "summary.json").read_text())["steps"] == 6
