@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--task", default="glue:sst2")
     ap.add_argument("--data-dir", default=str(SHARED / "glue"))
     ap.add_argument("--tokenizer", type=Path, help="for scratch: the tokenizer the pre-trained runs use")
-    ap.add_argument("--extra", default="{}", help="more FinetuneSpec fields, as JSON")
+    ap.add_argument("--extra", default="{}", help="FinetuneSpec fields to add or override, as JSON")
     ap.add_argument("--out", type=Path, default=Path("runs/probe"))
     ap.add_argument("--tag", default="", help="suffix of the run names")
     args = ap.parse_args()
@@ -40,11 +40,11 @@ def main() -> None:
     for lr in [float(x) for x in args.lrs.split(",")]:
         dev, select, started = [], [], time.time()
         for seed in [int(s) for s in args.seeds.split(",")]:
-            result = finetune(FinetuneSpec(
-                task=args.task, data_dir=args.data_dir, init=args.init, tokenizer=args.tokenizer, model="mini",
-                out=args.out / f"{name}-lr{lr:g}-s{seed}", max_train_examples=args.budget, select_fraction=0.1,
-                epochs=args.epochs, lr=lr, batch_size=32, max_length=64, seed=seed, overwrite=True,
-                progress=False, **extra))
+            settings = dict(task=args.task, data_dir=args.data_dir, init=args.init, tokenizer=args.tokenizer,
+                            model="mini", out=args.out / f"{name}-lr{lr:g}-s{seed}",
+                            max_train_examples=args.budget, select_fraction=0.1, epochs=args.epochs, lr=lr,
+                            batch_size=32, max_length=64, seed=seed, overwrite=True, progress=False)
+            result = finetune(FinetuneSpec(**{**settings, **extra}))
             metric = result["main_metric"]
             dev.append(100 * result[metric])
             select.append(100 * result["select_" + metric])
