@@ -242,6 +242,8 @@ def _json_text(line: str, text_field: str, where: str) -> str:
     text = record[text_field]
     if text is None:
         return ""
+    if isinstance(text, list) and all(isinstance(part, str) for part in text):
+        return "\n".join(text)  # a document stored as its sentences (SciTLDR's `source`)
     if not isinstance(text, str):
         raise UserError(f"field {text_field!r} holds {type(text).__name__}, not text", where,
                         _TEXT_FIELD_FIX)

@@ -298,7 +298,8 @@ def test_missing_json_field_names_line_and_keys(tmp_path: Path) -> None:
     [
         ('{"text": "broken"', "malformed JSON line"),
         ('["a", "b"]', "JSON line is not an object"),
-        ('{"text": ["a", "b"]}', "field 'text' holds list, not text"),
+        ('{"text": ["a", 2]}', "field 'text' holds list, not text"),
+        ('{"text": {"a": "b"}}', "field 'text' holds dict, not text"),
     ],
 )
 def test_bad_json_line_names_file_and_line(tmp_path: Path, line: str, expected: str) -> None:
@@ -306,6 +307,12 @@ def test_bad_json_line_names_file_and_line(tmp_path: Path, line: str, expected: 
     with pytest.raises(UserError) as error:
         list(read_documents(path))
     assert expected in message(error) and f"{path}:3" in message(error)
+
+
+def test_a_json_list_of_strings_is_a_document_of_those_paragraphs(tmp_path: Path) -> None:
+    path = write(tmp_path / "d.jsonl", '{"source": ["First one. Second one.", "Third."], "target": "x"}\n')
+    (document,) = read_documents(path, text_field="source")
+    assert list(document.sentences) == ["First one.", "Second one.", "Third."]
 
 
 def test_missing_csv_column_lists_columns(tmp_path: Path) -> None:
