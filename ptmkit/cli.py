@@ -71,6 +71,7 @@ def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text-field", default="text", help="jsonl field / csv column with the text")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_run_tokenizer)
 
 
@@ -86,6 +87,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
                    help="store jieba word boundaries (Chinese whole-word masking)")
     p.add_argument("--text-field", default="text")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_run_prepare)
 
 
@@ -221,6 +223,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("demo-run"))
     p.add_argument("--tokens", type=int, default=1_500_000,
                    help="pre-training budget of each Transformer objective, in tokens (default 1.5M)")
+    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_run_demo)
 
 
@@ -255,7 +258,8 @@ def _run_tokenizer(args: argparse.Namespace) -> None:
         raise UserError("output directory is not empty", str(args.out),
                         "choose a new --out or pass --overwrite")
     tokenizer = train_tokenizer(read_texts(args.corpus, text_field=args.text_field), kind=args.kind,
-                                vocab_size=args.vocab_size, lowercase=args.lowercase)
+                                vocab_size=args.vocab_size, lowercase=args.lowercase,
+                                show_progress=not args.no_progress)
     tokenizer.save(args.out)
     print(f"tokenizer ({args.kind}, {tokenizer.vocab_size} ids) written to {args.out}/tokenizer.json")
 
@@ -269,7 +273,7 @@ def _run_prepare(args: argparse.Namespace) -> None:
     check_corpus(args.corpus, args.text_field)  # a wrong --text-field fails before the progress bar
     manifest = prepare(args.corpus, tokenizer, args.out, val_fraction=args.val_fraction,
                        seq_len=args.seq_len, text_field=args.text_field, overwrite=args.overwrite,
-                       segment=args.segment)
+                       segment=args.segment, progress=not args.no_progress)
     train, val = manifest["splits"]["train"], manifest["splits"]["val"]
     print(f"prepared {train['tokens']:,} train / {val['tokens']:,} validation tokens "
           f"({train['documents'] + val['documents']:,} documents) in {args.out}")
@@ -505,7 +509,7 @@ def _run_export(args: argparse.Namespace) -> None:
 
 def _run_demo(args: argparse.Namespace) -> None:
     from ptmkit.demo import demo
-    demo(args.out, tokens=args.tokens)
+    demo(args.out, tokens=args.tokens, progress=not args.no_progress)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

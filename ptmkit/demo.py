@@ -46,12 +46,12 @@ def demo_config(tokens: int) -> CompareConfig:
         finetune={"epochs": 10, "lr": 5e-4, "batch_size": 16}, source="ptmkit demo")
 
 
-def demo(out: Path, tokens: int = 1_500_000) -> Path:
+def demo(out: Path, tokens: int = 1_500_000, progress: bool = True) -> Path:
     """Run (or finish) the demo comparison in `out`; returns the HTML report's path."""
     started = time.perf_counter()
     print("ptmkit demo: general text = gensim's Wikipedia excerpt + Lee corpus; task = 200 "
           "polarity sentences; scratch vs word2vec, mlm, bart")
-    Compare(demo_config(tokens), out).run()
+    Compare(demo_config(tokens), out, progress=progress).run()
     _, page = write_report(out, title="ptmkit demo: what does pre-training buy on 200 sentences?")
     print(summary_lines(out))
     print(f"demo finished in {time.perf_counter() - started:.0f}s; report: {page}")

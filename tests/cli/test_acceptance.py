@@ -121,3 +121,14 @@ def test_resume_and_overwrite_of_a_finished_run(prepared, tmp_path, run_cli, use
     assert code == 0, err
     assert yaml.safe_load((run / "config.yaml").read_text())["objective"] == "mlm"
     assert _loss_lines(run)[-1]["step"] == 3
+
+
+def test_every_long_command_can_run_without_progress_bars(lee, tmp_path, run_cli):
+    for command in ("tokenizer", "prepare", "pretrain", "finetune", "compare", "demo"):
+        code, out, _ = run_cli([command, "--help"])
+        assert code == 0 and "--no-progress" in out, command
+    tok, data = tmp_path / "tok", tmp_path / "data"
+    assert run_cli(["tokenizer", "--corpus", lee, "--kind", "wordpiece", "--vocab-size", "500", "--out", tok,
+                    "--no-progress"])[0] == 0
+    code, out, err = run_cli(["prepare", "--corpus", lee, "--tokenizer", tok, "--out", data, "--no-progress"])
+    assert code == 0 and "prepared" in out and err == ""
