@@ -81,19 +81,20 @@ def references(value: Any, target_list: str) -> list[str]:
     return [as_text(value)]
 
 
-def text_metrics(predictions: list[str], refs: list[list[str]]) -> dict[str, float]:
+def text_metrics(predictions: list[str], refs: list[list[str]], lowercase: bool = False) -> dict[str, float]:
     """ROUGE-1/2/L F1 (stemmed, best reference) averaged over examples; corpus BLEU and chrF
-    over all references. Everything on a 0-1 scale."""
-    import sacrebleu
+    over all references. Everything on a 0-1 scale. `lowercase`: BLEU and chrF ignore case
+    (ROUGE always does), for a model whose tokenizer lowercases and so cannot write capitals."""
     from rouge_score import rouge_scorer
+    from sacrebleu.metrics import BLEU, CHRF
     kinds = ("rouge1", "rouge2", "rougeL")
     scorer = rouge_scorer.RougeScorer(list(kinds), use_stemmer=True)
     scores = [scorer.score_multi(r, p) for p, r in zip(predictions, refs)]
     result = {k: float(np.mean([s[k].fmeasure for s in scores])) if scores else 0.0 for k in kinds}
     # sacrebleu wants one stream per reference slot; None marks an example with fewer references
     streams = [[r[i] if i < len(r) else None for r in refs] for i in range(max(map(len, refs), default=1))]
-    result["bleu"] = sacrebleu.corpus_bleu(predictions, streams).score / 100
-    result["chrf"] = sacrebleu.corpus_chrf(predictions, streams).score / 100
+    result["bleu"] = BLEU(lowercase=lowercase).corpus_score(predictions, streams).score / 100
+    result["chrf"] = CHRF(lowercase=lowercase).corpus_score(predictions, streams).score / 100
     return result
 
 
@@ -280,7 +281,7 @@ class Seq2Seq(Task):
         raise NotImplementedError("seq2seq predicts by generating (predict_batch)")
 
     def metrics(self, predictions: list[str], targets: list[list[str]]) -> dict[str, float]:
-        return text_metrics(predictions, targets)
+        return text_metrics(predictions, targets, lowercase=self.tokenizer.lowercase)
 
 
 GENERATE_FIX = ("point --run at a `ptmkit finetune --task seq2seq` run, or at a clm, prefixlm, bart, "

@@ -40,6 +40,13 @@ def test_metrics_of_identical_and_disjoint_texts() -> None:
     assert multi["rougeL"] == pytest.approx(1) and multi["bleu"] == pytest.approx(1)
 
 
+def test_bleu_and_chrf_ignore_case_only_for_a_lowercasing_model() -> None:
+    prediction, reference = ["der kleine hund läuft über die grüne wiese"], [["Der kleine Hund läuft über die grüne Wiese"]]
+    cased, caseless = text_metrics(prediction, reference), text_metrics(prediction, reference, lowercase=True)
+    assert caseless["bleu"] == pytest.approx(1) and caseless["chrf"] == pytest.approx(1)
+    assert cased["bleu"] < 0.5 and cased["chrf"] < 0.9 and cased["rougeL"] == caseless["rougeL"] == pytest.approx(1)
+
+
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory) -> Path:
     rng = np.random.default_rng(0)
