@@ -10,8 +10,8 @@ import csv
 import html
 import json
 from collections import defaultdict
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np

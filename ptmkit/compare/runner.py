@@ -92,22 +92,20 @@ def cells(cfg: CompareConfig) -> list[Cell]:
                 out.append(Cell(task, "A", SCRATCH, budget, seed, pseed))
                 for path in cfg.paths[1:]:
                     out += [Cell(task, path, o, budget, seed, pseed) for o in (cfg.systems if path == "B" else cfg.objectives)
-                            if task_accepts(task.type, _final_objective(cfg, o))]
+                            if _can_do(cfg, o, task)]
     return out
 
 
-def _final_objective(cfg: CompareConfig, system: str) -> str:
-    """The objective whose network a system hands to fine-tuning (a recipe: its last stage's)."""
-    if system.startswith(RECIPE_PREFIX) and cfg.recipe is not None:
-        return cfg.recipe.stages[-1].objective
-    return system
+def _can_do(cfg: CompareConfig, system: str, task: TaskConfig) -> bool:
+    """Whether the network a system hands to fine-tuning (a recipe: its last stage's) can do `task`."""
+    objective = cfg.recipe.stages[-1].objective if system.startswith(RECIPE_PREFIX) and cfg.recipe else system
+    return task_accepts(task.type, objective)
 
 
 def skipped_pairs(cfg: CompareConfig) -> list[tuple[str, str]]:
     """(system, task) pairs left out because the system's network cannot do the task (an
     encoder-only run has no decoder for seq2seq); the report names them."""
-    return [(o, task.name) for task in cfg.tasks for o in cfg.systems
-            if not task_accepts(task.type, _final_objective(cfg, o))]
+    return [(o, task.name) for task in cfg.tasks for o in cfg.systems if not _can_do(cfg, o, task)]
 
 
 def _key(values: dict[str, Any]) -> str:
@@ -146,7 +144,7 @@ class Compare:
         corpus = self.cfg.domain_corpus if domain else self.cfg.corpus
         directory = self.out / "data" / ("domain" if domain else "general")
         options = {"text_field": self.cfg.text_field}
-        if self.cfg.segment:
+        if self.cfg.segment:  # only when set: unsegmented data keeps the key it always had
             options["segment"] = self.cfg.segment
         key = corpus_fingerprint(corpus, tokenizer, **options)
         manifest = directory / "manifest.json"
