@@ -486,10 +486,11 @@ def _run_compare(args: argparse.Namespace) -> None:
     from ptmkit.compare.runner import Compare, estimate, skipped_pairs
     cfg = load_compare_config(args.config)
     if args.dry_run:
-        plan = estimate(cfg)
-        for what, seconds in plan:
-            print(f"{seconds / 60:7.1f} min  {what}")
-        print(f"{sum(s for _, s in plan) / 60:7.1f} min  in all ({len(plan)} runs, rough estimate)")
+        plan = estimate(cfg, args.out)
+        for what, seconds, finished in plan:
+            print(f"{'done' if finished else f'{seconds / 60:.1f} min':>9}  {what}")
+        left = [seconds for _, seconds, finished in plan if not finished]
+        print(f"{sum(left) / 60:5.1f} min  left ({len(left)} of {len(plan)} runs to do, rough estimate)")
         return
     Compare(cfg, args.out, progress=not args.no_progress).run()
     skipped = [f"{system} on {task}" for system, task in skipped_pairs(cfg)]

@@ -300,8 +300,15 @@ ASSUMED_FLOPS = 1e11
 """Sustained training FLOP/s assumed by --dry-run estimates (this class of 2-core CPU, fp32)."""
 
 
-def estimate(cfg: CompareConfig) -> list[tuple[str, float]]:
-    """(what, estimated seconds) for every pre-training job and fine-tuning cell."""
+def estimate(cfg: CompareConfig, out: Path | None = None) -> list[tuple[str, float, bool]]:
+    """(what, estimated seconds, finished) for every pre-training job and fine-tuning cell.
+
+    Finished: `out` already holds that run's final files (a resumed compare reuses it unless its
+    inputs changed, which only the run itself can tell: checking needs the prepared data).
+    """
+    def finished(run: str, marker: str) -> bool:
+        return out is not None and (out / run / marker).is_file() and (out / run / "compare_key.json").is_file()
+
     from ptmkit.model.backbone import Transformer
     from ptmkit.model.config import resolve_model_config
     vocab = cfg.tokenizer.get("vocab_size", 8000) if isinstance(cfg.tokenizer, dict) else 8000
@@ -315,11 +322,11 @@ def estimate(cfg: CompareConfig) -> list[tuple[str, float]]:
             seq_len, batch = budget.get("seq_len", 128), budget.get("batch_size", 32)
             tokens = budget.get("tokens") or budget.get("steps", 1000) * batch * seq_len
             seconds = tokens * model.flops_per_token(seq_len, 0.15) / ASSUMED_FLOPS
-        plan.append((f"pretrain {job.name}", seconds))
+        plan.append((f"pretrain {job.name}", seconds, finished(f"pretrain/{job.name}", "summary.json")))
     epochs = cfg.finetune.get("epochs", 3)
     runs = len(as_rates(cfg.finetune.get("lr", 5e-5)))  # a learning-rate search fine-tunes once per rate
     for cell in cells(cfg):
         examples = cell.budget or 10_000
         seconds = runs * (5 + examples * epochs * 64 * model.flops_per_token(64, 0) / ASSUMED_FLOPS)
-        plan.append((f"finetune {cell.name}", seconds))
+        plan.append((f"finetune {cell.name}", seconds, finished(f"finetune/{cell.name}", "eval.json")))
     return plan

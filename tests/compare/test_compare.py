@@ -13,7 +13,7 @@ import pytest
 
 from ptmkit.compare.config import parse_compare_config
 from ptmkit.compare.report import aggregate, read_results, write_report
-from ptmkit.compare.runner import RESULT_COLUMNS, Compare, cells, pretrain_jobs, skipped_pairs
+from ptmkit.compare.runner import RESULT_COLUMNS, Compare, cells, estimate, pretrain_jobs, skipped_pairs
 from ptmkit.data.shards import TokenShards
 from ptmkit.errors import UserError
 from ptmkit.finetuning.registry import task_accepts
@@ -156,8 +156,13 @@ def test_interrupted_compare_finishes_only_the_missing_cells(task_file, tmp_path
     real = runner.finetune_search
     monkeypatch.setattr(runner, "pretrain", lambda spec: pytest.fail("pre-trained again"))
     monkeypatch.setattr(runner, "finetune_search", lambda spec, rates: calls.append(spec.out) or real(spec, rates))
+    plan = estimate(cfg, out)  # what --dry-run prints: only the killed cell is left to do
+    assert [what for what, _, finished in plan if not finished] == ["finetune task/B-mlm/b20-s0"]
+    assert len(plan) == 1 + 2 and all(seconds > 0 for _, seconds, _ in plan)
     Compare(cfg, out, progress=False).run()
     assert calls == [victim.parent]
+    assert all(finished for _, _, finished in estimate(cfg, out))
+    assert not any(finished for _, _, finished in estimate(cfg, tmp_path / "elsewhere"))
 
 
 def test_report_statistics_from_synthetic_results(tmp_path) -> None:
@@ -225,3 +230,18 @@ def test_pretraining_killed_before_its_first_checkpoint_starts_again(task_file, 
     (run / "metrics.jsonl").write_text("")  # what a run killed in its first steps leaves
     Compare(cfg, out, progress=False).run()
     assert json.loads((run / "summary.json").read_text())["steps"] == 6
+
+
+def test_dry_run_lists_every_run_and_trains_nothing(task_file, tmp_path, capsys) -> None:
+    import yaml
+
+    from ptmkit.cli import main
+    config_file = tmp_path / "cmp.yaml"
+    config_file.write_text(yaml.safe_dump(config(task_file)))
+    out = tmp_path / "out"
+    assert main(["compare", "--config", str(config_file), "--out", str(out), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    runs = [line.split("  ")[-1] for line in lines[:-1]]
+    assert runs[0] == "pretrain mlm-s0" and "finetune task/A-scratch/bfull-s1" in runs and len(runs) == 1 + 2 * 2 * 2
+    assert lines[-1].endswith(f"left ({len(runs)} of {len(runs)} runs to do, rough estimate)")
+    assert not out.exists()
