@@ -145,6 +145,9 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-target-length", type=int, default=64, help="seq2seq: target tokens")
     p.add_argument("--max-train-examples", type=int, help="label budget (stratified, seeded)")
     p.add_argument("--dev-fraction", type=float, default=0.1)
+    p.add_argument("--cv-folds", type=int, default=0,
+                   help="no --dev: cut --train into K seeded folds and score one of them (--fold)")
+    p.add_argument("--fold", type=int, default=0, help="with --cv-folds: the fold scored (0 to K-1)")
     p.add_argument("--recipe", help="fine-tuning settings of a shipped recipe (e.g. budget) or a "
                    "recipe YAML; flags given here override them")
     p.add_argument("--pooling", choices=["auto", "first", "last", "mean"],
@@ -436,7 +439,8 @@ def _run_finetune(args: argparse.Namespace) -> None:
         label_field=args.label_field, max_train_examples=args.max_train_examples,
         source_field=args.source_field, target_field=args.target_field,
         target_list=args.target_list, max_target_length=args.max_target_length,
-        dev_fraction=args.dev_fraction, seed=args.seed, freeze=args.freeze, overwrite=args.overwrite,
+        dev_fraction=args.dev_fraction, cv_folds=args.cv_folds, fold=args.fold,
+        seed=args.seed, freeze=args.freeze, overwrite=args.overwrite,
         progress=not args.no_progress, resume=args.resume, negative_label=args.negative_label,
         lr=rates[0], **settings)
     if args.resume and len(rates) > 1:

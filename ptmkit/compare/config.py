@@ -25,7 +25,8 @@ TOP_KEYS = {"corpus", "domain_corpus", "tokenizer", "model", "objectives", "obje
 PRETRAIN_KEYS = {"steps", "minutes", "tokens", "batch_size", "seq_len", "lr", "warmup", "schedule",
                  "precision", "weight_decay", "grad_accum", "workers"}
 TASK_KEYS = {"type", "name", "train", "dev", "text_fields", "label_field", "dev_fraction",
-             "data_dir", "max_length", "negative_label", "source_field", "target_field", "label_budgets"}
+             "data_dir", "max_length", "negative_label", "source_field", "target_field", "label_budgets",
+             "cv_folds"}
 FINETUNE_KEYS = {"epochs", "min_steps", "lr", "scratch_lr", "batch_size", "patience", "warmup_ratio", "max_length",
                  "precision", "select_fraction", "layer_decay", "pooling", "weight_decay", "freeze_embeddings"}
 RECIPE_PREFIX = "recipe:"
@@ -48,6 +49,9 @@ class TaskConfig:
     text_fields: list[str] = field(default_factory=lambda: ["text"])
     label_field: str = "label"
     dev_fraction: float = 0.1
+    cv_folds: int = 0
+    """No dev file: k-fold cross-validation, every cell fine-tunes once per fold and scores all
+    of the training data (see `FinetuneSpec.cv_folds`); 0 holds out `dev_fraction`."""
     data_dir: str | None = None
     max_length: int = 128
     extra: dict[str, str] = field(default_factory=dict)
@@ -161,6 +165,10 @@ def _task(values: dict, index: int, base: Path, where: str) -> TaskConfig:
     task.text_fields = [fields] if isinstance(fields, str) else list(fields)
     task.label_field = str(values.get("label_field", "label"))
     task.dev_fraction = float(values.get("dev_fraction", 0.1))
+    task.cv_folds = int(values.get("cv_folds", 0))
+    if task.cv_folds == 1 or task.cv_folds < 0 or (task.cv_folds and task.dev):
+        _fail(f"cv_folds {task.cv_folds}: cross-validation needs 2 or more folds and no dev file",
+              f"{spot}.cv_folds", "use 0 (a held-out dev_fraction) or K >= 2 without `dev`")
     task.max_length = int(values.get("max_length", 128))
     task.extra = {k: str(values[k]) for k in ("negative_label", "source_field", "target_field") if k in values}
     if "label_budgets" in values:

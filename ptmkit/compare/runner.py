@@ -19,7 +19,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -217,7 +217,7 @@ class Compare:
         if cell.job is None and "scratch_lr" in recipe:
             recipe["lr"] = recipe["scratch_lr"]
         rates = as_rates(recipe["lr"])
-        key = _key({"cell": cell.name, "task": asdict(cell.task), "recipe": recipe, "model": self.cfg.model,
+        key = _key({"cell": cell.name, "task": _task_key(cell.task), "recipe": recipe, "model": self.cfg.model,
                     "init": _read_key(Path(init)) if cell.job else "scratch"})
         if _done(run, "eval.json", key):
             return json.loads((run / "eval.json").read_text())
@@ -232,7 +232,15 @@ class Compare:
                                **{k: v for k, v in recipe.items() if k not in ("scratch_lr", "lr")}},
                             lr=rates[0])
         started = time.perf_counter()
-        result = finetune_search(spec, rates)
+        if task.cv_folds:  # folds finished before an interruption are kept (the stamp says for what)
+            if _read_key(run) != key:
+                shutil.rmtree(run, ignore_errors=True)
+            run.mkdir(parents=True, exist_ok=True)
+            _stamp(run, key)
+            result = _pooled([_fold_result(replace(spec, cv_folds=task.cv_folds, fold=fold, out=run / f"fold-{fold}"),
+                                           rates) for fold in range(task.cv_folds)])
+        else:
+            result = finetune_search(spec, rates)
         result["finetune_seconds"] = round(time.perf_counter() - started, 2)
         (run / "eval.json").write_text(json.dumps(result, indent=2))
         _stamp(run, key)
@@ -289,6 +297,31 @@ def _pretraining_part(recipe: Recipe | None) -> dict[str, Any]:
     """What a recipe's pre-training depends on (its fine-tuning settings do not invalidate it)."""
     assert recipe is not None
     return {k: v for k, v in asdict(recipe).items() if k not in ("finetune", "summary", "source")}
+
+
+def _task_key(task: TaskConfig) -> dict[str, Any]:
+    values = asdict(task)
+    if not values["cv_folds"]:  # cells made before cross-validation existed keep their key
+        del values["cv_folds"]
+    return values
+
+
+def _fold_result(spec: FinetuneSpec, rates: list[float]) -> dict[str, Any]:
+    done = spec.out / "eval.json"
+    return json.loads(done.read_text()) if done.is_file() else finetune_search(spec, rates)
+
+
+def _pooled(folds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One cell's result from its folds: every score averaged with the fold's dev size as weight
+    (for accuracy, the share of all examples scored right), the folds' own scores kept."""
+    sizes = [fold["dev_examples"] for fold in folds]
+    main = folds[0]["main_metric"]
+    scores = {k: sum(fold[k] * n for fold, n in zip(folds, sizes)) / sum(sizes)
+              for k, v in folds[0].items()
+              if isinstance(v, float) and k != "lr" and all(k in fold for fold in folds)}
+    return {**scores, "main_metric": main, "dev_examples": sum(sizes),
+            "train_examples": folds[0]["train_examples"],
+            "folds": [{main: fold[main], "lr": fold.get("lr")} for fold in folds]}
 
 
 def _read_key(run: Path) -> str | None:

@@ -61,6 +61,12 @@ class FinetuneSpec:
     """Size of a scratch model: a name, a YAML file or a dict of ModelConfig fields."""
     max_train_examples: int | None = None
     dev_fraction: float = 0.1
+    cv_folds: int = 0
+    """With no dev file: cut the training data into this many seeded folds (stratified by class)
+    and score fold `fold`, training on the others (k-fold cross-validation; 0: hold out
+    `dev_fraction` instead). Over all folds every example is scored once, so a small task's
+    score no longer hangs on which few examples one split happened to hold out."""
+    fold: int = 0
     select_fraction: float = 0.0
     """Hold out this share of the (budgeted) training examples to pick the best epoch, then score
     the dev set once with that model; 0 picks the epoch on the dev set itself."""
@@ -138,6 +144,9 @@ def _prepare(spec: FinetuneSpec) -> _Prepared:
     train_records = task.read(train_path)
     if dev_paths:
         dev_records = task.read(dev_paths[0])
+    elif spec.cv_folds:
+        task.fit_labels(train_records)
+        train_records, dev_records = _fold(task, train_records, train_path, spec)
     else:  # no dev file: hold out a stratified, seeded slice of the training data
         task.fit_labels(train_records)
         n_dev = max(1, round(spec.dev_fraction * len(train_records)))
@@ -171,6 +180,26 @@ def _hold_out(task: Task, records: list, path: str, spec: FinetuneSpec) -> tuple
                         "leaves no selection or no training data", "--select-fraction",
                         "raise the label budget or change the fraction")
     return _split_off(task, records, path, n_select, spec.seed + 2)
+
+
+def _fold(task: Task, records: list, path: str, spec: FinetuneSpec) -> tuple[list, list]:
+    """(the other folds, fold `spec.fold`) of a seeded k-fold partition, stratified by class."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+    if spec.cv_folds < 2:
+        raise UserError(f"--cv-folds {spec.cv_folds}: cross-validation needs at least 2 folds", "--cv-folds",
+                        "use 2 or more, or 0 for a held-out --dev-fraction")
+    if not 0 <= spec.fold < spec.cv_folds:
+        raise UserError(f"fold {spec.fold} of {spec.cv_folds}", "--fold", f"use 0 to {spec.cv_folds - 1}")
+    keys, stratified = stratify_key(task, task.targets(records, path))
+    splitter = (StratifiedKFold if stratified else KFold)(spec.cv_folds, shuffle=True, random_state=spec.seed + 1)
+    try:
+        _, dev = list(splitter.split(np.zeros(len(keys)), [str(k) for k in keys]))[spec.fold]
+    except ValueError as error:  # more folds than examples (of a class)
+        raise UserError(f"{spec.cv_folds} folds of {len(records)} examples: {error}", "--cv-folds",
+                        "use fewer folds (each class needs at least one example per fold)") from None
+    chosen = set(dev.tolist())
+    return ([r for i, r in enumerate(records) if i not in chosen],
+            [r for i, r in enumerate(records) if i in chosen])
 
 
 def _split_off(task: Task, records: list, path: str, n: int, seed: int) -> tuple[list, list]:

@@ -57,6 +57,8 @@ def config(task_file: Path, **extra) -> dict:
     ({"segment": "thulac"}, "unknown word segmenter 'thulac'.*segment"),
     ({"task": {"type": "classify", "train": str(LEE), "label_budgets": 100}}, "label budgets must be a list.*tasks\\[0\\].label_budgets"),
     ({"task": {"type": "classify", "train": str(LEE), "label_budgets": [-5]}}, "invalid label budget -5"),
+    ({"task": {"type": "classify", "train": str(LEE), "cv_folds": 1}}, "cv_folds 1.*tasks\\[0\\].cv_folds"),
+    ({"task": {"type": "classify", "train": str(LEE), "dev": str(LEE), "cv_folds": 5}}, "no dev file"),
 ])
 def test_every_bad_key_or_value_is_named(task_file, tmp_path, patch, message) -> None:
     with pytest.raises(UserError, match=message):
@@ -245,3 +247,26 @@ def test_dry_run_lists_every_run_and_trains_nothing(task_file, tmp_path, capsys)
     assert runs[0] == "pretrain mlm-s0" and "finetune task/A-scratch/bfull-s1" in runs and len(runs) == 1 + 2 * 2 * 2
     assert lines[-1].endswith(f"left ({len(runs)} of {len(runs)} runs to do, rough estimate)")
     assert not out.exists()
+
+
+def test_cross_validated_cells_pool_their_folds(task_file, tmp_path, monkeypatch) -> None:
+    task = {"type": "classify", "train": str(task_file), "text_fields": ["sentence"], "cv_folds": 3}
+    cfg = parse_compare_config(config(task_file, task=task, label_budgets=["full"], seeds=[0]), "cmp.yaml", tmp_path)
+    out = tmp_path / "out"
+    Compare(cfg, out, progress=False).run()
+    for row in read_results(out / "results.csv"):
+        cell = out / "finetune" / "task" / f"{row['path']}-{row['objective']}" / "bfull-s0"
+        folds = [json.loads((cell / f"fold-{i}" / "eval.json").read_text()) for i in range(3)]
+        assert sum(f["dev_examples"] for f in folds) == 120  # every example scored once
+        right = sum(f["accuracy"] * f["dev_examples"] for f in folds)
+        assert float(row["value"]) == pytest.approx(right / 120)
+        assert json.loads((cell / "eval.json").read_text())["folds"][0]["accuracy"] == folds[0]["accuracy"]
+
+    cell = out / "finetune" / "task" / "B-mlm" / "bfull-s0"
+    (cell / "eval.json").unlink()  # killed during its last fold: the finished folds are kept
+    (cell / "fold-2" / "eval.json").unlink()
+    import ptmkit.compare.runner as runner
+    calls, real = [], runner.finetune_search
+    monkeypatch.setattr(runner, "finetune_search", lambda spec, rates: calls.append(spec.fold) or real(spec, rates))
+    Compare(cfg, out, progress=False).run()
+    assert calls == [2] and (cell / "eval.json").is_file()

@@ -29,6 +29,25 @@ def test_budget_and_held_out_dev(keyword_task, keyword_spec, tmp_path) -> None:
     assert result["dev_examples"] == 24  # 10% of 240, stratified, never in the training budget
 
 
+def test_cross_validation_folds_score_every_example_once(keyword_task, keyword_spec, tmp_path) -> None:
+    from ptmkit.finetuning.run import _prepare
+    def fold(i: int, seed: int = 0):
+        prepared = _prepare(keyword_spec(keyword_task, tmp_path / "run", dev=None, cv_folds=5, fold=i, seed=seed))
+        return {tuple(item["input_ids"].tolist()) for item in prepared.dev}, prepared
+    folds = [fold(i) for i in range(5)]
+    ones = sum(sum(prepared.dev_targets) for _, prepared in folds)
+    for dev, prepared in folds:
+        assert len(prepared.dev) == 48 and len(prepared.train) == 192  # 240 / 5
+        assert not dev & {tuple(item["input_ids"].tolist()) for item in prepared.train}
+        assert abs(sum(prepared.dev_targets) - ones / 5) <= 1  # stratified: each fold keeps the class shares
+    assert sum(len(dev) for dev, _ in folds) == len({tuple(x) for dev, _ in folds for x in dev})
+    assert fold(0, seed=1)[0] != folds[0][0]  # another seed, another partition
+    with pytest.raises(UserError, match="fold 5 of 5"):
+        fold(5)
+    with pytest.raises(UserError, match="at least 2 folds"):
+        _prepare(keyword_spec(keyword_task, tmp_path / "run", dev=None, cv_folds=1))
+
+
 def test_input_errors_leave_nothing(keyword_task, keyword_spec, tmp_path) -> None:
     with pytest.raises(UserError, match="needs a tokenizer"):
         finetune(keyword_spec(keyword_task, tmp_path / "a", tokenizer=None))
