@@ -48,6 +48,12 @@ def _fmt(mean: float, std: float, n: int, scale: float) -> str:
     return f"{mean * scale:.1f} ± {std * scale:.1f}" if n > 1 else f"{mean * scale:.1f}"
 
 
+def _beyond_spread(cell: tuple[float, float, int], base: tuple[float, float, int]) -> bool:
+    """A difference from scratch larger than the seed-to-seed spread (the larger of the two
+    standard deviations); with a single seed there is no spread to compare with."""
+    return min(cell[2], base[2]) > 1 and abs(cell[0] - base[0]) > max(cell[1], base[1])
+
+
 def task_tables(rows: list[dict[str, Any]]) -> dict[str, tuple[list[str], list[list[str]]]]:
     """Per task: header and rows of 'mean ± std (gain over scratch)' for every budget."""
     stats = aggregate(rows)
@@ -68,7 +74,7 @@ def task_tables(rows: list[dict[str, Any]]) -> dict[str, tuple[list[str], list[l
                     continue
                 text = _fmt(*cell, scale=100)
                 if base is not None and path != "A":
-                    text += f" ({(cell[0] - base[0]) * 100:+.1f})"
+                    text += f" ({(cell[0] - base[0]) * 100:+.1f}{'*' if _beyond_spread(cell, base) else ''})"
                 line.append(text)
             body.append(line)
         tables[task] = (header, body)
@@ -213,7 +219,8 @@ def write_report(out: Path, title: str = "ptmkit compare", notes: Sequence[str] 
     tables = task_tables(rows)
     images = plots(rows, out)
     md = [f"# {title}", "", "Scores on dev (×100), mean ± std over seeds; in brackets the gain over "
-          "scratch (path A) at the same label budget. Paths: A = scratch, B = general pre-training, "
+          "scratch (path A) at the same label budget, * where it is larger than the seed-to-seed spread "
+          "(the larger std of the two). Paths: A = scratch, B = general pre-training, "
           "C = general then domain pre-training.", ""]
     for note in notes:
         md += [note, ""]

@@ -169,7 +169,8 @@ def test_interrupted_compare_finishes_only_the_missing_cells(task_file, tmp_path
 
 def test_report_statistics_from_synthetic_results(tmp_path) -> None:
     rows = [("scratch", "A", 100, s, v) for s, v in enumerate([0.60, 0.62, 0.64])] + \
-           [("mlm", "B", 100, s, v) for s, v in enumerate([0.70, 0.72, 0.74])]
+           [("mlm", "B", 100, s, v) for s, v in enumerate([0.70, 0.72, 0.74])] + \
+           [("clm", "B", 100, s, v) for s, v in enumerate([0.60, 0.66, 0.63])]
     with open(tmp_path / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS)
         writer.writeheader()
@@ -180,7 +181,9 @@ def test_report_statistics_from_synthetic_results(tmp_path) -> None:
     stats = aggregate(read_results(tmp_path / "results.csv"))
     assert stats[("sst2", "B", "mlm", "100")] == pytest.approx((0.72, 0.02, 3))
     md, _ = write_report(tmp_path)
-    assert "72.0 ± 2.0 (+10.0)" in md.read_text()
+    text = md.read_text()
+    assert "72.0 ± 2.0 (+10.0*)" in text  # beyond the spread of either system
+    assert "63.0 ± 3.0 (+1.0) |" in text  # inside it: no star
 
 
 def test_demo_config_uses_only_bundled_text_and_three_families() -> None:
@@ -190,6 +193,7 @@ def test_demo_config_uses_only_bundled_text_and_three_families() -> None:
     assert all(Path(p).is_file() and "gensim" in p for p in cfg.corpus + [cfg.tasks[0].train])
     assert len({OBJECTIVES[o].family for o in cfg.objectives}) >= 3
     assert len(cfg.seeds) >= 3 and cfg.pretrain["tokens"] == 1000
+    assert cfg.tasks[0].cv_folds >= 5  # every sentence scored once per seed: a spread of ~1 point, not 5
 
 
 def test_a_recipe_joins_path_b_and_scratch_gets_its_finetuning_search(task_file, tmp_path) -> None:
