@@ -246,7 +246,14 @@ def write_report(out: Path, title: str = "ptmkit compare", notes: Sequence[str] 
 
 
 def summary_lines(out: Path) -> str:
-    """The survey table as plain text, for the terminal."""
-    header, body = survey_table(read_results(out / "results.csv"), out)
+    """The survey table and every task's table as plain text, for the terminal."""
+    rows = read_results(out / "results.csv")
+    blocks = [_text_table(*survey_table(rows, out))]
+    blocks += [f"{task} (×100, mean ± std over seeds; * = gain over scratch beyond the seed spread)\n"
+               + _text_table(*table) for task, table in task_tables(rows).items()]
+    return "\n\n".join(blocks)
+
+
+def _text_table(header: list[str], body: list[list[str]]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
-    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(line, widths)) for line in [header, *body])
+    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in [header, *body])

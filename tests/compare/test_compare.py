@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ptmkit.compare.config import parse_compare_config
-from ptmkit.compare.report import aggregate, read_results, write_report
+from ptmkit.compare.report import aggregate, read_results, summary_lines, write_report
 from ptmkit.compare.runner import RESULT_COLUMNS, Compare, cells, estimate, pretrain_jobs, skipped_pairs
 from ptmkit.data.shards import TokenShards
 from ptmkit.errors import UserError
@@ -184,6 +184,8 @@ def test_report_statistics_from_synthetic_results(tmp_path) -> None:
     text = md.read_text()
     assert "72.0 ± 2.0 (+10.0*)" in text  # beyond the spread of either system
     assert "63.0 ± 3.0 (+1.0) |" in text  # inside it: no star
+    terminal = summary_lines(tmp_path)  # what compare and demo print at the end
+    assert terminal.startswith("objective") and "\nsst2 (×100" in terminal and "72.0 ± 2.0 (+10.0*)" in terminal
 
 
 def test_demo_config_uses_only_bundled_text_and_three_families() -> None:
