@@ -231,7 +231,6 @@ class Compare:
                             **{"max_length": task.max_length,
                                **{k: v for k, v in recipe.items() if k not in ("scratch_lr", "lr")}},
                             lr=rates[0])
-        started = time.perf_counter()
         if task.cv_folds:  # folds finished before an interruption are kept (the stamp says for what)
             if _read_key(run) != key:
                 shutil.rmtree(run, ignore_errors=True)
@@ -240,8 +239,9 @@ class Compare:
             result = _pooled([_fold_result(replace(spec, cv_folds=task.cv_folds, fold=fold, out=run / f"fold-{fold}"),
                                            rates) for fold in range(task.cv_folds)])
         else:
+            started = time.perf_counter()
             result = finetune_search(spec, rates)
-        result["finetune_seconds"] = round(time.perf_counter() - started, 2)
+            result["finetune_seconds"] = round(time.perf_counter() - started, 2)
         (run / "eval.json").write_text(json.dumps(result, indent=2))
         _stamp(run, key)
         return result
@@ -307,8 +307,15 @@ def _task_key(task: TaskConfig) -> dict[str, Any]:
 
 
 def _fold_result(spec: FinetuneSpec, rates: list[float]) -> dict[str, Any]:
+    """One fold's eval.json, fine-tuning it unless an earlier (interrupted) run finished it; each
+    fold keeps its own wall time, so a resumed cell still reports the time all folds took."""
     done = spec.out / "eval.json"
-    return json.loads(done.read_text()) if done.is_file() else finetune_search(spec, rates)
+    if done.is_file():
+        return json.loads(done.read_text())
+    started = time.perf_counter()
+    result = {**finetune_search(spec, rates), "finetune_seconds": round(time.perf_counter() - started, 2)}
+    done.write_text(json.dumps(result, indent=2))
+    return result
 
 
 def _pooled(folds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -321,6 +328,7 @@ def _pooled(folds: list[dict[str, Any]]) -> dict[str, Any]:
               if isinstance(v, float) and k != "lr" and all(k in fold for fold in folds)}
     return {**scores, "main_metric": main, "dev_examples": sum(sizes),
             "train_examples": folds[0]["train_examples"],
+            "finetune_seconds": round(sum(fold["finetune_seconds"] for fold in folds), 2),
             "folds": [{main: fold[main], "lr": fold.get("lr")} for fold in folds]}
 
 

@@ -267,6 +267,7 @@ def test_cross_validated_cells_pool_their_folds(task_file, tmp_path, monkeypatch
         right = sum(f["accuracy"] * f["dev_examples"] for f in folds)
         assert float(row["value"]) == pytest.approx(right / 120)
         assert json.loads((cell / "eval.json").read_text())["folds"][0]["accuracy"] == folds[0]["accuracy"]
+        assert float(row["finetune_seconds"]) == pytest.approx(sum(f["finetune_seconds"] for f in folds), abs=0.02)
 
     cell = out / "finetune" / "task" / "B-mlm" / "bfull-s0"
     (cell / "eval.json").unlink()  # killed during its last fold: the finished folds are kept
