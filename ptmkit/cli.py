@@ -207,7 +207,8 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p = _parser(sub, "compare", "scratch vs pre-training objectives, label budgets, seeds, paths A/B/C")
     p.add_argument("--config", required=True, type=Path, help="compare YAML (see README)")
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--dry-run", action="store_true", help="list the runs and their estimated time")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the runs (marking those already finished in --out) and the time left")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_run_compare)
 
