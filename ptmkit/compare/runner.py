@@ -112,9 +112,20 @@ def _key(values: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _done(run: Path, marker: str, key: str) -> bool:
+def _done(run: Path, marker: str, key: str | None) -> bool:
+    """`run` holds its final file `marker` and was made for `key` (None: for any key)."""
     stamp = run / "compare_key.json"
-    return (run / marker).is_file() and stamp.is_file() and json.loads(stamp.read_text())["key"] == key
+    return (run / marker).is_file() and stamp.is_file() \
+        and (key is None or json.loads(stamp.read_text())["key"] == key)
+
+
+def _claim(run: Path, key: str) -> None:
+    """Make `run` the directory of `key`, keeping what an interrupted run with the same key
+    finished (recipe stages, folds) and removing what other inputs made."""
+    if _read_key(run) != key:
+        shutil.rmtree(run, ignore_errors=True)
+    run.mkdir(parents=True, exist_ok=True)
+    _stamp(run, key)
 
 
 def _stamp(run: Path, key: str) -> None:
@@ -178,8 +189,7 @@ class Compare:
             return run
         if is_recipe:
             return self._run_recipe(job, run, key, data[False])
-        resume = (run / "config.yaml").is_file() and (run / "compare_key.json").is_file() \
-            and json.loads((run / "compare_key.json").read_text())["key"] == key
+        resume = (run / "config.yaml").is_file() and _read_key(run) == key
         if run.exists() and not resume:
             tqdm.write(f"compare: {run} was made from other settings, data or tokenizer; training it again",
                        file=sys.stderr)
@@ -201,10 +211,7 @@ class Compare:
         """The recipe's stages on the shared data (an interrupted one continues with its finished
         stages); its summary's train_seconds is their wall clock."""
         assert self.cfg.recipe is not None
-        if _read_key(run) != key:
-            shutil.rmtree(run, ignore_errors=True)
-        run.mkdir(parents=True, exist_ok=True)
-        _stamp(run, key)
+        _claim(run, key)
         pretrain_recipe(RecipeRun(recipe=self.cfg.recipe, out=run, data=data, seed=job.seed, progress=False,
                                   resume=True))
         return run
@@ -231,11 +238,8 @@ class Compare:
                             **{"max_length": task.max_length,
                                **{k: v for k, v in recipe.items() if k not in ("scratch_lr", "lr")}},
                             lr=rates[0])
-        if task.cv_folds:  # folds finished before an interruption are kept (the stamp says for what)
-            if _read_key(run) != key:
-                shutil.rmtree(run, ignore_errors=True)
-            run.mkdir(parents=True, exist_ok=True)
-            _stamp(run, key)
+        if task.cv_folds:
+            _claim(run, key)
             result = _pooled([_fold_result(replace(spec, cv_folds=task.cv_folds, fold=fold, out=run / f"fold-{fold}"),
                                            rates) for fold in range(task.cv_folds)])
         else:
@@ -348,7 +352,7 @@ def estimate(cfg: CompareConfig, out: Path | None = None) -> list[tuple[str, flo
     inputs changed, which only the run itself can tell: checking needs the prepared data).
     """
     def finished(run: str, marker: str) -> bool:
-        return out is not None and (out / run / marker).is_file() and (out / run / "compare_key.json").is_file()
+        return out is not None and _done(out / run, marker, key=None)
 
     from ptmkit.model.backbone import Transformer
     from ptmkit.model.config import resolve_model_config

@@ -197,15 +197,18 @@ def _fold(task: Task, records: list, path: str, spec: FinetuneSpec) -> tuple[lis
     except ValueError as error:  # more folds than examples (of a class)
         raise UserError(f"{spec.cv_folds} folds of {len(records)} examples: {error}", "--cv-folds",
                         "use fewer folds (each class needs at least one example per fold)") from None
-    chosen = set(dev.tolist())
-    return ([r for i, r in enumerate(records) if i not in chosen],
-            [r for i, r in enumerate(records) if i in chosen])
+    return _partition(records, dev)
 
 
 def _split_off(task: Task, records: list, path: str, n: int, seed: int) -> tuple[list, list]:
     """(rest, slice): `n` records, stratified by class where the task has classes, seeded."""
     keys, stratified = stratify_key(task, task.targets(records, path))
-    chosen = set(label_budget(keys, n, seed, stratified).tolist())
+    return _partition(records, label_budget(keys, n, seed, stratified))
+
+
+def _partition(records: list, indices: np.ndarray) -> tuple[list, list]:
+    """(the records not at `indices`, the records at them), each in file order."""
+    chosen = set(indices.tolist())
     return ([r for i, r in enumerate(records) if i not in chosen],
             [r for i, r in enumerate(records) if i in chosen])
 
