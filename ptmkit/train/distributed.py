@@ -20,6 +20,7 @@ exercises the same code paths.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import warnings
 from collections.abc import Callable, Iterable
@@ -117,6 +118,9 @@ class Distributed:
 
     def close(self) -> None:
         import torch.distributed as dist
+        # The finished run's DDP/FSDP wrapper sits in a reference cycle that holds the group; left to
+        # the collector it may be torn down during interpreter exit, where gloo aborts the process.
+        gc.collect()
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
 

@@ -36,19 +36,13 @@ def _close(a: dict[int, float], b: dict[int, float], steps: range) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(lee_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def reference(lee_data: Path, tmp_path_factory: pytest.TempPathFactory, child_env: dict[str, str]) -> Path:
     """One process, batch 8, 6 steps."""
     out = tmp_path_factory.mktemp("ref") / "run"
     proc = subprocess.run([sys.executable, "-m", "ptmkit", *map(str, _args(lee_data, out))],
-                          env=_env(), capture_output=True, text=True, timeout=180)
+                          env=child_env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
-
-
-def _env() -> dict[str, str]:
-    import os
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    return {**env, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def _drop_newest_checkpoint(run: Path) -> Path:
@@ -108,16 +102,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_nodes_on_loopback(lee_data: Path, tmp_path: Path, metrics) -> None:
+def test_two_nodes_on_loopback(lee_data: Path, tmp_path: Path, metrics, child_env: dict[str, str],
+                               torchrun: list[str]) -> None:
     """2 nodes x 1 process, c10d rendezvous on 127.0.0.1 (the run directory is shared)."""
-    script = Path(sys.executable).parent / "torchrun"
-    torchrun = [str(script)] if script.is_file() else [sys.executable, "-m", "torch.distributed.run"]
     port, run = _free_port(), tmp_path / "run"
     nodes = [subprocess.Popen([*torchrun, "--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(rank),
                                "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}",
                                "--rdzv_id", "ptmkit-test", "-m", "ptmkit",
                                *map(str, _args(lee_data, run, "mlm", 3, 4))],
-                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for rank in (0, 1)]
     try:
         outputs = [node.communicate(timeout=240) for node in nodes]
@@ -130,3 +123,22 @@ def test_two_nodes_on_loopback(lee_data: Path, tmp_path: Path, metrics) -> None:
     assert (run / "model.safetensors").is_file()
     assert sorted(metrics(run)) == [1, 2, 3]
     assert sum("pre-trained" in out for out, _ in outputs) == 1, "one summary line, from rank 0"
+
+
+def test_a_finished_run_releases_its_process_group(lee_data: Path, tmp_path: Path) -> None:
+    """The DDP wrapper that holds the group is freed before the group is destroyed, not later by the
+    collector during interpreter exit (where gloo can abort a process whose run succeeded)."""
+    import gc
+
+    import ptmkit
+    from torch.nn.parallel import DistributedDataParallel
+    gc.collect()
+    gc.disable()
+    try:
+        ptmkit.pretrain(objective="mlm", data=lee_data, model=lee_data.parent / "nodrop.yaml", seq_len=64,
+                        batch_size=4, steps=2, workers=0, progress=False, distributed="ddp",
+                        out=tmp_path / "run")
+        alive = sum(type(obj) is DistributedDataParallel for obj in gc.get_objects())
+    finally:
+        gc.enable()
+    assert alive == 0
