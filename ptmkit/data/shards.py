@@ -17,6 +17,7 @@ the output only when complete.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -76,16 +77,23 @@ class _SplitWriter:
         self.document_file = open(self.path.with_suffix(".documents.raw"), "wb")
         self.word_file = open(self.path.with_suffix(".word_starts.bin"), "wb") if self.segmented else None
 
-    def add(self, sentences: list[list[int]], word_starts: list[np.ndarray] | None = None) -> None:
-        lengths = np.fromiter((len(s) for s in sentences), dtype=np.int64, count=len(sentences))
-        np.array([self.n_tokens], dtype=OFFSET).tofile(self.document_file)
-        (self.n_tokens + np.concatenate([[0], np.cumsum(lengths)[:-1]])).astype(OFFSET).tofile(self.sentence_file)
-        flat = np.fromiter((t for s in sentences for t in s), dtype=self.dtype, count=int(lengths.sum()))
+    def add(self, documents: list[list[list[int]]], word_starts: list[list[np.ndarray]] | None = None) -> None:
+        """Append documents (each a list of sentences of token ids) with one write per file: the
+        per-token work stays in C (a chain of the lists), not in a Python loop."""
+        if not documents:
+            return
+        sentences = list(itertools.chain.from_iterable(documents))
+        lengths = np.fromiter(map(len, sentences), dtype=np.int64, count=len(sentences))
+        starts = self.n_tokens + np.concatenate([[0], np.cumsum(lengths)])
+        per_document = np.fromiter(map(len, documents), dtype=np.int64, count=len(documents))
+        starts[np.concatenate([[0], np.cumsum(per_document)[:-1]])].astype(OFFSET).tofile(self.document_file)
+        starts[:-1].astype(OFFSET).tofile(self.sentence_file)
+        flat = np.fromiter(itertools.chain.from_iterable(sentences), dtype=self.dtype, count=int(starts[-1] - self.n_tokens))
         flat.tofile(self.file)
         if self.word_file is not None:
-            np.concatenate(word_starts).astype(np.uint8).tofile(self.word_file)
+            np.concatenate([s for doc in word_starts for s in doc]).astype(np.uint8).tofile(self.word_file)
         self.n_tokens += len(flat)
-        self.n_documents += 1
+        self.n_documents += len(documents)
         self.n_sentences += len(sentences)
 
     def close(self) -> dict[str, int]:
@@ -180,15 +188,20 @@ def prepare(paths: Sequence[str | os.PathLike], tokenizer: Tokenizer, out: Path,
             flat = [s for doc in batch for s in doc.sentences]
             ids = tokenizer.encode_batch(flat)
             starts = segment_word_starts(tokenizer, flat, segment) if segment else None
+            documents: dict[str, list[list[list[int]]]] = {split: [] for split in SPLITS}
+            doc_starts: dict[str, list[list[np.ndarray]]] = {split: [] for split in SPLITS}
             cursor = 0
             for doc in batch:
                 kept = [i for i in range(cursor, cursor + len(doc.sentences)) if ids[i]]
                 cursor += len(doc.sentences)
                 if kept:
                     split = "val" if _is_validation(index, val_fraction, seed) else "train"
-                    writers[split].add([ids[i] for i in kept],
-                                       [starts[i] for i in kept] if starts else None)
+                    documents[split].append([ids[i] for i in kept])
+                    if starts:
+                        doc_starts[split].append([starts[i] for i in kept])
                 index += 1
+            for split, writer in writers.items():
+                writer.add(documents[split], doc_starts[split] if starts else None)
             seen_bytes += sum(len(s) for s in flat)
             bar.update(min(seen_bytes, total_bytes) - bar.n)
         bar.update(total_bytes - bar.n)
