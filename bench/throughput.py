@@ -178,9 +178,9 @@ def measure(args: argparse.Namespace) -> dict:
     return result
 
 
-def main() -> None:
-    parser = bench_parser(__doc__)
-    parser.add_argument("--objective", default="mlm")
+def add_step_arguments(parser: argparse.ArgumentParser, objective: str = "mlm") -> None:
+    """The options that define one training step (`build_side`'s `args`)."""
+    parser.add_argument("--objective", default=objective)
     parser.add_argument("--model", default="small")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=128)
@@ -188,6 +188,11 @@ def main() -> None:
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--warmup", type=int, default=3)
+
+
+def main() -> None:
+    parser = bench_parser(__doc__)
+    add_step_arguments(parser)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--block", type=int, default=2,
                         help="timed steps per turn when alternating with --against")

@@ -1,0 +1,65 @@
+"""Where one side's training step spends its time: torch.profiler over a few steps of the same
+model, batches and Trainer as `bench/throughput.py`, the operators with the most self time.
+
+    python bench/profile_step.py --side ptmkit --objective bart --model small --precision fp32
+    python bench/profile_step.py --side hf --objective bart --model small --by-shape
+
+`--by-shape` splits each operator by its input shapes (which tensor a copy or a sum is about).
+Run the two sides one after the other on a quiet machine and compare the matmul total with the
+rest: the ratio in `throughput.py` can only move by what the rest costs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+from pathlib import Path
+
+import torch
+
+from bench_cli import bench_parser
+from throughput import add_step_arguments, build_side
+from ptmkit.train.host import keep_freed_memory
+from ptmkit.train.loop import TrainConfig, Trainer
+
+MATMULS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm")
+
+
+def main() -> None:
+    parser = bench_parser(__doc__)
+    add_step_arguments(parser, objective="bart")
+    parser.add_argument("--side", choices=("ptmkit", "hf"), default="ptmkit")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--rows", type=int, default=25)
+    parser.add_argument("--by-shape", action="store_true")
+    args = parser.parse_args()
+    if args.side == "ptmkit":
+        keep_freed_memory()  # as `ptmkit pretrain` does
+    torch.manual_seed(0)
+    model, loss_fn, batches, count_tokens = build_side(args, args.side)
+    train = TrainConfig(steps=10**9, batch_size=args.batch_size, seq_len=args.seq_len,
+                        precision=args.precision, compile=args.compile, warmup=1)
+    stream = itertools.cycle(batches)
+    with tempfile.TemporaryDirectory() as run:
+        trainer = Trainer(model, loss_fn, train, Path(run), count_tokens=count_tokens, progress=False)
+        for _ in range(args.warmup):
+            trainer.train_step(stream)
+        with torch.profiler.profile(record_shapes=args.by_shape) as profile:
+            for _ in range(args.steps):
+                trainer.train_step(stream)
+    events = profile.key_averages(group_by_input_shape=args.by_shape)
+    total = sum(e.self_cpu_time_total for e in events)
+    matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMULS)
+    if args.json:
+        import json
+        print(json.dumps({"side": args.side, "objective": args.objective, "precision": args.precision,
+                          "steps": args.steps, "ms_per_step": round(total / 1e3 / args.steps, 1),
+                          "matmul_share": round(matmul / total, 3)}))
+        return
+    print(events.table(sort_by="self_cpu_time_total", row_limit=args.rows))
+    print(f"{args.side}: {total / 1e3 / args.steps:.1f} ms of operator self time per step, "
+          f"{matmul / total:.0%} of it in matmuls ({', '.join(MATMULS)})")
+
+
+if __name__ == "__main__":
+    main()
