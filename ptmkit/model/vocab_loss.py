@@ -52,16 +52,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
             loss, accuracy, grads = _loss_and_gradients(hidden.to(dtype), weight.to(dtype),
                                                         bias.to(dtype) if bias is not None else None, targets)
         ctx.save_for_backward(*grads)
-        ctx.dtypes, ctx.rows = (hidden.dtype, weight.dtype), max(hidden.shape[0], 1)
+        ctx.dtypes = (hidden.dtype, weight.dtype)
         ctx.mark_non_differentiable(accuracy)
         return loss, accuracy
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor, grad_accuracy: Tensor):
         grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
-        # the gradients were kept unscaled: the mean's 1/rows joins the incoming gradient here,
-        # on (rows x hidden) and (vocab x hidden) tensors instead of the (rows x vocab) logits
-        (hidden_dtype, weight_dtype), scale = ctx.dtypes, grad_loss.to(torch.float32) / ctx.rows
+        (hidden_dtype, weight_dtype), scale = ctx.dtypes, grad_loss.to(torch.float32)
         hidden_grad = (grad_hidden * scale).to(hidden_dtype) if ctx.needs_input_grad[0] else None
         weight_grad = (grad_weight * scale).to(weight_dtype) if ctx.needs_input_grad[1] else None
         bias_grad = (grad_bias * scale).to(weight_dtype) \
@@ -70,13 +68,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 def _loss_and_gradients(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor):
-    """Mean loss, accuracy and the gradients of the summed loss (the caller scales them by
-    1/rows) for operands of one dtype; the softmax runs in fp32.
+    """Mean loss, accuracy and the gradients of the mean loss for operands of one dtype; the
+    softmax runs in fp32.
 
-    In fp32 each chunk's softmax is its logit gradient as it stands, and its weight gradient is
-    added in place (`addmm_`). In a lower precision the chunks' logit gradients are cast into one
-    buffer for a group of rows (``GROUP_ELEMENTS``) and multiplied once: adding many
-    low-precision products into an fp32 sum costs more than the matmuls."""
+    In fp32 each chunk's weight gradient is added in place (`addmm_`). In a lower precision the
+    chunks' logit gradients are kept for a group of rows (``GROUP_ELEMENTS``) and multiplied
+    once: adding many low-precision products into an fp32 sum costs more than the matmuls."""
     rows, vocab = hidden.shape[0], weight.shape[0]
     grad_hidden = torch.empty_like(hidden)
     grad_weight: Tensor | None = None
@@ -85,26 +82,18 @@ def _loss_and_gradients(hidden: Tensor, weight: Tensor, bias: Tensor | None, tar
     group_elements = CHUNK_ELEMENTS if hidden.dtype == torch.float32 else GROUP_ELEMENTS
     for group in _chunks(rows, vocab, group_elements):
         h_group = hidden[group]
-        parts = _chunks(h_group.shape[0], vocab, CHUNK_ELEMENTS)
-        grad_logits = torch.empty(h_group.shape[0], vocab, dtype=hidden.dtype, device=hidden.device) \
-            if len(parts) > 1 else None
-        for part in parts:
-            h, t = h_group[part], targets[group][part]
+        grad_logits = torch.empty(h_group.shape[0], vocab, dtype=hidden.dtype, device=hidden.device)
+        for part in _chunks(h_group.shape[0], vocab, CHUNK_ELEMENTS):
+            h, t, grad = h_group[part], targets[group][part], grad_logits[part]
             log_probs, part_loss, hits = _log_softmax_and_hits(h, weight, bias, t)
             loss += part_loss
             correct += hits
             probs = log_probs.exp_()  # softmax ...
             probs[torch.arange(probs.shape[0], device=probs.device), t] -= 1.0  # ... minus one-hot
-            if grad_logits is None:
-                grad = probs.to(hidden.dtype)  # fp32: the same tensor, no pass
-            else:
-                grad = grad_logits[part]
-                grad.copy_(probs)
+            torch.mul(probs, 1.0 / rows, out=grad)  # scaled and cast in one pass
             torch.mm(grad, weight, out=grad_hidden[group][part])  # straight into the gradient
             if grad_bias is not None:
-                grad_bias += probs.sum(0)
-        if grad_logits is None:
-            grad_logits = grad
+                grad_bias += grad.sum(0, dtype=torch.float32)
         if grad_weight is None:
             grad_weight = grad_logits.t() @ h_group
         elif grad_weight.dtype == grad_logits.dtype:

@@ -175,8 +175,6 @@ def token_cross_entropy(model: nn.Module, hidden: Tensor, labels: Tensor) -> tup
     """Cross-entropy computed only at rows with a target: the vocabulary projection, the most
     expensive matmul of a small model, is skipped everywhere else (and fused with the loss)."""
     selected = labels != IGNORE
-    if bool(selected.all()):  # every row a target (bart, clm on full windows): no gather, no scatter back
-        return rows_cross_entropy(model, hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1))
     return rows_cross_entropy(model, hidden[selected], labels[selected])
 
 
