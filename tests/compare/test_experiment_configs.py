@@ -1,0 +1,25 @@
+"""Every committed experiment config still passes compare's validation, so the commands that
+EXPERIMENTS.md prints keep working as the schema grows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ptmkit.compare.config import load_compare_config
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED_DATA = REPO / ".." / "shared" / "data"
+CONFIGS = sorted((REPO / "experiments").glob("*.yaml"))
+
+
+def test_there_are_configs() -> None:
+    assert len(CONFIGS) >= 8
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="the experiment configs read ../shared/data (not present)")
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_experiment_config_is_valid(path: Path) -> None:
+    config = load_compare_config(path)
+    assert config.tasks and config.seeds
