@@ -12,6 +12,7 @@ rest: the ratio in `throughput.py` can only move by what the rest costs.
 from __future__ import annotations
 
 import itertools
+import json
 import tempfile
 from pathlib import Path
 
@@ -51,7 +52,6 @@ def main() -> None:
     total = sum(e.self_cpu_time_total for e in events)
     matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMULS)
     if args.json:
-        import json
         print(json.dumps({"side": args.side, "objective": args.objective, "precision": args.precision,
                           "steps": args.steps, "ms_per_step": round(total / 1e3 / args.steps, 1),
                           "matmul_share": round(matmul / total, 3)}))

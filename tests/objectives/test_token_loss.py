@@ -1,5 +1,5 @@
 """token_cross_entropy: the loss and gradients of plain cross-entropy over the labelled rows,
-whether every row is labelled (the path without gather/scatter) or only some are."""
+whether every row is labelled or only some are."""
 
 from __future__ import annotations
 

@@ -29,39 +29,31 @@ def lee_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "data"
 
 
-def _subprocess_env() -> dict[str, str]:
-    """One thread per process (the machine is shared) and no stray warnings."""
+@pytest.fixture(scope="session")
+def child_env() -> dict[str, str]:
+    """The environment of a `ptmkit` child process: one thread each (the machine is shared), no
+    launcher variables, no stray warnings."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     return {**env, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false"}
 
 
 @pytest.fixture(scope="session")
-def child_env() -> dict[str, str]:
-    """The environment of a `ptmkit` child process: one thread each, no launcher variables."""
-    return _subprocess_env()
-
-
-@pytest.fixture(scope="session")
 def torchrun() -> list[str]:
     """torchrun next to this interpreter, else the module it runs."""
-    return _torchrun_command()
-
-
-def _torchrun_command() -> list[str]:
     script = Path(sys.executable).parent / "torchrun"
     return [str(script)] if script.is_file() else [sys.executable, "-m", "torch.distributed.run"]
 
 
 @pytest.fixture
-def ptmkit_process():
+def ptmkit_process(child_env: dict[str, str], torchrun: list[str]):
     """`run(args, launcher=None, timeout=...)` -> CompletedProcess of `ptmkit ARGS` (under
     `launcher`, e.g. torchrun options, when given); fails the test on a non-zero exit."""
 
     def run(args: list, launcher: list[str] | None = None, timeout: float = 180,
             check: bool = True) -> subprocess.CompletedProcess:
-        command = ([*_torchrun_command(), *launcher, "-m", "ptmkit"] if launcher is not None
+        command = ([*torchrun, *launcher, "-m", "ptmkit"] if launcher is not None
                    else [sys.executable, "-m", "ptmkit"])
-        proc = subprocess.run([*command, *map(str, args)], env=_subprocess_env(), capture_output=True,
+        proc = subprocess.run([*command, *map(str, args)], env=child_env, capture_output=True,
                               text=True, timeout=timeout)
         if check:
             assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-4000:]}"
