@@ -9,7 +9,9 @@ that contains Han characters or Chinese punctuation, so English pays almost noth
 
 from __future__ import annotations
 
+import ctypes
 import re
+import threading
 
 import blingfire
 
@@ -27,9 +29,27 @@ _CJK_BOUNDARY = re.compile(
 )
 
 
+_BUFFERS = threading.local()
+
+
+def blingfire_sentences(text: str) -> str:
+    """``blingfire.text_to_sentences(text)``, the same C call, without the zeroed output buffer of
+    twice the input that its wrapper allocates on every call: on paragraph-sized texts that
+    allocation cost as much as the splitting (a reused buffer per thread halves the time)."""
+    data = text.encode("utf-8")
+    buffer = getattr(_BUFFERS, "buffer", None)
+    if buffer is None or len(buffer) < 2 * len(data):
+        buffer = _BUFFERS.buffer = ctypes.create_string_buffer(max(1 << 16, 4 * len(data)))
+    written = blingfire.blingfire.TextToSentences(data, len(data), buffer, len(buffer))
+    if written <= 0 or written > len(buffer):  # -1: blingfire failed; its wrapper then gives ""
+        return ""
+    # `written` counts the final NUL; like the wrapper, the result ends at the first NUL
+    return ctypes.string_at(buffer, written - 1).partition(b"\0")[0].decode("utf-8")
+
+
 def split_sentences(text: str) -> list[str]:
     """Split one paragraph into stripped, non-empty sentences (English and Chinese)."""
-    pieces = blingfire.text_to_sentences(text).split("\n")
+    pieces = blingfire_sentences(text).split("\n")
     if _CJK_MARK.search(text):
         pieces = [
             sentence

@@ -17,7 +17,6 @@ the output only when complete.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 import shutil
@@ -77,24 +76,21 @@ class _SplitWriter:
         self.document_file = open(self.path.with_suffix(".documents.raw"), "wb")
         self.word_file = open(self.path.with_suffix(".word_starts.bin"), "wb") if self.segmented else None
 
-    def add(self, documents: list[list[list[int]]], word_starts: list[list[np.ndarray]] | None = None) -> None:
-        """Append documents (each a list of sentences of token ids) with one write per file: the
-        per-token work stays in C (a chain of the lists), not in a Python loop."""
-        if not documents:
+    def add(self, tokens: np.ndarray, sentence_lengths: np.ndarray, document_sizes: np.ndarray,
+            word_starts: np.ndarray | None = None) -> None:
+        """Append whole documents: their tokens back to back, the length of each sentence and the
+        number of sentences of each document (none of them zero), one write per file."""
+        if not len(document_sizes):
             return
-        sentences = list(itertools.chain.from_iterable(documents))
-        lengths = np.fromiter(map(len, sentences), dtype=np.int64, count=len(sentences))
-        starts = self.n_tokens + np.concatenate([[0], np.cumsum(lengths)])
-        per_document = np.fromiter(map(len, documents), dtype=np.int64, count=len(documents))
-        starts[np.concatenate([[0], np.cumsum(per_document)[:-1]])].astype(OFFSET).tofile(self.document_file)
+        starts = self.n_tokens + np.concatenate([[0], np.cumsum(sentence_lengths)])
+        starts[np.concatenate([[0], np.cumsum(document_sizes)[:-1]])].astype(OFFSET).tofile(self.document_file)
         starts[:-1].astype(OFFSET).tofile(self.sentence_file)
-        flat = np.fromiter(itertools.chain.from_iterable(sentences), dtype=self.dtype, count=int(starts[-1] - self.n_tokens))
-        flat.tofile(self.file)
+        tokens.astype(self.dtype).tofile(self.file)
         if self.word_file is not None:
-            np.concatenate([s for doc in word_starts for s in doc]).astype(np.uint8).tofile(self.word_file)
-        self.n_tokens += len(flat)
-        self.n_documents += len(documents)
-        self.n_sentences += len(sentences)
+            word_starts.astype(np.uint8).tofile(self.word_file)
+        self.n_tokens += len(tokens)
+        self.n_documents += len(document_sizes)
+        self.n_sentences += len(sentence_lengths)
 
     def close(self) -> dict[str, int]:
         for f in (self.file, self.word_file):
@@ -135,6 +131,21 @@ def _batched(documents: Iterable[Document], size: int) -> Iterator[list[Document
             batch = []
     if batch:
         yield batch
+
+
+def _select_documents(tokens: np.ndarray, lengths: np.ndarray, document_sizes: list[int],
+                      chosen: np.ndarray, word_starts: np.ndarray | None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """The chosen documents of an encoded batch, without the sentences that encoded to no token
+    and the documents left with none: tokens, sentence lengths, sentences per document, word
+    starts (see `_SplitWriter.add`)."""
+    document_of_sentence = np.repeat(np.arange(len(document_sizes)), document_sizes)
+    kept = lengths > 0
+    kept_per_document = np.bincount(document_of_sentence[kept], minlength=len(document_sizes))
+    chosen = chosen & (kept_per_document > 0)
+    token_mask = np.repeat(chosen[document_of_sentence], lengths)
+    return (tokens[token_mask], lengths[kept & chosen[document_of_sentence]], kept_per_document[chosen],
+            None if word_starts is None else word_starts[token_mask])
 
 
 def _is_validation(index: int, fraction: float, seed: int) -> bool:
@@ -185,24 +196,16 @@ def prepare(paths: Sequence[str | os.PathLike], tokenizer: Tokenizer, out: Path,
                    disable=not progress, delay=1.0)
         index = seen_bytes = 0
         for batch in _read_ahead(_batched(read_documents(files, text_field=text_field), batch_documents)):
-            flat = [s for doc in batch for s in doc.sentences]
-            ids = tokenizer.encode_batch(flat)
-            starts = segment_word_starts(tokenizer, flat, segment) if segment else None
-            documents: dict[str, list[list[list[int]]]] = {split: [] for split in SPLITS}
-            doc_starts: dict[str, list[list[np.ndarray]]] = {split: [] for split in SPLITS}
-            cursor = 0
-            for doc in batch:
-                kept = [i for i in range(cursor, cursor + len(doc.sentences)) if ids[i]]
-                cursor += len(doc.sentences)
-                if kept:
-                    split = "val" if _is_validation(index, val_fraction, seed) else "train"
-                    documents[split].append([ids[i] for i in kept])
-                    if starts:
-                        doc_starts[split].append([starts[i] for i in kept])
-                index += 1
+            sentences = [doc.sentences for doc in batch]
+            tokens, lengths = tokenizer.encode_grouped(sentences)
+            starts = (np.concatenate(segment_word_starts(tokenizer, [s for doc in sentences for s in doc], segment))
+                      if segment else None)
+            validation = np.array([_is_validation(index + i, val_fraction, seed) for i in range(len(batch))])
+            index += len(batch)
             for split, writer in writers.items():
-                writer.add(documents[split], doc_starts[split] if starts else None)
-            seen_bytes += sum(len(s) for s in flat)
+                writer.add(*_select_documents(tokens, lengths, list(map(len, sentences)),
+                                              validation == (split == "val"), starts))
+            seen_bytes += sum(len(s) for doc in sentences for s in doc)
             bar.update(min(seen_bytes, total_bytes) - bar.n)
         bar.update(total_bytes - bar.n)
         bar.close()

@@ -32,7 +32,9 @@ work unchanged.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -61,6 +63,7 @@ MIN_ORDINARY = {"bpe": 300, "wordpiece": 100, "unigram": 100, "char": 100}
 
 TOKENIZER_FILE = "tokenizer.json"
 META_FILE = "ptmkit_tokenizer.json"
+_GROUP_MARKER = "\ufdd0"  # a noncharacter: never assigned, so real text should not hold it
 FORMAT_VERSION = 2
 """Newest metadata format read. Version 1: ptmkit's own specials at 0..106 (still written for
 them, so older ptmkit reads new native tokenizers); version 2 adds ``special`` (imported ids)."""
@@ -109,6 +112,10 @@ def _special_problem(hf: tokenizers.Tokenizer) -> str | None:
     return None
 
 
+def _flatten(rows: list[list[int]]) -> np.ndarray:
+    return np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=sum(map(len, rows)))
+
+
 class Tokenizer:
     """Wraps :class:`tokenizers.Tokenizer`. Encodes WITHOUT adding special tokens."""
 
@@ -152,6 +159,46 @@ class Tokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Token ids of each text, no special tokens; encoded in parallel by Rust threads."""
         return [e.ids for e in self._encode_ids(list(texts), add_special_tokens=False)]
+
+    def encode_grouped(self, groups: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
+        """The ids of every text of every group back to back (int64), and each text's length.
+
+        Equal to concatenating :meth:`encode_batch` of all the texts, but each group is encoded in
+        one call, its texts joined by a marker: an added token, which the tokenizer cuts the text
+        at before normalizing and pre-tokenizing, so every text is tokenized exactly as on its own.
+        Many short texts (a document's sentences) cost a fifth less this way. The marker is a
+        Unicode noncharacter; a batch in which some text contains it is encoded text by text.
+        """
+        groups = [list(group) for group in groups if group]
+        joined = [_GROUP_MARKER.join(group) for group in groups]
+        clean = all(text.count(_GROUP_MARKER) == len(group) - 1 for text, group in zip(joined, groups))
+        if self._marked is None or not clean:
+            ids = self.encode_batch([text for group in groups for text in group])
+            return _flatten(ids), np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        hf, marker = self._marked
+        encoded = [e.ids for e in getattr(hf, "encode_batch_fast", hf.encode_batch)(joined, add_special_tokens=False)]
+        flat = _flatten(encoded)
+        # Each text ends at a marker or at its group's end; at equal positions (an empty first
+        # text) the previous group's end comes first. A text starts where the previous one
+        # ended, one past it after a marker.
+        markers = np.flatnonzero(flat == marker)
+        ends = np.concatenate([np.cumsum(list(map(len, encoded)), dtype=np.int64), markers])
+        after_marker = np.arange(len(ends)) >= len(encoded)
+        order = np.lexsort((after_marker, ends))
+        ends, after_marker = ends[order], after_marker[order]
+        starts = np.concatenate([[0], ends[:-1] + after_marker[:-1]])
+        return flat[flat != marker], ends - starts
+
+    @functools.cached_property
+    def _marked(self) -> tuple[tokenizers.Tokenizer, int] | None:
+        """A copy of the tokenizer that knows the group marker, and the marker's id (None if the
+        vocabulary already has that string)."""
+        if self.hf.token_to_id(_GROUP_MARKER) is not None:
+            return None
+        hf = tokenizers.Tokenizer.from_str(self.hf.to_str())
+        hf.encode_special_tokens = True
+        hf.add_tokens([tokenizers.AddedToken(_GROUP_MARKER, normalized=False, special=False)])
+        return hf, hf.token_to_id(_GROUP_MARKER)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of one text, no special tokens."""

@@ -11,13 +11,14 @@ import re
 import time
 from pathlib import Path
 
+import blingfire
 import gensim
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ptmkit.data.corpus import Document, list_corpus_files, read_documents, read_texts
-from ptmkit.data.sentences import split_sentences
+from ptmkit.data.sentences import blingfire_sentences, split_sentences
 from ptmkit.errors import UserError
 
 GENSIM_DATA = Path(gensim.__file__).parent / "test" / "test_data"
@@ -386,3 +387,19 @@ def test_shared_sst2_tsv() -> None:
     assert len(texts) == 67_349
     assert texts[0] == "hide new secretions from the parental units"
 
+
+
+@pytest.mark.parametrize("text", [
+    "", " ", "One.", "Dr. Smith went to Washington. He arrived at 5 p.m. on Monday!",
+    "今天天气很好。我们去公园吧！", "é" * 40_000 + ". Next one.", "a\nb. C d.", "\u00a0x. y\u2029z.",
+])
+def test_blingfire_without_reallocation_matches_its_wrapper(text: str) -> None:
+    # the long text grows the reused buffer; the short ones after it reuse the larger buffer
+    assert blingfire_sentences(text) == blingfire.text_to_sentences(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(), min_size=1, max_size=4))
+def test_blingfire_without_reallocation_matches_its_wrapper_on_any_text(texts: list[str]) -> None:
+    for text in texts:  # several calls in a row: what a shorter call leaves behind must not leak
+        assert blingfire_sentences(text) == blingfire.text_to_sentences(text)

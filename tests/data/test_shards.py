@@ -150,3 +150,18 @@ def test_fingerprint_follows_content_not_path_or_mtime(corpus, tokenizer, tmp_pa
     copy.write_bytes(copy.read_bytes().replace(b"e", b"E", 1))
     assert corpus_fingerprint([copy], tokenizer) != corpus_fingerprint([corpus], tokenizer)
     assert corpus_fingerprint([corpus], tokenizer, seq_len=64) != corpus_fingerprint([corpus], tokenizer)
+
+
+def test_sentences_and_documents_that_encode_to_nothing_are_dropped(tmp_path) -> None:
+    # a lone combining accent is a sentence to the splitter but no token to WordPiece
+    path = tmp_path / "docs.txt"
+    path.write_text("The cat sat.\n\u0301\nThe mat.\n\n\u0301\n\nA dog. \u0301\n")
+    tokenizer = train_tokenizer(["The cat sat on the mat. A dog."] * 20, kind="wordpiece",
+                                vocab_size=300, show_progress=False)
+    manifest = prepare([path], tokenizer, tmp_path / "d", val_fraction=0.0, progress=False, batch_documents=2)
+    assert manifest["splits"]["train"] == {"tokens": 10, "documents": 2, "sentences": 3}
+    shards = TokenShards(tmp_path / "d")
+    sentences = [tokenizer.decode(shards.tokens[a:b].tolist()) for a, b in
+                 zip(shards.sentence_offsets[:-1], shards.sentence_offsets[1:])]
+    assert sentences == ["the cat sat.", "the mat.", "a dog."]
+    assert shards.document_offsets.tolist() == [0, 7, 10]

@@ -134,6 +134,34 @@ def test_special_strings_in_raw_text_stay_ordinary_text(trained, kind, lang):
     assert not set(ids) & (tok.special.all() - {tok.special.unk})  # [UNK] only for unseen chars
 
 
+def _grouped_equals_batch(tok: Tokenizer, groups: list[list[str]]) -> None:
+    ids, lengths = tok.encode_grouped(groups)
+    separately = tok.encode_batch([text for group in groups for text in group])
+    assert lengths.tolist() == [len(row) for row in separately]
+    assert ids.tolist() == [i for row in separately for i in row]
+
+
+@pytest.mark.parametrize("kind,lang", CASES)
+def test_grouped_encoding_equals_text_by_text(trained, kind, lang):
+    tok = trained(kind, lang)
+    texts = CORPORA[lang][0]
+    # empty texts first, last and side by side; an empty group; texts with edge whitespace
+    groups = [texts[:3], ["", texts[3], "", ""], [], ["  padded  ", "\tx", " "], texts[4:9]]
+    _grouped_equals_batch(tok, groups)
+    assert tok._marked is not None  # the marker path ran, not the fallback
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.text(max_size=12), max_size=4), min_size=1, max_size=4))
+def test_grouped_encoding_equals_text_by_text_on_any_text(groups):
+    _grouped_equals_batch(_BPE, groups)
+
+
+def test_grouped_encoding_of_text_holding_the_marker_falls_back(trained):
+    tok = trained("wordpiece", "en")
+    _grouped_equals_batch(tok, [["one \ufdd0 two", "three"], ["four"]])
+
+
 # -- decode round trips ---------------------------------------------------------------------------
 
 
