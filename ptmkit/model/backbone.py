@@ -8,6 +8,7 @@ Masks are built by objectives (see `ptmkit.model.masks`), never here.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -54,13 +55,22 @@ def _explicit_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is
                         dropout: float) -> Tensor:
     """`F.scaled_dot_product_attention` as matmuls; a query row that may see no key gets zeros,
     as from the flash kernel. The scores stay in the matmuls' dtype: CPU softmax kernels
-    accumulate in fp32 whatever the input, and casting (B, heads, L, L) both ways costs more."""
-    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
+    accumulate in fp32 whatever the input, and casting (B, heads, L, L) both ways costs more.
+    The scale and the mask (as an additive bias) go into the scores' matmul itself (`baddbmm`),
+    so neither costs a pass of its own, forward or backward."""
+    b, heads, length, head_dim = q.shape
+    keys = k.shape[-2]
+    queries = q.reshape(b * heads, length, head_dim)
+    keys_t = k.reshape(b * heads, keys, head_dim).transpose(1, 2)
     if is_causal:
-        mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
-    if mask is not None:
-        scores = scores.masked_fill_(~mask, torch.finfo(scores.dtype).min)  # a fresh tensor
-    probs = torch.softmax(scores, dim=-1)
+        bias, beta = _causal_bias(length, keys, q.dtype, q.device), 1.0
+    elif mask is not None:
+        bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, torch.finfo(q.dtype).min)
+        bias, beta = bias.expand(b, heads, length, keys).reshape(b * heads, length, keys), 1.0
+    else:
+        bias, beta = q.new_zeros(1, 1, 1), 0.0  # beta 0: ignored
+    scores = torch.baddbmm(bias, queries, keys_t, beta=beta, alpha=head_dim ** -0.5)
+    probs = torch.softmax(scores, dim=-1).view(b, heads, length, keys)
     if mask is not None and not is_causal:
         blind = ~mask.any(-1, keepdim=True)
         if blind.any():
@@ -68,6 +78,12 @@ def _explicit_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is
     if dropout > 0:
         probs = F.dropout(probs, dropout)
     return probs @ v
+
+
+@functools.lru_cache(maxsize=32)
+def _causal_bias(length: int, keys: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """0 where query i may see key j (j <= i), the dtype's lowest value above."""
+    return torch.full((length, keys), torch.finfo(dtype).min, dtype=dtype, device=device).triu_(1)
 
 
 @dataclass

@@ -203,17 +203,22 @@ def test_selected_rows_give_the_same_gradients() -> None:
 def test_explicit_attention_equals_the_sdpa_kernel(form: str) -> None:
     from ptmkit.model.backbone import _explicit_attention
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(2, 3, 5, 8, generator=g) for _ in range(3))
+    q, k, v = (torch.randn(2, 3, 5, 8, generator=g, requires_grad=True) for _ in range(3))
     mask = torch.rand(2, 1, 5, 5, generator=g) < 0.6 if form.startswith("mask") else None
     if mask is not None:
         mask[..., 0] = True
     if form == "mask-with-empty-row":
         mask[1, 0, 2] = False  # a query row that may see nothing: zeros, as from the flash kernel
-    ours = _explicit_attention(q, k, v, mask, form == "causal", 0.0)
-    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=form == "causal")
-    torch.testing.assert_close(ours, ref)
+    weights = torch.randn(2, 3, 5, 8, generator=g)
+    results = []
+    for attend in (_explicit_attention, None):
+        out = (attend(q, k, v, mask, form == "causal", 0.0) if attend else
+               torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=form == "causal"))
+        results.append((out, *torch.autograd.grad((out * weights).sum(), (q, k, v))))
+    for ours, ref in zip(*results):  # the output and the gradients of q, k and v
+        torch.testing.assert_close(ours, ref)
     if form == "mask-with-empty-row":
-        assert ours[1, :, 2].abs().max() == 0
+        assert results[0][0][1, :, 2].abs().max() == 0
 
 
 def test_fused_adamw_on_plain_parameters() -> None:
