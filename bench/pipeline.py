@@ -6,8 +6,9 @@ The same model and trainer run twice, alternating blocks of steps: once fed by t
 (`make_loader` over prepared shards, the objective's noise in `--workers` background processes,
 as `ptmkit pretrain` does) and once fed by batches built beforehand and cycled. The pipeline's
 share is 1 - (pre-built step time / loader step time): what the loader adds to a step, 0 when
-the workers keep up. Data: `--data DIR` from `ptmkit prepare`, or by default the Wikipedia
-excerpt shipped with gensim, with a byte-level BPE of `--vocab-size` trained on it.
+the workers keep up. Data: `--data DIR` from `ptmkit prepare`, or by default gensim's Lee
+corpus (`lee_background.cor`, shipped with gensim), with a byte-level BPE of `--vocab-size`
+trained on it.
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
     python bench/throughput.py --objective mlm --model small --batch-size 16 --seq-len 128 \
         --precision bf16 --json
 
-Tokens are input tokens per optimizer step. Windows come from random ordinary token ids unless
-`--data DIR` points at prepared shards; the objective's own noise runs in the timed loop's
-DataLoader exactly as in `ptmkit pretrain`. MFU is relative to `bench/matmul_peak.py`'s
+Tokens are input tokens per optimizer step. Windows are random ordinary token ids; a few
+batches go through the objective's own noise and collation once and are cycled (what the noise
+costs in a real run is `bench/pipeline.py`'s measurement). MFU is relative to `bench/matmul_peak.py`'s
 measurement when `--peak-gflops` is given (MFU counts ptmkit's model FLOPs per token for both
 sides: the useful work of the architecture, not what each implementation executes).
 
@@ -15,7 +15,7 @@ lives in its own spawned process, which reports its own peak RSS (ru_maxrss); th
 applies ptmkit's allocator setting as `ptmkit pretrain` does (`--hf-keep-freed-memory` gives it
 to the HF one too, to see how much of the lead it is); the parent warms
 both up, then alternates blocks of `--block` steps between them, only one running at a time.
-Both run ptmkit's `Trainer.train_step` (same AdamW groups/lr/betas/eps/decay, foreach, grad
+Both run ptmkit's `Trainer.train_step` (same AdamW groups/lr/betas/eps/decay, fused, grad
 clipping, autocast for bf16); the HF side's loss is the model's own `model(**batch).loss`.
 Tokens per step are the non-pad input ids on both sides (batch x seq_len except for BART's
 padded, noised encoder input, whose batches are shared by both sides).

@@ -191,9 +191,10 @@ def pretrain(*, objective: str, out: str | Path, **options: Any) -> dict[str, An
                         f"use PretrainSpec or TrainConfig fields: {', '.join(sorted(spec_fields | train_fields))}")
     train_values = {k: v for k, v in options.items() if k in train_fields and k not in spec_fields}
     spec_values = {k: v for k, v in options.items() if k in spec_fields}
-    train = spec_values.pop("train", None) or TrainConfig()
-    if train_values:
-        train = dataclasses.replace(train, **train_values)
+    train = spec_values.pop("train", None)
+    # built from the values, not replaced into a default: `max_minutes` alone must leave the
+    # step count open (TrainConfig resolves it), as `--max-minutes` does on the command line
+    train = dataclasses.replace(train, **train_values) if train is not None else TrainConfig(**train_values)
     for key in ("data", "tokenizer"):
         if spec_values.get(key) is not None:
             spec_values[key] = Path(spec_values[key])

@@ -18,7 +18,7 @@ import yaml
 
 from ptmkit.errors import UserError
 from ptmkit.fileio import check_writable
-from ptmkit.train.loop import UNBOUNDED_STEPS, TrainConfig
+from ptmkit.train.loop import TrainConfig
 
 EPILOGS = {
     "ptmkit": ("example (each command has --help with its own examples):\n"
@@ -46,8 +46,8 @@ EPILOGS = {
                  "--out runs/mt\n"
                  "  ptmkit generate --run runs/sum --input articles.txt --beam 4 --max-length 48\n"
                  "  echo 'The river' | ptmkit generate --run runs/clm --input - --top-p 0.9 --seed 1"),
-    "compare": "examples:\n  ptmkit compare --config experiments/sst2.yaml --out runs/cmp --dry-run\n"
-               "  ptmkit compare --config experiments/sst2.yaml --out runs/cmp",
+    "compare": "examples:\n  ptmkit compare --config experiments/sst2_budget.yaml --out runs/cmp --dry-run\n"
+               "  ptmkit compare --config experiments/sst2_budget.yaml --out runs/cmp",
     "demo": "example:\n  ptmkit demo --out demo-run/",
     "export": ("examples:\n  ptmkit export --run runs/mlm --format hf --out hf/mlm\n"
                "  python -c \"from transformers import AutoModelForMaskedLM as M; M.from_pretrained('hf/mlm')\"\n"
@@ -313,9 +313,10 @@ def _run_pretrain(args: argparse.Namespace) -> None:
     if unknown:
         raise UserError(f"unknown option(s) {', '.join(unknown)}", where,
                         f"use only: {', '.join(sorted(known))}")
+    defaults = TrainConfig()  # resolved: `steps` is an int there, not its open default
     for f in fields(TrainConfig):
         if f.name in file_values:
-            file_values[f.name] = _typed(f.name, file_values[f.name], f.default, where)
+            file_values[f.name] = _typed(f.name, file_values[f.name], getattr(defaults, f.name), where)
     if "val_fraction" in file_values:
         file_values["val_fraction"] = _typed("val_fraction", file_values["val_fraction"],
                                              PretrainSpec.val_fraction, where)
@@ -333,8 +334,6 @@ def _run_pretrain(args: argparse.Namespace) -> None:
     if objective is None:
         raise UserError("no objective given", "--objective", "pass e.g. --objective mlm")
     train_values = {f.name: pick(f.name) for f in fields(TrainConfig) if pick(f.name) is not None}
-    if train_values.get("max_minutes") and "steps" not in train_values:
-        train_values["steps"] = UNBOUNDED_STEPS  # --max-minutes alone: train until the time is up
     spec = PretrainSpec(
         objective=objective, out=args.out,
         data=Path(pick("data")) if pick("data") else None,

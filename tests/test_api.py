@@ -8,6 +8,7 @@ from pathlib import Path
 import gensim
 import pytest
 import torch
+import yaml
 
 import ptmkit
 from ptmkit.api import RunModel, shift_right
@@ -122,3 +123,13 @@ def test_load_run_logits_equal_the_exported_model(runs, tmp_path):
         with torch.no_grad():
             torch.testing.assert_close(ptmkit.load_run(runs[objective]).logits(ids), hf(input_ids=ids).logits,
                                        atol=1e-4, rtol=0)
+
+
+def test_max_minutes_alone_trains_until_the_time_is_up(data, tmp_path):
+    """As `--max-minutes` on the command line: no default step count cuts a time budget short."""
+    options = {**TRAIN, "max_minutes": 0.02}
+    del options["steps"]
+    summary = ptmkit.pretrain(objective="clm", data=str(data), out=str(tmp_path / "timed"), model=TINY, **options)
+    assert summary["stopped_by"] == "time" and summary["steps"] > 2
+    config = yaml.safe_load((tmp_path / "timed" / "config.yaml").read_text())
+    assert config["train"]["steps"] >= 10**8  # open-ended, not the default 1000

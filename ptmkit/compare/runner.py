@@ -35,7 +35,7 @@ from ptmkit.finetuning.search import as_rates, finetune_search
 from ptmkit.pretraining import PretrainSpec, pretrain
 from ptmkit.recipes import Recipe
 from ptmkit.recipes.pretrain import RecipeRun, pretrain_recipe
-from ptmkit.train.loop import UNBOUNDED_STEPS, TrainConfig
+from ptmkit.train.loop import TrainConfig
 
 RESULT_COLUMNS = ["objective", "path", "task", "label_budget", "seed", "metric", "value",
                   "pretrain_tokens", "pretrain_seconds", "finetune_seconds"]
@@ -169,7 +169,7 @@ class Compare:
         """The same budget for every objective: steps, minutes of wall clock, or tokens."""
         values = {k: v for k, v in budget.items() if k not in ("steps", "minutes", "tokens")}
         if "minutes" in budget:
-            return TrainConfig(seed=seed, steps=UNBOUNDED_STEPS, max_minutes=float(budget["minutes"]), **values)
+            return TrainConfig(seed=seed, max_minutes=float(budget["minutes"]), **values)
         if "tokens" in budget:
             per_step = values.get("batch_size", 32) * values.get("seq_len", 128) * values.get("grad_accum", 1)
             return TrainConfig(seed=seed, steps=max(1, int(budget["tokens"]) // per_step), **values)

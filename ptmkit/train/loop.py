@@ -34,7 +34,9 @@ LossWeight = Callable[[dict[str, Tensor]], "int | None"]
 class TrainConfig:
     """Optimisation settings shared by pre-training and fine-tuning."""
 
-    steps: int = 1000
+    steps: int | None = None
+    """Optimizer steps; None = 1000, or unbounded when `max_minutes` is set (the wall clock ends
+    the run)."""
     batch_size: int = 32
     """Examples per batch *per process*: one optimizer step sees batch_size x processes x
     grad_accum examples."""
@@ -71,6 +73,8 @@ class TrainConfig:
     """Consecutive non-finite steps (skipped) after which the run stops."""
 
     def __post_init__(self) -> None:
+        if self.steps is None:
+            self.steps = UNBOUNDED_STEPS if self.max_minutes > 0 else 1000
         checks = [("steps", self.steps >= 1, "use at least 1"),
                   ("batch_size", self.batch_size >= 1, "use at least 1"),
                   ("lr", self.lr > 0, "use a positive learning rate"),

@@ -52,6 +52,12 @@ def test_schedule_warms_up_then_decays() -> None:
     assert timed.time_bound and (timed.warmup, timed.log_every, timed.eval_every) == (100, 10, 500)
 
 
+def test_a_time_budget_alone_leaves_the_step_count_open() -> None:
+    assert TrainConfig().steps == 1000 and not TrainConfig().time_bound
+    assert TrainConfig(max_minutes=30).time_bound  # the clock ends the run, not 1000 steps
+    assert TrainConfig(steps=50, max_minutes=30).steps == 50  # whichever comes first
+
+
 @pytest.mark.parametrize("objective", ["mlm", "clm"])
 def test_resume_continues_bit_exactly(objective: str, data: Path, tmp_path: Path) -> None:
     full = tmp_path / "full"
