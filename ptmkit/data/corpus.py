@@ -13,11 +13,13 @@ import bz2
 import codecs
 import csv
 import gzip
+import hashlib
 import json
 import lzma
 import os
 import re
 import sys
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +102,14 @@ def list_corpus_files(paths: CorpusPaths) -> list[Path]:
         else:
             files.append(path)
     return files
+
+
+def file_digests(paths: CorpusPaths) -> Iterator[bytes]:
+    """The SHA-256 of each corpus file's bytes, in corpus order: cache keys built from them follow
+    what the files hold, not where they are or when they were touched (hashing reads ~1 GB/s)."""
+    for path in list_corpus_files(paths):
+        with open(path, "rb") as stream:
+            yield hashlib.file_digest(stream, "sha256").digest()
 
 
 def read_documents(paths: CorpusPaths, *, text_field: str = "text",
@@ -197,7 +207,7 @@ def _read_file(path: Path, text_field: str) -> Iterator[list[str]]:
             yield from _mediawiki_documents(path)
         else:
             yield from _plain_documents(path, layout)
-    except (OSError, EOFError) as error:  # truncated download, bad gzip/bz2 stream, permissions
+    except (OSError, EOFError, zlib.error, lzma.LZMAError) as error:  # truncated or corrupt, permissions
         raise UserError(f"cannot read corpus file ({error})", path,
                         "check the file is complete (e.g. `gzip -t`) and readable") from error
 
@@ -260,7 +270,10 @@ def _table_documents(path: Path, text_field: str, *, tabs: bool) -> Iterator[lis
     dialect = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if tabs else {}
     with _open_text(path, newline="") as stream:
         rows = csv.reader(stream, **dialect)
-        column = _text_column(next(rows), text_field, path)
+        header = next(rows, None)
+        if header is None:  # nothing but a byte-order mark: an empty sheet
+            return
+        column = _text_column(header, text_field, path)
         for row in rows:
             if column < len(row):
                 yield row[column].splitlines()

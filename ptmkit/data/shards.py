@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ptmkit.data.corpus import Document, list_corpus_files, read_documents
+from ptmkit.data.corpus import Document, file_digests, list_corpus_files, read_documents
 from ptmkit.data.segment import SEGMENTERS, segment_word_starts
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.errors import UserError
@@ -160,9 +160,8 @@ def corpus_fingerprint(paths: Sequence[str | os.PathLike], tokenizer: Tokenizer,
     path or mtime: a corpus re-mounted, copied or checked out again must not invalidate the
     prepared data and with it every pre-training keyed on it (hashing reads ~1 GB/s)."""
     h = hashlib.sha256(tokenizer.sha256().encode())
-    for path in list_corpus_files(paths):
-        with open(path, "rb") as stream:
-            h.update(hashlib.file_digest(stream, "sha256").digest())
+    for digest in file_digests(paths):
+        h.update(digest)
     h.update(json.dumps(options, sort_keys=True).encode())
     return h.hexdigest()
 

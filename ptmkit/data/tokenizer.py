@@ -64,6 +64,7 @@ MIN_ORDINARY = {"bpe": 300, "wordpiece": 100, "unigram": 100, "char": 100}
 TOKENIZER_FILE = "tokenizer.json"
 META_FILE = "ptmkit_tokenizer.json"
 _GROUP_MARKER = "\ufdd0"  # a noncharacter: never assigned, so real text should not hold it
+_GROUPING_PROBE = ["Hello world.", "The cat sat", " spaced  out ", "[x] <y>", "中文句子。", "", "A. B"]
 FORMAT_VERSION = 2
 """Newest metadata format read. Version 1: ptmkit's own specials at 0..106 (still written for
 them, so older ptmkit reads new native tokenizers); version 2 adds ``special`` (imported ids)."""
@@ -142,6 +143,10 @@ class Tokenizer:
         # Raw text that happens to contain "[MASK]" or "</s>" must not produce special ids:
         # objectives alone decide where specials go. (Not serialized, so set on every wrap.)
         hf.encode_special_tokens = True
+        # A tokenizer.json from a hub may store truncation or padding (sentence-transformers save
+        # both): ids are always the whole text, unpadded; objectives frame and pad their own.
+        hf.no_truncation()
+        hf.no_padding()
         self.hf = hf
         self.kind = kind
         self.lowercase = bool(lowercase)
@@ -191,14 +196,19 @@ class Tokenizer:
 
     @functools.cached_property
     def _marked(self) -> tuple[tokenizers.Tokenizer, int] | None:
-        """A copy of the tokenizer that knows the group marker, and the marker's id (None if the
-        vocabulary already has that string)."""
+        """A copy of the tokenizer that knows the group marker, and the marker's id; None where
+        grouping would change the ids: the vocabulary has the marker's string, or the tokenizer
+        treats a text's start specially beyond what each piece gets (an imported Metaspace with
+        ``prepend_scheme="first"`` marks only the whole text's first word), which a probe finds."""
         if self.hf.token_to_id(_GROUP_MARKER) is not None:
             return None
         hf = tokenizers.Tokenizer.from_str(self.hf.to_str())
         hf.encode_special_tokens = True
         hf.add_tokens([tokenizers.AddedToken(_GROUP_MARKER, normalized=False, special=False)])
-        return hf, hf.token_to_id(_GROUP_MARKER)
+        marker = hf.token_to_id(_GROUP_MARKER)
+        grouped = [i for i in hf.encode(_GROUP_MARKER.join(_GROUPING_PROBE), add_special_tokens=False).ids
+                   if i != marker]
+        return (hf, marker) if grouped == [i for ids in self.encode_batch(_GROUPING_PROBE) for i in ids] else None
 
     def encode(self, text: str) -> list[int]:
         """Token ids of one text, no special tokens."""

@@ -342,6 +342,27 @@ def test_truncated_and_malformed_files(tmp_path: Path) -> None:
         list(read_documents(broken))
 
 
+@pytest.mark.parametrize("suffix", [".gz", ".xz", ".bz2"])
+def test_corrupt_compressed_files_are_a_user_error(tmp_path: Path, suffix: str) -> None:
+    compress = {".gz": gzip.compress, ".xz": lzma.compress, ".bz2": bz2.compress}[suffix]
+    data = bytearray(compress(("A sentence about rivers. " * 4000).encode()))
+    data[len(data) // 3: len(data) // 3 + 64] = bytes(range(64))  # damage inside the stream
+    path = tmp_path / f"damaged.txt{suffix}"
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="cannot read corpus file"):
+        list(read_documents(path))
+    (tmp_path / "foreign.txt.xz").write_bytes(b"not xz at all " * 10)
+    with pytest.raises(UserError, match="cannot read corpus file"):
+        list(read_documents(tmp_path / "foreign.txt.xz"))
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv"])
+def test_a_table_holding_only_a_byte_order_mark_has_no_documents(tmp_path: Path, suffix: str) -> None:
+    (tmp_path / f"empty{suffix}").write_bytes(b"\xef\xbb\xbf")
+    one = write(tmp_path / "one.txt", "One line of text.\n")
+    assert [list(d.sentences) for d in read_documents([tmp_path / f"empty{suffix}", one])] == [["One line of text."]]
+
+
 # --- real corpora -----------------------------------------------------------------------------
 
 

@@ -162,6 +162,40 @@ def test_grouped_encoding_of_text_holding_the_marker_falls_back(trained):
     _grouped_equals_batch(tok, [["one \ufdd0 two", "three"], ["four"]])
 
 
+def _imported(tmp_path: Path, setup) -> Tokenizer:
+    """A Hugging Face tokenizer directory (unigram on Lee, `setup` applied), imported."""
+    hf = tokenizers.Tokenizer(tokenizers.models.Unigram())
+    hf.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace()
+    setup(hf)
+    hf.train_from_iterator(LEE[:300], tokenizers.trainers.UnigramTrainer(
+        vocab_size=800, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>", show_progress=False))
+    hf.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"pad_token": "<pad>", "eos_token": "</s>",
+                                                                 "unk_token": "<unk>"}))
+    return Tokenizer.from_hf(tmp_path)
+
+
+def test_grouped_encoding_falls_back_where_a_text_start_is_special(tmp_path):
+    # Metaspace "first" (Llama / T5 layout) marks only the first word of the whole text
+    def first(hf):
+        hf.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace(prepend_scheme="first")
+    tok = _imported(tmp_path, first)
+    _grouped_equals_batch(tok, [["Hello world.", "The cat sat."], ["Another one."]])
+    assert tok._marked is None
+
+
+def test_imported_truncation_and_padding_are_ignored(tmp_path):
+    def truncate_and_pad(hf):
+        hf.enable_truncation(max_length=4)
+        hf.enable_padding(pad_id=0, pad_token="<pad>", length=16)
+    tok = _imported(tmp_path, truncate_and_pad)
+    text = "The fire spread quickly across the hills near the town."
+    ids = tok.encode(text)
+    assert len(ids) > 4 and tok.special.pad not in ids
+    assert tok.encode_batch([text, "x"])[0] == ids
+    _grouped_equals_batch(tok, [[text, "x", text]])
+
+
 # -- decode round trips ---------------------------------------------------------------------------
 
 
