@@ -7,6 +7,9 @@ same recipe. Scratch (path A) is always added; a `domain_corpus` adds path C
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,21 +17,117 @@ from typing import Any
 import yaml
 
 from ptmkit.data.segment import SEGMENTERS
+from ptmkit.data.tokenizer import KINDS, minimum_vocab_size
 from ptmkit.errors import UserError
+from ptmkit.finetuning.data import glue_spec
 from ptmkit.finetuning.registry import TASKS, get_task
+from ptmkit.finetuning.tasks import POOLINGS
+from ptmkit.model.config import SIZES, resolve_model_config
 from ptmkit.objectives import OBJECTIVES
-from ptmkit.recipes import Recipe, load_recipe
+from ptmkit.recipes import Recipe, available, load_recipe
+
+Check = Callable[[Any, str], Any]
+"""Validates one config value (its second argument names it: `cmp.yaml: finetune.lr`) and returns
+it as the runner needs it; a bad value is a UserError before anything is trained."""
+
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+"""`5e-4`: a number to the user, a string to YAML 1.1 (which wants `5.0e-4`)."""
+
+
+def _number_or_none(value: Any) -> int | float | None:
+    """`value` as a finite number (`5e-4` text as the float it spells), else None. Quoted plain
+    numbers stay text: the runner would not convert them either."""
+    if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return value
+
+
+def _whole(least: int) -> Check:
+    """An integer (YAML `2`, not `"2"` or `2.0`) of at least `least`."""
+    def check(value: Any, spot: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            _fail(f"not a whole number >= {least}: {value!r}", spot, f"write an unquoted integer, {least} or more")
+        return value
+    return check
+
+
+def _number(ok: Callable[[float], bool], rule: str) -> Check:
+    """A number for which `ok` holds (`rule` says which in words); `5e-4` text becomes a float."""
+    def check(value: Any, spot: str) -> int | float:
+        number = _number_or_none(value)
+        if number is None or not ok(number):
+            _fail(f"not a number {rule}: {value!r}", spot, f"write an unquoted number {rule}")
+        return number  # type: ignore[return-value]
+    return check
+
+
+def _choice(options: Iterable[str]) -> Check:
+    def check(value: Any, spot: str) -> str:
+        if not isinstance(value, str) or value not in options:
+            _fail(f"unknown value {value!r}", spot, f"use one of: {', '.join(options)}")
+        return value
+    return check
+
+
+def _flag(value: Any, spot: str) -> bool:
+    if not isinstance(value, bool):
+        _fail(f"not true or false: {value!r}", spot, "write true or false")
+    return value
+
+
+def _rates(value: Any, spot: str) -> Any:
+    """A learning rate or a list of them to search; kept as written (the runner's `as_rates`
+    reads quoted numbers too, and a resumed compare must see the same cache key)."""
+    for rate in value if isinstance(value, list) and value else [value]:
+        try:
+            ok = not isinstance(rate, bool) and math.isfinite(float(rate)) and float(rate) > 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            _fail(f"not a positive learning rate: {rate!r}", spot, "e.g. 5.0e-5, or a list [1.0e-4, 5.0e-4] to search")
+    return value
+
+
+def _label(value: Any, spot: str) -> str:
+    """A field or label name: text, or a number YAML read as one (`negative_label: 0`)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        _fail(f"not a field or label name: {value!r}", spot, "write a name such as `label`")
+    return str(value)
+
+
+PRETRAIN_VALUES: dict[str, Check] = {
+    "steps": _whole(1), "minutes": _number(lambda v: v > 0, "> 0"), "tokens": _whole(1),
+    "batch_size": _whole(1), "seq_len": _whole(1), "lr": _number(lambda v: v > 0, "> 0"),
+    "warmup": _whole(-1), "schedule": _choice(("linear", "cosine", "constant")),
+    "precision": _choice(("fp32", "bf16")), "weight_decay": _number(lambda v: v >= 0, ">= 0"),
+    "grad_accum": _whole(1), "workers": _whole(0)}
+"""What `Compare.train_config` passes to TrainConfig, which checks ranges but not types."""
+FINETUNE_VALUES: dict[str, Check] = {
+    "epochs": _whole(1), "min_steps": _whole(0), "lr": _rates, "scratch_lr": _rates, "batch_size": _whole(1),
+    "patience": _whole(0), "warmup_ratio": _number(lambda v: 0 <= v < 1, "in [0, 1)"), "max_length": _whole(1),
+    "precision": _choice(("fp32", "bf16")), "select_fraction": _number(lambda v: 0 <= v < 1, "in [0, 1)"),
+    "layer_decay": _number(lambda v: 0 < v <= 1, "in (0, 1]"), "pooling": _choice(POOLINGS),
+    "weight_decay": _number(lambda v: v >= 0, ">= 0"), "freeze_embeddings": _flag}
+"""FinetuneSpec fields a cell's recipe sets (`scratch_lr`: path A's `lr`); FinetuneSpec itself
+checks only some of them, and only once the cell runs."""
+TOKENIZER_VALUES: dict[str, Check] = {
+    "kind": _choice(KINDS), "vocab_size": _whole(1),
+    "lowercase": lambda value, spot: None if value is None else _flag(value, spot),
+    "min_frequency": _whole(1)}
+"""The keyword arguments of `train_tokenizer` (its texts and progress bar aside)."""
+TASK_VALUES: dict[str, Check] = {
+    "label_field": _label, "dev_fraction": _number(lambda v: 0 < v < 1, "in (0, 1)"), "cv_folds": _whole(0),
+    "max_length": _whole(1), "negative_label": _label, "source_field": _label, "target_field": _label}
+"""A task entry's plain values; type, name, files, text_fields and label_budgets have their own checks."""
 
 TOP_KEYS = {"corpus", "domain_corpus", "tokenizer", "model", "objectives", "objective_options",
             "pretrain", "domain_pretrain", "task", "tasks", "label_budgets", "seeds",
             "pretrain_seeds", "finetune", "text_field", "recipe", "segment"}
-PRETRAIN_KEYS = {"steps", "minutes", "tokens", "batch_size", "seq_len", "lr", "warmup", "schedule",
-                 "precision", "weight_decay", "grad_accum", "workers"}
-TASK_KEYS = {"type", "name", "train", "dev", "text_fields", "label_field", "dev_fraction",
-             "data_dir", "max_length", "negative_label", "source_field", "target_field", "label_budgets",
-             "cv_folds"}
-FINETUNE_KEYS = {"epochs", "min_steps", "lr", "scratch_lr", "batch_size", "patience", "warmup_ratio", "max_length",
-                 "precision", "select_fraction", "layer_decay", "pooling", "weight_decay", "freeze_embeddings"}
+PRETRAIN_KEYS = set(PRETRAIN_VALUES)
+TASK_KEYS = {"type", "name", "train", "dev", "text_fields", "data_dir", "label_budgets"} | set(TASK_VALUES)
+FINETUNE_KEYS = set(FINETUNE_VALUES)
 RECIPE_PREFIX = "recipe:"
 """A recipe's rows in results.csv name it `recipe:<name>` in the objective column."""
 
@@ -103,9 +202,24 @@ def _fail(what: str, where: str, fix: str) -> None:
 def _check_keys(values: dict, allowed: set[str], where: str) -> None:
     if not isinstance(values, dict):
         _fail("must be a mapping", where, "write `key: value` lines")
-    unknown = sorted(set(values) - allowed)
+    unknown = sorted(set(values) - allowed, key=str)
     if unknown:
-        _fail(f"unknown key(s) {', '.join(unknown)}", where, f"use only: {', '.join(sorted(allowed))}")
+        _fail(f"unknown key(s) {', '.join(map(str, unknown))}", where, f"use only: {', '.join(sorted(allowed))}")
+
+
+def _settings(values: Any, checks: dict[str, Check], where: str) -> dict[str, Any]:
+    """A mapping of known keys, each value checked (and `5e-4` text made a float)."""
+    _check_keys(values, set(checks), where)
+    return {key: checks[key](value, f"{where}.{key}") for key, value in values.items()}
+
+
+def _unique(items: list, spot: str, fix: str, show: Callable[[Any], str] = repr) -> None:
+    """A repeated seed, budget or objective would run (and report) the same cells twice."""
+    seen: list = []
+    for item in items:
+        if item in seen:
+            _fail(f"{show(item)} is listed twice", spot, fix)
+        seen.append(item)
 
 
 def _paths(value: Any, where: str, base: Path) -> list[str]:
@@ -123,7 +237,7 @@ def _paths(value: Any, where: str, base: Path) -> list[str]:
 def _budget(value: Any, where: str) -> int | None:
     if value in ("full", "all", None):
         return None
-    if isinstance(value, int) and value > 0:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
     _fail(f"invalid label budget {value!r}", where, "use positive integers or `full`")
     return None
@@ -132,7 +246,18 @@ def _budget(value: Any, where: str) -> int | None:
 def _budgets(values: Any, where: str) -> list[int | None]:
     if not isinstance(values, list) or not values:
         _fail("label budgets must be a list", where, "e.g. [100, 1000, full]")
-    return [_budget(b, where) for b in values]
+    budgets = [_budget(b, where) for b in values]
+    _unique(budgets, where, "list each label budget once (`full` and `all` are the same)",
+            show=lambda b: "full" if b is None else repr(b))
+    return budgets
+
+
+def _seeds(values: Any, where: str, key: str) -> list[int]:
+    if not (isinstance(values, list) and values
+            and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in values)):
+        _fail(f"{key} must be a list of integers >= 0", where, "e.g. [0, 1, 2]")
+    _unique(values, where, "list each seed once (a repeated seed repeats the same runs)")
+    return values
 
 
 def _data_path(value: Any, spot: str, base: Path) -> str:
@@ -140,18 +265,46 @@ def _data_path(value: Any, spot: str, base: Path) -> str:
     return ",".join(_paths(part, spot, base)[0] for part in str(value).split(","))
 
 
+def _task_type(kind: Any, spot: str) -> str:
+    if isinstance(kind, str) and kind.startswith("glue:"):
+        try:
+            glue_spec(kind.split(":", 1)[1])
+        except UserError as err:
+            _fail(err.what, spot, err.fix)
+        return kind
+    try:
+        get_task(str(kind))
+    except UserError:
+        _fail(f"unknown task type {kind!r}", spot, f"use one of {', '.join(TASKS)} or glue:<name>")
+    return str(kind)
+
+
+def _task_name(name: Any, spot: str) -> str:
+    """The name is a directory under DIR/finetune and a file name in the report: one plain part."""
+    if isinstance(name, bool) or not isinstance(name, (str, int)):
+        _fail(f"task name {name!r} is not text", spot, "write `name: NAME`")
+    name = str(name)
+    if (not name.strip() or name in (".", "..") or any(c in name for c in "/\\\0")
+            or Path(name).is_absolute()):
+        _fail(f"task name {name!r} is not a plain name", spot,
+              "set `name:` to a name without / or \\ (it becomes a directory and file name), e.g. `name: sst2`")
+    return name
+
+
+def _text_fields(value: Any, spot: str) -> list[str]:
+    fields = [value] if isinstance(value, str) else value
+    if not (isinstance(fields, list) and fields and all(isinstance(f, str) and f for f in fields)):
+        _fail(f"text_fields must be a field name or a list of them, not {value!r}", spot, "e.g. [sentence1, sentence2]")
+    return list(fields)
+
+
 def _task(values: dict, index: int, base: Path, where: str) -> TaskConfig:
     spot = f"{where}: tasks[{index}]"
     _check_keys(values, TASK_KEYS, spot)
-    kind = str(values.get("type"))
+    kind = _task_type(values.get("type"), f"{spot}.type")
     glue = kind.startswith("glue:")
-    if not glue:
-        try:
-            get_task(kind)
-        except UserError:
-            _fail(f"unknown task type {kind!r}", f"{spot}.type", f"use one of {', '.join(TASKS)} or glue:<name>")
     default_name = kind.split(":", 1)[1] if glue else Path(str(values.get("train", kind))).stem
-    task = TaskConfig(type=kind, name=str(values.get("name") or default_name))
+    task = TaskConfig(type=kind, name=_task_name(values.get("name") or default_name, f"{spot}.name"))
     if glue:
         if "data_dir" not in values:
             _fail("glue tasks need data_dir", spot, "add `data_dir: path/to/glue`")
@@ -161,19 +314,107 @@ def _task(values: dict, index: int, base: Path, where: str) -> TaskConfig:
             _fail("task has no training file", spot, "add `train: PATH`")
         task.train = _data_path(values["train"], f"{spot}.train", base)
         task.dev = _data_path(values["dev"], f"{spot}.dev", base) if values.get("dev") else None
-    fields = values.get("text_fields", ["text"])
-    task.text_fields = [fields] if isinstance(fields, str) else list(fields)
-    task.label_field = str(values.get("label_field", "label"))
-    task.dev_fraction = float(values.get("dev_fraction", 0.1))
-    task.cv_folds = int(values.get("cv_folds", 0))
-    if task.cv_folds == 1 or task.cv_folds < 0 or (task.cv_folds and task.dev):
+    task.text_fields = _text_fields(values.get("text_fields", ["text"]), f"{spot}.text_fields")
+    plain = _settings({k: v for k, v in values.items() if k in TASK_VALUES}, TASK_VALUES, spot)
+    task.label_field = plain.get("label_field", task.label_field)
+    task.dev_fraction = plain.get("dev_fraction", task.dev_fraction)
+    task.cv_folds = plain.get("cv_folds", 0)
+    if task.cv_folds == 1 or (task.cv_folds and task.dev):
         _fail(f"cv_folds {task.cv_folds}: cross-validation needs 2 or more folds and no dev file",
               f"{spot}.cv_folds", "use 0 (a held-out dev_fraction) or K >= 2 without `dev`")
-    task.max_length = int(values.get("max_length", 128))
-    task.extra = {k: str(values[k]) for k in ("negative_label", "source_field", "target_field") if k in values}
+    task.max_length = plain.get("max_length", task.max_length)
+    task.extra = {k: plain[k] for k in ("negative_label", "source_field", "target_field") if k in plain}
     if "label_budgets" in values:
         task.label_budgets = _budgets(values["label_budgets"], f"{spot}.label_budgets")
     return task
+
+
+def _tasks(raw: Any, base: Path, where: str) -> list[TaskConfig]:
+    if not isinstance(raw, list):
+        _fail("tasks must be a list", f"{where}: tasks", "write `tasks: [{type: classify, train: PATH}, ...]`")
+    tasks = [_task(t, i, base, where) for i, t in enumerate(raw)]
+    names = [t.name for t in tasks]
+    for i, name in enumerate(names):
+        if name in names[:i]:  # the report would merge the two tasks' rows as if they were seeds
+            _fail(f"two tasks are named {name!r}", f"{where}: tasks[{i}].name",
+                  "give each task its own `name:` (a task is named after its train file or GLUE task otherwise)")
+    return tasks
+
+
+def _tokenizer(value: Any, spot: str, base: Path) -> dict[str, Any] | str:
+    """A trained tokenizer's directory, or the `train_tokenizer` settings for one."""
+    if isinstance(value, str):
+        return _paths(value, spot, base)[0]
+    if not isinstance(value, dict):
+        _fail(f"not a tokenizer: {value!r}", spot,
+              "give a tokenizer directory or e.g. {kind: wordpiece, vocab_size: 8192}")
+    settings = _settings(value, TOKENIZER_VALUES, spot)
+    kind = settings.get("kind", "bpe")  # train_tokenizer's default
+    if "vocab_size" in settings and settings["vocab_size"] < minimum_vocab_size(kind):
+        _fail(f"vocab_size {settings['vocab_size']} is too small for a {kind} tokenizer", f"{spot}.vocab_size",
+              f"use {minimum_vocab_size(kind)} or more")
+    return settings
+
+
+def _model(value: Any, spot: str, base: Path | None) -> str | dict:
+    """A size name, a mapping of model fields, or a model YAML file (from `base`, the config's
+    directory; None: left as written, for a recipe's own model, which its stages read as it is),
+    checked the way pre-training will resolve it."""
+    if isinstance(value, str) and value.endswith((".yaml", ".yml")):
+        value = _paths(value, spot, base)[0] if base is not None else value
+    elif not isinstance(value, dict) and not (isinstance(value, str) and value in SIZES):
+        _fail(f"unknown model {value!r}", spot, f"use a size ({', '.join(SIZES)}), a mapping of model fields "
+              "or a model YAML file")
+    try:
+        resolve_model_config(value, vocab_size=8000, layout="bert")
+    except UserError as err:  # a file's errors name that file; a mapping's, `model[.FIELD]` in it
+        field_name = err.where.partition("model")[2] if err.where.startswith("model") else f" ({err.where})"
+        raise UserError(err.what, err.where if isinstance(value, str) else spot + field_name, err.fix) from None
+    except (TypeError, ValueError, yaml.YAMLError) as err:  # a quoted number, a file that is not YAML
+        _fail(f"invalid model: {str(err).splitlines()[0]}", spot,
+              "write fields as `hidden: 256` lines, numbers unquoted, in UTF-8")
+    return value
+
+
+def _recipe(value: Any, spot: str, base: Path) -> Recipe:
+    """A shipped recipe by name, or a recipe YAML file (from the config's directory)."""
+    name = str(value)
+    if name.endswith((".yaml", ".yml")):
+        return load_recipe(_paths(name, spot, base)[0])
+    if name not in available():
+        _fail(f"unknown recipe {name!r}", spot, f"use one of {', '.join(available())} or a recipe YAML file")
+    return load_recipe(name)
+
+
+def _objectives(value: Any, spot: str) -> list[str]:
+    if not isinstance(value, list):
+        _fail(f"objectives must be a list, not {value!r}", spot, "e.g. [mlm, clm] (or [] next to a recipe)")
+    for name in value:
+        if not isinstance(name, str) or name not in OBJECTIVES:
+            _fail(f"unknown objective {name!r}", spot, f"use names from: {', '.join(sorted(OBJECTIVES))}")
+    _unique(value, spot, "list each objective once")
+    return [o for o in value if o != "scratch"]
+
+
+def _objective_options(value: Any, spot: str) -> dict[str, dict[str, Any]]:
+    """Per objective, options its `Options` dataclass accepts (checked now, not after the data is
+    prepared)."""
+    if not isinstance(value, dict):
+        _fail("must be a mapping", spot, "write `objective_options: {mlm: {mask_prob: 0.15}}`")
+    for name, options in value.items():
+        here = f"{spot}.{name}"
+        if name not in OBJECTIVES:
+            _fail(f"unknown objective {name!r}", here, f"use names from: {', '.join(sorted(OBJECTIVES))}")
+        if not isinstance(options, dict):
+            _fail("must be a mapping", here, "write `option: value` pairs")
+        try:
+            OBJECTIVES[name].parse_options(dict(options))
+        except UserError as err:  # its where is `objective_options[.OPTION]`: put the objective in
+            option = err.where.partition("objective_options")[2]
+            raise UserError(err.what, here + option, err.fix) from None
+        except (TypeError, ValueError) as err:
+            _fail(f"invalid options: {err}", here, "write numbers unquoted")
+    return value
 
 
 def load_compare_config(path: str | Path) -> CompareConfig:
@@ -182,7 +423,9 @@ def load_compare_config(path: str | Path) -> CompareConfig:
     if not path.is_file():
         _fail("config file not found", str(path), "check the --config path")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise UserError(f"not UTF-8 text (byte {err.start})", str(path), "save the config as UTF-8") from None
     except yaml.YAMLError as err:
         raise UserError(f"invalid YAML: {str(err).splitlines()[0]}", str(path), "fix the syntax") from None
     return parse_compare_config(values, str(path), path.parent)
@@ -198,48 +441,48 @@ def parse_compare_config(values: dict, where: str, base: Path) -> CompareConfig:
     if not raw_tasks:
         _fail("no task", where, "add `task: {type: classify, train: PATH, ...}`")
     cfg = CompareConfig(corpus=_paths(values["corpus"], f"{where}: corpus", base),
-                        tasks=[_task(t, i, base, where) for i, t in enumerate(raw_tasks)], source=where)
+                        tasks=_tasks(raw_tasks, base, where), source=where)
+    if not cfg.corpus:
+        _fail("empty corpus", f"{where}: corpus", "list at least one file of unlabelled text")
     if values.get("domain_corpus"):
         cfg.domain_corpus = _paths(values["domain_corpus"], f"{where}: domain_corpus", base)
     if "recipe" in values:
-        cfg.recipe = load_recipe(str(values["recipe"]))
+        cfg.recipe = _recipe(values["recipe"], f"{where}: recipe", base)
         if cfg.domain_corpus:
             _fail("a recipe runs on the general corpus only (path B)", f"{where}: recipe",
                   "drop domain_corpus, or compare the recipe in a config of its own")
-        cfg.tokenizer, cfg.model = dict(cfg.recipe.tokenizer), cfg.recipe.model
-        cfg.finetune = dict(cfg.recipe.finetune)
-    objectives = values.get("objectives", [] if cfg.recipe else cfg.objectives)
-    for name in objectives:
-        if name not in OBJECTIVES:
-            _fail(f"unknown objective {name!r}", f"{where}: objectives",
-                  f"use names from: {', '.join(sorted(OBJECTIVES))}")
-    cfg.objectives = [o for o in objectives if o != "scratch"]
+        # the recipe's settings are checked like the config's own, naming the recipe file
+        cfg.tokenizer = _tokenizer(dict(cfg.recipe.tokenizer), f"{cfg.recipe.source}: tokenizer", base)
+        cfg.model = _model(cfg.recipe.model, f"{cfg.recipe.source}: model", None)
+        cfg.finetune = _settings(dict(cfg.recipe.finetune), FINETUNE_VALUES, f"{cfg.recipe.source}: finetune")
+    cfg.objectives = _objectives(values.get("objectives", [] if cfg.recipe else cfg.objectives), f"{where}: objectives")
     if values.get("segment") is not None:
-        if values["segment"] not in SEGMENTERS:
+        if not isinstance(values["segment"], str) or values["segment"] not in SEGMENTERS:
             _fail(f"unknown word segmenter {values['segment']!r}", f"{where}: segment",
                   f"use one of: {', '.join(SEGMENTERS)}")
         cfg.segment = str(values["segment"])
-    for key in ("tokenizer", "model", "objective_options", "text_field"):
-        if key in values:
-            setattr(cfg, key, values[key])
-    if isinstance(cfg.tokenizer, str):
-        cfg.tokenizer = _paths(cfg.tokenizer, f"{where}: tokenizer", base)[0]
+    if "tokenizer" in values:
+        cfg.tokenizer = _tokenizer(values["tokenizer"], f"{where}: tokenizer", base)
+    if "model" in values:
+        cfg.model = _model(values["model"], f"{where}: model", base)
+    if "objective_options" in values:
+        cfg.objective_options = _objective_options(values["objective_options"], f"{where}: objective_options")
+    if "text_field" in values:
+        if not isinstance(values["text_field"], str) or not values["text_field"]:
+            _fail(f"not a field name: {values['text_field']!r}", f"{where}: text_field", "e.g. `text_field: text`")
+        cfg.text_field = values["text_field"]
     for key in ("pretrain", "domain_pretrain"):
         if key in values:
-            _check_keys(values[key], PRETRAIN_KEYS, f"{where}: {key}")
-            budgets = [k for k in ("steps", "minutes", "tokens") if k in values[key]]
+            budget = _settings(values[key], PRETRAIN_VALUES, f"{where}: {key}")
+            budgets = [k for k in ("steps", "minutes", "tokens") if k in budget]
             if len(budgets) > 1:
                 _fail(f"{key} has several budgets ({', '.join(budgets)})", f"{where}: {key}",
                       "give exactly one of steps, minutes, tokens: the same for every objective")
-            setattr(cfg, key, dict(values[key]))
+            setattr(cfg, key, budget)
     if "finetune" in values:
-        _check_keys(values["finetune"], FINETUNE_KEYS, f"{where}: finetune")
-        cfg.finetune = {**cfg.finetune, **values["finetune"]}
+        cfg.finetune = {**cfg.finetune, **_settings(values["finetune"], FINETUNE_VALUES, f"{where}: finetune")}
     cfg.label_budgets = _budgets(values.get("label_budgets", ["full"]), f"{where}: label_budgets")
     for key in ("seeds", "pretrain_seeds"):
         if key in values:
-            seeds = values[key]
-            if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds)):
-                _fail(f"{key} must be a list of integers", f"{where}: {key}", "e.g. [0, 1, 2]")
-            setattr(cfg, key, seeds)
+            setattr(cfg, key, _seeds(values[key], f"{where}: {key}", key))
     return cfg

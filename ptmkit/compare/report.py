@@ -108,7 +108,7 @@ def survey_table(rows: list[dict[str, Any]], out: Path) -> tuple[list[str], list
             base = stats.get((task, "A", "scratch", budgets[-1]))
             if base and objective != "scratch":
                 gains.append(mean - base[0])
-        summary = summaries.get(job_name(objective, 0), {})
+        summary = _general_summary(objective, rows, summaries)
         family, backbone = _kind(objective, summary)
         body.append([objective, family, backbone,
                      f"{np.mean(nlu) * 100:.1f}" if nlu else "–", f"{np.mean(nlg) * 100:.1f}" if nlg else "–",
@@ -118,6 +118,21 @@ def survey_table(rows: list[dict[str, Any]], out: Path) -> tuple[list[str], list
                      f"{summary['train_seconds']:.0f}" if summary else "–",
                      _training_flops(summary)])
     return header, body
+
+
+def _general_summary(objective: str, rows: list[dict[str, Any]],
+                     summaries: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The summary of the general pre-training behind `objective`'s path-B cells: of its runs
+    under DIR/pretrain (any pre-training seed), the first whose token count the results name,
+    so a run left over from another config is not reported in its place."""
+    used = {int(float(r["pretrain_tokens"])) for r in rows if r["objective"] == objective and r["path"] == "B"}
+    prefix = job_name(objective, 0)[:-1]  # "<objective>-s"
+    for seed in sorted(int(name[len(prefix):]) for name in summaries
+                       if name.startswith(prefix) and name[len(prefix):].isdigit()):
+        summary = summaries[job_name(objective, seed)]
+        if summary.get("tokens") in used:
+            return summary
+    return {}
 
 
 def _training_flops(summary: dict[str, Any]) -> str:

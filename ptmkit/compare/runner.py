@@ -26,7 +26,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ptmkit.compare.config import RECIPE_PREFIX, CompareConfig, TaskConfig, job_name
-from ptmkit.data.corpus import read_texts
+from ptmkit.data.corpus import file_digests, read_texts
 from ptmkit.data.shards import corpus_fingerprint, prepare
 from ptmkit.data.tokenizer import Tokenizer, train_tokenizer
 from ptmkit.finetuning.registry import task_accepts
@@ -114,9 +114,8 @@ def _key(values: dict[str, Any]) -> str:
 
 def _done(run: Path, marker: str, key: str | None) -> bool:
     """`run` holds its final file `marker` and was made for `key` (None: for any key)."""
-    stamp = run / "compare_key.json"
-    return (run / marker).is_file() and stamp.is_file() \
-        and (key is None or json.loads(stamp.read_text())["key"] == key)
+    made_for = _read_key(run)
+    return (run / marker).is_file() and made_for is not None and (key is None or made_for == key)
 
 
 def _claim(run: Path, key: str) -> None:
@@ -128,8 +127,22 @@ def _claim(run: Path, key: str) -> None:
     _stamp(run, key)
 
 
+def _stamp_path(run: Path) -> Path:
+    """Where `run`'s key is kept: beside the run, not in it, because a pre-training started
+    afresh empties its directory first (an interrupted one would lose its key and never resume)."""
+    return run.with_name(run.name + ".compare_key.json")
+
+
 def _stamp(run: Path, key: str) -> None:
-    (run / "compare_key.json").write_text(json.dumps({"key": key}))
+    _stamp_path(run).write_text(json.dumps({"key": key}))
+    (run / "compare_key.json").unlink(missing_ok=True)  # where earlier versions kept it
+
+
+def _read_key(run: Path) -> str | None:
+    for stamp in (_stamp_path(run), run / "compare_key.json"):
+        if stamp.is_file():
+            return json.loads(stamp.read_text())["key"]
+    return None
 
 
 class Compare:
@@ -143,12 +156,20 @@ class Compare:
         if isinstance(self.cfg.tokenizer, str):
             return Tokenizer.load(self.cfg.tokenizer)
         directory = self.out / "tokenizer"
-        if (directory / "tokenizer.json").is_file():
-            return Tokenizer.load(directory)
         corpus = self.cfg.corpus + self.cfg.domain_corpus
+        key = _key({"settings": self.cfg.tokenizer, "text_field": self.cfg.text_field,
+                    "corpus": _content(corpus)})
+        if (directory / "tokenizer.json").is_file():
+            made_for = _read_key(directory)
+            if made_for in (key, None):  # None: trained by a version that kept no key; taken as is
+                _stamp(directory, key)
+                return Tokenizer.load(directory)
+            tqdm.write(f"compare: {directory} was trained from other settings or text; training it again",
+                       file=sys.stderr)
         tokenizer = train_tokenizer(read_texts(corpus, text_field=self.cfg.text_field),
                                     show_progress=self.progress, **self.cfg.tokenizer)
         tokenizer.save(directory)
+        _stamp(directory, key)
         return tokenizer
 
     def data(self, tokenizer: Tokenizer, domain: bool) -> Path:
@@ -180,7 +201,7 @@ class Compare:
         budget = self.cfg.domain_pretrain if job.domain else self.cfg.pretrain
         init = self.out / "pretrain" / PretrainJob(job.objective, job.seed, False).name if job.domain else None
         is_recipe = job.objective.startswith(RECIPE_PREFIX)
-        key = _key({"job": asdict(job), "budget": budget, "model": self.cfg.model,
+        key = _key({"job": asdict(job), "budget": budget, "model": self._model_key(),
                     "options": self.cfg.objective_options.get(job.objective, {}),
                     "data": json.loads((data[job.domain] / "manifest.json").read_text())["fingerprint"],
                     "init": _read_key(init) if init else None,
@@ -217,15 +238,16 @@ class Compare:
         return run
 
     # ---- fine-tuning --------------------------------------------------------------------
-    def run_cell(self, cell: Cell, tokenizer_dir: Path) -> dict[str, Any]:
+    def run_cell(self, cell: Cell, tokenizer: Tokenizer, tokenizer_dir: Path) -> dict[str, Any]:
         run = self.out / "finetune" / cell.name
         init = SCRATCH if cell.job is None else str(self.out / "pretrain" / cell.job.name)
         recipe = {"epochs": 3, "lr": 5e-5, "batch_size": 32, **self.cfg.finetune}
         if cell.job is None and "scratch_lr" in recipe:
             recipe["lr"] = recipe["scratch_lr"]
         rates = as_rates(recipe["lr"])
-        key = _key({"cell": cell.name, "task": _task_key(cell.task), "recipe": recipe, "model": self.cfg.model,
-                    "init": _read_key(Path(init)) if cell.job else "scratch"})
+        # a pre-trained init's key covers its tokenizer; scratch's is the tokenizer itself
+        key = _key({"cell": cell.name, "task": _task_key(cell.task), "recipe": recipe, "model": self._model_key(),
+                    "init": _read_key(Path(init)) if cell.job else {"scratch": tokenizer.sha256()}})
         if _done(run, "eval.json", key):
             return json.loads((run / "eval.json").read_text())
         task = cell.task
@@ -267,11 +289,16 @@ class Compare:
         rows = []
         for cell in todo:
             bar.set_postfix_str(f"finetune {cell.name}")
-            rows.append(self._row(cell, self.run_cell(cell, tokenizer_dir)))
+            rows.append(self._row(cell, self.run_cell(cell, tokenizer, tokenizer_dir)))
             bar.update(1)
             self.write_results(rows)
         bar.close()
         return self.out / "results.csv"
+
+    def _model_key(self) -> Any:
+        """The model setting, with the content of a model YAML file (a size name stands alone)."""
+        model = self.cfg.model
+        return [model, _content([model])] if isinstance(model, str) and Path(model).is_file() else model
 
     def _row(self, cell: Cell, result: dict[str, Any]) -> dict[str, Any]:
         summary = {}
@@ -304,10 +331,17 @@ def _pretraining_part(recipe: Recipe | None) -> dict[str, Any]:
 
 
 def _task_key(task: TaskConfig) -> dict[str, Any]:
-    values = asdict(task)
-    if not values["cv_folds"]:  # cells made before cross-validation existed keep their key
-        del values["cv_folds"]
-    return values
+    """The task's settings and the content of its files (a seq2seq pair is two files; a GLUE
+    `data_dir` is keyed by its path)."""
+    files = [p for spec in (task.train, task.dev) if spec for p in spec.split(",")]
+    return {**asdict(task), "content": _content(files) if files else None}
+
+
+def _content(paths: list[str]) -> str:
+    h = hashlib.sha256()
+    for digest in file_digests(paths):
+        h.update(digest)
+    return h.hexdigest()
 
 
 def _fold_result(spec: FinetuneSpec, rates: list[float]) -> dict[str, Any]:
@@ -334,11 +368,6 @@ def _pooled(folds: list[dict[str, Any]]) -> dict[str, Any]:
             "train_examples": folds[0]["train_examples"],
             "finetune_seconds": round(sum(fold["finetune_seconds"] for fold in folds), 2),
             "folds": [{main: fold[main], "lr": fold.get("lr")} for fold in folds]}
-
-
-def _read_key(run: Path) -> str | None:
-    stamp = run / "compare_key.json"
-    return json.loads(stamp.read_text())["key"] if stamp.is_file() else None
 
 
 ASSUMED_FLOPS = 1e11

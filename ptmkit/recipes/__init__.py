@@ -93,7 +93,6 @@ def parse_recipe(values: dict, where: str) -> Recipe:
                         "e.g. `minutes: 30` (wall clock for all stages together)")
     finetune = values.get("finetune") or {}
     _check_keys(finetune, FINETUNE_KEYS, f"{where}: finetune")
+    optional = {key: values[key] for key in ("tokenizer", "model") if values.get(key) is not None}
     return Recipe(name=str(values.get("name") or Path(where).stem), stages=tuple(parsed), minutes=float(minutes),
-                  tokenizer=dict(values.get("tokenizer") or Recipe.tokenizer.default_factory()),  # type: ignore[attr-defined]
-                  model=values.get("model", "mini"), finetune=dict(finetune),
-                  summary=str(values.get("summary", "")), source=where)
+                  finetune=dict(finetune), summary=str(values.get("summary", "")), source=where, **optional)

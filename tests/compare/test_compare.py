@@ -1,4 +1,5 @@
-"""compare: config validation, cell enumeration, caching/resume, report from results."""
+"""compare: config validation, cell enumeration, caching/resume (keys that follow what the inputs
+hold), report from results."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ import gensim
 import numpy as np
 import pytest
 
+import ptmkit.compare.runner as runner
 from ptmkit.compare.config import parse_compare_config
 from ptmkit.compare.report import aggregate, read_results, summary_lines, write_report
 from ptmkit.compare.runner import RESULT_COLUMNS, Compare, cells, estimate, pretrain_jobs, skipped_pairs
 from ptmkit.data.shards import TokenShards
+from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.errors import UserError
 from ptmkit.finetuning.registry import task_accepts
 
@@ -130,7 +133,6 @@ def test_end_to_end_then_cached_then_report(task_file, tmp_path, monkeypatch) ->
     assert len(rows) == 2 * 2 * 2
     assert all(r["pretrain_tokens"] == ("0" if r["path"] == "A" else str(6 * 4 * 32)) for r in rows)
 
-    import ptmkit.compare.runner as runner
     monkeypatch.setattr(runner, "pretrain", lambda spec: pytest.fail("pre-trained again"))
     monkeypatch.setattr(runner, "finetune_search", lambda spec, rates: pytest.fail("fine-tuned again"))
     Compare(cfg, out, progress=False).run()  # everything cached: no training at all
@@ -153,7 +155,6 @@ def test_interrupted_compare_finishes_only_the_missing_cells(task_file, tmp_path
     Compare(cfg, out, progress=False).run()
     victim = out / "finetune" / "task" / "B-mlm" / "b20-s0" / "eval.json"
     victim.unlink()  # as if killed before the cell finished
-    import ptmkit.compare.runner as runner
     calls = []
     real = runner.finetune_search
     monkeypatch.setattr(runner, "pretrain", lambda spec: pytest.fail("pre-trained again"))
@@ -272,8 +273,98 @@ def test_cross_validated_cells_pool_their_folds(task_file, tmp_path, monkeypatch
     cell = out / "finetune" / "task" / "B-mlm" / "bfull-s0"
     (cell / "eval.json").unlink()  # killed during its last fold: the finished folds are kept
     (cell / "fold-2" / "eval.json").unlink()
-    import ptmkit.compare.runner as runner
     calls, real = [], runner.finetune_search
     monkeypatch.setattr(runner, "finetune_search", lambda spec, rates: calls.append(spec.fold) or real(spec, rates))
     Compare(cfg, out, progress=False).run()
     assert calls == [2] and (cell / "eval.json").is_file()
+
+
+# --- cache keys follow what the inputs hold ----------------------------------------------------
+
+
+def _runs(monkeypatch) -> dict[str, list]:
+    """Record which pre-trainings and fine-tunings a compare starts (and still run them)."""
+    calls: dict[str, list] = {"pretrain": [], "finetune": []}
+    real_pretrain, real_finetune = runner.pretrain, runner.finetune_search
+    monkeypatch.setattr(runner, "pretrain", lambda spec: calls["pretrain"].append(spec) or real_pretrain(spec))
+    monkeypatch.setattr(runner, "finetune_search",
+                        lambda spec, rates: calls["finetune"].append(spec.out) or real_finetune(spec, rates))
+    return calls
+
+
+def test_an_interrupted_pretraining_resumes_from_its_checkpoint(task_file, tmp_path, monkeypatch) -> None:
+    cfg = parse_compare_config(config(task_file, label_budgets=[20], seeds=[0]), "cmp.yaml", tmp_path)
+    out = tmp_path / "out"
+    real = runner.pretrain
+
+    def killed_after_the_last_checkpoint(spec):
+        real(spec)
+        (spec.out / "summary.json").unlink()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "pretrain", killed_after_the_last_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        Compare(cfg, out, progress=False).run()
+    monkeypatch.setattr(runner, "pretrain", real)
+    calls = _runs(monkeypatch)
+    Compare(cfg, out, progress=False).run()
+    assert [spec.resume for spec in calls["pretrain"]] == [True]  # continued, not started again
+
+
+def test_changed_tokenizer_settings_train_a_new_tokenizer(task_file, tmp_path) -> None:
+    out = tmp_path / "out"
+    first = Compare(parse_compare_config(config(task_file), "cmp.yaml", tmp_path), out, progress=False).tokenizer()
+    again = Compare(parse_compare_config(config(task_file), "cmp.yaml", tmp_path), out, progress=False).tokenizer()
+    assert again.sha256() == first.sha256()
+    changed = config(task_file, tokenizer={"kind": "wordpiece", "vocab_size": 700})
+    other = Compare(parse_compare_config(changed, "cmp.yaml", tmp_path), out, progress=False).tokenizer()
+    assert other.kind == "wordpiece" and Tokenizer.load(out / "tokenizer").kind == "wordpiece"
+
+
+def test_a_tokenizer_without_a_key_is_taken_as_it_is(task_file, tmp_path) -> None:
+    """Outputs of versions that kept no key for the tokenizer go on with the one they have."""
+    out = tmp_path / "out"
+    made = Compare(parse_compare_config(config(task_file), "cmp.yaml", tmp_path), out, progress=False).tokenizer()
+    runner._stamp_path(out / "tokenizer").unlink()
+    changed = config(task_file, tokenizer={"kind": "wordpiece", "vocab_size": 700})
+    kept = Compare(parse_compare_config(changed, "cmp.yaml", tmp_path), out, progress=False).tokenizer()
+    assert kept.sha256() == made.sha256()
+
+
+def test_cells_follow_the_content_of_their_inputs(task_file, tmp_path, monkeypatch) -> None:
+    tokenizer_dir = tmp_path / "tok"
+    Compare(parse_compare_config(config(task_file), "cmp.yaml", tmp_path), tmp_path / "t", progress=False) \
+        .tokenizer().save(tokenizer_dir)
+    cfg = parse_compare_config(config(task_file, label_budgets=[20], seeds=[0], tokenizer=str(tokenizer_dir)),
+                               "cmp.yaml", tmp_path)
+    out = tmp_path / "out"
+    Compare(cfg, out, progress=False).run()
+    calls = _runs(monkeypatch)
+    Compare(cfg, out, progress=False).run()
+    assert calls == {"pretrain": [], "finetune": []}  # nothing changed: nothing trained
+
+    lines = task_file.read_text().splitlines()  # the same file, other labels
+    task_file.write_text("\n".join([lines[0]] + [line[:-1] + str(1 - int(line[-1])) for line in lines[1:]]) + "\n")
+    Compare(cfg, out, progress=False).run()
+    assert len(calls["finetune"]) == 2 and calls["pretrain"] == []  # both cells, not the pre-training
+
+    calls["finetune"].clear()
+    other_text = tmp_path / "other.txt"  # the same tokenizer directory now holds one trained on other text
+    other_text.write_text("\n".join(LEE.read_text(encoding="utf-8").splitlines()[::-1][:150]) + "\n")
+    Compare(parse_compare_config(config(task_file, corpus=[str(other_text)]), "cmp.yaml", tmp_path),
+            tmp_path / "t2", progress=False).tokenizer().save(tokenizer_dir)
+    other = parse_compare_config(config(task_file, label_budgets=[20], seeds=[0], tokenizer=str(tokenizer_dir),
+                                        corpus=[str(other_text)]), "cmp.yaml", tmp_path)
+    Compare(other, out, progress=False).run()
+    assert out / "finetune" / "task" / "A-scratch" / "b20-s0" in calls["finetune"]
+
+
+def test_the_survey_reads_the_pretraining_its_cells_used(task_file, tmp_path) -> None:
+    cfg = parse_compare_config(config(task_file, label_budgets=[20], seeds=[0], pretrain_seeds=[1]),
+                               "cmp.yaml", tmp_path)
+    out = tmp_path / "out"
+    Compare(cfg, out, progress=False).run()
+    summary = json.loads((out / "pretrain" / "mlm-s1" / "summary.json").read_text())
+    md, _ = write_report(out)
+    mlm_row = next(line for line in md.read_text().splitlines() if line.startswith("| mlm |"))
+    assert f"| {summary['tokens']:,} |" in mlm_row

@@ -35,6 +35,12 @@ def test_shipped_recipes_parse() -> None:
         assert recipe.stages and recipe.minutes > 0 and recipe.name == name
 
 
+def test_a_recipe_without_tokenizer_or_model_takes_the_defaults() -> None:
+    values = {k: v for k, v in TWO_STAGES.items() if k not in ("tokenizer", "model")}
+    recipe = parse_recipe(values, "r.yaml")
+    assert recipe.tokenizer == {"kind": "wordpiece", "vocab_size": 8192} and recipe.model == "mini"
+
+
 @pytest.mark.parametrize("change, match", [
     ({"stages": []}, "needs stages"),
     ({"minutes": 0}, "minutes must be a positive number"),
