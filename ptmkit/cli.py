@@ -61,6 +61,13 @@ TRAIN_FLAGS = {  # CLI flag -> TrainConfig field (flags default to None so a --c
 }
 
 
+FILE_OPTION_TYPES = {  # --config keys outside TrainConfig: accepted types, an example value
+    "objective": (str, "mlm"), "data": (str, "data/"), "corpus": ((str, list), "[wiki.txt.gz]"),
+    "tokenizer": (str, "tok/"), "text_field": (str, "text"), "model": ((str, dict), "mini"),
+    "init": (str, "runs/mlm"), "objective_options": (dict, "{mask_prob: 0.15}"), "distributed": (str, "ddp"),
+}
+
+
 def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
     p = _parser(sub, "tokenizer", "train a tokenizer (bpe, wordpiece, unigram, char) on a corpus")
     p.add_argument("--corpus", nargs="+", required=True, metavar="PATH")
@@ -258,6 +265,8 @@ def _run_tokenizer(args: argparse.Namespace) -> None:
     from ptmkit.data.corpus import list_corpus_files, read_texts
     from ptmkit.data.tokenizer import train_tokenizer
     list_corpus_files(args.corpus)
+    if args.out.exists() and not args.out.is_dir():  # found now, not after the training
+        raise UserError("output path is a file", str(args.out), "choose a directory path for --out")
     if args.out.is_dir() and any(args.out.iterdir()) and not args.overwrite:
         raise UserError("output directory is not empty", str(args.out),
                         "choose a new --out or pass --overwrite")
@@ -289,9 +298,11 @@ def _load_config_file(path: Path | None) -> dict[str, Any]:
     if not path.is_file():
         raise UserError("config file not found", str(path), "check the --config path")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise UserError(f"invalid YAML: {str(err).splitlines()[0]}", str(path), "fix the syntax") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"not UTF-8 text (byte {err.start})", str(path), "save the file as UTF-8") from None
     if not isinstance(values, dict):
         raise UserError("config must be a mapping of options", str(path), "write `steps: 1000` style lines")
     return values
@@ -306,13 +317,20 @@ def _run_pretrain(args: argparse.Namespace) -> None:
         check_run_dir(args.out, resume=True, overwrite=args.overwrite)
     file_values = _load_config_file(args.config)
     where = str(args.config)
-    known = set(TRAIN_FLAGS) | {f.name for f in fields(TrainConfig)} | {
-        "objective", "data", "corpus", "tokenizer", "text_field", "model", "init",
-        "objective_options", "compile", "val_fraction", "distributed"}
+    known = set(TRAIN_FLAGS) | {f.name for f in fields(TrainConfig)} | set(FILE_OPTION_TYPES) | {"val_fraction"}
     unknown = sorted(set(file_values) - known)
     if unknown:
         raise UserError(f"unknown option(s) {', '.join(unknown)}", where,
                         f"use only: {', '.join(sorted(known))}")
+    for name, (kinds, example) in FILE_OPTION_TYPES.items():
+        value = file_values.get(name)
+        wrong = value is not None and not isinstance(value, kinds)
+        if name == "corpus" and isinstance(value, list):
+            wrong = not all(isinstance(v, str) for v in value)
+        if wrong:
+            raise UserError(f"option {name} has the wrong type ({value!r})", where, f"write e.g. `{name}: {example}`")
+    if isinstance(file_values.get("corpus"), str):
+        file_values["corpus"] = [file_values["corpus"]]  # one path, not its letters
     defaults = TrainConfig()  # resolved: `steps` is an int there, not its open default
     for f in fields(TrainConfig):
         if f.name in file_values:

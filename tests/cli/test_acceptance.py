@@ -132,3 +132,11 @@ def test_every_long_command_can_run_without_progress_bars(lee, tmp_path, run_cli
                     "--no-progress"])[0] == 0
     code, out, err = run_cli(["prepare", "--corpus", lee, "--tokenizer", tok, "--out", data, "--no-progress"])
     assert code == 0 and "prepared" in out and err == ""
+
+
+def test_a_config_corpus_may_be_one_path(lee, tmp_path, run_cli):
+    """`corpus: one.txt` in a --config file is that file, not a list of its letters."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"objective: clm\ncorpus: {lee}\nsteps: 2\nbatch_size: 2\nseq_len: 32\nval_fraction: 0\n")
+    code, _, err = run_cli(["pretrain", "--config", cfg, "--out", tmp_path / "run", "--no-progress"])
+    assert code == 0, err
