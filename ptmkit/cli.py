@@ -480,7 +480,7 @@ def _run_generate(args: argparse.Namespace) -> None:
     top_p = args.top_p if args.top_p is not None or args.temperature is None else 1.0
     options = DecodeOptions(max_length=args.max_length, min_length=args.min_length, beam=args.beam,
                             length_penalty=args.length_penalty, top_p=top_p,
-                            temperature=args.temperature or 1.0, seed=args.seed)
+                            temperature=1.0 if args.temperature is None else args.temperature, seed=args.seed)
     generator = load_generator(args.run)
     for output in generator(texts, options, batch_size=max(1, args.batch_size)):
         print(" ".join(output.split()))  # one line per input, whatever the model emits

@@ -306,8 +306,9 @@ def hf_tokenizer(run: RunModel, target: Target, transformers: Any) -> Any:
         pair = " ".join(x for x in (first, "$A:0", last, "$B:0", last) if x)
         hf.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=pieces)
     sentinels = [hf.id_to_token(i) for i in special.sentinels]
+    # split_special_tokens: "[MASK]" or "</s>" written in a text stays text, as in ptmkit
     return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=hf, model_max_length=run.cfg.max_positions,
+        tokenizer_object=hf, model_max_length=run.cfg.max_positions, split_special_tokens=True,
         additional_special_tokens=sentinels, **{f"{role}_token": value for role, value in text.items()})
 
 

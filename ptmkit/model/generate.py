@@ -22,6 +22,7 @@ Conventions, from fairseq's `SequenceGenerator` and Hugging Face's `generate`:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -64,7 +65,7 @@ class DecodeOptions:
             raise UserError(f"beam size {self.beam} is below 1", "--beam", "use 1 (greedy) or more")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise UserError(f"top_p={self.top_p} is outside (0, 1]", "--top-p", "e.g. --top-p 0.9")
-        if self.temperature <= 0:
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise UserError(f"temperature={self.temperature} is not positive", "--temperature",
                             "e.g. --temperature 0.8")
         if self.top_p is not None and self.beam > 1:

@@ -72,6 +72,8 @@ def test_exported_tokenizer_has_the_special_tokens_and_frames_like_ptmkit(data, 
     text = "The fire spread across the Blue Mountains."
     assert hf_tok(text)["input_ids"] == [ours.special.cls, *ours.encode(text), ours.special.sep]
     assert hf_tok.decode(hf_tok(text)["input_ids"], skip_special_tokens=True) == text
+    literal = "The [CLS] fire [SEP] and [MASK] here"  # special strings in a text stay text, as in ptmkit
+    assert hf_tok(literal)["input_ids"] == [ours.special.cls, *ours.encode(literal), ours.special.sep]
 
 
 def test_seq2seq_tokenizer_frames_as_the_objective(data, tmp_path, tiny, train):
