@@ -176,9 +176,15 @@ class Rows:
         """The attention mask of these rows as queries (a causal triangle made explicit)."""
         if is_causal:
             return torch.arange(n_keys, device=self.index.device) <= self.index[..., None]
-        if mask is None or mask.dim() != 3 or mask.shape[1] == 1:
+        if mask is None or mask.dim() < 2 or mask.shape[-2] == 1:
             return mask  # no mask, or one row of keys that every query shares
-        return mask.gather(1, self.index[..., None].expand(-1, -1, mask.shape[-1]))
+        # a row per query, (Lq, Lk), (B, Lq, Lk) or (B, heads, Lq, Lk): keep the rows of these queries
+        batch = self.index.shape[0]
+        mask = mask.expand(batch, *mask.shape[-3:]) if mask.dim() == 4 else mask.expand(batch, *mask.shape[-2:])
+        index = self.index[..., None].expand(-1, -1, mask.shape[-1])
+        if mask.dim() == 4:
+            return mask.gather(2, index[:, None].expand(-1, mask.shape[1], -1, -1))
+        return mask.gather(1, index)
 
     def flatten(self, x: Tensor) -> Tensor:
         """(B, M, H) -> (rows wanted, H), in the order of ``hidden[select]``."""

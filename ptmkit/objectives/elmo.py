@@ -48,9 +48,13 @@ class ELMo(Objective):
 
     def frame(self, window: Window) -> np.ndarray:
         """<s> s1 </s> <s> s2 </s> ...: </s> <s> goes before every sentence start inside the
-        window; the body is cut so the framed example is exactly seq_len long."""
+        window; the body is cut so the framed example is exactly seq_len long. A start that the
+        cut would leave without a token of its sentence gets no pair (no `</s> </s>` or empty
+        `<s> </s>` at the end)."""
         special = self.vocab.special
         starts = window.sentence_starts[window.sentence_starts > 0]
+        # the k-th pair lands at start + 2k; its sentence's first token must stay inside the cut
+        starts = starts[starts + 2 * np.arange(len(starts)) + 2 < self.seq_len - 2]
         body = np.insert(window.tokens, np.repeat(starts, 2), np.tile([special.eos, special.bos], len(starts)))
         return np.concatenate([[special.bos], body[: self.seq_len - 2], [special.eos]]).astype(np.int64)
 

@@ -129,11 +129,21 @@ def effective_min_count(counts: Counter, requested: int) -> int:
     return next((m for m in range(AUTO_MIN_COUNT, 1, -1) if (frequencies >= m).sum() >= wanted), 1)
 
 
-def epoch_alphas(alpha: float, min_alpha: float, epochs: int, epoch: int) -> tuple[float, float]:
-    """Learning rate at the start and end of `epoch`: gensim's linear decay over all epochs."""
-    def at(progress: float) -> float:
-        return alpha - (alpha - min_alpha) * progress
-    return at(epoch / epochs), at((epoch + 1) / epochs)
+def epoch_alphas(alpha: float, min_alpha: float, epochs: int, epoch: int, *, elapsed: float = 0.0,
+                 budget: float = 0.0, epoch_seconds: float = 0.0) -> tuple[float, float]:
+    """Learning rate at the start and end of `epoch`: gensim's linear decay over the run.
+
+    The run's progress is its share of the epochs or, under a time budget of `budget` seconds
+    (`elapsed` of them spent), its share of the wall clock, the epoch assumed to take as long as
+    the last one (`epoch_seconds`): whichever is further. A time budget alone sets `epochs` to an
+    unreachable count, over which the rate would never decay."""
+    def progress(epochs_done: int, seconds: float) -> float:
+        share = epochs_done / epochs
+        return min(1.0, max(share, seconds / budget) if budget > 0 else share)
+
+    def at(fraction: float) -> float:
+        return alpha - (alpha - min_alpha) * fraction
+    return at(progress(epoch, elapsed)), at(progress(epoch + 1, elapsed + epoch_seconds))
 
 
 def embedding_matrix(wv: KeyedVectors, keys: list[str | None],
@@ -306,11 +316,12 @@ class Word2Vec(Objective):
         """One gensim `train()` per epoch, one metrics line per epoch (see the module docstring).
         `loss` is the epoch's summed negative-sampling loss per trained (kept) word."""
         opts, tokens, elapsed, stopped_by = self.options, 0, 0.0, "steps"
-        loss = float("nan")
+        loss, took = float("nan"), 0.0
         with open(metrics_path, "w") as metrics, tqdm(total=epochs, desc="word2vec", unit="epoch",
                                                         disable=not progress) as bar:
             for epoch in range(epochs):
-                start_alpha, end_alpha = epoch_alphas(opts.alpha, opts.min_alpha, epochs, epoch)
+                start_alpha, end_alpha = epoch_alphas(opts.alpha, opts.min_alpha, epochs, epoch, elapsed=elapsed,
+                                                      budget=max_minutes * 60, epoch_seconds=took)
                 start = time.perf_counter()
                 trained, raw = model.train(sentences, total_examples=model.corpus_count, epochs=1,
                                            start_alpha=start_alpha, end_alpha=end_alpha, compute_loss=True)

@@ -203,6 +203,9 @@ class Trainer:
         self.loss_weight = loss_weight
         self.step, self.tokens, self.elapsed, self.bad_steps = 0, 0, 0.0, 0
         self.examples = 0
+        # what the next metrics line averages (values since the last line, their tokens and
+        # time); checkpointed, so a resumed run logs the lines an uninterrupted one would
+        self.window: dict[str, Any] = {"values": {}, "tokens": 0, "seconds": 0.0}
         """Examples consumed by all processes together: the data position, whatever the split."""
         self._saved_step = -1
 
@@ -210,7 +213,7 @@ class Trainer:
     def state(self) -> dict[str, Any]:
         return {"step": self.step, "tokens": self.tokens, "elapsed_s": self.elapsed,
                 "batches_consumed": self.step * self.cfg.grad_accum, "examples": self.examples,
-                "world_size": self.world}
+                "world_size": self.world, "metrics_window": self.window}
 
     def skip_batches(self) -> int:
         """Batches this process's sampler skips to continue the data stream where it stopped
@@ -225,6 +228,7 @@ class Trainer:
         state = load_checkpoint(path, self.model, self.optimizer, self.dist)
         self.step, self.tokens, self.elapsed = state["step"], state["tokens"], state["elapsed_s"]
         self.examples = state.get("examples", state.get("batches_consumed", 0) * self.cfg.batch_size)
+        self.window = state.get("metrics_window", self.window)
         self._saved_step = self.step
         if self.is_main:
             remove_partial_checkpoints(self.run)
@@ -364,8 +368,7 @@ class Trainer:
         metrics_file = open(self.run / "metrics.jsonl" if self.is_main else os.devnull, "a")
         bar = tqdm(total=None if cfg.time_bound else cfg.steps, initial=self.step, desc="train", unit="step",
                    disable=not self.progress, dynamic_ncols=True, mininterval=1.0)
-        window: dict[str, list[float]] = {}  # key -> finite values since the last line
-        window_tokens, window_time = 0, 0.0
+        window = self.window
         stopped_by = "steps"
         with _StopRequest() as stop:
             while self.step < cfg.steps:
@@ -379,21 +382,21 @@ class Trainer:
                 self.step += 1
                 self.tokens += tokens
                 self.elapsed += took
-                window_tokens += tokens
-                window_time += took
+                window["tokens"] += tokens
+                window["seconds"] += took
                 for key, value in {"loss": loss, **extras}.items():
                     if math.isfinite(value):  # a skipped step's NaN would poison the average
-                        window.setdefault(key, []).append(value)
+                        window["values"].setdefault(key, []).append(value)
                 if self.bad_steps >= cfg.max_bad_steps:
                     self._give_up(metrics_file, bar)
                 line: dict[str, Any] = {}
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    line = {k: sum(v) / len(v) for k, v in window.items()}
+                    line = {k: sum(v) / len(v) for k, v in window["values"].items()}
                     line.update(step=self.step, tokens=self.tokens,
-                                tokens_per_s=window_tokens / max(window_time, 1e-9),
+                                tokens_per_s=window["tokens"] / max(window["seconds"], 1e-9),
                                 elapsed_s=round(self.elapsed, 3))
                     bar.set_postfix(loss=f"{line.get('loss', math.nan):.3f}", tok_s=f"{line['tokens_per_s']:.0f}")
-                    window, window_tokens, window_time = {}, 0, 0.0
+                    window = self.window = {"values": {}, "tokens": 0, "seconds": 0.0}
                 if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
                     val = self.evaluate()
                     if val is not None:

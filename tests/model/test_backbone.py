@@ -167,7 +167,7 @@ def _select(batch: int = 3, length: int = L, seed: int = 1) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
-@pytest.mark.parametrize("form", ["none", "padding", "causal", "full-mask"])
+@pytest.mark.parametrize("form", ["none", "padding", "causal", "full-mask", "shared-2d", "per-head-4d"])
 def test_selected_rows_equal_the_full_encoding(layout: str, form: str) -> None:
     model, x, select = make(layout), ids(batch=3), _select()
     kwargs: dict = {}
@@ -179,6 +179,11 @@ def test_selected_rows_equal_the_full_encoding(layout: str, form: str) -> None:
         kwargs["is_causal"] = True
     elif form == "full-mask":
         kwargs["attn_mask"] = torch.from_numpy(np.stack([masks.prefix(L, p) for p in (3, 6, 9)]))
+    elif form == "shared-2d":  # one (Lq, Lk) mask for every sequence
+        kwargs["attn_mask"] = torch.from_numpy(masks.prefix(L, 5))
+    elif form == "per-head-4d":  # (B, heads, Lq, Lk): each head its own triangle offset
+        triangles = [torch.ones(L, L, dtype=torch.bool).tril(h) for h in range(model.cfg.heads)]
+        kwargs["attn_mask"] = torch.stack(triangles)[None].expand(3, -1, -1, -1)
     with torch.no_grad():
         full = model.encode(x, **kwargs)[select]
         rows = model.encode(x, select=select, **kwargs)

@@ -52,6 +52,20 @@ def test_sentences_are_framed_and_labels_point_both_ways(vocab: Vocab) -> None:
     assert ex["backward_labels"].tolist() == [IGNORE, *ex["input_ids"][:-1]]
 
 
+@pytest.mark.parametrize("start", range(1, 14))
+def test_a_sentence_start_near_the_cut_leaves_no_empty_frame(vocab: Vocab, start: int) -> None:
+    objective = get_objective("elmo")(vocab, 16)
+    window = Window(tokens=np.arange(100, 114), sentence_starts=np.array([0, start]),
+                    document_starts=np.array([0]))
+    framed = objective.make_example(window, np.random.default_rng(0))["input_ids"].tolist()
+    bos, eos = vocab.special.bos, vocab.special.eos
+    assert len(framed) == 16 and framed[0] == bos and framed[-1] == eos
+    pairs = [framed[i:i + 2] for i in range(len(framed) - 1)]
+    assert [eos, eos] not in pairs and [bos, eos] not in pairs  # no empty sentence, no double end
+    if start + 2 < 14:  # room for the pair and a token of the sentence: the boundary is kept
+        assert framed[start + 1:start + 3] == [eos, bos] and framed[start + 3] == 100 + start
+
+
 @pytest.mark.parametrize("m", [0, 5, L - 1])
 def test_each_direction_sees_only_its_side(m: int) -> None:
     """Forward position k predicts token k+1, so it may depend on tokens <= k only; backward

@@ -59,6 +59,17 @@ def test_learning_rate_decays_linearly_across_epochs() -> None:
     assert all(a[1] == pytest.approx(b[0]) for a, b in zip(spans, spans[1:]))
 
 
+def test_under_a_time_budget_the_learning_rate_decays_over_the_wall_clock() -> None:
+    """`--max-minutes` alone: epochs are unbounded, the clock is the run's progress."""
+    epochs = 10**8
+    first = epoch_alphas(0.025, 1e-4, epochs, 0, budget=60.0)
+    halfway = epoch_alphas(0.025, 1e-4, epochs, 5, elapsed=30.0, budget=60.0, epoch_seconds=6.0)
+    last = epoch_alphas(0.025, 1e-4, epochs, 9, elapsed=58.0, budget=60.0, epoch_seconds=6.0)
+    assert first[0] == 0.025
+    assert halfway == (pytest.approx(0.025 - 0.0249 * 0.5), pytest.approx(0.025 - 0.0249 * 0.6))
+    assert last[1] == pytest.approx(1e-4)  # the epoch the clock ends in ends at min_alpha
+
+
 def test_bad_options_are_user_errors(vocab: Vocab) -> None:
     with pytest.raises(UserError, match="mode"):
         get_objective("word2vec")(vocab, 64, {"mode": "glove"})

@@ -72,6 +72,23 @@ def test_resume_continues_bit_exactly(objective: str, data: Path, tmp_path: Path
     assert a == b, "a resumed run repeats the uninterrupted one exactly"
 
 
+def test_a_run_resumed_between_metrics_lines_logs_what_it_would_have(data: Path, tmp_path: Path) -> None:
+    """Killed after the step-4 checkpoint with lines every 3 steps: the step-6 line still
+    averages steps 4-6, not only the steps since the resume."""
+    settings = {"log_every": 3, "save_every": 4, "keep_checkpoints": 5}
+    full = tmp_path / "full"
+    pretrain(small_spec("mlm", data, full, **settings))
+    crashed = tmp_path / "crashed"
+    shutil.copytree(full, crashed, symlinks=True)
+    for later in ("step-000008", "step-000012"):
+        shutil.rmtree(crashed / "checkpoints" / later)
+    (crashed / "checkpoint").unlink()  # it pointed at step 12: the step-4 checkpoint is the latest
+    spec = small_spec("mlm", data, crashed, **settings)
+    spec.resume = True
+    pretrain(spec)
+    assert losses(crashed) == losses(full) and sorted(losses(full)) == [3, 6, 9, 12]
+
+
 def test_checkpoint_round_trip_restores_optimizer_and_rng(tmp_path: Path) -> None:
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
     opt = make_optimizer(model, TrainConfig())
