@@ -164,7 +164,8 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
                    help="layer-wise learning-rate decay, e.g. 0.8 (default 1: off)")
     p.add_argument("--select-fraction", type=float,
                    help="pick the best epoch (and learning rate) on this held-out share of the "
-                        "training examples, then score dev once (default 0: pick on dev)")
+                        "training examples, then score dev once (default: 0, pick on dev, for one "
+                        "--lr; 0.1 for a search over several rates)")
     p.add_argument("--epochs", type=int, help="default 3")
     p.add_argument("--min-steps", type=int, help="at least this many optimizer steps: more epochs "
                    "for small data (default 0)")

@@ -45,12 +45,24 @@ class Backbone:
         return "mean" if architecture in ("lstm", "shallow", "encoder_decoder") else "first"
 
 
-def read_run_config(run: Path) -> dict[str, Any]:
+def read_run_config(run: Path, flag: str = "--run") -> dict[str, Any]:
+    """A run directory's config.yaml; `flag` names the option that pointed at `run` (finetune's
+    --init, evaluate's and generate's --run), so the fix names what the user typed."""
     path = run / "config.yaml"
     if not path.is_file():
-        raise UserError("not a ptmkit run (no config.yaml)", str(run),
-                        "point --init at a directory written by `ptmkit pretrain`, or use scratch")
+        fix = ("point --init at a directory written by `ptmkit pretrain`, or use scratch" if flag == "--init"
+               else f"point {flag} at a directory written by `ptmkit finetune` or `ptmkit pretrain`")
+        raise UserError("not a ptmkit run (no config.yaml)", str(run), fix)
     return yaml.safe_load(path.read_text())
+
+
+def check_max_length(max_length: int, cfg: ModelConfig, architecture: str) -> None:
+    """Refuse a --max-length the model has no position for, before anything is written: longer
+    inputs would index past the learned position table (an IndexError mid-training). A biLSTM
+    (ELMo) has no such table and reads any length."""
+    if architecture != "lstm" and max_length > cfg.max_positions:
+        raise UserError(f"--max-length {max_length} exceeds the model's {cfg.max_positions} positions",
+                        "--max-length", f"use at most {cfg.max_positions}")
 
 
 def load_backbone(init: str, *, tokenizer_dir: Path | None = None, model: str | dict = "tiny",
@@ -67,9 +79,10 @@ def load_backbone(init: str, *, tokenizer_dir: Path | None = None, model: str | 
         objective = get_objective(scratch_objective)(_vocab(tokenizer), max_length)
         cfg = resolve_model_config(model, vocab_size=tokenizer.vocab_size, layout=objective.layout,
                                    encoder_decoder=objective.architecture == "encoder_decoder")
+        check_max_length(max_length, cfg, objective.architecture)
         return Backbone(objective.build_model(cfg), objective, scratch_objective, cfg, tokenizer, "scratch")
     run = Path(init)
-    config = read_run_config(run)
+    config = read_run_config(run, "--init")
     if config.get("kind") != "pretrain":
         raise UserError(f"--init needs a pre-training run, this one is a {config.get('kind')} run",
                         str(run), "point --init at a `ptmkit pretrain` output")
@@ -80,6 +93,7 @@ def load_backbone(init: str, *, tokenizer_dir: Path | None = None, model: str | 
     name = config["objective"]
     objective = get_objective(name)(_vocab(tokenizer), max_length, config.get("objective_options") or {})
     cfg = ModelConfig.from_dict(config["model"], str(run / "config.yaml"))
+    check_max_length(max_length, cfg, objective.architecture)
     return Backbone(objective.load_pretrained(run, cfg), objective, name, cfg, tokenizer, str(run))
 
 
@@ -89,11 +103,9 @@ def _hf_backbone(init: str, tokenizer_dir: Path | None, max_length: int) -> Back
     if tokenizer_dir is not None and Tokenizer.load(tokenizer_dir).sha256() != imported.tokenizer.sha256():
         raise UserError("--tokenizer differs from the Hugging Face model's tokenizer", str(tokenizer_dir),
                         "drop --tokenizer: the imported model brings its own")
-    if max_length > imported.model_cfg.max_positions:
-        raise UserError(f"--max-length {max_length} exceeds the model's {imported.model_cfg.max_positions} positions",
-                        "--max-length", f"use at most {imported.model_cfg.max_positions}")
     name = FINETUNE_OBJECTIVE[imported.family]
     objective = get_objective(name)(_vocab(imported.tokenizer), max_length)
+    check_max_length(max_length, imported.model_cfg, objective.architecture)
     return Backbone(network.train(), objective, name, imported.model_cfg, imported.tokenizer, init)
 
 

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import shutil
 import warnings
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import yaml
 from tqdm import tqdm
 
 import ptmkit
-from ptmkit.errors import UserError
+from ptmkit.errors import RunStopped, UserError
 from ptmkit.finetuning.data import glue_files, glue_spec, label_budget
 from ptmkit.finetuning.layer_decay import layerwise_scales
 from ptmkit.finetuning.model import Backbone, TaskModel, load_backbone, read_run_config
@@ -67,9 +68,11 @@ class FinetuneSpec:
     `dev_fraction` instead). Over all folds every example is scored once, so a small task's
     score no longer hangs on which few examples one split happened to hold out."""
     fold: int = 0
-    select_fraction: float = 0.0
+    select_fraction: float | None = None
     """Hold out this share of the (budgeted) training examples to pick the best epoch, then score
-    the dev set once with that model; 0 picks the epoch on the dev set itself."""
+    the dev set once with that model; 0 picks the epoch on the dev set itself. None (not set): 0
+    for one learning rate, `search.SEARCH_SELECT_FRACTION` for a search over several, so the
+    dev set never picks a rate unless asked to."""
     epochs: int = 3
     min_steps: int = 0
     """Train at least this many optimizer steps, adding epochs when the data is small (a
@@ -141,6 +144,9 @@ def _prepare(spec: FinetuneSpec) -> _Prepared:
     task = get_task(task_name)(task_spec, backbone.tokenizer, backbone.pooling, token_types=False)
     task.bind(backbone)
     train_path, dev_paths = task.resolve_files(train_path, dev_paths)
+    if spec.cv_folds and dev_paths:  # the folds would be cut and then ignored: dev would be scored
+        raise UserError(f"--cv-folds {spec.cv_folds} scores folds of the training data, but there is a dev set "
+                        f"({dev_paths[0]})", "--cv-folds", "drop --dev (or --cv-folds) to use one of them")
     train_records = task.read(train_path)
     if dev_paths:
         dev_records = task.read(dev_paths[0])
@@ -150,6 +156,9 @@ def _prepare(spec: FinetuneSpec) -> _Prepared:
     else:  # no dev file: hold out a stratified, seeded slice of the training data
         task.fit_labels(train_records)
         n_dev = max(1, round(spec.dev_fraction * len(train_records)))
+        if n_dev >= len(train_records):
+            raise UserError(f"--dev-fraction {spec.dev_fraction} of {len(train_records)} training examples "
+                            "leaves none to train on", train_path, "add training examples or pass --dev FILE")
         train_records, dev_records = _split_off(task, train_records, train_path, n_dev, spec.seed + 1)
     task.fit_labels(train_records)
     n_available = len(train_records)
@@ -161,19 +170,20 @@ def _prepare(spec: FinetuneSpec) -> _Prepared:
         keep = label_budget(keys, spec.max_train_examples, spec.seed, stratified)
         train_records = [train_records[i] for i in keep]
     select = None
-    if spec.select_fraction > 0:
+    if spec.select_fraction:
         train_records, select_records = _hold_out(task, train_records, train_path, spec)
         select = task.encode(select_records, train_path)
     train = task.encode(train_records, train_path)
+    if not train:  # e.g. a keyphrase archive whose documents all lack keys: nothing to take a step on
+        raise UserError("no training examples", train_path, "check --train and the fields it is read with")
     dev = task.encode(dev_records, dev_paths[0] if dev_paths else train_path)
     return _Prepared(task, backbone, train, dev, [item["target"].tolist() for item in dev], n_available, select)
 
 
 def _hold_out(task: Task, records: list, path: str, spec: FinetuneSpec) -> tuple[list, list]:
-    """(train, selection): a stratified, seeded slice of the training examples picks the epoch."""
-    if not 0 < spec.select_fraction < 1:
-        raise UserError(f"--select-fraction {spec.select_fraction} is not a share", "--select-fraction",
-                        "use a number between 0 and 1, e.g. 0.1")
+    """(train, selection): a stratified, seeded slice of the training examples picks the epoch
+    (`check_options` has checked that select_fraction is a share)."""
+    assert spec.select_fraction is not None
     n_select = round(spec.select_fraction * len(records))
     if n_select < 1 or n_select >= len(records):
         raise UserError(f"--select-fraction {spec.select_fraction} of {len(records)} training examples "
@@ -185,11 +195,7 @@ def _hold_out(task: Task, records: list, path: str, spec: FinetuneSpec) -> tuple
 def _fold(task: Task, records: list, path: str, spec: FinetuneSpec) -> tuple[list, list]:
     """(the other folds, fold `spec.fold`) of a seeded k-fold partition, stratified by class."""
     from sklearn.model_selection import KFold, StratifiedKFold
-    if spec.cv_folds < 2:
-        raise UserError(f"--cv-folds {spec.cv_folds}: cross-validation needs at least 2 folds", "--cv-folds",
-                        "use 2 or more, or 0 for a held-out --dev-fraction")
-    if not 0 <= spec.fold < spec.cv_folds:
-        raise UserError(f"fold {spec.fold} of {spec.cv_folds}", "--fold", f"use 0 to {spec.cv_folds - 1}")
+    _check_folds(spec)
     keys, stratified = stratify_key(task, task.targets(records, path))
     splitter = (StratifiedKFold if stratified else KFold)(spec.cv_folds, shuffle=True, random_state=spec.seed + 1)
     try:
@@ -198,6 +204,19 @@ def _fold(task: Task, records: list, path: str, spec: FinetuneSpec) -> tuple[lis
         raise UserError(f"{spec.cv_folds} folds of {len(records)} examples: {error}", "--cv-folds",
                         "use fewer folds (each class needs at least one example per fold)") from None
     return _partition(records, dev)
+
+
+def _check_folds(spec: FinetuneSpec) -> None:
+    """--cv-folds K needs K >= 2 and a --fold in 0..K-1; a --fold without --cv-folds would be ignored."""
+    if spec.cv_folds:
+        if spec.cv_folds < 2:
+            raise UserError(f"--cv-folds {spec.cv_folds}: cross-validation needs at least 2 folds", "--cv-folds",
+                            "use 2 or more, or 0 for a held-out --dev-fraction")
+        if not 0 <= spec.fold < spec.cv_folds:
+            raise UserError(f"fold {spec.fold} of {spec.cv_folds}", "--fold", f"use 0 to {spec.cv_folds - 1}")
+    elif spec.fold:
+        raise UserError(f"--fold {spec.fold} without --cv-folds", "--fold",
+                        "pass --cv-folds K as well, or drop --fold")
 
 
 def _split_off(task: Task, records: list, path: str, n: int, seed: int) -> tuple[list, list]:
@@ -214,34 +233,87 @@ def _partition(records: list, indices: np.ndarray) -> tuple[list, list]:
 
 
 def check_finetune_out(spec: FinetuneSpec) -> None:
-    """--out must be new or empty, or an interrupted run with --resume, or replaced on purpose."""
+    """--out must be new or empty, or an interrupted run with --resume, or replaced on purpose
+    (and then hold none of the run's own inputs, which --overwrite would delete)."""
     if spec.resume:
         if latest_checkpoint(spec.out) is None:
             raise UserError("nothing to resume", str(spec.out),
                             "drop --resume, or point --out at an interrupted fine-tuning run")
-    else:
-        check_run_dir(spec.out, resume=False, overwrite=spec.overwrite)
+        return
+    check_run_dir(spec.out, resume=False, overwrite=spec.overwrite)
+    if spec.overwrite and spec.out.is_dir():
+        inside = [path for path in _input_paths(spec) if path.exists() and _within(path, spec.out)]
+        if inside:
+            raise UserError(f"--overwrite would delete {inside[0]}, which this run reads", str(spec.out),
+                            "choose an --out that holds none of --init, --tokenizer and the data files")
 
 
-def finetune(spec: FinetuneSpec) -> dict[str, Any]:
-    """Fine-tune, keep the best epoch (picked on dev or the held-out slice), write the run;
-    returns eval.json's content."""
-    keep_freed_memory()
-    check_finetune_out(spec)
+def _input_paths(spec: FinetuneSpec) -> list[Path]:
+    """What the run reads from disk: --init (a run or hf:DIR), --tokenizer, --data-dir, and each
+    file of --train/--dev (SRC,TGT pairs split at the comma, a keyphrase ZIP:part at the colon)."""
+    values = [spec.init.removeprefix("hf:") if spec.init != "scratch" else None, spec.tokenizer, spec.data_dir]
+    for data in (spec.train, spec.dev):
+        for part in (data.split(",") if data else []):
+            values += [part, part.rsplit(":", 1)[0]]
+    return [Path(value) for value in values if value]
+
+
+def _within(path: Path, directory: Path) -> bool:
+    """`path` is `directory` or lies under it, as written (a symlink inside would be deleted) or
+    resolved (the same place reached through another name)."""
+    return (Path(os.path.abspath(path)).is_relative_to(os.path.abspath(directory))
+            or path.resolve().is_relative_to(directory.resolve()))
+
+
+def check_options(spec: FinetuneSpec) -> None:
+    """The options that need no file, checked before any is read or written."""
     if not 0 < spec.layer_decay <= 1:
         raise UserError(f"--layer-decay {spec.layer_decay} is not in (0, 1]", "--layer-decay",
                         "use e.g. 0.8 (lower layers learn slower) or 1 (off)")
     if spec.epochs < 1 or spec.batch_size < 1 or spec.lr <= 0:
         raise UserError("epochs, batch size and learning rate must be positive", "--epochs/--batch-size/--lr",
                         "e.g. --epochs 3 --batch-size 32 --lr 5e-5")
+    if not 0 < spec.dev_fraction < 1:  # 0 or less used to hold out 1 example, 1 or more every one
+        raise UserError(f"--dev-fraction {spec.dev_fraction} is not a share", "--dev-fraction",
+                        "use a number between 0 and 1, e.g. 0.1")
+    if spec.max_train_examples is not None and spec.max_train_examples < 1:
+        raise UserError(f"--max-train-examples {spec.max_train_examples} leaves nothing to train on",
+                        "--max-train-examples", "use 1 or more, or drop it to train on every example")
+    if not spec.task.startswith("glue:") and not (
+            spec.text_fields and all(isinstance(f, str) and f.strip() for f in spec.text_fields)):
+        raise UserError(f"no text field named in {spec.text_fields!r}", "--text-fields",
+                        "name one field, or two comma-separated for pairs, e.g. --text-fields sentence")
+    if spec.select_fraction is not None and not 0 <= spec.select_fraction < 1:
+        raise UserError(f"--select-fraction {spec.select_fraction} is not a share", "--select-fraction",
+                        "use a number between 0 and 1, e.g. 0.1 (0: pick on dev)")
+    _check_folds(spec)
+
+
+def check_finetune(spec: FinetuneSpec) -> _Prepared:
+    """Every check `finetune` makes before it touches --out: the options, --out itself, then the
+    inputs, read and encoded and the backbone built; a learning-rate search runs it before it
+    replaces an earlier run."""
+    check_finetune_out(spec)
+    check_options(spec)
     torch.manual_seed(spec.seed)  # a scratch backbone is initialised inside _prepare
-    prepared = _prepare(spec)  # every input error surfaces before the run directory is touched
+    return _prepare(spec)
+
+
+def finetune(spec: FinetuneSpec) -> dict[str, Any]:
+    """Fine-tune, keep the best epoch (picked on dev or the held-out slice), write the run;
+    returns eval.json's content."""
+    keep_freed_memory()
+    if spec.select_fraction is None:  # one rate: the dev set picks the epoch unless asked otherwise
+        spec = dataclasses.replace(spec, select_fraction=0.0)
+    prepared = check_finetune(spec)  # every input error surfaces before the run directory is touched
     if spec.overwrite and spec.out.is_dir() and not spec.resume:
         shutil.rmtree(spec.out)
     spec.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(spec.seed)
     model = TaskModel(prepared.backbone, prepared.task, freeze=spec.freeze, freeze_embeddings=spec.freeze_embeddings)
     best, history = _train(model, prepared, spec)
+    if "state" not in best:
+        raise _no_finite_score(spec, prepared, history)
     model.load_state_dict(best["state"])
     metrics = best["metrics"]
     if prepared.select is not None:  # the epoch was picked on held-out training data: score dev once
@@ -257,6 +329,20 @@ def finetune(spec: FinetuneSpec) -> dict[str, Any]:
     _write_json(spec.out / "eval.json", result)
     remove_checkpoints(spec.out)  # finished: the epoch checkpoints have served their purpose
     return result
+
+
+def _no_finite_score(spec: FinetuneSpec, prepared: _Prepared, history: list[dict]) -> RunStopped:
+    """Every epoch scored NaN (or inf), so none can be kept: a diverged loss, or targets the
+    metric is undefined on (e.g. constant dev scores for pearson). The run directory stays, with
+    its metrics.jsonl to look at."""
+    metric = prepared.task.main_metric
+    scored = "the held-out --select-fraction slice" if prepared.select is not None else "the dev set"
+    if not all(np.isfinite(line["loss"]) for line in history):
+        fix = "the training loss diverged: lower --lr"
+    else:
+        fix = f"check its targets ({metric} is undefined when, e.g., they are all equal), or lower --lr"
+    return RunStopped(f"no epoch scored a finite {metric} on {scored}, so there is no best epoch to keep",
+                      str(spec.out), fix)
 
 
 def _batches(items: list, batch_size: int, rng: np.random.Generator | None) -> list[list]:
@@ -308,7 +394,7 @@ def _train(model: TaskModel, prepared: _Prepared, spec: FinetuneSpec) -> tuple[d
         metrics_file.flush()
         history.append(line)
         score = metrics[task.main_metric]
-        if score > best["score"]:
+        if np.isfinite(score) and score > best["score"]:  # a NaN (or inf) epoch is never the best one
             best = {"score": score, "epoch": epoch, "metrics": metrics,
                     "state": copy.deepcopy(model.state_dict())}
             stale = 0
@@ -393,7 +479,7 @@ def _write_config(spec: FinetuneSpec, prepared: _Prepared) -> None:
 
 def load_finetuned(run: Path) -> tuple[TaskModel, Task, dict[str, Any]]:
     """Rebuild a fine-tuned model (backbone + head) from its run directory."""
-    config = read_run_config(run)
+    config = read_run_config(run, "--run")
     if config.get("kind") != "finetune":
         raise UserError("not a fine-tuned run", str(run), "point --run at a `ptmkit finetune` output")
     tokenizer = Tokenizer.load(run / "tokenizer")
@@ -412,14 +498,54 @@ def load_finetuned(run: Path) -> tuple[TaskModel, Task, dict[str, Any]]:
 
 def evaluate(run: Path, data: str, out: Path | None = None, batch_size: int = 64) -> dict[str, Any]:
     """Score a fine-tuned run on any file of its task's format."""
+    if out is not None:
+        _check_out_file(out)
     model, task, _ = load_finetuned(run)
-    records = task.read(data)
-    items = task.encode(records, data)
+    try:
+        records = task.read(data)
+        items = task.encode(records, data)
+    except UserError as err:
+        raise _as_evaluate_error(err, task) from None
     metrics = evaluate_items(model, task, items, [item["target"].tolist() for item in items], batch_size)
     result = {**metrics, "examples": len(items), "data": data}
     if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
         _write_json(out, result)
     return result
+
+
+def _check_out_file(out: Path) -> None:
+    """evaluate --out is a file to (over)write: refuse a directory, or a path through a file,
+    before the evaluation rather than with a traceback after it. Missing folders are made when
+    the result is written, so a failed evaluation leaves none behind."""
+    if out.is_dir():
+        raise UserError("--out is a directory", str(out), "name a JSON file, e.g. --out metrics.json")
+    above = out.parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        raise UserError(f"{above} is a file, not a folder", str(out), "name a JSON file in a folder for --out")
+
+
+_FIELD_FLAGS = {"--text-fields": ("text_fields", "text field(s)"), "--label-field": ("label_field", "label field"),
+                "--source-field": ("source_field", "source field"), "--target-field": ("target_field", "target field")}
+
+
+def _as_evaluate_error(err: UserError, task: Task) -> UserError:
+    """The task's readers name the `finetune` flag that chose a field; evaluate has no such flag
+    (the run fixed its fields when it was fine-tuned), so name the field the run reads instead."""
+    flag = next((f for f in _FIELD_FLAGS if f in err.fix), None)
+    if flag is None:
+        return err
+    attribute, name = _FIELD_FLAGS[flag]
+    value = getattr(task.spec, attribute)
+    value = ", ".join(map(repr, value)) if isinstance(value, list) else repr(value)
+    available = re.search(r"one of: (.*)$", err.fix)
+    if available:  # a field the data lacks
+        fix = f"--data needs this run's {name} {value} (fixed when it was fine-tuned); it has: {available.group(1)}"
+    else:  # a field with bad values
+        fix = err.fix.replace(flag, f"{name} {value}")
+    return type(err)(err.what, err.where, fix)
 
 
 def _write_json(path: Path, value: dict[str, Any]) -> None:

@@ -2,7 +2,9 @@
 
 OUT/search/lr-<rate>/ holds each run; the winner's files are copied to OUT, so `evaluate --run
 OUT` and `generate` use it like any fine-tuned run, and OUT/eval.json lists every rate's scores.
-With a selection slice (`select_fraction` > 0) the dev set plays no part in any choice.
+With a selection slice (`select_fraction` > 0) the dev set plays no part in any choice; a search
+that was given no `select_fraction` holds out SEARCH_SELECT_FRACTION (an explicit 0 lets dev pick,
+with a warning that its score is then optimistic).
 """
 
 from __future__ import annotations
@@ -10,13 +12,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import warnings
 from typing import Any
 
-from ptmkit.errors import UserError
+from ptmkit.errors import RunStopped, UserError
 from ptmkit.fileio import copy_items
-from ptmkit.finetuning.run import FinetuneSpec, check_finetune_out, finetune
+from ptmkit.finetuning.run import FinetuneSpec, check_finetune, check_finetune_out, finetune
 
 RUN_FILES = ("config.yaml", "model.safetensors", "tokenizer", "metrics.jsonl")
+
+SEARCH_SELECT_FRACTION = 0.1
+"""The share of the training examples a search holds out to pick the rate (and epoch) when no
+select_fraction is given: the README's example and the `budget` recipe's value. Picking the
+rate on dev would report the best of several dev scores as if it were one."""
 
 
 def finetune_search(spec: FinetuneSpec, rates: list[float]) -> dict[str, Any]:
@@ -25,20 +33,38 @@ def finetune_search(spec: FinetuneSpec, rates: list[float]) -> dict[str, Any]:
         raise UserError(f"learning rates must be positive, not {rates}", "--lr", "e.g. --lr 1e-4,5e-4")
     if len(rates) == 1:
         return finetune(dataclasses.replace(spec, lr=rates[0]))
+    if spec.select_fraction is None:
+        spec = dataclasses.replace(spec, select_fraction=SEARCH_SELECT_FRACTION)
+    elif spec.select_fraction == 0:
+        warnings.warn(f"select_fraction 0: the dev set picks among {len(rates)} learning rates, so the "
+                      "reported dev score is the best of several and optimistic", stacklevel=2)
     check_finetune_out(spec)
-    if spec.overwrite and spec.out.is_dir():
+    if spec.overwrite and spec.out.is_dir() and any(spec.out.iterdir()):
+        # replace the earlier run only once this one's input is known to be good (a typo in
+        # --train must not cost it): the same checks a single fine-tuning makes before writing
+        check_finetune(dataclasses.replace(spec, lr=rates[0]))
         shutil.rmtree(spec.out)
-    tried = []
+    tried: list[dict[str, Any]] = []
     for rate in rates:
         run = spec.out / "search" / f"lr-{rate:g}"
-        result = finetune(dataclasses.replace(spec, lr=rate, out=run, overwrite=True, resume=False))
+        try:
+            result = finetune(dataclasses.replace(spec, lr=rate, out=run, overwrite=True, resume=False))
+        except RunStopped as err:  # e.g. a rate too high diverged: the others may still be good
+            warnings.warn(f"--lr {rate:g} left out of the search: {err}", stacklevel=2)
+            tried.append({"lr": rate, "stopped": str(err)})
+            continue
         tried.append({"lr": rate, "result": result})
-    key = selection_key(tried[0]["result"])
-    best = max(tried, key=lambda t: t["result"][key])  # the first of equal scores: lists order ties
+    finished = [t for t in tried if "result" in t]
+    if not finished:
+        raise RunStopped(f"every learning rate stopped, {rates[0]:g}: {tried[0]['stopped']}", str(spec.out),
+                         "lower --lr, or check the data")
+    key = selection_key(finished[0]["result"])
+    best = max(finished, key=lambda t: t["result"][key])  # the first of equal scores: lists order ties
     copy_items(spec.out / "search" / f"lr-{best['lr']:g}", spec.out, RUN_FILES)
     result = {**best["result"], "lr": best["lr"], "selected_by": key,
               "search": [{"lr": t["lr"], key: t["result"][key],
-                          t["result"]["main_metric"]: t["result"][t["result"]["main_metric"]]} for t in tried]}
+                          t["result"]["main_metric"]: t["result"][t["result"]["main_metric"]]}
+                         if "result" in t else t for t in tried]}
     (spec.out / "eval.json").write_text(json.dumps(result, indent=2))
     return result
 

@@ -1,0 +1,242 @@
+"""Fine-tuning's input checks: bad options, outputs and scores fail with one UserError, before
+--out is created, replaced or emptied; evaluate names its own flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import ptmkit.finetuning.run as run_module
+import ptmkit.finetuning.search as search_module
+from ptmkit.cli import main
+from ptmkit.data.tokenizer import Tokenizer
+from ptmkit.errors import RunStopped, UserError
+from ptmkit.finetuning.run import evaluate, finetune
+from ptmkit.finetuning.search import SEARCH_SELECT_FRACTION, finetune_search
+from ptmkit.model.config import resolve_model_config
+from ptmkit.objectives import get_objective
+from ptmkit.objectives.base import Vocab
+from ptmkit.train.checkpoint import atomic_save_model
+
+KEEP = b"an earlier run's weights\n"
+RUN_PARTS = ("config.yaml", "model.safetensors", "metrics.jsonl", "eval.json")
+
+
+def _earlier_run(out: Path) -> None:
+    """A directory that looks like a finished run: --overwrite must not destroy it on bad input."""
+    out.mkdir(parents=True)
+    for part in RUN_PARTS:
+        (out / part).write_bytes(KEEP)
+
+
+def _untouched(out: Path) -> bool:
+    return sorted(p.name for p in out.iterdir()) == sorted(RUN_PARTS) and all(
+        (out / part).read_bytes() == KEEP for part in RUN_PARTS)
+
+
+def _pretrain_run(root: Path, tokenizer: Path, max_positions: int) -> Path:
+    """A `ptmkit pretrain` run directory holding a fresh tiny MLM with `max_positions` positions."""
+    tok = Tokenizer.load(tokenizer)
+    objective = get_objective("mlm")(Vocab.of(tok), 16)
+    cfg = resolve_model_config("tiny", vocab_size=tok.vocab_size, layout=objective.layout, max_positions=max_positions)
+    run = root / "pre"
+    run.mkdir(parents=True)
+    atomic_save_model(objective.build_model(cfg), run / "model.safetensors")
+    tok.save(run / "tokenizer")
+    config = {"kind": "pretrain", "objective": "mlm", "objective_options": dataclasses.asdict(objective.options),
+              "model": cfg.to_dict(), "train": {"seq_len": 16}}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    return run
+
+
+# ---- 1. no finite score ------------------------------------------------------------------
+def _scores(monkeypatch: pytest.MonkeyPatch, per_epoch: list[float]) -> None:
+    """Make the epochs score `per_epoch` (accuracy), one value per call, the last one repeating."""
+    real, calls = run_module.evaluate_items, []
+
+    def fake(model, task, items, targets, batch_size):
+        metrics = real(model, task, items, targets, batch_size)
+        calls.append(1)
+        return {**metrics, "accuracy": per_epoch[min(len(calls), len(per_epoch)) - 1]}
+    monkeypatch.setattr(run_module, "evaluate_items", fake)
+
+
+def test_no_finite_score_stops_with_a_user_error(keyword_task, keyword_spec, tmp_path, monkeypatch) -> None:
+    """NaN is never > -inf: no epoch was stored and load_state_dict raised KeyError('state')."""
+    _scores(monkeypatch, [math.nan])
+    with pytest.raises(RunStopped, match="no epoch scored a finite accuracy on the dev set"):
+        finetune(keyword_spec(keyword_task, tmp_path / "run", epochs=2, max_train_examples=32))
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_a_nan_epoch_is_never_the_best(keyword_task, keyword_spec, tmp_path, monkeypatch) -> None:
+    _scores(monkeypatch, [0.25, math.nan, math.inf])
+    result = finetune(keyword_spec(keyword_task, tmp_path / "run", epochs=3, max_train_examples=32))
+    assert result["epoch"] == 1 and result["accuracy"] == 0.25
+
+
+def test_a_search_leaves_out_a_rate_that_stopped(keyword_task, keyword_spec, tmp_path, monkeypatch) -> None:
+    real = search_module.finetune
+
+    def stop_fast_rates(spec):
+        if spec.lr > 1e-2:
+            raise RunStopped("no epoch scored a finite accuracy", str(spec.out), "lower --lr")
+        return real(spec)
+    monkeypatch.setattr(search_module, "finetune", stop_fast_rates)
+    spec = keyword_spec(keyword_task, tmp_path / "run", epochs=1, max_train_examples=40)
+    with pytest.warns(UserWarning, match="--lr 0.5 left out"):
+        result = finetune_search(spec, [1e-3, 0.5])
+    assert result["lr"] == 1e-3 and [s["lr"] for s in result["search"]] == [1e-3, 0.5]
+    assert "stopped" in result["search"][1]
+    with pytest.raises(RunStopped, match="every learning rate stopped"), pytest.warns(UserWarning):
+        finetune_search(dataclasses.replace(spec, out=tmp_path / "run2"), [0.1, 0.5])
+
+
+# ---- 2. a search replaces an earlier run only after its input checked out ------------------
+def test_search_overwrite_keeps_the_earlier_run_on_bad_input(keyword_task, keyword_spec, tmp_path) -> None:
+    out = tmp_path / "run"
+    _earlier_run(out)
+    for bad in ({"train": str(tmp_path / "trian.tsv")}, {"text_fields": ["txt"]}, {"dev_fraction": 1.5}):
+        with pytest.raises(UserError):
+            finetune_search(keyword_spec(keyword_task, out, overwrite=True, **bad), [1e-3, 1e-4])
+        assert _untouched(out), bad
+
+
+# ---- 3. --max-length past the model's positions ---------------------------------------------
+def test_max_length_beyond_the_positions_fails_for_every_init(keyword_task, keyword_spec, tmp_path) -> None:
+    pre = _pretrain_run(tmp_path, keyword_task / "tok", max_positions=32)
+    for init, kw, limit in ((str(pre), {"tokenizer": None}, 32), ("scratch", {}, 512)):
+        out = tmp_path / f"ft-{limit}"
+        with pytest.raises(UserError, match=f"--max-length {limit + 1} exceeds the model's {limit} positions"):
+            finetune(keyword_spec(keyword_task, out, init=init, max_length=limit + 1, **kw))
+        assert not out.exists()
+    finetune(keyword_spec(keyword_task, tmp_path / "ok", init=str(pre), tokenizer=None, max_length=32,
+                          epochs=1, max_train_examples=16))  # exactly the positions it has
+
+
+# ---- 4. shares, budgets and fields that leave nothing to train on ---------------------------
+@pytest.mark.parametrize("options, flag", [
+    ({"dev": None, "dev_fraction": 1.0}, "--dev-fraction"),
+    ({"dev": None, "dev_fraction": 1.5}, "--dev-fraction"),
+    ({"dev": None, "dev_fraction": 0.0}, "--dev-fraction"),
+    ({"dev": None, "dev_fraction": -0.1}, "--dev-fraction"),
+    ({"max_train_examples": 0}, "--max-train-examples"),
+    ({"max_train_examples": -3}, "--max-train-examples"),
+    ({"text_fields": []}, "--text-fields"),
+    ({"text_fields": [""]}, "--text-fields"),
+])
+def test_options_that_leave_nothing_to_train_on(keyword_task, keyword_spec, tmp_path, options, flag) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(UserError) as caught:
+        finetune(keyword_spec(keyword_task, out, **options))
+    assert caught.value.where == flag
+    assert not out.exists()
+
+
+def test_a_dev_split_that_takes_every_example(keyword_task, keyword_spec, tmp_path) -> None:
+    train = tmp_path / "two.tsv"
+    train.write_text("sentence\tlabel\nriver great\tpos\nriver awful\tneg\n")
+    with pytest.raises(UserError, match="--dev-fraction 0.9 of 2 training examples leaves none to train on"):
+        finetune(keyword_spec(keyword_task, tmp_path / "run", train=str(train), dev=None, dev_fraction=0.9))
+    assert not (tmp_path / "run").exists()
+
+
+# ---- 5. --overwrite of a directory the run reads from ---------------------------------------
+def test_overwrite_refuses_an_out_holding_the_inputs(keyword_task, keyword_spec, tmp_path) -> None:
+    pre = _pretrain_run(tmp_path / "runs", keyword_task / "tok", max_positions=32)
+    before = sorted(p.name for p in pre.iterdir())
+    for out in (pre, pre.parent):  # --out is --init, or a folder above it
+        with pytest.raises(UserError, match="--overwrite would delete"):
+            finetune(keyword_spec(keyword_task, out, init=str(pre), tokenizer=None, overwrite=True))
+        assert sorted(p.name for p in pre.iterdir()) == before
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.tsv").write_bytes((keyword_task / "train.tsv").read_bytes())
+    with pytest.raises(UserError, match="--overwrite would delete"):
+        finetune(keyword_spec(keyword_task, data, train=str(data / "train.tsv"), overwrite=True))
+    with pytest.raises(UserError, match="--overwrite would delete"):  # the search checks it too
+        finetune_search(keyword_spec(keyword_task, data, train=str(data / "train.tsv"), overwrite=True), [1e-3, 1e-4])
+    assert (data / "train.tsv").is_file()
+
+
+# ---- 6. cross-validation and --select-fraction options --------------------------------------
+@pytest.mark.parametrize("options, match", [
+    ({"dev": None, "cv_folds": 5, "fold": 9}, "fold 9 of 5"),
+    ({"cv_folds": 5, "fold": 9}, "fold 9 of 5"),  # with --dev, no fold was ever cut
+    ({"cv_folds": 5, "fold": 0}, "--cv-folds 5 scores folds"),  # with --dev the folds were ignored
+    ({"fold": 2}, "--fold 2 without --cv-folds"),
+    ({"select_fraction": -0.5}, "--select-fraction -0.5 is not a share"),
+    ({"select_fraction": 1.0}, "--select-fraction 1.0 is not a share"),
+])
+def test_fold_and_select_options_are_checked(keyword_task, keyword_spec, tmp_path, options, match) -> None:
+    with pytest.raises(UserError, match=match):
+        finetune(keyword_spec(keyword_task, tmp_path / "run", **options))
+    assert not (tmp_path / "run").exists()
+
+
+# ---- 7. a search picks the rate on held-out training data, not on dev -----------------------
+def test_a_search_holds_out_a_slice_by_default(keyword_task, keyword_spec, tmp_path) -> None:
+    spec = keyword_spec(keyword_task, tmp_path / "run", epochs=1, max_train_examples=50)
+    result = finetune_search(spec, [1e-3, 3e-3])
+    assert result["selected_by"] == "select_accuracy"
+    assert result["select_examples"] == round(SEARCH_SELECT_FRACTION * 50) and result["train_examples"] == 45
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert config["finetune"]["select_fraction"] == SEARCH_SELECT_FRACTION
+    # asked for explicitly, dev picks, with a warning; one rate keeps picking its epoch on dev
+    with pytest.warns(UserWarning, match="dev set picks among 2 learning rates"):
+        explicit = finetune_search(dataclasses.replace(spec, out=tmp_path / "dev", select_fraction=0.0), [1e-3, 3e-3])
+    assert explicit["selected_by"] == "accuracy" and explicit["select_examples"] == 0
+    single = finetune_search(dataclasses.replace(spec, out=tmp_path / "one"), [1e-3])
+    assert single["select_examples"] == 0 and single["train_examples"] == 50
+
+
+# ---- 8 and 9. evaluate's --out and the flags its errors name --------------------------------
+@pytest.fixture(scope="module")
+def finished_run(keyword_task, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("validation") / "run"
+    finetune(run_module.FinetuneSpec(task="classify", init="scratch", tokenizer=keyword_task / "tok", out=out,
+                                     train=str(keyword_task / "train.tsv"), dev=str(keyword_task / "dev.tsv"),
+                                     text_fields=["sentence"], epochs=1, lr=1e-3, batch_size=16, max_length=16,
+                                     max_train_examples=32, progress=False))
+    return out
+
+
+def _cli(args: list, capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+def test_evaluate_out_is_checked_before_evaluating(finished_run, keyword_task, tmp_path, monkeypatch, capsys) -> None:
+    dev = keyword_task / "dev.tsv"
+    deep = tmp_path / "nope" / "deeper" / "x.json"
+    assert evaluate(finished_run, str(dev), deep)["examples"] == 60
+    assert json.loads(deep.read_text())["examples"] == 60
+    (tmp_path / "existing").mkdir()
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setattr(run_module, "evaluate_items", lambda *a: pytest.fail("evaluated before checking --out"))
+    for out, match in ((tmp_path / "existing", "--out is a directory"), (tmp_path / "afile" / "x.json", "is a file")):
+        code, err = _cli(["evaluate", "--run", finished_run, "--data", dev, "--out", out], capsys)
+        assert code == 2 and match in err and "Traceback" not in err
+    # a failed evaluation leaves no folders behind
+    code, err = _cli(["evaluate", "--run", finished_run, "--data", tmp_path / "missing.tsv",
+                      "--out", tmp_path / "new" / "m.json"], capsys)
+    assert code == 2 and not (tmp_path / "new").exists()
+
+
+def test_evaluate_errors_name_evaluates_flags(finished_run, tmp_path, capsys) -> None:
+    code, err = _cli(["evaluate", "--run", tmp_path / "nonexist", "--data", "x.tsv"], capsys)
+    assert code == 2 and "point --run at" in err and "--init" not in err
+    scores = tmp_path / "scores.tsv"
+    scores.write_text("sentence\tscore\nriver great\t1.0\n")
+    code, err = _cli(["evaluate", "--run", finished_run, "--data", scores], capsys)
+    assert code == 2 and "field 'label' not found" in err
+    assert "--label-field" not in err and "label field 'label'" in err and "sentence, score" in err
+    code, err = _cli(["finetune", "--task", "classify", "--init", tmp_path / "nonexist", "--train", scores,
+                      "--out", tmp_path / "ft"], capsys)
+    assert code == 2 and "point --init at" in err  # finetune still names its own flag
