@@ -8,15 +8,35 @@ import io
 import json
 import sys
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ptmkit.errors import UserError
 
 Record = dict[str, str]
+
+
+class Row(dict):
+    """A record read from a file, remembering the line it came from, so that a bad value found
+    later (a missing field, a label that is not a number) is reported as `file:line`. It is a
+    plain dict otherwise (equal to one, serialisable), so code building records needs no change."""
+
+    __slots__ = ("line",)
+
+    def __init__(self, values: Mapping[str, Any] | Iterable[tuple[str, Any]], line: int) -> None:
+        super().__init__(values)
+        self.line = line
+
+
+def record_where(path: str | Path, records: Sequence[Record], index: int) -> str:
+    """Where records[index] is: `file:line` for a row read from a file, else its example number
+    (records built in memory, e.g. from parallel text files, whose index is the line)."""
+    line = getattr(records[index], "line", None)
+    return f"{path}:{line}" if line is not None else f"{path}: example {index + 1}"
 
 
 def _open(path: Path) -> io.TextIOBase:
@@ -44,15 +64,16 @@ def read_records(path: str | Path, *, columns: Sequence[str] | None = None) -> l
         elif kind in ("tsv", "csv"):
             reader = (csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if kind == "tsv"
                       else csv.reader(f))
-            rows = [row for row in reader if row]
-            header = list(columns) if columns else (rows.pop(0) if rows else [])
-            records = [dict(zip(header, row)) for row in rows]
+            # line_num is read after the reader produced `row`: the (last) line of that row
+            rows = [(reader.line_num, row) for row in reader if row]
+            header = list(columns) if columns else (rows.pop(0)[1] if rows else [])
+            records = [Row(zip(header, row), n) for n, row in rows]
         else:
-            lines = [line.strip() for line in f if line.strip()]
-            if not lines or not lines[0].startswith(FASTTEXT_LABEL):
+            lines = [(n, line.strip()) for n, line in enumerate(f, 1) if line.strip()]
+            if not lines or not lines[0][1].startswith(FASTTEXT_LABEL):
                 raise UserError(f"unsupported data format .{kind}", str(path),
                                 "use .jsonl, .tsv, .csv or fastText lines (`__label__X text`)")
-            records = [_fasttext_record(line, path, n) for n, line in enumerate(lines, 1)]
+            records = [_fasttext_record(line, path, n) for n, line in lines]
     if not records:
         raise UserError("no examples in the file", str(path), "check that the file is not empty")
     return records
@@ -66,7 +87,7 @@ def _fasttext_record(line: str, path: Path, number: int) -> Record:
     label, _, text = line.partition(" ")
     if not label.startswith(FASTTEXT_LABEL):
         raise UserError("line does not start with __label__", f"{path}:{number}", "fix the line")
-    return {"label": label.removeprefix(FASTTEXT_LABEL), "text": text.strip()}
+    return Row({"label": label.removeprefix(FASTTEXT_LABEL), "text": text.strip()}, number)
 
 
 def _json_record(line: str, path: Path, number: int) -> Record:
@@ -76,16 +97,24 @@ def _json_record(line: str, path: Path, number: int) -> Record:
         raise UserError(f"invalid JSON ({err.msg})", f"{path}:{number}", "fix or remove the line") from None
     if not isinstance(value, dict):
         raise UserError("a JSON line must be an object", f"{path}:{number}", 'write {"text": ..., "label": ...}')
-    return value
+    return Row(value, number)
 
 
 def require_fields(records: list[Record], fields: Sequence[str], path: str | Path, flag: str) -> None:
-    """A missing field is the user's: name it and list the available ones."""
+    """A missing field is the user's: absent from the first record it is most likely a wrong
+    name (list the available ones); absent from, or null in, a later one it is a bad row (name
+    its line), which would otherwise surface as a KeyError mid-encoding or a class "None"."""
     available = list(records[0].keys())
     for field in fields:
         if field not in records[0]:
             raise UserError(f"field {field!r} not found", str(path),
                             f"use {flag} with one of: {', '.join(map(str, available))}")
+        # one pass of C-level dict lookups per field; the common, clean file never leaves it
+        bad = next((i for i, r in enumerate(records) if r.get(field) is None), None)
+        if bad is not None:
+            state = "missing" if field not in records[bad] else "is null"
+            raise UserError(f"field {field!r} {state}", record_where(path, records, bad),
+                            f"give every example a {field!r} value, or remove the line")
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ptmkit.errors import UserError
-from ptmkit.finetuning.data import Record
+from ptmkit.finetuning.data import Record, record_where
 from ptmkit.finetuning.tasks import Classify, Encoded, PooledHead
 
 MARKERS = ("<<", "[[")
@@ -72,19 +72,25 @@ class Relation(Classify):
             raise UserError("relation examples have one text", "--text-fields",
                             "name the single field holding the entity-marked text")
         super().check(records, path)
-        for number, record in enumerate(records, 1):
+        for index, record in enumerate(records):
             text = str(record[self.spec.text_fields[0]])
             missing = [m for m in MARKERS if marker_start(text, m) < 0]
             if missing:
-                raise UserError(f"entity marker {missing[0]!r} missing", f"{path}: example {number}",
+                raise UserError(f"entity marker {missing[0]!r} missing", record_where(path, records, index),
                                 "mark the head entity as << ... >> and the tail as [[ ... ]]")
 
-    def fit_labels(self, records: list[Record]) -> None:
-        super().fit_labels(records)
+    def min_length(self) -> tuple[int, str]:
+        """Both start markers must fit in the window between the specials (`window` keeps half
+        of the budget after each when they are far apart, so a budget of 1 keeps one of them)."""
+        return 4, "[CLS] << [[ [SEP]"
+
+    def check_labels(self) -> None:
+        """A --negative-label the training data lacks is named first: it is the likelier typo."""
         negative = self.spec.negative_label
         if negative is not None and negative not in self.spec.labels:
             raise UserError(f"negative label {negative!r} is not a training label", "--negative-label",
                             f"use one of: {', '.join(self.spec.labels)}")
+        super().check_labels()
 
     def negative(self) -> str | None:
         """The "no relation" class (given, or detected among the training labels), if any."""
@@ -94,7 +100,7 @@ class Relation(Classify):
 
     def encode_texts(self, records: list[Record]) -> list[Encoded]:
         """[CLS] text [SEP] plus `head_at` / `tail_at`: where the two start markers are."""
-        special, budget = self.tokenizer.special, self.spec.max_length - 2
+        special, budget = self.tokenizer.special, max(self.spec.max_length - 2, 0)
         texts = [str(r[self.spec.text_fields[0]]) for r in records]
         items = []
         for text, encoding in zip(texts, self.tokenizer.hf.encode_batch(texts, add_special_tokens=False)):

@@ -26,10 +26,14 @@ offers beam search and sampling) of at most `--max-target-length` tokens: `rouge
 `rougeL` (rouge-score F1 with Porter stemming, best reference per example as SciTLDR's
 evaluation, averaged), `bleu` and `chrf` (sacrebleu corpus scores, multi-reference), all on a 0-1
 scale like the other tasks' metrics (sacrebleu's 0-100 divided by 100). The main metric is rougeL.
+Chinese, Japanese and Korean text has no spaces between words: ROUGE counts each CJK character
+as a word (Latin text is tokenized exactly as rouge-score's default), and BLEU uses sacrebleu's
+`zh` tokenization when the references hold CJK characters (its default `13a` otherwise).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,19 +85,47 @@ def references(value: Any, target_list: str) -> list[str]:
     return [as_text(value)]
 
 
+CJK = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+                 "\U00020000-\U0002fa1f]")
+"""One CJK character: Han ideographs (BERT's ranges), Japanese kana, Hangul syllables."""
+_CJK_SPLIT = re.compile(f"({CJK.pattern})")
+
+
+class CJKRougeTokenizer:
+    """A rouge-score tokenizer for text that may hold CJK: every CJK character is a token of its
+    own, the text between them goes through rouge-score's default tokenizer (lowercased
+    [a-z0-9]+ words, Porter-stemmed). The default alone turns every non-[a-z0-9] character into a
+    space, so Chinese scored 0 against itself; a text without CJK is tokenized exactly as before."""
+
+    def __init__(self, default: Any) -> None:
+        self.default = default
+
+    def tokenize(self, text: str) -> list[str]:
+        if not CJK.search(text):
+            return self.default.tokenize(text)
+        tokens: list[str] = []
+        for k, piece in enumerate(_CJK_SPLIT.split(text)):  # odd pieces are the CJK characters
+            tokens += [piece] if k % 2 else self.default.tokenize(piece)
+        return tokens
+
+
 def text_metrics(predictions: list[str], refs: list[list[str]], lowercase: bool = False) -> dict[str, float]:
     """ROUGE-1/2/L F1 (stemmed, best reference) averaged over examples; corpus BLEU and chrF
     over all references. Everything on a 0-1 scale. `lowercase`: BLEU and chrF ignore case
-    (ROUGE always does), for a model whose tokenizer lowercases and so cannot write capitals."""
-    from rouge_score import rouge_scorer
+    (ROUGE always does), for a model whose tokenizer lowercases and so cannot write capitals.
+    CJK characters count as words (see the module docstring)."""
+    from rouge_score import rouge_scorer, tokenizers
     from sacrebleu.metrics import BLEU, CHRF
     kinds = ("rouge1", "rouge2", "rougeL")
-    scorer = rouge_scorer.RougeScorer(list(kinds), use_stemmer=True)
+    tokenizer = CJKRougeTokenizer(tokenizers.DefaultTokenizer(use_stemmer=True))
+    scorer = rouge_scorer.RougeScorer(list(kinds), tokenizer=tokenizer)
     scores = [scorer.score_multi(r, p) for p, r in zip(predictions, refs)]
     result = {k: float(np.mean([s[k].fmeasure for s in scores])) if scores else 0.0 for k in kinds}
     # sacrebleu wants one stream per reference slot; None marks an example with fewer references
     streams = [[r[i] if i < len(r) else None for r in refs] for i in range(max(map(len, refs), default=1))]
-    result["bleu"] = BLEU(lowercase=lowercase).corpus_score(predictions, streams).score / 100
+    # 13a keeps a run of CJK characters as one "word"; zh splits them (and 13a-tokenizes the rest)
+    cjk = {"tokenize": "zh"} if any(CJK.search(text) for r in refs for text in r) else {}
+    result["bleu"] = BLEU(lowercase=lowercase, **cjk).corpus_score(predictions, streams).score / 100
     result["chrf"] = CHRF(lowercase=lowercase).corpus_score(predictions, streams).score / 100
     return result
 
@@ -146,11 +178,40 @@ class Seq2Seq(Task):
             raise UserError(f"unknown --target-list {self.spec.target_list!r}", "--target-list",
                             f"use {' or '.join(TARGET_LISTS)}")
         self.objective, self.architecture = objective, objective.architecture
-        longest = self.spec.max_length + (self.spec.max_target_length if self.decoder_only else 0)
-        if max(longest, self.spec.max_target_length) > backbone.model_cfg.max_positions:
+        self.check_max_length()
+        if self.continuation:  # raw generation frames no target: `generate` checks what it feeds
+            longest = self.spec.max_length
+        else:
+            source = self.spec.max_length + (self.spec.max_target_length if self.decoder_only else 0)
+            longest = max(source, self.spec.max_target_length)
+        if longest > backbone.model_cfg.max_positions:
             raise UserError(f"sequences of {longest} tokens exceed the model's "
                             f"{backbone.model_cfg.max_positions} positions", "--max-length",
                             "lower --max-length / --max-target-length")
+
+    def min_length(self) -> tuple[int, str]:
+        """The framed source (`<s> source </s>`, `</s> source [SEP]`, ...) with one source token."""
+        return len(self._framed_source([])) + 1, self._show(self._framed_source([-1]), "source")
+
+    def check_max_length(self) -> None:
+        """Also the target (unless continuing a text, which frames none): its framing plus one
+        token, else the labels hold no text and generation is asked for 0 tokens (a crash)."""
+        super().check_max_length()
+        if self.continuation:
+            return
+        labels = list(self.frame.labels([-1]))
+        if self.spec.max_target_length < len(labels):
+            raise UserError(f"max target length {self.spec.max_target_length} leaves no room for the "
+                            f"target: `{self._show(labels, 'target')}` needs at least {len(labels)} tokens",
+                            "--max-target-length", f"use --max-target-length {len(labels)} or more (e.g. 64)")
+
+    def _framed_source(self, tokens: list[int]) -> list[int]:
+        frame = self.frame
+        return list(frame.prompt(tokens) if isinstance(frame, PromptFrame) else frame.source(tokens))
+
+    def _show(self, ids: Sequence[int], placeholder: str) -> str:
+        """A framing for a message: its special tokens by name, -1 as `placeholder`."""
+        return " ".join(placeholder if i == -1 else str(self.tokenizer.hf.id_to_token(int(i))) for i in ids)
 
     @property
     def decoder_only(self) -> bool:
@@ -180,10 +241,10 @@ class Seq2Seq(Task):
     def source_ids(self, texts: list[str]) -> list[list[int]]:
         """Framed token ids of source texts, at most max_length of them: what the model is asked."""
         frame = self.frame
+        # never below 0: t[:-k] would keep all but the last k tokens (`bind` refuses such lengths)
+        room = max(self.spec.max_length - len(self._framed_source([])), 0)
         if isinstance(frame, PromptFrame):
-            room = self.spec.max_length - len(frame.prompt([]))
             return [frame.prompt(self._cut(t, room)) for t in self.tokenizer.encode_batch(texts)]
-        room = self.spec.max_length - len(frame.source([]))
         return [frame.source(t[:room]).tolist() for t in self.tokenizer.encode_batch(texts)]
 
     def _cut(self, tokens: list[int], room: int) -> list[int]:
@@ -199,8 +260,8 @@ class Seq2Seq(Task):
 
     def _labels(self, texts: list[str]) -> list[list[int]]:
         frame = self.frame
-        extra = len(frame.labels([]))
-        return [list(frame.labels(t[: self.spec.max_target_length - extra]))
+        room = max(self.spec.max_target_length - len(frame.labels([])), 0)
+        return [list(frame.labels(t[:room]))
                 for t in self.tokenizer.encode_batch(texts)]
 
     def _example(self, source: list[int], labels: list[int]) -> Encoded:

@@ -152,6 +152,10 @@ class Tag(Task):
     def read(self, path: str) -> list[Sentence]:
         return read_conll(path)
 
+    def min_length(self) -> tuple[int, str]:
+        """One sub-word between the specials; less would train on nothing (a NaN loss)."""
+        return 3, "[CLS] word [SEP]"
+
     def fit_labels(self, records: list[Sentence]) -> None:
         """O first (id 0), then the entity tags sorted by type, B before I."""
         if not self.spec.labels:
@@ -175,7 +179,7 @@ class Tag(Task):
         """[CLS] pieces [SEP], cut to max_length, with `labels` and `word_number` per sub-word."""
         special = self.tokenizer.special
         encodings = self.tokenizer.hf.encode_batch(sentences, is_pretokenized=True, add_special_tokens=False)
-        budget = self.spec.max_length - 2
+        budget = max(self.spec.max_length - 2, 0)  # a negative slice end would keep the tail
         items = []
         for encoding, sentence_labels in zip(encodings, labels):
             ids, words = encoding.ids[:budget], encoding.word_ids[:budget]

@@ -7,6 +7,7 @@ The fine-tuning loop knows nothing else about it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.errors import UserError
-from ptmkit.finetuning.data import Record, read_records, require_fields
+from ptmkit.finetuning.data import Record, read_records, record_where, require_fields
 
 if TYPE_CHECKING:
     from ptmkit.finetuning.model import Backbone, TaskModel
@@ -77,7 +78,22 @@ class Task:
 
     def bind(self, backbone: Backbone) -> None:
         """Learn what the task needs from the backbone it will run on, or refuse it with a
-        UserError (seq2seq needs a decoder). Called before any data is encoded."""
+        UserError (seq2seq needs a decoder). Called before any data is encoded (and so before a
+        run writes anything); subclasses that override it call `check_max_length` too."""
+        self.check_max_length()
+
+    def min_length(self) -> tuple[int, str]:
+        """The shortest --max-length the framing fits, and the framing: [CLS], then one token
+        and a [SEP] per text field (a smaller budget would cut a text to nothing, or below)."""
+        return 1 + 2 * len(self.spec.text_fields), "[CLS]" + " text [SEP]" * len(self.spec.text_fields)
+
+    def check_max_length(self) -> None:
+        """Refuse a --max-length below `min_length`: it would crash or train on empty texts."""
+        need, framing = self.min_length()
+        if self.spec.max_length < need:
+            raise UserError(f"max length {self.spec.max_length} leaves no room for the text: "
+                            f"`{framing}` needs at least {need} tokens", "--max-length",
+                            f"use --max-length {need} or more (e.g. 128)")
 
     # ---- data ---------------------------------------------------------------------------
     def resolve_files(self, train: str, devs: list[str]) -> tuple[str, list[str]]:
@@ -167,6 +183,7 @@ class Task:
 
 
 def _truncate(parts: list[list[int]], budget: int) -> list[list[int]]:
+    budget = max(budget, 0)  # below 0 no pop could reach it (`bind` refuses such lengths anyway)
     while sum(map(len, parts)) > budget:
         longest = max(range(len(parts)), key=lambda k: len(parts[k]))
         parts[longest].pop()
@@ -210,9 +227,27 @@ class Classify(Task):
     name = "classify"
     main_metric = "accuracy"
 
+    def check(self, records: list[Record], path: str) -> None:
+        """Labels are scalars: str() of a list or dict would silently become a class of its own."""
+        super().check(records, path)
+        field = self.spec.label_field
+        bad = next((i for i, r in enumerate(records) if not isinstance(r[field], (str, int, float))), None)
+        if bad is not None:
+            raise UserError(f"label {records[bad][field]!r} is not a class name",
+                            f"{record_where(path, records, bad)}: {field}",
+                            "give every example one label (a string or a number)")
+
     def fit_labels(self, records: list[Record]) -> None:
         if not self.spec.labels:
             self.spec.labels = sorted({str(r[self.spec.label_field]) for r in records}, key=_natural)
+        self.check_labels()
+
+    def check_labels(self) -> None:
+        """Refuse label sets no classifier can be trained on (subclasses add their own checks)."""
+        if len(self.spec.labels) < 2:  # one class trains to a constant and scores a meaningless 1.0
+            raise UserError(f"classification needs at least 2 classes, the training data has only "
+                            f"{self.spec.labels!r}", f"training data: {self.spec.label_field}",
+                            "check --label-field, or train on examples of more than one label")
 
     def targets(self, records: list[Record], path: str) -> list[int]:
         return label_ids([str(r[self.spec.label_field]) for r in records], self.spec.labels,
@@ -243,12 +278,13 @@ class Regress(Task):
     name = "regress"
     main_metric = "pearson"
 
+    def check(self, records: list[Record], path: str) -> None:
+        """Every target is parsed when the data is read, so a bad one stops the run before training."""
+        super().check(records, path)
+        self.targets(records, path)
+
     def targets(self, records: list[Record], path: str) -> list[float]:
-        try:
-            return [float(r[self.spec.label_field]) for r in records]
-        except ValueError as err:
-            raise UserError(f"non-numeric target ({err})", f"{path}: {self.spec.label_field}",
-                            "regression needs a numeric --label-field") from None
+        return regression_targets(records, self.spec.label_field, path)
 
     def build_head(self, hidden: int) -> nn.Module:
         return PooledHead(hidden, 1)
@@ -260,11 +296,33 @@ class Regress(Task):
         return output.float().squeeze(-1).tolist()
 
     def metrics(self, predictions: list[float], targets: list[float]) -> dict[str, float]:
+        """Pearson and Spearman (scipy). Both are undefined (scipy: NaN) when either side is
+        constant, and NaN spreads from a non-finite prediction (a diverged model); they are 0
+        then, "no correlation shown", because a NaN main metric never beats the best epoch so
+        far, and a run whose every epoch scored NaN would end without a model to keep."""
         from scipy.stats import pearsonr, spearmanr
-        if np.std(predictions) == 0:  # a constant prediction has no correlation; say 0, not NaN
+        p, t = np.asarray(predictions, dtype=float), np.asarray(targets, dtype=float)
+        if len(p) < 2 or not (np.isfinite(p).all() and np.isfinite(t).all()) or np.ptp(p) == 0 or np.ptp(t) == 0:
             return {"pearson": 0.0, "spearman": 0.0}
-        return {"pearson": float(pearsonr(predictions, targets)[0]),
-                "spearman": float(spearmanr(predictions, targets)[0])}
+        return {"pearson": float(pearsonr(p, t)[0]), "spearman": float(spearmanr(p, t)[0])}
+
+
+def regression_targets(records: list[Record], field: str, path: str) -> list[float]:
+    """The numeric targets; anything else (text, null, a list, nan, inf) is the user's, named
+    by line: float() would take "nan"/"inf" and turn the MSE loss and the correlations to NaN."""
+    out = []
+    for i, record in enumerate(records):
+        value = record[field]
+        try:
+            number = float(value) if isinstance(value, (str, int, float)) else math.nan
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number):
+            raise UserError(f"target {value!r} is not a finite number",
+                            f"{record_where(path, records, i)}: {field}",
+                            "regression needs a finite numeric --label-field")
+        out.append(number)
+    return out
 
 
 def label_ids(values: Sequence[str], labels: list[str], where: str) -> list[int]:
