@@ -116,6 +116,7 @@ class RunModel:
         limit = max_length or min(512, self.cfg.max_positions)
         framing = Classify(TaskSpec(name="classify", max_length=limit), self.tokenizer, self.pooling,
                            token_types=False)
+        framing.check_max_length()  # [CLS] text [SEP] needs 3
         items = framing.encode_texts([{"text": text} for text in texts])
         pooled = []
         for start in range(0, len(items), batch_size):

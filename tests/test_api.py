@@ -111,6 +111,8 @@ def test_unknown_options_and_bad_inputs(runs, tmp_path):
         ptmkit.load_run(runs["mlm"]).logits(torch.zeros(2, 3))
     with pytest.raises(UserError, match="not a ptmkit run"):
         ptmkit.load_run(tmp_path)
+    with pytest.raises(UserError, match="max length 2 leaves no room"):
+        ptmkit.load_run(runs["mlm"]).encode(["a text"], max_length=2)
 
 
 def test_load_run_logits_equal_the_exported_model(runs, tmp_path):
