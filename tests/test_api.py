@@ -132,6 +132,6 @@ def test_max_minutes_alone_trains_until_the_time_is_up(data, tmp_path):
     options = {**TRAIN, "max_minutes": 0.02}
     del options["steps"]
     summary = ptmkit.pretrain(objective="clm", data=str(data), out=str(tmp_path / "timed"), model=TINY, **options)
-    assert summary["stopped_by"] == "time" and summary["steps"] > 2
+    assert summary["stopped_by"] == "time" and summary["steps"] >= 1
     config = yaml.safe_load((tmp_path / "timed" / "config.yaml").read_text())
     assert config["train"]["steps"] >= 10**8  # open-ended, not the default 1000

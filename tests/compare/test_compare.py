@@ -135,6 +135,8 @@ def test_end_to_end_then_cached_then_report(task_file, tmp_path, monkeypatch) ->
 
     monkeypatch.setattr(runner, "pretrain", lambda spec: pytest.fail("pre-trained again"))
     monkeypatch.setattr(runner, "finetune_search", lambda spec, rates: pytest.fail("fine-tuned again"))
+    monkeypatch.setattr(runner, "train_tokenizer", lambda *a, **k: pytest.fail("tokenizer trained again"))
+    monkeypatch.setattr(runner, "prepare", lambda *a, **k: pytest.fail("data prepared again"))
     Compare(cfg, out, progress=False).run()  # everything cached: no training at all
     assert read_results(out / "results.csv") == rows
 
@@ -314,7 +316,9 @@ def test_an_interrupted_pretraining_resumes_from_its_checkpoint(task_file, tmp_p
 def test_changed_tokenizer_settings_train_a_new_tokenizer(task_file, tmp_path) -> None:
     out = tmp_path / "out"
     first = Compare(parse_compare_config(config(task_file), "cmp.yaml", tmp_path), out, progress=False).tokenizer()
-    again = Compare(parse_compare_config(config(task_file), "cmp.yaml", tmp_path), out, progress=False).tokenizer()
+    with pytest.MonkeyPatch.context() as patch:  # the same settings: reused, not trained again
+        patch.setattr(runner, "train_tokenizer", lambda *a, **k: pytest.fail("tokenizer trained again"))
+        again = Compare(parse_compare_config(config(task_file), "cmp.yaml", tmp_path), out, progress=False).tokenizer()
     assert again.sha256() == first.sha256()
     changed = config(task_file, tokenizer={"kind": "wordpiece", "vocab_size": 700})
     other = Compare(parse_compare_config(changed, "cmp.yaml", tmp_path), out, progress=False).tokenizer()

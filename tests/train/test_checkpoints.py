@@ -78,7 +78,12 @@ def test_older_single_directory_layout_is_read_then_converted(tmp_path: Path) ->
     shutil.rmtree(tmp_path / "checkpoints")
     assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint"
     clone = Tied()
-    assert load_checkpoint(tmp_path / "checkpoint", clone, make_optimizer(clone, TrainConfig())) == {"step": 5}
+    clone_opt = make_optimizer(clone, TrainConfig())
+    assert load_checkpoint(tmp_path / "checkpoint", clone, clone_opt) == {"step": 5}
+    for name, tensor in model.state_dict().items():  # the weights and the optimizer's moments came back
+        assert torch.equal(clone.state_dict()[name], tensor), name
+    for p, q in zip(model.parameters(), clone.parameters()):
+        assert torch.equal(opt.state[p]["exp_avg"], clone_opt.state[q]["exp_avg"])
     save_checkpoint(tmp_path, model, opt, {"step": 6})
     assert (tmp_path / "checkpoint").is_symlink() and not (tmp_path / ".checkpoint.old").exists()
 
