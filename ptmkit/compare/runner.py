@@ -7,8 +7,9 @@ Layout of the output directory::
     finetune/<task>/<path>-<objective>/b<budget>-s<seed>/   one fine-tuning run each
     results.csv  report.md  report.html  *.png
 
-A cell is done when its run holds the files it ends with and the key it was made with; a second
-compare over the same config trains nothing, and an interrupted one continues where it stopped.
+A cell is done when its run holds the files it ends with and the key it was made with
+(`<run>.compare_key.json`, beside the run); a second compare over the same config trains nothing,
+and an interrupted one continues where it stopped.
 """
 
 from __future__ import annotations
