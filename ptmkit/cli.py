@@ -391,7 +391,7 @@ def _run_recipe(args: argparse.Namespace) -> None:
         recipe = load_recipe(args.recipe)
     summary = pretrain_recipe(RecipeRun(
         recipe=recipe, out=args.out, data=args.data, corpus=list(args.corpus or []), tokenizer=args.tokenizer,
-        text_field=args.text_field or "text", minutes=args.max_minutes, seed=args.seed or 0,
+        text_field=args.text_field or "text", minutes=args.max_minutes, seed=args.seed,
         progress=not args.no_progress, overwrite=args.overwrite, resume=args.resume))
     stages = ", ".join(f"{s['objective']} {s['wall_seconds']:.0f}s" for s in summary["stages"])
     print(f"recipe {recipe.name}: {stages} ({summary['train_seconds']:.0f}s of {summary['budget_seconds']:.0f}s); "

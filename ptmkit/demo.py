@@ -50,6 +50,9 @@ def demo_config(tokens: int) -> CompareConfig:
 
 def demo(out: Path, tokens: int = 1_500_000, progress: bool = True) -> Path:
     """Run (or finish) the demo comparison in `out`; returns the HTML report's path."""
+    if tokens < 1:
+        raise UserError(f"--tokens {tokens} leaves nothing to pre-train on", "--tokens",
+                        "use a positive number of tokens, e.g. 1500000 (the default)")
     started = time.perf_counter()
     print("ptmkit demo: general text = gensim's Wikipedia excerpt + Lee corpus; task = 200 "
           "polarity sentences; scratch vs word2vec, mlm, bart")

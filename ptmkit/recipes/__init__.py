@@ -9,6 +9,7 @@ fine-tuning settings its models were tuned with. `ptmkit pretrain --recipe NAME`
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,12 @@ def load_recipe(name: str) -> Recipe:
         if not path.is_file():
             raise UserError(f"unknown recipe {name!r}", "--recipe",
                             f"use one of {', '.join(available())} or a recipe YAML file")
-    values = yaml.safe_load(path.read_text()) or {}
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"invalid YAML: {str(err).splitlines()[0]}", str(path), "fix the syntax") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"not UTF-8 text (byte {err.start})", str(path), "save the recipe as UTF-8") from None
     return parse_recipe(values, str(path))
 
 
@@ -67,6 +73,27 @@ def _check_keys(values: Any, allowed: set[str], where: str) -> None:
     unknown = sorted(set(values) - allowed)
     if unknown:
         raise UserError(f"unknown key(s) {', '.join(unknown)}", where, f"use only: {', '.join(sorted(allowed))}")
+
+
+def _check_stage(stage: Stage, spot: str) -> None:
+    """A stage's options and training settings, checked when the recipe is read: a bad one in a
+    later stage must not surface after the earlier stages have trained."""
+    from ptmkit.objectives import OBJECTIVES
+    from ptmkit.train.loop import TrainConfig
+    try:
+        OBJECTIVES[stage.objective].parse_options(dict(stage.objective_options))
+    except UserError as err:  # its where is `objective_options[.OPTION]`
+        raise UserError(err.what, f"{spot}.{err.where}", err.fix) from None
+    unknown = sorted(set(stage.train) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise UserError(f"unknown training option(s) {', '.join(unknown)}", f"{spot}.train",
+                        "use TrainConfig names (batch_size, seq_len, lr, warmup, precision, ...)")
+    try:
+        TrainConfig(**stage.train)
+    except UserError as err:  # its where is the flag, e.g. --batch-size
+        raise UserError(err.what, f"{spot}.train.{err.where.lstrip('-').replace('-', '_')}", err.fix) from None
+    except (TypeError, ValueError) as err:
+        raise UserError(f"bad training option: {err}", f"{spot}.train", "write numbers unquoted") from None
 
 
 def parse_recipe(values: dict, where: str) -> Recipe:
@@ -79,14 +106,15 @@ def parse_recipe(values: dict, where: str) -> Recipe:
     for i, stage in enumerate(stages):
         spot = f"{where}: stages[{i}]"
         _check_keys(stage, STAGE_KEYS, spot)
-        if stage.get("objective") not in OBJECTIVES:
-            raise UserError(f"unknown objective {stage.get('objective')!r}", f"{spot}.objective",
+        objective = stage.get("objective")
+        if not isinstance(objective, str) or objective not in OBJECTIVES:
+            raise UserError(f"unknown objective {objective!r}", f"{spot}.objective",
                             f"use one of {', '.join(sorted(OBJECTIVES))}")
         for key in ("objective_options", "train"):
             if not isinstance(stage.get(key) or {}, dict):
                 raise UserError("must be a mapping", f"{spot}.{key}", "write `key: value` lines")
-        parsed.append(Stage(stage["objective"], dict(stage.get("objective_options") or {}),
-                            dict(stage.get("train") or {})))
+        parsed.append(Stage(objective, dict(stage.get("objective_options") or {}), dict(stage.get("train") or {})))
+        _check_stage(parsed[-1], spot)
     minutes = values.get("minutes")
     if not isinstance(minutes, (int, float)) or minutes <= 0:
         raise UserError(f"minutes must be a positive number, not {minutes!r}", f"{where}: minutes",

@@ -7,6 +7,7 @@ Layout of the run directory::
     config.yaml model.safetensors tokenizer/   the final stage's model: `--init RUN` reads it as usual
     summary.json             every stage's time and tokens, and their totals
     recipe.yaml              the recipe as it was run
+    recipe_run.json          its budget, seed and --data, kept by --resume
 
 The budget is wall clock for all stages together (model building, evaluation and saving included);
 the last stage trains for whatever the earlier ones left, less a reserve for its final evaluation
@@ -37,6 +38,8 @@ from ptmkit.train.loop import UNBOUNDED_STEPS, TrainConfig
 RESERVE_SECONDS, RESERVE_SHARE = 20.0, 0.15
 """Kept back from the last stage's training time for building the model, its one validation and
 its save (the trainer's clock counts training steps only): 20 s, or 15% of a budget under 133 s."""
+SETTINGS_FILE = "recipe_run.json"
+"""The budget, seed and --data a recipe run started with, which --resume keeps."""
 FINAL_FILES = ("config.yaml", "model.safetensors", "tokenizer", "metrics.jsonl", "eval.json", "vectors.txt")
 
 
@@ -50,7 +53,8 @@ class RecipeRun:
     text_field: str = "text"
     minutes: float | None = None
     """Overrides the recipe's budget."""
-    seed: int = 0
+    seed: int | None = None
+    """None: 0, or on --resume the seed the run started with."""
     progress: bool = True
     overwrite: bool = False
     resume: bool = False
@@ -61,6 +65,7 @@ def pretrain_recipe(run: RecipeRun) -> dict[str, Any]:
     """Run (or continue) every stage of the recipe; returns the summary written to OUT/summary.json."""
     if not run.resume:
         check_run_dir(run.out, resume=False, overwrite=run.overwrite)
+    run = _with_saved_settings(run)
     if run.data is not None and run.corpus:
         raise UserError("both --data and --corpus given", "--data/--corpus", "pass only one of them")
     prepared = run.resume and (run.out / "data" / "manifest.json").is_file()
@@ -71,9 +76,17 @@ def pretrain_recipe(run: RecipeRun) -> dict[str, Any]:
     budget = 60.0 * (run.minutes if run.minutes is not None else run.recipe.minutes)
     if run.overwrite and run.out.is_dir() and not run.resume:
         shutil.rmtree(run.out)
+    created = not run.out.is_dir()
     run.out.mkdir(parents=True, exist_ok=True)
     (run.out / "recipe.yaml").write_text(yaml.safe_dump(_recipe_dict(run.recipe), sort_keys=False))
-    data_dir, prepare_seconds = _data(run)
+    (run.out / SETTINGS_FILE).write_text(json.dumps(
+        {"minutes": budget / 60, "seed": run.seed, "data": str(run.data.resolve()) if run.data else None}, indent=2))
+    try:
+        data_dir, prepare_seconds = _data(run)
+    except UserError:  # e.g. the recipe's tokenizer does not fit the corpus: leave nothing behind
+        if created:
+            shutil.rmtree(run.out, ignore_errors=True)
+        raise
     spent, stages, init = 0.0, [], None
     for i, stage in enumerate(run.recipe.stages):
         stage_dir = run.out / "stages" / f"{i}-{stage.objective}"
@@ -107,6 +120,17 @@ def pretrain_recipe(run: RecipeRun) -> dict[str, Any]:
                "final_loss": stages[-1]["final_loss"], "prepare_seconds": prepare_seconds}
     (run.out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _with_saved_settings(run: RecipeRun) -> RecipeRun:
+    """On --resume, the budget, seed and --data the run started with, unless given again."""
+    saved_path = run.out / SETTINGS_FILE
+    saved = json.loads(saved_path.read_text()) if run.resume and saved_path.is_file() else {}
+    data = run.data if run.data is not None or run.corpus else saved.get("data")
+    return dataclasses.replace(
+        run, minutes=run.minutes if run.minutes is not None else saved.get("minutes"),
+        seed=run.seed if run.seed is not None else saved.get("seed", 0),
+        data=Path(data) if data is not None else None)
 
 
 def _train_config(values: dict[str, Any], seed: int, left: float, last: bool) -> TrainConfig:

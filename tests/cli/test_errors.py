@@ -316,6 +316,7 @@ CASES = [
          ("--data", "--corpus")),
     Case("generate-beam-and-top-p", ["generate", "--run", "{run}", "--input", "in.txt", "--beam", "4",
                                      "--top-p", "0.9"], ("--beam", "--top-p"), [_file("in.txt", "The river\n")]),
+    Case("demo-no-tokens", ["demo", "--out", "d", "--tokens", "0"], ("--tokens",)),
     *(Case(f"generate-temperature-{value}", ["generate", "--run", "{run}", "--input", "in.txt",
                                                "--temperature", value], ("--temperature",),
            [_file("in.txt", "The river\n")]) for value in ("0", "nan")),

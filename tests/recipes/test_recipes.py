@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,13 @@ def test_a_recipe_without_tokenizer_or_model_takes_the_defaults() -> None:
     ({"stages": [{"objective": "mlm", "steps": 3}]}, r"unknown key\(s\) steps \(r.yaml: stages\[0\]\)"),
     ({"finetune": {"lrr": 1}}, r"unknown key\(s\) lrr \(r.yaml: finetune\)"),
     ({"budget": 3}, "unknown key"),
+    ({"stages": [{"objective": ["mlm"]}]}, r"unknown objective \['mlm'\]"),
+    ({"stages": [{"objective": "mlm"}, {"objective": "mlm", "train": {"bogus": 1}}]},
+     r"bogus \(r.yaml: stages\[1\].train\)"),  # found before stage 0 trains
+    ({"stages": [{"objective": "mlm"}, {"objective": "mlm", "train": {"batch_size": 0}}]},
+     r"r.yaml: stages\[1\].train.batch_size"),
+    ({"stages": [{"objective": "mlm", "objective_options": {"mask_probb": 0.2}}]},
+     r"mask_probb.*r.yaml: stages\[0\].objective_options"),
 ])
 def test_bad_recipes_name_the_key(change: dict, match: str) -> None:
     with pytest.raises(UserError, match=match):
@@ -77,6 +85,33 @@ def test_stages_run_in_order_within_one_budget(recipe_run) -> None:
     assert top["objective"] == "mlm" and top["recipe"] == "two-stage"
     assert (out / "model.safetensors").read_bytes() == (out / "stages" / "1-mlm" / "model.safetensors").read_bytes()
     assert yaml.safe_load((out / "recipe.yaml").read_text())["stages"][0]["objective"] == "word2vec"
+
+
+def test_a_malformed_recipe_file_is_one_line_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nstages: [\n")
+    with pytest.raises(UserError, match="invalid YAML"):
+        load_recipe(str(bad))
+
+
+def test_a_recipe_that_fails_on_its_data_leaves_no_run(lee: Path, tmp_path: Path) -> None:
+    tiny_vocab = {**TWO_STAGES, "tokenizer": {"kind": "wordpiece", "vocab_size": 200}}
+    with pytest.raises(UserError, match="vocab"):
+        pretrain_recipe(RecipeRun(recipe=parse_recipe(tiny_vocab, "r.yaml"), out=tmp_path / "run",
+                                  corpus=[str(lee)], progress=False))
+    assert not (tmp_path / "run").exists()  # a corrected retry needs no --overwrite
+
+
+def test_resume_keeps_the_budget_seed_and_data_it_started_with(recipe_run, tmp_path: Path) -> None:
+    out, summary = recipe_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy, symlinks=True)
+    saved = json.loads((copy / "recipe_run.json").read_text())
+    assert saved == {"minutes": 0.25, "seed": 0, "data": None}
+    (copy / "recipe_run.json").write_text(json.dumps({**saved, "minutes": 0.5, "seed": 3}))
+    again = pretrain_recipe(RecipeRun(recipe=parse_recipe(TWO_STAGES, "r.yaml"), out=copy, resume=True,
+                                      progress=False))
+    assert again["budget_seconds"] == 30.0  # not the recipe's 15 s: what the run was started with
 
 
 def test_resume_repeats_no_finished_stage(recipe_run, tmp_path: Path) -> None:
