@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from ptmkit.errors import UserError
-from ptmkit.fileio import check_writable
+from ptmkit.fileio import check_writable, read_yaml
 from ptmkit.train.loop import TrainConfig
 
 EPILOGS = {
@@ -296,14 +296,7 @@ def _run_prepare(args: argparse.Namespace) -> None:
 def _load_config_file(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
-    if not path.is_file():
-        raise UserError("config file not found", str(path), "check the --config path")
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise UserError(f"invalid YAML: {str(err).splitlines()[0]}", str(path), "fix the syntax") from None
-    except UnicodeDecodeError as err:
-        raise UserError(f"not UTF-8 text (byte {err.start})", str(path), "save the file as UTF-8") from None
+    values = read_yaml(path, "--config") or {}
     if not isinstance(values, dict):
         raise UserError("config must be a mapping of options", str(path), "write `steps: 1000` style lines")
     return values

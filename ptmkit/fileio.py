@@ -6,6 +6,9 @@ import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from ptmkit.errors import UserError
 
@@ -47,3 +50,16 @@ def copy_items(source: Path, dest: Path, names: Iterable[str]) -> None:
             shutil.copytree(item, dest / name, dirs_exist_ok=True)
         elif item.is_file():
             shutil.copy2(item, dest / name)
+
+
+def read_yaml(path: Path, flag: str) -> Any:
+    """A YAML file the user wrote (a config, a recipe), as UTF-8 whatever the locale; a missing
+    file, bad bytes or bad syntax is one UserError naming it (`flag` says how it was given)."""
+    if not path.is_file():
+        raise UserError("file not found", str(path), f"check the {flag} path")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise UserError(f"invalid YAML: {str(err).splitlines()[0]}", str(path), "fix the syntax") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"not UTF-8 text (byte {err.start})", str(path), "save the file as UTF-8") from None

@@ -19,6 +19,7 @@ import yaml
 from ptmkit.data.segment import SEGMENTERS
 from ptmkit.data.tokenizer import KINDS, minimum_vocab_size
 from ptmkit.errors import UserError
+from ptmkit.fileio import read_yaml
 from ptmkit.finetuning.data import glue_spec
 from ptmkit.finetuning.registry import TASKS, get_task
 from ptmkit.finetuning.tasks import POOLINGS
@@ -420,15 +421,7 @@ def _objective_options(value: Any, spot: str) -> dict[str, dict[str, Any]]:
 def load_compare_config(path: str | Path) -> CompareConfig:
     """Read and validate a compare YAML; every problem is one UserError naming the key."""
     path = Path(path)
-    if not path.is_file():
-        _fail("config file not found", str(path), "check the --config path")
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except UnicodeDecodeError as err:
-        raise UserError(f"not UTF-8 text (byte {err.start})", str(path), "save the config as UTF-8") from None
-    except yaml.YAMLError as err:
-        raise UserError(f"invalid YAML: {str(err).splitlines()[0]}", str(path), "fix the syntax") from None
-    return parse_compare_config(values, str(path), path.parent)
+    return parse_compare_config(read_yaml(path, "--config") or {}, str(path), path.parent)
 
 
 def parse_compare_config(values: dict, where: str, base: Path) -> CompareConfig:

@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ptmkit.errors import UserError
+from ptmkit.fileio import read_yaml
 
 RECIPES_DIR = Path(__file__).parent
 TOP_KEYS = {"name", "summary", "tokenizer", "model", "minutes", "stages", "finetune"}
@@ -58,13 +57,7 @@ def load_recipe(name: str) -> Recipe:
         if not path.is_file():
             raise UserError(f"unknown recipe {name!r}", "--recipe",
                             f"use one of {', '.join(available())} or a recipe YAML file")
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise UserError(f"invalid YAML: {str(err).splitlines()[0]}", str(path), "fix the syntax") from None
-    except UnicodeDecodeError as err:
-        raise UserError(f"not UTF-8 text (byte {err.start})", str(path), "save the recipe as UTF-8") from None
-    return parse_recipe(values, str(path))
+    return parse_recipe(read_yaml(path, "--recipe") or {}, str(path))
 
 
 def _check_keys(values: Any, allowed: set[str], where: str) -> None:

@@ -199,7 +199,7 @@ def test_the_checked_keys_are_those_the_runner_passes_on() -> None:
 def test_a_config_that_is_not_utf8_is_a_user_error(base) -> None:
     path = base / "cmp.yaml"
     path.write_bytes(b"corpus: [corpus.txt]\n# caf\xe9 (Latin-1)\n")
-    with pytest.raises(UserError, match=r"not UTF-8 text \(byte 26\) \(.*cmp.yaml\): save the config as UTF-8"):
+    with pytest.raises(UserError, match=r"not UTF-8 text \(byte 26\) \(.*cmp.yaml\): save the file as UTF-8"):
         load_compare_config(path)
 
 
