@@ -10,8 +10,9 @@ Layout of the run directory::
     recipe_run.json          its budget, seed and --data, kept by --resume
 
 The budget is wall clock for all stages together (model building, evaluation and saving included);
-the last stage trains for whatever the earlier ones left, less a reserve for its final evaluation
-and save. Data preparation is not counted: it is shared with whatever the run is compared with.
+an earlier stage trains its own steps but always leaves the last one 10% of the budget and its
+reserve; the last stage trains for whatever the earlier ones left, less that reserve for its final
+evaluation and save. Data preparation is not counted: it is shared with whatever the run is compared with.
 A finished stage is never repeated, so an interrupted recipe continues with `--resume`.
 """
 
@@ -33,8 +34,11 @@ from ptmkit.errors import UserError
 from ptmkit.fileio import copy_items
 from ptmkit.pretraining import PretrainSpec, check_corpus, check_run_dir, pretrain
 from ptmkit.recipes import Recipe
+from ptmkit.train.checkpoint import latest_checkpoint
 from ptmkit.train.loop import UNBOUNDED_STEPS, TrainConfig
 
+LAST_SHARE = 0.1
+"""Share of the budget an earlier stage always leaves the last one, however many steps it asks for."""
 RESERVE_SECONDS, RESERVE_SHARE = 20.0, 0.15
 """Kept back from the last stage's training time for building the model, its one validation and
 its save (the trainer's clock counts training steps only): 20 s, or 15% of a budget under 133 s."""
@@ -93,12 +97,13 @@ def pretrain_recipe(run: RecipeRun) -> dict[str, Any]:
         summary_path = stage_dir / "summary.json"
         if not summary_path.is_file():
             last = i == len(run.recipe.stages) - 1
-            left = budget - spent - (min(RESERVE_SECONDS, RESERVE_SHARE * budget) if last else 0.0)
+            # an earlier stage leaves the last one its reserve and a share of the budget to train
+            left = budget - spent - min(RESERVE_SECONDS, RESERVE_SHARE * budget) - (0.0 if last else LAST_SHARE * budget)
             if left <= 0:
                 raise UserError(f"the earlier stages used the whole {budget / 60:g}-minute budget before "
                                 f"stage {i} ({stage.objective})", run.recipe.source,
                                 "raise the recipe's minutes (or --max-minutes) or shorten the earlier stages")
-            started = time.perf_counter()
+            started = time.perf_counter() - _trained_before(stage_dir)  # a resumed stage's earlier part counts
             pretrain(PretrainSpec(objective=stage.objective, out=stage_dir, data=data_dir, model=run.recipe.model,
                                   objective_options=dict(stage.objective_options),
                                   train=_train_config(stage.train, run.seed, left, last), init=init,
@@ -120,6 +125,14 @@ def pretrain_recipe(run: RecipeRun) -> dict[str, Any]:
                "final_loss": stages[-1]["final_loss"], "prepare_seconds": prepare_seconds}
     (run.out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _trained_before(stage_dir: Path) -> float:
+    """Training seconds an interrupted stage had spent before its last checkpoint (0 if none)."""
+    checkpoint = latest_checkpoint(stage_dir)
+    if checkpoint is None:
+        return 0.0
+    return float(json.loads((checkpoint / "state.json").read_text())["trainer"].get("elapsed_s", 0.0))
 
 
 def _with_saved_settings(run: RecipeRun) -> RecipeRun:

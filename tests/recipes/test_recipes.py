@@ -114,6 +114,26 @@ def test_resume_keeps_the_budget_seed_and_data_it_started_with(recipe_run, tmp_p
     assert again["budget_seconds"] == 30.0  # not the recipe's 15 s: what the run was started with
 
 
+def test_a_long_earlier_stage_leaves_the_last_one_time(recipe_run, tmp_path: Path) -> None:
+    out, _ = recipe_run
+    greedy = {**TWO_STAGES, "stages": [{"objective": "mlm", "train": {"steps": 100_000, "batch_size": 8,
+                                                                       "seq_len": 32, "warmup": 5}},
+                                        TWO_STAGES["stages"][1]]}
+    summary = pretrain_recipe(RecipeRun(recipe=parse_recipe(greedy, "r.yaml"), out=tmp_path / "run",
+                                        data=out / "data", progress=False))
+    first, last = summary["stages"]
+    assert first["stopped_by"] == "time" and last["steps"] >= 1  # the budget did not run out before it
+
+
+def test_a_resumed_stage_counts_the_time_it_trained_before(tmp_path: Path) -> None:
+    from ptmkit.recipes.pretrain import _trained_before
+    assert _trained_before(tmp_path / "stage") == 0.0  # never checkpointed
+    step = tmp_path / "stage" / "checkpoints" / "step-000004"
+    step.mkdir(parents=True)
+    (step / "state.json").write_text(json.dumps({"trainer": {"step": 4, "elapsed_s": 12.5}}))
+    assert _trained_before(tmp_path / "stage") == 12.5
+
+
 def test_resume_repeats_no_finished_stage(recipe_run, tmp_path: Path) -> None:
     out, summary = recipe_run
     before = (out / "stages" / "0-word2vec" / "model.safetensors").stat().st_mtime_ns
