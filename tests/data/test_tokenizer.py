@@ -339,6 +339,13 @@ def test_bpe_training_is_deterministic_and_streams_from_a_generator(trained):
     assert again.sha256() == trained("bpe", "en").sha256()
 
 
+def test_wordpiece_training_is_deterministic():
+    """The Rust trainer numbers its alphabet and tied merges in hash order; ptmkit renumbers."""
+    trainings = {train_tokenizer(LEE, kind="wordpiece", vocab_size=2000, show_progress=False).hf.to_str()
+                 for _ in range(3)}
+    assert len(trainings) == 1
+
+
 def test_lowercase_defaults_and_override():
     texts = LEE[:40]
     wp = train_tokenizer(texts, kind="wordpiece", vocab_size=400, show_progress=False)
