@@ -2,6 +2,7 @@
 
     python bench/matmul_peak.py --size 2048 --json
     python bench/matmul_peak.py --model small --batch-size 16 --seq-len 128 --json
+    python bench/matmul_peak.py --device cuda --size 8192 --json
 
 The first form times one square matmul per dtype. The second adds the limit at a model's own
 shapes: every matmul of one training step of a Transformer encoder of that size (each linear
@@ -21,20 +22,23 @@ import torch
 from bench_cli import bench_parser, emit
 
 
-def _best_seconds(run, repeats: int) -> float:
-    for _ in range(2):  # warm-up: thread pools, oneDNN kernel selection
-        run()
-    best = float("inf")
-    for _ in range(repeats):
+def _best_seconds(run, repeats: int, device: torch.device) -> float:
+    def timed() -> float:
         start = time.perf_counter()
         run()
-        best = min(best, time.perf_counter() - start)
-    return best
+        if device.type == "cuda":  # the product is queued, not done, when the call returns
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    for _ in range(2):  # warm-up: thread pools, oneDNN / cuBLAS kernel selection
+        timed()
+    return min(timed() for _ in range(repeats))
 
 
-def peak_gflops(size: int, dtype: torch.dtype, repeats: int) -> float:
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    return 2 * size**3 / _best_seconds(lambda: a @ b, repeats) / 1e9
+def peak_gflops(size: int, dtype: torch.dtype, repeats: int, device: torch.device) -> float:
+    # random operands: zeros run faster than real data on some GPUs
+    a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
+    return 2 * size**3 / _best_seconds(lambda: a @ b, repeats, device) / 1e9
 
 
 def step_matmuls(hidden: int, ffn: int, heads: int, layers: int, vocab: int,
@@ -60,12 +64,14 @@ def step_matmuls(hidden: int, ffn: int, heads: int, layers: int, vocab: int,
     return shapes
 
 
-def shapes_gflops(shapes: Counter[tuple[int, int, int, int]], dtype: torch.dtype, repeats: int) -> float:
+def shapes_gflops(shapes: Counter[tuple[int, int, int, int]], dtype: torch.dtype, repeats: int,
+                  device: torch.device) -> float:
     flops = seconds = 0.0
     for (count, m, k, n), times in shapes.items():
-        a, b = torch.randn(count, m, k, dtype=dtype), torch.randn(count, k, n, dtype=dtype)
+        a = torch.randn(count, m, k, dtype=dtype, device=device)
+        b = torch.randn(count, k, n, dtype=dtype, device=device)
         run = (lambda: a[0] @ b[0]) if count == 1 else (lambda: torch.bmm(a, b))
-        seconds += times * _best_seconds(run, repeats)
+        seconds += times * _best_seconds(run, repeats, device)
         flops += times * 2 * count * m * k * n
     return flops / seconds / 1e9
 
@@ -78,18 +84,21 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--vocab-size", type=int, default=8192)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     args = parser.parse_args()
+    device = torch.device(args.device)
     result = {"size": args.size, "threads": torch.get_num_threads(),
-              "fp32_gflops": round(peak_gflops(args.size, torch.float32, args.repeats), 1),
-              "bf16_gflops": round(peak_gflops(args.size, torch.bfloat16, args.repeats), 1)}
+              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "fp32_gflops": round(peak_gflops(args.size, torch.float32, args.repeats, device), 1),
+              "bf16_gflops": round(peak_gflops(args.size, torch.bfloat16, args.repeats, device), 1)}
     if args.model:
         from ptmkit.model.config import resolve_model_config
         cfg = resolve_model_config(args.model, vocab_size=args.vocab_size, layout="bert")
         shapes = step_matmuls(cfg.hidden, cfg.ffn, cfg.heads, cfg.n_layers, args.vocab_size,
                               args.batch_size, args.seq_len)
         result.update(model=args.model, batch_size=args.batch_size, seq_len=args.seq_len,
-                      model_shapes_fp32_gflops=round(shapes_gflops(shapes, torch.float32, args.repeats), 1),
-                      model_shapes_bf16_gflops=round(shapes_gflops(shapes, torch.bfloat16, args.repeats), 1))
+                      model_shapes_fp32_gflops=round(shapes_gflops(shapes, torch.float32, args.repeats, device), 1),
+                      model_shapes_bf16_gflops=round(shapes_gflops(shapes, torch.bfloat16, args.repeats, device), 1))
     emit(result, args.json)
 
 

@@ -3,6 +3,9 @@ model, batches and Trainer as `bench/throughput.py`, the operators with the most
 
     python bench/profile_step.py --side ptmkit --objective bart --model small --precision fp32
     python bench/profile_step.py --side hf --objective bart --model small --by-shape
+    python bench/profile_step.py --side ptmkit --objective bart --model base --precision bf16 --device cuda
+
+On a GPU the table is sorted by the kernels' device time, and the total is the device's time.
 
 `--by-shape` splits each operator by its input shapes (which tensor a copy or a sum is about).
 Run the two sides one after the other on a quiet machine and compare the matmul total with the
@@ -37,27 +40,36 @@ def main() -> None:
     if args.side == "ptmkit":
         keep_freed_memory()  # as `ptmkit pretrain` does
     torch.manual_seed(0)
+    device = torch.device(args.device)
+    on_gpu = device.type == "cuda"
     model, loss_fn, batches, count_tokens = build_side(args, args.side)
     train = TrainConfig(steps=10**9, batch_size=args.batch_size, seq_len=args.seq_len,
                         precision=args.precision, compile=args.compile, warmup=1)
     stream = itertools.cycle(batches)
     with tempfile.TemporaryDirectory() as run:
-        trainer = Trainer(model, loss_fn, train, Path(run), count_tokens=count_tokens, progress=False)
+        trainer = Trainer(model, loss_fn, train, Path(run), count_tokens=count_tokens, progress=False,
+                          device=device)
         for _ in range(args.warmup):
             trainer.train_step(stream)
-        with torch.profiler.profile(record_shapes=args.by_shape) as profile:
+        activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if on_gpu else [])
+        with torch.profiler.profile(activities=activities, record_shapes=args.by_shape) as profile:
             for _ in range(args.steps):
                 trainer.train_step(stream)
+            if on_gpu:
+                torch.cuda.synchronize(device)
     events = profile.key_averages(group_by_input_shape=args.by_shape)
-    total = sum(e.self_cpu_time_total for e in events)
-    matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMULS)
+    sort_by = "self_device_time_total" if on_gpu else "self_cpu_time_total"
+    # operators only: on a GPU each kernel is also listed on its own, beside the operator that launched it
+    operators = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU]
+    total = sum(getattr(e, sort_by) for e in operators)
+    matmul = sum(getattr(e, sort_by) for e in operators if e.key in MATMULS)
     if args.json:
         print(json.dumps({"side": args.side, "objective": args.objective, "precision": args.precision,
                           "steps": args.steps, "ms_per_step": round(total / 1e3 / args.steps, 1),
                           "matmul_share": round(matmul / total, 3)}))
         return
-    print(events.table(sort_by="self_cpu_time_total", row_limit=args.rows))
-    print(f"{args.side}: {total / 1e3 / args.steps:.1f} ms of operator self time per step, "
+    print(events.table(sort_by=sort_by, row_limit=args.rows, max_name_column_width=70))
+    print(f"{args.side}: {total / 1e3 / args.steps:.1f} ms of operator self {'device' if on_gpu else 'CPU'} time per step, "
           f"{matmul / total:.0%} of it in matmuls ({', '.join(MATMULS)})")
 
 

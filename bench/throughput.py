@@ -19,6 +19,11 @@ Both run ptmkit's `Trainer.train_step` (same AdamW groups/lr/betas/eps/decay, fu
 clipping, autocast for bf16); the HF side's loss is the model's own `model(**batch).loss`.
 Tokens per step are the non-pad input ids on both sides (batch x seq_len except for BART's
 padded, noised encoder input, whose batches are shared by both sides).
+
+`--device cuda` runs both sides on the GPU (attention then goes through
+`F.scaled_dot_product_attention`, whose flash kernel serves causal and unmasked bf16 rows); each
+timed block ends with a device synchronisation, and peak memory is the GPU's
+(`torch.cuda.max_memory_allocated`) instead of the process's RSS.
 """
 
 from __future__ import annotations
@@ -102,6 +107,17 @@ def build_side(args: argparse.Namespace, side: str):
     return model, hf_models.loss, batches, count_tokens
 
 
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":  # kernels run asynchronously: a block ends when the GPU is done
+        torch.cuda.synchronize(device)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def worker(args: argparse.Namespace, side: str, conn) -> None:
     """One framework in its own process (so its peak RSS is its own): builds the model and a
     ptmkit Trainer (same AdamW, clipping, autocast for both sides), then runs the blocks of
@@ -109,19 +125,23 @@ def worker(args: argparse.Namespace, side: str, conn) -> None:
     if side == "ptmkit" or args.hf_keep_freed_memory:
         keep_freed_memory()  # as `ptmkit pretrain` does at start
     torch.manual_seed(0)
+    device = torch.device(args.device)
     model, loss_fn, batches, count_tokens = build_side(args, side)
     train = TrainConfig(steps=10**9, batch_size=args.batch_size, seq_len=args.seq_len,
                         precision=args.precision, compile=args.compile, warmup=1)
     stream = itertools.cycle(batches)
     with tempfile.TemporaryDirectory() as run:
-        trainer = Trainer(model, loss_fn, train, Path(run), count_tokens=count_tokens, progress=False)
+        trainer = Trainer(model, loss_fn, train, Path(run), count_tokens=count_tokens, progress=False,
+                          device=device)
         conn.send(sum(p.numel() for p in model.parameters()))
         while (steps := conn.recv()) is not None:
+            _synchronize(device)
             start, tokens = time.perf_counter(), 0
             for _ in range(steps):
                 tokens += trainer.train_step(stream)[2]
+            _synchronize(device)
             conn.send((time.perf_counter() - start, tokens))
-    conn.send(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    conn.send(_peak_memory_mb(device))
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -150,21 +170,23 @@ def measure(args: argparse.Namespace) -> dict:
             seconds[side] += took
             tokens[side] += count
         done += block
-    rss = {}
+    peak = {}
     for side in sides:
         conns[side].send(None)
-        rss[side] = conns[side].recv()
+        peak[side] = conns[side].recv()
         procs[side].join()
 
     objective, cfg = build_setup(args)
     flops = objective.build_model(cfg).flops_per_token(args.seq_len, objective.predicted_fraction())
     result = {"objective": args.objective, "model": args.model, "precision": args.precision,
+              "device": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu",
+              "compile": args.compile,
               "batch_size": args.batch_size, "seq_len": args.seq_len, "threads": torch.get_num_threads(),
               "steps": args.steps, "block": args.block}
     for side in sides:
         rate = tokens[side] / seconds[side]
         result[f"{side}_tokens_per_s"] = round(rate, 1)
-        result[f"{side}_peak_rss_mb"] = round(rss[side], 1)
+        result[f"{side}_peak_{'gpu_mb' if args.device.startswith('cuda') else 'rss_mb'}"] = round(peak[side], 1)
         result[f"{side}_params"] = params[side]
         result[f"{side}_model_tflops_per_s"] = round(rate * flops / 1e12, 4)
         if args.peak_gflops:
@@ -188,6 +210,7 @@ def add_step_arguments(parser: argparse.ArgumentParser, objective: str = "mlm") 
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
 
 
 def main() -> None:

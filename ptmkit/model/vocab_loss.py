@@ -19,11 +19,24 @@ import torch.nn.functional as F
 from torch import Tensor
 
 CHUNK_ELEMENTS = 1 << 21
-"""Logits per chunk (8 MB in fp32): small enough to stay in this kind of CPU's L3 cache, large
-enough for the matmuls to run at full speed."""
+"""Logits per chunk on CPU (8 MB in fp32): small enough to stay in this kind of CPU's L3 cache,
+large enough for the matmuls to run at full speed."""
 
 GROUP_ELEMENTS = 1 << 24
-"""Logit gradients kept below fp32 before their weight-gradient matmul (32 MB in bf16)."""
+"""Logit gradients kept below fp32 before their weight-gradient matmul on CPU (32 MB in bf16)."""
+
+ACCELERATOR_CHUNK_ELEMENTS = 1 << 26
+"""Logits per chunk (and per group) on a GPU (256 MB in fp32). No cache to stay in there: each
+chunk costs a dozen kernel launches, and CPU-sized chunks (256 rows of an 8,192 vocabulary)
+made the loss of a 16k-row batch a thousand launches of tiny kernels. The bound only caps
+memory for large vocabularies."""
+
+
+def _chunk_sizes(device: torch.device) -> tuple[int, int]:
+    """(logits per chunk, logits per group) for tensors on `device`."""
+    if device.type == "cpu":
+        return CHUNK_ELEMENTS, GROUP_ELEMENTS
+    return ACCELERATOR_CHUNK_ELEMENTS, ACCELERATOR_CHUNK_ELEMENTS
 
 
 def _chunks(rows: int, vocab: int, elements: int) -> list[slice]:
@@ -79,11 +92,13 @@ def _loss_and_gradients(hidden: Tensor, weight: Tensor, bias: Tensor | None, tar
     grad_weight: Tensor | None = None
     grad_bias = torch.zeros(vocab, dtype=torch.float32, device=hidden.device) if bias is not None else None
     loss, correct = hidden.new_zeros((), dtype=torch.float32), hidden.new_zeros((), dtype=torch.float32)
-    group_elements = CHUNK_ELEMENTS if hidden.dtype == torch.float32 else GROUP_ELEMENTS
+    chunk_elements, group_elements = _chunk_sizes(hidden.device)
+    if hidden.dtype == torch.float32:
+        group_elements = chunk_elements
     for group in _chunks(rows, vocab, group_elements):
         h_group = hidden[group]
         grad_logits = torch.empty(h_group.shape[0], vocab, dtype=hidden.dtype, device=hidden.device)
-        for part in _chunks(h_group.shape[0], vocab, CHUNK_ELEMENTS):
+        for part in _chunks(h_group.shape[0], vocab, chunk_elements):
             h, t, grad = h_group[part], targets[group][part], grad_logits[part]
             log_probs, part_loss, hits = _log_softmax_and_hits(h, weight, bias, t)
             loss += part_loss
@@ -115,7 +130,7 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, bias: Tensor | None,
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         return _LinearCrossEntropy.apply(hidden, weight, bias, targets)
     loss, correct = hidden.new_zeros((), dtype=torch.float32), hidden.new_zeros((), dtype=torch.float32)
-    for part in _chunks(hidden.shape[0], weight.shape[0], CHUNK_ELEMENTS):
+    for part in _chunks(hidden.shape[0], weight.shape[0], _chunk_sizes(hidden.device)[0]):
         _, part_loss, hits = _log_softmax_and_hits(hidden[part], weight, bias, targets[part])
         loss += part_loss
         correct += hits

@@ -83,3 +83,14 @@ def test_without_gradients_only_the_loss_is_computed() -> None:
     torch.testing.assert_close(loss, ref_loss)
     assert float(accuracy) == float(ref_accuracy)
     assert not loss.requires_grad
+
+
+def test_gpu_chunks_are_few_and_cpu_chunks_fit_in_cache() -> None:
+    """16k rows of an 8,192 vocabulary: two chunks on a GPU (each chunk is a dozen kernel
+    launches), a few MB of logits per chunk on CPU."""
+    rows, vocab = 32 * 512, 8192
+    gpu_chunk, gpu_group = vocab_loss._chunk_sizes(torch.device("cuda"))
+    assert len(vocab_loss._chunks(rows, vocab, gpu_chunk)) == 2
+    assert len(vocab_loss._chunks(rows, vocab, gpu_group)) == 2
+    cpu_chunk, _ = vocab_loss._chunk_sizes(torch.device("cpu"))
+    assert cpu_chunk * 4 <= 8 * 2**20
