@@ -29,7 +29,7 @@ from ptmkit.objectives.base import Vocab
 from ptmkit.train.checkpoint import check_weights_file, latest_checkpoint, load_weights
 from ptmkit.train.distributed import Distributed, resolve_mode
 from ptmkit.train.loop import TrainConfig, Trainer
-from ptmkit.train.host import keep_freed_memory
+from ptmkit.train.host import compute_device, keep_freed_memory
 
 DEFAULT_TOKENIZER = {"kind": "bpe", "vocab_size": 8000}
 
@@ -296,10 +296,7 @@ def _pretrain_into(spec: PretrainSpec, objective_cls: type, plan: _Plan | None,
     if dist is not None and dist.rank > 0:
         torch.manual_seed(cfg.seed + 7919 * dist.rank)  # other dropout masks than rank 0's
 
-    if dist is not None:
-        device = dist.device
-    else:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = dist.device if dist is not None else compute_device()
     validation = evaluation_batches(val_shards, length, objective.make_example, objective.collate,
                                     min(cfg.batch_size, max(1, val_shards.n_windows(length))),
                                     cfg.eval_batches)

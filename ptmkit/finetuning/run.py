@@ -34,7 +34,7 @@ from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.pretraining import check_run_dir
 from ptmkit.train.checkpoint import (atomic_save_model, latest_checkpoint, load_checkpoint, load_extra,
                                      load_weights, remove_checkpoints, save_checkpoint)
-from ptmkit.train.host import keep_freed_memory
+from ptmkit.train.host import compute_device, keep_freed_memory, to_device
 from ptmkit.train.loop import TrainConfig, autocast, learning_rate, make_optimizer
 
 
@@ -310,7 +310,8 @@ def finetune(spec: FinetuneSpec) -> dict[str, Any]:
         shutil.rmtree(spec.out)
     spec.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(spec.seed)
-    model = TaskModel(prepared.backbone, prepared.task, freeze=spec.freeze, freeze_embeddings=spec.freeze_embeddings)
+    model = TaskModel(prepared.backbone, prepared.task, freeze=spec.freeze,
+                      freeze_embeddings=spec.freeze_embeddings).to(compute_device())
     best, history = _train(model, prepared, spec)
     if "state" not in best:
         raise _no_finite_score(spec, prepared, history)
@@ -351,7 +352,7 @@ def _batches(items: list, batch_size: int, rng: np.random.Generator | None) -> l
 
 
 def _train(model: TaskModel, prepared: _Prepared, spec: FinetuneSpec) -> tuple[dict, list]:
-    task = prepared.task
+    task, device = prepared.task, _device_of(model)
     steps_per_epoch = -(-len(prepared.train) // spec.batch_size)
     epochs = max(spec.epochs, -(-spec.min_steps // steps_per_epoch))
     cfg = TrainConfig(steps=epochs * steps_per_epoch, lr=spec.lr, batch_size=spec.batch_size,
@@ -374,8 +375,8 @@ def _train(model: TaskModel, prepared: _Prepared, spec: FinetuneSpec) -> tuple[d
         for items in _batches(prepared.train, spec.batch_size, rng):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg, step) * group["lr_scale"]
-            batch = task.collate(items)
-            with autocast(spec.precision, torch.device("cpu")):
+            batch = to_device(task.collate(items), device)
+            with autocast(spec.precision, device):
                 loss = task.loss(model(batch), batch)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -451,10 +452,15 @@ def _restore(spec: FinetuneSpec, model: TaskModel, optimizer: torch.optim.Optimi
 @torch.no_grad()
 def predict_items(model: TaskModel, task: Task, items: list, batch_size: int) -> list[Any]:
     model.eval()
+    device = _device_of(model)
     predictions: list[Any] = []
     for chunk in _batches(items, batch_size, None):
-        predictions += task.predict_batch(model, task.collate(chunk))
+        predictions += task.predict_batch(model, to_device(task.collate(chunk), device))
     return predictions
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def evaluate_items(model: TaskModel, task: Task, items: list, targets: list, batch_size: int) -> dict[str, float]:
@@ -501,6 +507,7 @@ def evaluate(run: Path, data: str, out: Path | None = None, batch_size: int = 64
     if out is not None:
         _check_out_file(out)
     model, task, _ = load_finetuned(run)
+    model.to(compute_device())
     try:
         records = task.read(data)
         items = task.encode(records, data)

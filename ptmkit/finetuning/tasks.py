@@ -152,7 +152,7 @@ class Task:
         """One vector per sequence: first token, last real token, or the mean of real tokens."""
         if self.pooling == "last":
             last = batch["valid"].sum(1) - 1
-            return features[torch.arange(features.shape[0]), last]
+            return features[torch.arange(features.shape[0], device=features.device), last]
         if self.pooling == "mean":
             valid = batch["valid"].unsqueeze(-1).to(features.dtype)
             return (features * valid).sum(1) / valid.sum(1).clamp(min=1)

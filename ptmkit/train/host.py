@@ -6,6 +6,9 @@ import ctypes
 import ctypes.util
 import functools
 
+import torch
+from torch import Tensor
+
 # glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 HEAP_BELOW = 1 << 28
@@ -31,3 +34,14 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError, TypeError):  # not glibc (macOS, musl, Windows)
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, HEAP_BELOW) and mallopt(_M_TRIM_THRESHOLD, KEEP_BELOW))
+
+
+def compute_device() -> torch.device:
+    """The GPU when there is one (single process; under torchrun each process takes its
+    `LOCAL_RANK`'s, see `ptmkit.train.distributed`), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    """A collated batch's tensors on `device` (a copy from the CPU is queued, not waited for)."""
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from ptmkit.errors import RunStopped, check_values
 from ptmkit.train.checkpoint import (atomic_save_model, atomic_save_state, latest_checkpoint, load_checkpoint,
                                      remove_partial_checkpoints, save_checkpoint)
+from ptmkit.train.host import to_device
 
 LossFn = Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, dict[str, float]]]
 LossWeight = Callable[[dict[str, Tensor]], "int | None"]
@@ -268,9 +269,6 @@ class Trainer:
         self.dist.barrier()
 
     # ---- loop ---------------------------------------------------------------------------
-    def _to_device(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-
     def _loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         if self.wrapped is not None:
             return self.wrapped(batch)
@@ -295,7 +293,7 @@ class Trainer:
             group["lr"] = lr
         total, extras, tokens = 0.0, {}, 0
         accum = self.cfg.grad_accum
-        micro = [self._to_device(next(batches)) for _ in range(accum)]
+        micro = [to_device(next(batches), self.device) for _ in range(accum)]
         weights = self._weights(micro)
         for i, batch in enumerate(micro):
             tokens += self.count_tokens(batch)
@@ -351,7 +349,7 @@ class Trainer:
         rank = self.dist.rank if self.dist is not None else 0
         for index in range(rank, -(-n // self.world) * self.world, self.world):
             with autocast(self.cfg.precision, self.device):
-                loss = float(self._loss(self._to_device(self.validation[index % n]))[0])
+                loss = float(self._loss(to_device(self.validation[index % n], self.device))[0])
             if index < n:  # past the end: a repeat that only keeps FSDP's collectives in step
                 losses.append(loss)
         root.train()
