@@ -5,6 +5,7 @@ Everything the user got wrong is detected before the run directory is touched.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -211,9 +212,11 @@ def _plan(spec: PretrainSpec, objective_cls: type, data_dir: Path) -> _Plan:
     model_cfg = _model_config(spec, objective_cls, tokenizer.vocab_size)
     length = objective.window_length()
     dataset = WindowDataset(train_shards, length, objective.make_example, cfg.seed)
-    if len(dataset) < cfg.batch_size:
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's processes share each global batch
+    if len(dataset) < cfg.batch_size * world:
+        batch = f"{cfg.batch_size}" if world == 1 else f"{cfg.batch_size} x {world} processes"
         raise UserError(f"the training split has {len(dataset)} windows of {length} tokens, fewer "
-                        f"than one batch of {cfg.batch_size}", str(data_dir),
+                        f"than one batch of {batch}", str(data_dir),
                         "use more text, a smaller --batch-size or a shorter --seq-len")
     return _Plan(data_dir, train_shards, val_shards, tokenizer, objective, model_cfg, length, dataset)
 
@@ -273,9 +276,8 @@ def _pretrain_into(spec: PretrainSpec, objective_cls: type, plan: _Plan | None,
                    dist: Distributed | None = None) -> dict[str, Any]:
     main = dist is None or dist.is_main
     if plan is None:  # --corpus: rank 0 prepares the data inside the run, the others then read it
-        data_dir = _resolve_data(spec) if main else spec.out / "data"
-        if dist is not None:
-            dist.barrier()
+        with dist.main_alone() if dist is not None else contextlib.nullcontext():
+            data_dir = _resolve_data(spec) if main else spec.out / "data"
         plan = _plan(spec, objective_cls, data_dir)
     data_dir, val_shards, tokenizer = plan.data_dir, plan.val_shards, plan.tokenizer
     objective, model_cfg, length, dataset = plan.objective, plan.model_cfg, plan.length, plan.dataset

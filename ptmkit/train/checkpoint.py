@@ -38,11 +38,42 @@ CHECKPOINTS = "checkpoints"
 SHARDED = "dcp"
 
 
+def _fsync(path: Path) -> None:
+    """Flush `path` (a file, or a directory's entries) to the disk. A rename is only atomic
+    across a power loss or a node reset if what it makes visible was on the disk before it:
+    otherwise the renamed checkpoint can come back with empty or partial files."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # e.g. directories cannot be opened on Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # a file system without fsync
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    """`_fsync` every file under the directory `path`, then the directories themselves."""
+    for root, _, files in os.walk(path):
+        for name in files:
+            _fsync(Path(root) / name)
+        _fsync(Path(root))
+
+
+def _replace_durably(tmp: Path, path: Path) -> None:
+    """Rename the complete file `tmp` over `path`, its data on the disk first."""
+    _fsync(tmp)
+    os.replace(tmp, path)
+    _fsync(path.parent)
+
+
 def atomic_save_model(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
     """Weights as safetensors (shared/tied tensors stored once), via a temp file and a rename."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_model(model, str(tmp), metadata=metadata)
-    os.replace(share(tmp), path)
+    _replace_durably(share(tmp), path)
 
 
 def atomic_save_state(state: dict[str, torch.Tensor], model: nn.Module, path: Path) -> None:
@@ -60,7 +91,7 @@ def atomic_save_state(state: dict[str, torch.Tensor], model: nn.Module, path: Pa
                 metadata[name] = keep
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={**metadata, "format": "pt"})
-    os.replace(share(tmp), path)
+    _replace_durably(share(tmp), path)
 
 
 def load_weights(model: nn.Module, path: Path) -> None:
@@ -132,6 +163,21 @@ def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
+KERNEL_OPTIONS = ("fused", "foreach", "capturable", "differentiable")
+"""Optimizer options that say how this process runs the update, not what it computes: a
+checkpoint written by FSDP (``foreach``, for sharded parameters) must not turn the fused kernel of
+the plain or DDP process that resumes it into the 4-5x slower ``foreach`` loop."""
+
+
+def keep_kernel_options(optimizer: torch.optim.Optimizer, groups: list[dict[str, Any]]) -> None:
+    """Overwrite the kernel options of saved param `groups` (about to be loaded into
+    `optimizer`) with the optimizer's own."""
+    for current, saved in zip(optimizer.param_groups, groups):
+        for key in KERNEL_OPTIONS:
+            if key in current:
+                saved[key] = current[key]
+
+
 def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
@@ -188,9 +234,12 @@ def save_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimize
                      "world_size": distributed.world if distributed is not None else 1}
             (tmp / "state.json").write_text(json.dumps(state))
             share(tmp)
+            _fsync_tree(tmp)  # on the disk before the renames make it the latest
             final.parent.mkdir(exist_ok=True)
             _swap_in(tmp, final, run / f".{CHECKPOINT}.trash-{name}")  # the same step saved again
+            _fsync(final.parent)
             _point_latest(run, final)
+            _fsync(run)
             _prune(run, keep, final)
     except BaseException:
         if main:
@@ -322,6 +371,8 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
             raise UserError("the checkpoint holds full weights (written by one process or by ddp)",
                             str(path), "resume it with --distributed ddp (or in one process)")
         load_weights(model, path / "model.safetensors")
-        optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
+        optim_state = _unflatten_optimizer(tensors, state["optimizer"])
+        keep_kernel_options(optimizer, optim_state["param_groups"])
+        optimizer.load_state_dict(optim_state)
     set_rng_state(state["rng"], tensors, distributed.rank if distributed is not None else 0)
     return state["trainer"]

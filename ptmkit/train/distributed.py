@@ -24,6 +24,7 @@ import gc
 import os
 import warnings
 from collections.abc import Callable, Iterable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ from ptmkit.errors import UserError
 
 MODES = ("ddp", "fsdp")
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+PATIENT_TIMEOUT = timedelta(days=7)
+"""How long `Distributed.main_alone` waits for rank 0."""
 
 
 def unavailable() -> str | None:
@@ -132,10 +135,33 @@ class Distributed:
         else:
             dist.barrier()
 
-    def sum(self, values: list[float]) -> list[float]:
-        """Element-wise sum over all processes (float64, so token counts stay exact)."""
+    @contextlib.contextmanager
+    def main_alone(self):
+        """Rank 0 does the work in the body alone (e.g. training a tokenizer and preparing the
+        shards of a large --corpus, which can take hours); the others wait at its end as long as
+        that takes. The group's own collectives (and its store) give up after a timeout (nccl 10
+        minutes, gloo 30) that would kill the waiting processes, so they wait in a gloo group of
+        their own, set up by every process before rank 0 starts."""
         import torch.distributed as dist
-        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        group = None
+        if self.world > 1 and dist.is_gloo_available():
+            group = dist.new_group(backend="gloo", timeout=PATIENT_TIMEOUT)
+        yield
+        if group is not None:
+            dist.barrier(group=group)
+        elif self.world > 1:
+            self.barrier()
+
+    def sum(self, values: list[float | Tensor]) -> list[float]:
+        """Element-wise sum over all processes (float64, so token counts stay exact). A value may
+        be a one-element tensor on this process's device: it joins the reduction where it is,
+        so the result is the one time the host waits for the device."""
+        import torch.distributed as dist
+        tensor = torch.tensor([0.0 if torch.is_tensor(v) else float(v) for v in values], dtype=torch.float64)
+        tensor = tensor.to(self.device, non_blocking=True)  # a GPU copy that waits for nothing
+        for index, value in enumerate(values):
+            if torch.is_tensor(value):
+                tensor[index] = value.reshape(())
         dist.all_reduce(tensor)
         return tensor.tolist()
 
@@ -219,4 +245,6 @@ def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path,
     with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
         warnings.filterwarnings("ignore", message=".*torch.distributed is disabled")
         dcp.load(state, checkpoint_id=str(path), no_dist=distributed is None)
+    from ptmkit.train.checkpoint import keep_kernel_options
+    keep_kernel_options(optimizer, state["optim"]["param_groups"])  # fused stays fused
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])

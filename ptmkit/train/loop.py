@@ -13,6 +13,7 @@ import math
 import os
 import signal
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -222,9 +223,18 @@ class Trainer:
         return self.examples // self.cfg.batch_size // self.world
 
     def resume(self) -> bool:
-        """Restore the latest checkpoint of the run, if any. Returns whether one was found."""
+        """Restore the latest checkpoint of the run, if any. Returns whether one was found.
+
+        Without one (a run killed before its first save) training starts again from step 0, and
+        the lines the killed run logged are dropped: metrics.jsonl never holds a step twice."""
         path = latest_checkpoint(self.run)
         if path is None:
+            if self.is_main:
+                warnings.warn(f"{self.run}: no checkpoint to resume (the run stopped before its first "
+                              "save; --save-every N saves every N steps): training starts from step 0",
+                              stacklevel=2)
+                remove_partial_checkpoints(self.run)
+                self._truncate_metrics()
             return False
         state = load_checkpoint(path, self.model, self.optimizer, self.dist)
         self.step, self.tokens, self.elapsed = state["step"], state["tokens"], state["elapsed_s"]
@@ -249,7 +259,9 @@ class Trainer:
                     continue
                 if isinstance(record, dict) and record.get("step", math.inf) <= self.step:
                     kept.append(line)
-            path.write_text("".join(line + "\n" for line in kept))
+            tmp = path.with_name(f".{path.name}.tmp")  # a kill now must not lose the kept lines
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, path)
 
     def save(self) -> None:
         if self._saved_step == self.step:  # e.g. --save-every then the end at the same step
@@ -291,12 +303,18 @@ class Trainer:
         lr = learning_rate(self.cfg, self.step, self.elapsed)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        total, extras, tokens = 0.0, {}, 0
+        extras: dict[str, float] = {}
         accum = self.cfg.grad_accum
-        micro = [to_device(next(batches), self.device) for _ in range(accum)]
-        weights = self._weights(micro)
+        host = [next(batches) for _ in range(accum)]
+        # counted on the host's batches: counting their device copies would make the CPU wait
+        # for the GPU on every micro-batch
+        weights = self._weights(host)
+        tokens = sum(self.count_tokens(batch) for batch in host)
+        micro = [to_device(batch, self.device) for batch in host]
+        # the step's loss stays on the device (float64, as Python floats would add it) and is
+        # read once, after the last backward
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
         for i, batch in enumerate(micro):
-            tokens += self.count_tokens(batch)
             sync = self.dist.grad_sync(self.wrapped, i == accum - 1) if self.dist is not None \
                 else contextlib.nullcontext()
             with sync:
@@ -304,7 +322,8 @@ class Trainer:
                     loss, metrics = self._loss(batch)
                 (loss / accum if weights is None else loss * weights[i]).backward()
             share = 1 / accum if weights is None else weights[i]
-            total += float(loss.detach()) / accum if weights is None else float(loss.detach()) * share
+            detached = loss.detach().double()
+            total += detached / accum if weights is None else detached * share
             for key, value in metrics.items():
                 extras[key] = extras.get(key, 0.0) + (value / accum if weights is None else value * share)
         self.examples += accum * self.world * self.cfg.batch_size
@@ -313,6 +332,8 @@ class Trainer:
             total = reduced[0] / self.world
             extras = {key: value / self.world for key, value in zip(extras, reduced[1:-1])}
             tokens = int(reduced[-1])
+        else:
+            total = float(total)
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
         if self.dist is not None:
             grad_norm = self.dist.clip_grad_norm(self.model.parameters(), max_norm)

@@ -121,3 +121,75 @@ def test_sharded_checkpoint_loads_into_a_plain_model(tmp_path: Path) -> None:
     for name, value in plain.state_dict().items():
         assert torch.equal(value, expected[name]), name
     assert int(plain_opt.state[plain.embed.weight]["step"]) == 1
+
+
+def test_a_sharded_checkpoint_resumes_on_the_fused_kernel(tmp_path: Path) -> None:
+    """FSDP's optimizer runs `foreach` (its parameters are sharded); a plain (or DDP) process
+    resuming that checkpoint keeps its own fused kernel (4x faster on CPU), not the writer's."""
+    from ptmkit.train.distributed import Distributed, unavailable
+    if unavailable():
+        pytest.skip(unavailable())
+    start, ids = _trained()[0].state_dict(), torch.tensor([[1, 2, 3]])
+    dist = Distributed("fsdp")
+    try:
+        sharded = Tied()
+        sharded.load_state_dict(start)
+        wrapped = dist.wrap(sharded, lambda m, x: m(x).sum(), "fp32")
+        sharded_opt = make_optimizer(sharded, TrainConfig())
+        assert sharded_opt.param_groups[0]["foreach"] and not sharded_opt.param_groups[0]["fused"]
+        wrapped(ids).backward()
+        sharded_opt.step()
+        save_checkpoint(tmp_path, sharded, sharded_opt, {"step": 1}, distributed=dist)
+    finally:
+        dist.close()
+    plain = Tied()
+    plain_opt = make_optimizer(plain, TrainConfig())
+    kernel = [(g["fused"], g["foreach"]) for g in plain_opt.param_groups]
+    load_checkpoint(latest_checkpoint(tmp_path), plain, plain_opt)
+    assert [(g["fused"], g["foreach"]) for g in plain_opt.param_groups] == kernel == [(True, None)] * len(kernel)
+    # and steps on from the restored moments as one process that never stopped
+    reference = Tied()
+    reference.load_state_dict(start)
+    reference_opt = make_optimizer(reference, TrainConfig())
+    for _ in range(2):
+        reference(ids).sum().backward()
+        reference_opt.step()
+        reference_opt.zero_grad()
+    plain(ids).sum().backward()
+    plain_opt.step()
+    for name, value in plain.state_dict().items():
+        assert torch.allclose(value, reference.state_dict()[name], atol=1e-6), name
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names open files through /proc")
+def test_a_checkpoint_is_on_the_disk_before_a_rename_makes_it_the_latest(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A power loss or node reset keeps a rename but not the data written before it unless that
+    was flushed: every file of the checkpoint is fsynced before its directory is renamed into
+    checkpoints/, and that directory's entry before RUN/checkpoint points at it."""
+    model, opt = _trained()
+    synced: list[str] = []
+    renames: list[tuple[Path, Path, set[str]]] = []
+    fsync, replace = os.fsync, os.replace
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+
+    def recording_replace(src, dst) -> None:
+        renames.append((Path(src), Path(dst), set(synced)))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "replace", recording_replace)
+    save_checkpoint(tmp_path, model, opt, {"step": 1})
+    final = tmp_path / "checkpoints" / "step-000001"
+    (src, _, before), = [r for r in renames if r[1] == final]
+    files = {str(src / p.relative_to(final)) for p in final.rglob("*") if p.is_file()}
+    assert files and files <= before, f"renamed before being flushed: {sorted(files - before)}"
+    (_, _, at_link), = [r for r in renames if r[1] == tmp_path / "checkpoint"]
+    assert str(final.parent) in at_link, "the step directory's entry was flushed before the link"
+    synced.clear()
+    atomic_save_model(model, tmp_path / "model.safetensors")
+    (src, _, before), = [r for r in renames if r[1] == tmp_path / "model.safetensors"]
+    assert str(src) in before

@@ -142,3 +142,37 @@ def test_a_finished_run_releases_its_process_group(lee_data: Path, tmp_path: Pat
     finally:
         gc.enable()
     assert alive == 0
+
+
+SLOW_PREPARATION = '''
+import datetime, sys, time
+import torch.distributed as dist
+_init = dist.init_process_group
+def _short(*args, **kwargs):  # the group gives up on a collective after 4 s
+    return _init(*args, **{**kwargs, "timeout": datetime.timedelta(seconds=4)})
+dist.init_process_group = _short
+import ptmkit
+import ptmkit.pretraining as pretraining
+_resolve = pretraining._resolve_data
+def _slow(spec):  # rank 0 prepares the corpus for longer than that
+    time.sleep(10)
+    return _resolve(spec)
+pretraining._resolve_data = _slow
+ptmkit.pretrain(objective="mlm", corpus=[sys.argv[1]], out=sys.argv[2], model="tiny", seq_len=32, batch_size=4,
+                steps=2, workers=0, progress=False, distributed="ddp")
+'''
+
+
+def test_processes_wait_for_a_corpus_preparation_longer_than_a_collective_may(
+        tmp_path: Path, child_env: dict[str, str], torchrun: list[str], metrics) -> None:
+    """--corpus under torchrun: rank 0 trains the tokenizer and writes the shards alone (hours for
+    a large corpus) while the others wait; their wait must not be a collective, which nccl gives
+    up after 10 minutes (gloo 30; 4 s here), killing the run."""
+    import gensim
+    lee = Path(gensim.__file__).parent / "test" / "test_data" / "lee_background.cor"
+    script, run = tmp_path / "slow_preparation.py", tmp_path / "run"
+    script.write_text(SLOW_PREPARATION)
+    proc = subprocess.run([*torchrun, *STANDALONE, str(script), str(lee), str(run)], env=child_env,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(metrics(run)) == [1, 2] and (run / "model.safetensors").is_file()

@@ -15,7 +15,7 @@ from ptmkit.data.tokenizer import train_tokenizer
 from ptmkit.data.corpus import read_texts
 from ptmkit.pretraining import PretrainSpec, pretrain
 from ptmkit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from ptmkit.train.loop import TrainConfig, learning_rate, make_optimizer
+from ptmkit.train.loop import TrainConfig, Trainer, learning_rate, make_optimizer
 
 LEE = Path(gensim.__file__).parent / "test" / "test_data" / "lee_background.cor"
 
@@ -144,3 +144,72 @@ def test_outputs_follow_the_umask_not_safetensors_0600(data: Path, tmp_path: Pat
     os.umask(umask)
     for path in [tmp_path / "r" / "model.safetensors", *(tmp_path / "r" / "checkpoint").resolve().iterdir()]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
+
+
+def test_resume_before_the_first_checkpoint_starts_over_without_doubling_metrics(data: Path, tmp_path: Path) -> None:
+    """Killed before its first save (the default saves only at the end): --resume trains from
+    step 0 again, and metrics.jsonl holds each step once, the fresh run's."""
+    fresh = tmp_path / "fresh"
+    pretrain(small_spec("mlm", data, fresh, steps=3))
+    killed = tmp_path / "killed"
+    pretrain(small_spec("mlm", data, killed, steps=5))
+    for name in ("checkpoints", "checkpoint", "model.safetensors", "summary.json"):  # as kill -9 at step 5 leaves it
+        path = killed / name
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    with open(killed / "metrics.jsonl", "a") as f:
+        f.write('{"step": 6, "lo')  # a line cut short by the kill
+    spec = small_spec("mlm", data, killed, steps=3)
+    spec.resume = True
+    with pytest.warns(UserWarning, match="no checkpoint to resume"):
+        pretrain(spec)
+    steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3] and losses(killed) == losses(fresh)
+
+
+class _DeviceCopy(torch.Tensor):
+    """Marks the tensors `to_device` made (the device's, on a GPU) and counts the host's reads of
+    them and of what is computed from them: on a GPU each read waits for the device."""
+
+    reads = 0
+
+    def __float__(self) -> float:
+        _DeviceCopy.reads += 1
+        return float(self.as_subclass(torch.Tensor))
+
+    def item(self) -> float:
+        _DeviceCopy.reads += 1
+        return self.as_subclass(torch.Tensor).item()
+
+
+def test_a_step_counts_on_the_host_and_reads_its_loss_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With gradient accumulation, tokens and loss weights are counted on the host's batches and
+    the step's loss is read once, not once per micro-batch: each of those reads would stall a GPU."""
+    import ptmkit.train.loop as loop
+    monkeypatch.setattr(loop, "to_device",
+                        lambda batch, device: {k: v.as_subclass(_DeviceCopy) for k, v in batch.items()})
+    monkeypatch.setattr(_DeviceCopy, "reads", 0)
+    counted: list[type] = []
+
+    def count_tokens(batch: dict) -> int:
+        counted.append(type(batch["x"]))
+        return int((batch["y"] >= 0).sum())
+
+    def loss_weight(batch: dict) -> int:
+        counted.append(type(batch["y"]))
+        return int((batch["y"] >= 0).sum())
+
+    def loss_fn(model: torch.nn.Module, batch: dict) -> tuple:
+        return torch.nn.functional.cross_entropy(model(batch["x"]), batch["y"], ignore_index=-1), {}
+
+    generator = torch.Generator().manual_seed(0)
+    batches = ({"x": torch.randn(2, 4, generator=generator),
+                "y": torch.tensor([int(torch.randint(0, 3, (), generator=generator)), -1 if i % 2 else 1])}
+               for i in range(100))
+    torch.manual_seed(0)
+    cfg = TrainConfig(steps=3, batch_size=2, grad_accum=4, warmup=1, log_every=1, eval_every=100, workers=0)
+    trainer = Trainer(torch.nn.Linear(4, 3), loss_fn, cfg, tmp_path, count_tokens=count_tokens,
+                      loss_weight=loss_weight, progress=False)
+    summary = trainer.fit(batches)
+    assert summary["steps"] == 3 and summary["tokens"] == 6 * 2 + 6 * 1  # 12 micro-batches
+    assert counted and set(counted) == {torch.Tensor}, "counted on the host's batches"
+    assert _DeviceCopy.reads == 3, "one read of the loss per step"
