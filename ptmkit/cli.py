@@ -337,7 +337,7 @@ def _run_pretrain(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         return value if value is not None else file_values.get(name, default)
 
-    if args.resume and pick("objective") is None:
+    if args.resume:  # the run's own settings, under whatever the command line and --config give
         saved = yaml.safe_load((args.out / "config.yaml").read_text()) if (args.out / "config.yaml").is_file() else {}
         file_values = {**{k: saved.get(k) for k in ("objective", "objective_options")},
                        "model": saved.get("model"), "data": saved.get("data"),

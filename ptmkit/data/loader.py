@@ -39,13 +39,16 @@ class WindowDataset(Dataset):
 class ResumableBatchSampler(Sampler):
     """Endless batches of (epoch, index) keys, starting after `skip_batches` batches.
 
-    Each rank takes every `world`-th batch, so ranks never overlap and together cover all.
+    Each rank takes every `world`-th batch, so ranks never overlap and together cover all. An
+    epoch is a whole number of global batches (`world` x `batch_size` examples), so `world`
+    processes of batch B see exactly the steps of one process of batch `world` x B, epoch
+    boundaries included.
     """
 
     def __init__(self, n_windows: int, batch_size: int, seed: int, skip_batches: int = 0,
                  rank: int = 0, world: int = 1) -> None:
-        if n_windows < batch_size:
-            raise ValueError(f"{n_windows} windows cannot fill a batch of {batch_size}")
+        if n_windows < batch_size * world:
+            raise ValueError(f"{n_windows} windows cannot fill a global batch of {batch_size} x {world} processes")
         self.n, self.batch_size, self.seed = n_windows, batch_size, seed
         self.skip, self.rank, self.world = skip_batches, rank, world
 
@@ -53,7 +56,8 @@ class ResumableBatchSampler(Sampler):
         return np.random.default_rng([self.seed, epoch, 0x5EED]).permutation(self.n)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        per_epoch = self.n // self.batch_size  # drop the ragged tail: every batch is full
+        # drop the ragged tail: every global batch is full
+        per_epoch = self.n // (self.batch_size * self.world) * self.world
         global_batch = self.skip * self.world + self.rank
         while True:
             epoch, b = divmod(global_batch, per_epoch)

@@ -123,6 +123,21 @@ def test_resume_and_overwrite_of_a_finished_run(prepared, tmp_path, run_cli, use
     assert _loss_lines(run)[-1]["step"] == 3
 
 
+@pytest.mark.slow
+def test_resume_with_part_of_the_original_command_keeps_the_runs_settings(prepared, tmp_path, run_cli):
+    """Naming the objective again with --resume must not drop the run's batch size, length and
+    data for the defaults (a resumed run must be the run that was started)."""
+    run = tmp_path / "run"
+    assert run_cli(["pretrain", "--objective", "clm", "--data", prepared.data, "--steps", "3", "--batch-size", "4",
+                    "--seq-len", "32", "--out", run, "--no-progress"])[0] == 0
+    code, _, err = run_cli(["pretrain", "--objective", "clm", "--out", run, "--resume", "--steps", "5",
+                            "--no-progress"])
+    assert code == 0, err
+    train = yaml.safe_load((run / "config.yaml").read_text())["train"]
+    assert (train["batch_size"], train["seq_len"], train["steps"]) == (4, 32, 5)
+    assert [line["step"] for line in _loss_lines(run)][-1] == 5
+
+
 def test_every_long_command_can_run_without_progress_bars(lee, tmp_path, run_cli):
     for command in ("tokenizer", "prepare", "pretrain", "finetune", "compare", "demo"):
         code, out, _ = run_cli([command, "--help"])

@@ -29,10 +29,11 @@ def test_skipping_resumes_exactly() -> None:
 
 
 def test_ranks_partition_the_global_stream() -> None:
-    single = take(ResumableBatchSampler(64, 4, seed=0), 24)
-    ranks = [take(ResumableBatchSampler(64, 4, seed=0, rank=r, world=3), 8) for r in range(3)]
-    interleaved = [ranks[i % 3][i // 3] for i in range(24)]
-    assert interleaved == single
+    """3 processes x batch 4 see, step by step, the batches of 1 process x batch 12, also across
+    epoch boundaries that a per-process epoch of 64 // 4 = 16 batches would put mid-step."""
+    single = take(ResumableBatchSampler(64, 12, seed=0), 12)  # 5 steps an epoch: 60 of 64 windows
+    ranks = [take(ResumableBatchSampler(64, 4, seed=0, rank=r, world=3), 12) for r in range(3)]
+    assert [ranks[0][s] + ranks[1][s] + ranks[2][s] for s in range(12)] == single
     resumed = take(ResumableBatchSampler(64, 4, seed=0, rank=1, world=3, skip_batches=5), 3)
     assert resumed == ranks[1][5:8]
 
