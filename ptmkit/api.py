@@ -83,6 +83,7 @@ class RunModel:
           `BertForTokenClassification`.
         """
         ids = _as_ids(input_ids)
+        self._check_ids(ids)
         if self.kind == "finetune":
             from ptmkit.finetuning.tasks import Classify, Regress
             from ptmkit.finetuning.tagging import Tag
@@ -105,14 +106,37 @@ class RunModel:
         hidden = model.encode(ids, is_causal=architecture in ("decoder", "prefix"))
         return model.logits(hidden).float()
 
+    def _check_ids(self, ids: Tensor) -> None:
+        """Ids the model has embeddings for, and no more positions than it learned (else an
+        IndexError deep in the embedding lookup)."""
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.cfg.vocab_size):
+            raise UserError(f"input_ids hold ids from {int(ids.min())} to {int(ids.max())}, outside the "
+                            f"model's vocabulary of {self.cfg.vocab_size}", "logits(input_ids)",
+                            f"pass ids in 0..{self.cfg.vocab_size - 1} (from run.tokenizer)")
+        if self._positions is not None and ids.shape[1] > self._positions:
+            raise UserError(f"input_ids of length {ids.shape[1]}, more than the model's {self._positions} "
+                            "positions", "logits(input_ids)", f"pass at most {self._positions} ids per sequence")
+
+    @property
+    def _positions(self) -> int | None:
+        """The most tokens a sequence may have: the learned position table's length (None for
+        word2vec / ELMo features, which have no such table)."""
+        return None if self.architecture in ("lstm", "shallow") else self.cfg.max_positions
+
     @torch.no_grad()
     def encode(self, texts: str | Sequence[str], *, max_length: int | None = None,
                batch_size: int = 32) -> Tensor:
         """Pooled representations (N, width) of `texts`, framed and pooled as fine-tuning does:
-        `[CLS] text [SEP]` (the tokenizer's own cls/sep ids), then the first token for encoders,
-        the last real token for decoder-only runs, the mean for word2vec / ELMo runs."""
+        `[CLS] text [SEP]` (the tokenizer's own cls/sep ids), cut to `max_length` tokens (default
+        the model's positions, at most 512), then pooled as `pooling` says: a fine-tuned run as its
+        task pooled; otherwise the first token for encoders, the last real token for decoder-only
+        runs, the mean of the encoder's states for encoder-decoders (bart, mass, t5) and the mean
+        for word2vec / ELMo runs."""
         from ptmkit.finetuning.tasks import Classify, TaskSpec, pad_batch
         texts = [texts] if isinstance(texts, str) else list(texts)
+        if max_length is not None and self._positions is not None and max_length > self._positions:
+            raise UserError(f"max_length={max_length} exceeds the model's {self._positions} positions",
+                            "encode(max_length=...)", f"use at most {self._positions}")
         limit = max_length or min(512, self.cfg.max_positions)
         framing = Classify(TaskSpec(name="classify", max_length=limit), self.tokenizer, self.pooling,
                            token_types=False)
@@ -127,6 +151,10 @@ class RunModel:
 
     @property
     def pooling(self) -> str:
+        """How a sequence becomes one vector ("first", "last" or "mean"): a fine-tuned run's
+        task's (its --pooling, or the default it resolved to), else the backbone's default."""
+        if self.task is not None:
+            return self.task.pooling
         from ptmkit.finetuning.model import Backbone
         return Backbone(self.backbone, self.objective_impl, self.objective, self.model_cfg,
                         self.tokenizer, str(self.run)).pooling
@@ -199,6 +227,8 @@ def pretrain(*, objective: str, out: str | Path, **options: Any) -> dict[str, An
     for key in ("data", "tokenizer"):
         if spec_values.get(key) is not None:
             spec_values[key] = Path(spec_values[key])
+    if spec_values.get("init") is not None:  # a run directory as a Path, or "hf:DIR" (config.yaml keeps a str)
+        spec_values["init"] = str(spec_values["init"])
     if "corpus" in spec_values:
         corpus = spec_values["corpus"]
         spec_values["corpus"] = [str(corpus)] if isinstance(corpus, (str, Path)) else [str(c) for c in corpus]

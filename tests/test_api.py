@@ -135,3 +135,42 @@ def test_max_minutes_alone_trains_until_the_time_is_up(data, tmp_path):
     assert summary["stopped_by"] == "time" and summary["steps"] >= 1
     config = yaml.safe_load((tmp_path / "timed" / "config.yaml").read_text())
     assert config["train"]["steps"] >= 10**8  # open-ended, not the default 1000
+
+
+def test_ids_the_model_cannot_take_are_user_errors(runs):
+    """Out-of-vocabulary ids, sequences longer than the position table and a max_length past it
+    are one-line UserErrors naming the limit, not an IndexError from inside the embedding."""
+    for objective in ("mlm", "clm", "bart", "electra"):
+        model = ptmkit.load_run(runs[objective])
+        with pytest.raises(UserError, match="vocabulary of 600"):
+            model.logits(torch.tensor([[5, 600]]))
+        with pytest.raises(UserError, match="vocabulary of 600"):
+            model.logits(torch.tensor([[-1, 5]]))
+        with pytest.raises(UserError, match="64 positions"):
+            model.logits(torch.randint(0, 600, (1, 65)))
+        assert model.logits(torch.randint(0, 600, (1, 64))).shape[:2] == (1, 64)  # the limit itself is fine
+        with pytest.raises(UserError, match="64 positions"):
+            model.encode(["word " * 100], max_length=65)
+        assert model.encode(["word " * 100], max_length=64).shape == (1, 32)
+
+
+def test_encode_pools_a_fine_tuned_run_as_its_task_did(runs, tmp_path):
+    task = tmp_path / "task.tsv"
+    task.write_text("sentence\tlabel\n" + "".join(f"the fire {'spread' if i % 2 else 'ended'} today\t{i % 2}\n"
+                                                  for i in range(24)))
+    ptmkit.finetune(task="classify", init=runs["mlm"], out=tmp_path / "ft", train=task, text_fields="sentence",
+                    epochs=1, batch_size=8, max_length=16, progress=False, pooling="mean")
+    model = ptmkit.load_run(tmp_path / "ft")
+    assert model.pooling == "mean" and ptmkit.load_run(runs["mlm"]).pooling == "first"
+    ids = torch.from_numpy(model.task.encode_texts([{"sentence": "the fire spread"}])[0]["input_ids"])[None]
+    features = model.objective_impl.features(model.backbone, ids, torch.ones_like(ids, dtype=torch.bool))
+    torch.testing.assert_close(model.encode("the fire spread"), features.mean(1), atol=1e-5, rtol=0)
+
+
+def test_pretrain_takes_init_as_a_path(runs, data, tmp_path):
+    """`init` may be a Path, as `out` and `data` may (finetune's already could): it used to reach
+    config.yaml as a PosixPath, which YAML cannot write, leaving a half-made run behind."""
+    out = tmp_path / "more"
+    summary = ptmkit.pretrain(objective="mlm", data=data, init=runs["mlm"], out=out, model=TINY, **TRAIN)
+    assert summary["steps"] == 2
+    assert yaml.safe_load((out / "config.yaml").read_text())["init"] == str(runs["mlm"])

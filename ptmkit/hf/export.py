@@ -23,6 +23,7 @@ compared with `ptmkit.load_run(run).logits`; the directory is written only if th
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -119,11 +120,13 @@ def _finetune_target(run: RunModel, where: str) -> str:
     causal = run.architecture in ("decoder", "prefix")
     if token_level:
         return "gpt2_tokcls" if causal else "bert_tokcls"
-    if run.pooling != "first":
-        kind = "the last token" if run.pooling == "last" else "the mean of the tokens"
-        raise UserError(f"the {run.objective} run pools {kind}; BertForSequenceClassification pools the "
-                        "first token through its pooler (and GPT2ForSequenceClassification has no pooler)",
-                        f"{where}: objective", "fine-tune from an encoder objective (mlm, wwm, electra) to export")
+    pooling = run.pooling  # what the fine-tuning pooled (--pooling, or the backbone's default)
+    if pooling != "first":
+        kind = "the last token" if pooling == "last" else "the mean of the tokens"
+        raise UserError(f"the {task} run on {run.objective} pools {kind} (task.pooling={pooling!r}); "
+                        "BertForSequenceClassification pools the first token through its pooler (and "
+                        "GPT2ForSequenceClassification has no pooler)", f"{where}: task.pooling",
+                        "fine-tune an encoder (mlm, wwm, electra) with --pooling first (its default) to export")
     return "bert_seqcls"
 
 
@@ -290,7 +293,8 @@ def max_logit_difference(run: RunModel, hf_model: Any, ids: Tensor) -> float:
 
 def hf_tokenizer(run: RunModel, target: Target, transformers: Any) -> Any:
     """The run's tokenizer as a `PreTrainedTokenizerFast` with its special tokens named and a
-    post-processor that frames text as the objective did ([CLS] a [SEP], <s> a </s>, a </s>)."""
+    post-processor that frames text as the objective did ([CLS] a [SEP], <s> a </s>, a </s>), or
+    for a fine-tuned run as its task did ([CLS] a [SEP], on a GPT-2 backbone too)."""
     import tokenizers
     from tokenizers import processors
     tok = run.tokenizer
@@ -313,8 +317,11 @@ def hf_tokenizer(run: RunModel, target: Target, transformers: Any) -> Any:
 
 
 def _frame(run: RunModel, target: Target) -> tuple[str | None, str | None] | None:
-    """(first, last) special tokens around a text, as the run's objective frames it."""
+    """(first, last) special tokens around a text, as the run's objective (or fine-tuned task)
+    frames it; None: nothing (GPT-2)."""
     tok, special = run.tokenizer.hf, run.tokenizer.special
+    if run.kind == "finetune":  # every exportable task read `[CLS] text [SEP]`, decoder backbones too
+        return tok.id_to_token(special.cls), tok.id_to_token(special.sep)
     if target.family in GPT2_FAMILIES:
         return None  # GPT-2 adds nothing
     if target.family == "bart":
@@ -377,6 +384,11 @@ def _notes(run: RunModel, target: Target) -> list[str]:
         notes.append(f"`decoder_start_token_id` is `{start}`, as in {run.objective} pre-training.")
     if target.family in BERT_FAMILIES:
         notes.append("ptmkit never uses token types: keep `token_type_ids` at 0 (the tokenizer does).")
+    if target.family == "bert_mlm":
+        mask = run.tokenizer.hf.id_to_token(run.tokenizer.special.mask)
+        notes.append(f"As in ptmkit, special-token strings written in a text (`{mask}`) are text to the "
+                     "tokenizer. For the `fill-mask` pipeline load it with "
+                     "`AutoTokenizer.from_pretrained(DIR, split_special_tokens=False)`.")
     if run.tokenizer.borrowed:
         notes.append("The tokenizer has no " + ", ".join(sorted(run.tokenizer.borrowed)) + " token of its own.")
     return notes
@@ -396,6 +408,13 @@ def export_run(run: str | Path, out: str | Path, *, format: str = "hf", overwrit
     if format not in FORMATS:
         raise UserError(f"unknown export format {format!r}", "--format", f"use one of: {', '.join(FORMATS)}")
     out = Path(out)
+    resolved, source = out.resolve(), Path(run).resolve()
+    if resolved == source or resolved in source.parents:
+        raise UserError("--out is the run directory or a directory above it: writing the export there "
+                        "would delete the run", str(out), "choose an --out outside the run (e.g. RUN/hf or hf/NAME)")
+    if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents:
+        raise UserError("--out is the current directory or a directory above it, which the export would "
+                        "replace", str(out), "choose a directory to create, e.g. --out hf/NAME")
     if out.exists() and not out.is_dir():
         raise UserError("output path is a file", str(out), "choose a directory path for --out")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
@@ -408,16 +427,34 @@ def export_run(run: str | Path, out: str | Path, *, format: str = "hf", overwrit
     if difference > TOLERANCE:
         raise RuntimeError(f"exported {target.hf_class} differs from ptmkit by {difference:.2e} on the probe")
     tokenizer = hf_tokenizer(loaded, target, transformers)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    place = Path(os.path.abspath(out))  # `.` or `a/..` have no name to stage beside
+    place.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{place.name}.", dir=place.parent))
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / "README.md").write_text(model_card(loaded, target, difference))
-        if out.exists():
-            shutil.rmtree(out)
-        share(staging).rename(out)
+        _replace(share(staging), place)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return {"class": target.hf_class, "out": str(out), "max_logit_difference": difference}
+
+
+def _replace(staging: Path, out: Path) -> None:
+    """Put the finished `staging` directory at `out`; a directory already there (--overwrite) is
+    moved aside first and deleted only once the new one is in place, restored if that fails."""
+    if not (out.exists() or out.is_symlink()):
+        staging.rename(out)
+        return
+    aside = staging.with_name(f"{staging.name}.old")
+    out.rename(aside)
+    try:
+        staging.rename(out)
+    except BaseException:
+        aside.rename(out)
+        raise
+    if aside.is_dir() and not aside.is_symlink():
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        aside.unlink()

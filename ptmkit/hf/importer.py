@@ -42,6 +42,7 @@ COMPATIBLE = {"bert": ("mlm", "wwm", "electra"), "roberta": ("mlm", "wwm", "elec
 FINETUNE_OBJECTIVE = {"bert": "mlm", "roberta": "mlm", "gpt2": "clm", "bart": "bart"}
 """The objective a fine-tuning run built on an imported model records (features, pooling)."""
 NEEDS_MASK = ("mlm", "wwm", "electra", "mass", "bart")
+NEEDS_SENTINELS = ("t5",)
 ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
                "gelu_fast": "gelu_tanh", "relu": "relu"}
 IGNORED = ("pooler.", "cls.seq_relationship.", "classifier.", "qa_outputs.", "score.",
@@ -125,7 +126,32 @@ def _activation(config: dict[str, Any], key: str, default: str, where: str) -> s
     return ACTIVATIONS[name]
 
 
+NUMERIC = {
+    "bert": ("vocab_size", "num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size",
+             "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "hidden_dropout_prob",
+             "attention_probs_dropout_prob", "pad_token_id"),
+    "gpt2": ("vocab_size", "n_layer", "n_embd", "n_head", "n_inner", "n_positions", "layer_norm_epsilon",
+             "resid_pdrop", "attn_pdrop", "pad_token_id"),
+    "bart": ("vocab_size", "encoder_layers", "decoder_layers", "d_model", "encoder_attention_heads",
+             "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "max_position_embeddings",
+             "dropout", "attention_dropout", "pad_token_id"),
+}
+NUMERIC["roberta"] = NUMERIC["bert"]
+
+
 def model_config(family: str, c: dict[str, Any], tokenizer: Tokenizer, where: str) -> ModelConfig:
+    """The backbone config of a config.json; a field that is not a number is a UserError naming it."""
+    for key in NUMERIC[family]:
+        value = c.get(key)
+        if value is None and (key not in c or key in ("n_inner", "pad_token_id")):
+            continue  # absent (a default, or a KeyError naming it), or null where null means "default"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{key}={value!r} is not a number", f"{where}: {key}",
+                            f"write {key} as a number in config.json (save_pretrained does)")
+    return _model_config(family, c, tokenizer, where)
+
+
+def _model_config(family: str, c: dict[str, Any], tokenizer: Tokenizer, where: str) -> ModelConfig:
     pad = c.get("pad_token_id")
     pad = tokenizer.special.pad if pad is None else int(pad)
     try:
@@ -183,7 +209,7 @@ def model_config(family: str, c: dict[str, Any], tokenizer: Tokenizer, where: st
             dropout=float(c.get("dropout", 0.1)), attention_dropout=float(c.get("attention_dropout", 0.0)),
             pad_id=pad, layout="bart")
     except KeyError as exc:
-        raise UserError(f"config.json lacks {exc.args[0]}", where, _FIX) from None
+        raise UserError(f"config.json lacks {exc.args[0]}", f"{where}: {exc.args[0]}", _FIX) from None
     except (TypeError, ValueError) as exc:
         raise UserError(f"config.json has an invalid value: {exc}", where, _FIX) from None
 
@@ -221,8 +247,21 @@ def read_state(directory: Path) -> dict[str, Tensor]:
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
+def _legacy_names(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """TensorFlow-era LayerNorm names (`LayerNorm.gamma` / `.beta`, e.g. the original BERT
+    checkpoints' pytorch_model.bin) as transformers renames them on loading: `.weight` / `.bias`."""
+    renamed = {}
+    for key, value in state.items():
+        for old, new in (("LayerNorm.gamma", "LayerNorm.weight"), ("LayerNorm.beta", "LayerNorm.bias")):
+            if key.endswith(old) and key[: -len(old)] + new not in state:
+                key = key[: -len(old)] + new
+        renamed[key] = value
+    return renamed
+
+
 def _with_prefix(family: str, state: dict[str, Tensor]) -> dict[str, Tensor]:
     """Names as the LM-head model has them (a bare base model's `embeddings.` -> `bert.embeddings.`)."""
+    state = _legacy_names(state)
     base = BASE_PREFIX[family]
     if any(k.startswith(base) for k in state):
         return state
@@ -328,6 +367,13 @@ def check_objective(model: HFModel, objective: str) -> None:
     if objective in NEEDS_MASK and "mask" in model.tokenizer.borrowed:
         raise UserError(f"objective {objective} needs a mask token, the {model.family} tokenizer has none",
                         "--objective", f"use one of: {', '.join(o for o in COMPATIBLE[model.family] if o not in NEEDS_MASK) or 'none'}")
+    if objective in NEEDS_SENTINELS and not model.tokenizer.special.sentinels:
+        others = [o for o in COMPATIBLE[model.family] if o not in NEEDS_SENTINELS
+                  and not (o in NEEDS_MASK and "mask" in model.tokenizer.borrowed)]
+        raise UserError(f"objective {objective} needs <extra_id_N> sentinel tokens, the {model.family} "
+                        f"tokenizer of {model.directory / 'tokenizer.json'} has none", "--objective",
+                        f"use one of: {', '.join(others) or 'none'} (or save the tokenizer with "
+                        "<extra_id_0>, <extra_id_1>, ... as additional special tokens)")
 
 
 def load_hf_network(init: str) -> tuple[nn.Module, HFModel]:

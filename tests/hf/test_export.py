@@ -230,3 +230,99 @@ def test_core_never_imports_transformers():
     code = ("import sys, ptmkit, ptmkit.cli, ptmkit.pretraining, ptmkit.finetuning.run, ptmkit.api, "
             "ptmkit.hf.importer; assert 'transformers' not in sys.modules, 'imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _tag_file(path: Path) -> Path:
+    path.write_text("".join(f"Fire\tB-EV\nin\tO\nSydney\tB-LOC\nnumber\tO\n{i}\tO\n\n" for i in range(20)))
+    return path
+
+
+def test_decoder_tagger_tokenizer_frames_as_fine_tuning_did(data, tmp_path, tiny, train):
+    """A tagger fine-tuned on clm read `[CLS] pieces [SEP]`: its exported tokenizer frames the
+    same way, so the exported GPT2ForTokenClassification used through it predicts as ptmkit does."""
+    run = _pretrain(data, tmp_path / "run", "clm", tiny, train)
+    conll = _tag_file(tmp_path / "train.conll")
+    ptmkit.finetune(task="tag", init=run, out=tmp_path / "ft", train=conll, dev=conll, epochs=1,
+                    batch_size=8, max_length=16, progress=False)
+    assert export_run(tmp_path / "ft", tmp_path / "hf")["class"] == "GPT2ForTokenClassification"
+    loaded = ptmkit.load_run(tmp_path / "ft")
+    words = ["Fire", "in", "Sydney"]
+    expected = loaded.task.encode_words([words], [[0, 0, 0]])[0]["input_ids"].tolist()
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    batch = tok(words, is_split_into_words=True, return_tensors="pt")
+    assert batch["input_ids"][0].tolist() == expected  # [CLS] ... [SEP], as fine-tuning framed it
+    model = transformers.AutoModelForTokenClassification.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        theirs = model(**batch).logits
+    torch.testing.assert_close(loaded.logits(torch.tensor([expected])), theirs, atol=1e-4, rtol=0)
+
+
+def test_classifier_fine_tuned_with_mean_pooling_is_refused_naming_the_option(data, tmp_path, tiny, train, capsys):
+    """BertForSequenceClassification pools the first token: a run that pooled the mean is a one-line
+    error naming task.pooling (not a logit-mismatch traceback), and nothing is written."""
+    run = _pretrain(data, tmp_path / "run", "mlm", tiny, train)
+    ptmkit.finetune(task="classify", init=run, out=tmp_path / "ft", train=_classify_file(tmp_path / "t.tsv"),
+                    text_fields="sentence", epochs=1, batch_size=8, max_length=16, progress=False, pooling="mean")
+    line = _cli_error(["export", "--run", tmp_path / "ft", "--out", tmp_path / "hf"], capsys)
+    assert "task.pooling" in line and "--pooling first" in line
+    assert not (tmp_path / "hf").exists()
+
+
+def test_classifier_on_a_bart_encoder_pooling_first_exports(data, tmp_path, tiny, train):
+    """The task's pooling decides, not the backbone's default (mean for encoder-decoders)."""
+    run = _pretrain(data, tmp_path / "run", "bart", tiny, train)
+    ptmkit.finetune(task="classify", init=run, out=tmp_path / "ft", train=_classify_file(tmp_path / "t.tsv"),
+                    text_fields="sentence", epochs=1, batch_size=8, max_length=16, progress=False, pooling="first")
+    assert export_run(tmp_path / "ft", tmp_path / "hf")["class"] == "BertForSequenceClassification"
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+    ids = _ids(600, 3, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(ptmkit.load_run(tmp_path / "ft").logits(ids), model(input_ids=ids).logits,
+                                   atol=1e-4, rtol=0)
+
+
+def test_out_at_or_above_the_run_is_refused_and_the_run_kept(data, tmp_path, tiny, train, capsys, monkeypatch):
+    run = _pretrain(data, tmp_path / "runs" / "mlm", "mlm", tiny, train)
+    before = sorted(p.name for p in run.iterdir())
+    for out in (run, tmp_path / "runs", run / ".." / "mlm"):
+        line = _cli_error(["export", "--run", run, "--out", out, "--overwrite"], capsys)
+        assert "would delete the run" in line
+    assert sorted(p.name for p in run.iterdir()) == before and (run / "config.yaml").is_file()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    assert "current directory" in _cli_error(["export", "--run", run, "--out", "."], capsys)
+    assert main(["export", "--run", str(run), "--out", "hf/mlm"]) == 0  # relative, below the cwd
+    assert (empty / "hf" / "mlm" / "config.json").is_file()
+
+
+def test_overwrite_keeps_the_old_export_when_the_new_one_cannot_be_put_in_place(data, tmp_path, tiny, train,
+                                                                               monkeypatch):
+    run = _pretrain(data, tmp_path / "run", "mlm", tiny, train)
+    out = tmp_path / "hf"
+    export_run(run, out)
+    old = {p.name: p.read_bytes() for p in out.iterdir()}
+    rename = Path.rename
+
+    def failing(self, target):
+        if Path(target) == out and self.name.startswith(".hf.") and not self.name.endswith(".old"):
+            raise OSError("disk full")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing)
+    with pytest.raises(OSError, match="disk full"):
+        export_run(run, out, overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "run"]  # no staging left behind
+
+
+def test_model_card_says_how_to_use_the_fill_mask_pipeline(data, tmp_path, tiny, train):
+    """Literal "[MASK]" stays text for the exported tokenizer (as in ptmkit), so `fill-mask` finds no
+    mask through it; the card gives the loading option that makes the pipeline work."""
+    run = _pretrain(data, tmp_path / "run", "mlm", tiny, train)
+    export_run(run, tmp_path / "hf")
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert "AutoTokenizer.from_pretrained(DIR, split_special_tokens=False)" in card and "`[MASK]`" in card
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf", split_special_tokens=False)
+    fill = transformers.pipeline("fill-mask", model=str(tmp_path / "hf"), tokenizer=tok)
+    assert len(fill("The fire [MASK] across the mountains.", top_k=3)) == 3

@@ -274,3 +274,45 @@ def test_incompatible_objective_tokenizer_and_data_are_refused(hf_dirs, lee, dat
                           "--steps", "1", "--out", tmp_path / "run"])
     assert "another tokenizer" in err and f"--tokenizer hf:{hf_dirs['bert']}" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_t5_without_sentinels_is_refused_naming_the_tokenizer(hf_dirs, lee, tmp_path, capsys):
+    """A BART tokenizer without <extra_id_N> cannot run t5: said plainly (not "use a shorter
+    --seq-len", which no length would fix), before anything is written."""
+    err = _error(capsys, ["pretrain", "--objective", "t5", "--init", f"hf:{hf_dirs['bart']}", "--corpus", lee,
+                          "--steps", "1", "--seq-len", "32", "--out", tmp_path / "run"])
+    assert "sentinel" in err and "tokenizer.json" in err and "--objective" in err and "bart, mass" in err
+    assert "--seq-len" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_values_that_are_not_numbers_name_the_field(hf_dirs, tmp_path):
+    for field, value in (("num_hidden_layers", "two"), ("hidden_size", None), ("intermediate_size", [64])):
+        directory = tmp_path / field
+        shutil.copytree(hf_dirs["bert"], directory)
+        config = json.loads((directory / "config.json").read_text())
+        (directory / "config.json").write_text(json.dumps({**config, field: value}))
+        with pytest.raises(UserError, match=f"{field}=") as err:
+            load_hf_network(f"hf:{directory}")
+        assert err.value.where == f"{directory / 'config.json'}: {field}"
+    del config["num_attention_heads"]
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="lacks num_attention_heads") as err:
+        load_hf_network(f"hf:{directory}")
+    assert err.value.where.endswith("config.json: num_attention_heads")
+
+
+def test_legacy_layernorm_names_are_read_as_transformers_reads_them(hf_dirs, tmp_path):
+    """The original BERT checkpoints' pytorch_model.bin names LayerNorms `gamma` / `beta`."""
+    directory = tmp_path / "legacy"
+    shutil.copytree(hf_dirs["bert"], directory)
+    state = torch.load(directory / "pytorch_model.bin", weights_only=True)
+    legacy = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+              for k, v in state.items()}
+    assert sum(k.endswith("LayerNorm.gamma") for k in legacy) == 6  # embeddings, 2 x 2 layers, LM head
+    torch.save(legacy, directory / "pytorch_model.bin")
+    network, _ = load_hf_network(f"hf:{directory}")
+    ids = _ids()
+    with torch.no_grad():
+        ours = network.logits(network.encode(ids))
+    torch.testing.assert_close(ours, _hf_logits(hf_dirs["bert"], ids), atol=1e-4, rtol=0)
