@@ -137,11 +137,12 @@ def _check_inputs(spec: PretrainSpec, objective_cls: type) -> _Plan | None:
     if spec.init and not spec.resume:
         _check_init(spec.init)
     if _is_hf(spec.init) and not spec.resume:
-        from ptmkit.hf.importer import check_objective
+        from ptmkit.hf.importer import check_objective, check_weights
         check_objective(_hf_model(spec), spec.objective)
         if spec.tokenizer is not None:
             raise UserError("--tokenizer with --init hf:DIR", "--tokenizer",
                             "drop --tokenizer: the Hugging Face model brings its own")
+        check_weights(_hf_model(spec))  # broken weights refused before --overwrite deletes the old run
     if spec.data is not None:
         if spec.corpus:
             raise UserError("both --data and --corpus given", "--data/--corpus", "pass only one of them")

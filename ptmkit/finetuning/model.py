@@ -98,12 +98,12 @@ def load_backbone(init: str, *, tokenizer_dir: Path | None = None, model: str | 
 
 
 def _hf_backbone(init: str, tokenizer_dir: Path | None, max_length: int) -> Backbone:
-    from ptmkit.hf.importer import FINETUNE_OBJECTIVE, load_hf_network
+    from ptmkit.hf.importer import finetune_objective, load_hf_network
     network, imported = load_hf_network(init)
     if tokenizer_dir is not None and Tokenizer.load(tokenizer_dir).sha256() != imported.tokenizer.sha256():
         raise UserError("--tokenizer differs from the Hugging Face model's tokenizer", str(tokenizer_dir),
                         "drop --tokenizer: the imported model brings its own")
-    name = FINETUNE_OBJECTIVE[imported.family]
+    name = finetune_objective(imported)  # a t5 / mass export frames text as its objective did
     objective = get_objective(name)(_vocab(imported.tokenizer), max_length)
     check_max_length(max_length, imported.model_cfg, objective.architecture)
     return Backbone(network.train(), objective, name, imported.model_cfg, imported.tokenizer, init)

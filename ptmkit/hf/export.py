@@ -159,9 +159,16 @@ def _check_layout(cfg: ModelConfig, target: str, where: str) -> None:
 
 def hf_config(run: RunModel, target: Target, transformers: Any) -> Any:
     cfg, special = run.cfg, run.tokenizer.special
-    borrowed = run.tokenizer.borrowed  # an imported tokenizer's missing roles stay unset (GPT-2's pad)
+    # Every id is set explicitly, never left to a transformers default (GPT-2's 50256, BART's
+    # 0/1/2, BERT's pad 0: outside the vocabulary or another token). A role an imported tokenizer
+    # lacks (run.tokenizer.borrowed) gets the stand-in ptmkit used, e.g. [SEP] as BERT's eos, which
+    # ends generation in ptmkit too; but a missing pad stays None in BERT and GPT-2 (GPT-2's own
+    # convention; as padding_idx, BERT would freeze the stand-in's embedding row in HF training).
+    # BART keeps the stand-in: it builds its decoder input with pad_token_id.
+    unset = {"pad"} & set(run.tokenizer.borrowed) if target.family != "bart" else set()
     common = {"vocab_size": cfg.vocab_size, "tie_word_embeddings": True,
-              **{f"{role}_token_id": getattr(special, role) for role in ("pad", "bos", "eos") if role not in borrowed}}
+              **{f"{role}_token_id": None if role in unset else getattr(special, role)
+                 for role in ("pad", "bos", "eos")}}
     if run.kind == "finetune":
         labels = run.task.spec.labels if run.task.spec.name != "regress" else ["score"]
         common.update(num_labels=len(labels), id2label=dict(enumerate(labels)),

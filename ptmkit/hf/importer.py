@@ -40,7 +40,8 @@ COMPATIBLE = {"bert": ("mlm", "wwm", "electra"), "roberta": ("mlm", "wwm", "elec
               "gpt2": ("clm", "prefixlm"), "bart": ("bart", "mass", "t5")}
 """Objectives that continue pre-training each family (same architecture and layout)."""
 FINETUNE_OBJECTIVE = {"bert": "mlm", "roberta": "mlm", "gpt2": "clm", "bart": "bart"}
-"""The objective a fine-tuning run built on an imported model records (features, pooling)."""
+"""The objective a fine-tuning run built on an imported model records (features, pooling, a
+seq2seq frame); a BART directory's decoder start token may pick mass or t5 (finetune_objective)."""
 NEEDS_MASK = ("mlm", "wwm", "electra", "mass", "bart")
 NEEDS_SENTINELS = ("t5",)
 ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
@@ -216,30 +217,46 @@ def _model_config(family: str, c: dict[str, Any], tokenizer: Tokenizer, where: s
 
 # ---- weights ------------------------------------------------------------------------------------
 
-def read_state(directory: Path) -> dict[str, Tensor]:
-    """Every tensor of the directory's weights file(s), as float32 on the CPU."""
-    from safetensors.torch import load_file
-    files: list[Path] = []
+def _weight_files(directory: Path) -> list[Path]:
+    """The directory's weights file(s): model.safetensors, pytorch_model.bin, or their shards."""
     for name, index in (("model.safetensors", "model.safetensors.index.json"),
                         ("pytorch_model.bin", "pytorch_model.bin.index.json")):
         if (directory / name).is_file():
-            files = [directory / name]
-        elif (directory / index).is_file():
+            return [directory / name]
+        if (directory / index).is_file():
             try:
                 weight_map = json.loads((directory / index).read_text())["weight_map"]
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise UserError(f"cannot read {index}: {exc}", str(directory / index), _FIX) from exc
             files = [directory / shard for shard in dict.fromkeys(weight_map.values())]
-        if files:
-            break
-    if not files:
-        raise UserError("no model.safetensors or pytorch_model.bin in the Hugging Face directory",
-                        str(directory), _FIX)
+            if files:
+                return files
+    raise UserError("no model.safetensors or pytorch_model.bin in the Hugging Face directory",
+                    str(directory), _FIX)
+
+
+def _header_tensors(path: Path) -> dict[str, Tensor]:
+    """A safetensors file's tensors as empty `meta` tensors of their shapes: its header alone is
+    read (names, shapes, dtypes), not the data."""
+    from safetensors import safe_open
+    out: dict[str, Tensor] = {}
+    with safe_open(str(path), framework="pt") as f:
+        for name in f.keys():
+            tensor = f.get_slice(name)
+            dtype = torch.float32 if tensor.get_dtype().startswith(("F", "BF")) else torch.int64
+            out[name] = torch.empty(tensor.get_shape(), dtype=dtype, device="meta")
+    return out
+
+
+def read_state(directory: Path, *, shapes_only: bool = False) -> dict[str, Tensor]:
+    """Every tensor of the directory's weights file(s), as float32 on the CPU; with
+    `shapes_only`, safetensors files give `meta` tensors read from their headers (no data)."""
+    from safetensors.torch import load_file
     state: dict[str, Tensor] = {}
-    for path in files:
+    for path in _weight_files(directory):
         try:
             if path.suffix == ".safetensors":
-                state.update(load_file(str(path)))
+                state.update(_header_tensors(path) if shapes_only else load_file(str(path)))
             else:
                 state.update(torch.load(path, map_location="cpu", weights_only=True))
         except Exception as exc:  # a truncated file, a pickle holding more than tensors, ...
@@ -268,10 +285,11 @@ def _with_prefix(family: str, state: dict[str, Tensor]) -> dict[str, Tensor]:
     return {(base + k if k.startswith(BASE_TOP[family]) else k): v for k, v in state.items()}
 
 
-def load_weights(model: HFModel) -> None:
-    """Fill `model.state` with ptmkit names; refuse weights the backbone has no place for."""
+def load_weights(model: HFModel, *, shapes_only: bool = False) -> None:
+    """Fill `model.state` with ptmkit names; refuse weights the backbone has no place for.
+    `shapes_only`: safetensors weights as `meta` tensors from the file headers (see check_weights)."""
     family, cfg, where = model.family, model.model_cfg, str(model.directory)
-    hf = _with_prefix(family, read_state(model.directory))
+    hf = _with_prefix(family, read_state(model.directory, shapes_only=shapes_only))
     base = BASE_PREFIX[family]
     used: set[str] = set()
 
@@ -338,21 +356,42 @@ def load_weights(model: HFModel) -> None:
     model.state = ours
 
 
+def _check_fit(model: HFModel, expected: dict[str, Tensor]) -> None:
+    """The imported weights have the backbone's shapes (a UserError) and names (a bug otherwise)."""
+    wrong = [k for k, v in model.state.items() if k in expected and expected[k].shape != v.shape]
+    if wrong:
+        raise UserError(f"weight {wrong[0]} has shape {tuple(model.state[wrong[0]].shape)}, the backbone "
+                        f"{tuple(expected[wrong[0]].shape)}", str(model.directory), _FIX)
+    unexpected = [k for k in model.state if k not in expected]
+    missing = [k for k in expected if k not in model.state and not (model.missing_head and k.startswith("lm_head."))]
+    if unexpected or missing:  # a bug in the maps
+        raise RuntimeError(f"import of {model.directory}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def check_weights(model: HFModel) -> None:
+    """Refuse what `load_into` would refuse (a tensor missing, misshapen or without a place), before
+    anything is written or deleted (`pretrain --overwrite`). safetensors weights are checked from
+    their headers (names and shapes), without reading the data; a pytorch_model.bin has to be
+    loaded, and its converted weights stay in `model.state` for `load_into` (read once)."""
+    from ptmkit.model.backbone import Transformer
+    header_only = all(path.suffix == ".safetensors" for path in _weight_files(model.directory))
+    load_weights(model, shapes_only=header_only)
+    try:
+        with torch.device("meta"):
+            expected = Transformer(model.model_cfg).state_dict()
+        _check_fit(model, expected)
+    finally:
+        if header_only:
+            model.state = {}  # meta tensors: load_into reads the data
+
+
 def load_into(network: nn.Module, model: HFModel) -> None:
     """Copy the imported weights into a ptmkit `Transformer` (ELECTRA: its discriminator)."""
     target = getattr(network, "discriminator", network)
     if not model.state:
         load_weights(model)
-    expected = target.state_dict()
-    wrong = [k for k, v in model.state.items() if k in expected and expected[k].shape != v.shape]
-    if wrong:
-        raise UserError(f"weight {wrong[0]} has shape {tuple(model.state[wrong[0]].shape)}, the backbone "
-                        f"{tuple(expected[wrong[0]].shape)}", str(model.directory), _FIX)
-    result = target.load_state_dict(model.state, strict=False)
-    unexpected = list(result.unexpected_keys)
-    missing = [k for k in result.missing_keys if not (model.missing_head and k.startswith("lm_head."))]
-    if unexpected or missing:  # a bug in the maps
-        raise RuntimeError(f"import of {model.directory}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    _check_fit(model, target.state_dict())
+    target.load_state_dict(model.state, strict=False)  # names checked: only an absent LM head is left out
     if model.missing_head:
         warnings.warn(f"{model.directory} holds no LM head (a bare {model.family} model): ptmkit's "
                       "starts from random weights", stacklevel=2)
@@ -374,6 +413,25 @@ def check_objective(model: HFModel, objective: str) -> None:
                         f"tokenizer of {model.directory / 'tokenizer.json'} has none", "--objective",
                         f"use one of: {', '.join(others) or 'none'} (or save the tokenizer with "
                         "<extra_id_0>, <extra_id_1>, ... as additional special tokens)")
+
+
+def finetune_objective(model: HFModel) -> str:
+    """The objective a fine-tuning run on the imported model records and frames its text as.
+
+    A BART directory takes the one whose decoder starts from config.json's
+    `decoder_start_token_id`, as ptmkit's export writes it (bart: </s>, t5: pad, mass: <s>): a t5
+    or mass run exported and imported again fine-tunes, generates and scores exactly as the run
+    itself would (`finetune --init RUN`), not from BART's </s>. t5 needs the tokenizer's
+    sentinels; without them, or with another start token, it is bart (HF BART's own: </s>)."""
+    name = FINETUNE_OBJECTIVE[model.family]
+    start, special = model.config.get("decoder_start_token_id"), model.tokenizer.special
+    if model.family != "bart" or isinstance(start, bool) or not isinstance(start, int) or start == special.eos:
+        return name
+    if start == special.pad and special.sentinels:
+        return "t5"
+    if start == special.bos:
+        return "mass"
+    return name
 
 
 def load_hf_network(init: str) -> tuple[nn.Module, HFModel]:

@@ -326,3 +326,55 @@ def test_model_card_says_how_to_use_the_fill_mask_pipeline(data, tmp_path, tiny,
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf", split_special_tokens=False)
     fill = transformers.pipeline("fill-mask", model=str(tmp_path / "hf"), tokenizer=tok)
     assert len(fill("The fire [MASK] across the mountains.", top_k=3)) == 3
+
+
+# ---- t5 / mass exported and imported again --------------------------------------------------------
+
+def _seq2seq_loss_and_outputs(backbone, records: list[dict]) -> tuple[float, list[str]]:
+    """The seq2seq fine-tuning task's teacher-forced loss and greedy outputs on `records`."""
+    from ptmkit.finetuning.seq2seq_task import Seq2Seq
+    from ptmkit.finetuning.tasks import TaskSpec
+    from ptmkit.model.generate import DecodeOptions
+    task = Seq2Seq(TaskSpec(name="seq2seq", max_length=32, max_target_length=12), backbone.tokenizer,
+                   backbone.pooling, token_types=False)
+    task.bind(backbone)
+    network = backbone.network.eval()
+    batch = task.collate(task.encode(records, "pairs"))
+    with torch.no_grad():
+        loss = float(task.objective.loss(network, batch)[0])
+    return loss, task.generate(network, task.prompts(batch), DecodeOptions(max_length=8))
+
+
+@pytest.mark.parametrize("objective", ["t5", "mass"])
+def test_exported_seq2seq_run_imports_with_its_own_decoder_start(objective, data, tmp_path, tiny, train):
+    """`--init hf:EXPORT` reads the objective back from config.json's decoder_start_token_id (t5:
+    pad, mass: <s>), not BART's </s>: the imported model frames text as the run did."""
+    from ptmkit.hf.importer import finetune_objective, read_hf
+    run = _pretrain(data, tmp_path / "run", objective, tiny, train)
+    export_run(run, tmp_path / "hf")
+    assert finetune_objective(read_hf(f"hf:{tmp_path / 'hf'}", weights=False)) == objective
+    # pre-training on with the same objective: the logits and the decoder start are the run's
+    again = tmp_path / "again"
+    ptmkit.pretrain(objective=objective, data=data, init=f"hf:{tmp_path / 'hf'}", out=again,
+                    **{**train, "steps": 1}, lr=1e-12)
+    original, imported = ptmkit.load_run(run), ptmkit.load_run(again)
+    assert imported.decoder_start_id == original.decoder_start_id
+    ids = _ids(600)
+    torch.testing.assert_close(imported.logits(ids), original.logits(ids), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("objective", ["t5", "mass"])
+def test_fine_tuning_an_exported_seq2seq_run_frames_as_the_run(objective, data, tmp_path, tiny, train):
+    """`finetune --init hf:EXPORT` (seq2seq) asks the model what `finetune --init RUN` asks it:
+    same objective, frame, teacher-forced loss and greedy outputs."""
+    from ptmkit.finetuning.model import load_backbone
+    run = _pretrain(data, tmp_path / "run", objective, tiny, train)
+    export_run(run, tmp_path / "hf")
+    original, imported = load_backbone(str(run), max_length=32), load_backbone(f"hf:{tmp_path / 'hf'}", max_length=32)
+    assert imported.objective_name == original.objective_name == objective
+    assert imported.objective.text_frame() == original.objective.text_frame()
+    records = [{"source": "the fire spread across the mountains", "target": "fire spreads"},
+               {"source": "police said the man was arrested", "target": "man arrested"}]
+    loss, outputs = _seq2seq_loss_and_outputs(imported, records)
+    expected_loss, expected_outputs = _seq2seq_loss_and_outputs(original, records)
+    assert loss == pytest.approx(expected_loss, abs=1e-5) and outputs == expected_outputs

@@ -316,3 +316,114 @@ def test_legacy_layernorm_names_are_read_as_transformers_reads_them(hf_dirs, tmp
     with torch.no_grad():
         ours = network.logits(network.encode(ids))
     torch.testing.assert_close(ours, _hf_logits(hf_dirs["bert"], ids), atol=1e-4, rtol=0)
+
+
+# ---- an imported tokenizer's missing roles, exported again ---------------------------------------
+
+def test_export_of_an_imported_tokenizer_without_some_roles_sets_ptmkits_ids(lee, tmp_path):
+    """A role the imported tokenizer lacks is never left to a transformers default (GPT-2's 50256
+    outside a 500-id vocabulary, BART's bos 0 = <unk> here): each config id names the token ptmkit
+    used for it (the stand-in), and a missing pad stays unset in GPT-2."""
+    texts = _texts(lee)
+    sentinels = [f"<extra_id_{i}>" for i in range(20)]
+    cases = {  # name: (HF model, tokenizer, its named specials, objective, roles it lacks)
+        "gpt2-wordpiece": (_hf_model("gpt2"), _wordpiece(texts), BERT_SPECIALS, "clm", {"bos", "eos"}),
+        "gpt2": (_hf_model("gpt2"), _byte_bpe(texts, ["<|endoftext|>"]), GPT2_SPECIALS, "clm", {"pad"}),
+        "bart-t5-tokenizer": (_hf_model("bart"), _byte_bpe(texts, ["<unk>", "</s>", "<pad>", *sentinels]),
+                              {"unk_token": "<unk>", "eos_token": "</s>", "pad_token": "<pad>",
+                               "additional_special_tokens": sentinels}, "t5", {"bos"}),
+    }
+    for name, (model, tok, specials, objective, lacking) in cases.items():
+        source = tmp_path / name
+        model.save_pretrained(source)
+        transformers.PreTrainedTokenizerFast(tokenizer_object=tok, **specials).save_pretrained(source)
+        run = tmp_path / f"run-{name}"
+        ptmkit.pretrain(objective=objective, corpus=[lee], init=f"hf:{source}", out=run, steps=1,
+                        batch_size=4, seq_len=32, workers=0, progress=False)
+        ours = Tokenizer.load(run / "tokenizer")
+        assert lacking <= set(ours.borrowed), (name, ours.borrowed)
+        export_run(run, tmp_path / f"hf-{name}")
+        config = json.loads((tmp_path / f"hf-{name}" / "config.json").read_text())
+        generation = json.loads((tmp_path / f"hf-{name}" / "generation_config.json").read_text())
+        for role in ("pad", "bos", "eos"):
+            expected = None if role == "pad" and "pad" in ours.borrowed else getattr(ours.special, role)
+            assert config[f"{role}_token_id"] == expected, (name, role, config)
+            assert generation.get(f"{role}_token_id") == expected, (name, role, generation)
+        ids = [v for k, v in config.items() if k.endswith("token_id") and v is not None]
+        assert all(0 <= i < ours.vocab_size for i in ids), (name, config)
+    # what ptmkit meant: BERT's [SEP] ends GPT-2's documents (and generation) as its eos
+    config = json.loads((tmp_path / "hf-gpt2-wordpiece" / "config.json").read_text())
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf-gpt2-wordpiece")
+    assert hf_tok.convert_ids_to_tokens(config["eos_token_id"]) == "[SEP]"
+
+
+# ---- --overwrite with broken weights -------------------------------------------------------------
+
+def _broken(hf_dirs, tmp_path: Path, family: str, how: str) -> Path:
+    directory = tmp_path / f"{family}-{how}"
+    shutil.copytree(hf_dirs[family], directory)
+    if (directory / "model.safetensors").is_file():
+        from safetensors.torch import load_file, save_file
+        state = load_file(str(directory / "model.safetensors"))
+    else:
+        state = torch.load(directory / "pytorch_model.bin", weights_only=True)
+    name = next(k for k in state if k.endswith(("layer.1.intermediate.dense.weight", "h.1.mlp.c_fc.weight")))
+    if how == "shape":
+        state[name] = torch.zeros(state[name].shape[0], state[name].shape[1] + 3)
+    else:
+        del state[name]
+    if (directory / "model.safetensors").is_file():
+        save_file(state, str(directory / "model.safetensors"))
+    else:
+        torch.save(state, directory / "pytorch_model.bin")
+    return directory
+
+
+@pytest.mark.parametrize("family, how", [("gpt2", "shape"), ("gpt2", "missing"), ("bert", "shape")])
+def test_overwrite_with_broken_weights_keeps_the_old_run(family, how, hf_dirs, lee, tmp_path, capsys):
+    """A wrong shape or a missing tensor is refused before --overwrite deletes the old run
+    (gpt2: model.safetensors, checked from its header; bert: pytorch_model.bin)."""
+    objective = CONTINUE[family]
+    base = ["pretrain", "--objective", objective, "--corpus", lee, "--steps", "1", "--batch-size", "4",
+            "--seq-len", "32", "--workers", "0", "--no-progress", "--out", tmp_path / "run"]
+    assert main([str(a) for a in [*base, "--init", f"hf:{hf_dirs[family]}"]]) == 0
+    capsys.readouterr()
+    before = {p.relative_to(tmp_path / "run"): p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    broken = _broken(hf_dirs, tmp_path, family, how)
+    err = _error(capsys, [*base, "--init", f"hf:{broken}", "--overwrite"])
+    assert ("has shape" if how == "shape" else "is missing") in err and str(broken) in err
+    after = {p.relative_to(tmp_path / "run"): p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_weights_are_checked_from_the_safetensors_header_and_read_once(hf_dirs, lee, tmp_path, monkeypatch):
+    """The check before anything is written reads no tensor data of model.safetensors, and a
+    pytorch_model.bin, which has to be loaded for it, is not loaded a second time."""
+    import safetensors.torch
+    reads: list[str] = []
+    load_file, load = safetensors.torch.load_file, torch.load
+
+    def counting_load_file(path, *args, **kwargs):
+        reads.append(str(path))
+        return load_file(path, *args, **kwargs)
+
+    def counting_load(path, *args, **kwargs):
+        reads.append(str(path))
+        return load(path, *args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "load_file", counting_load_file)
+    monkeypatch.setattr(torch, "load", counting_load)
+    from ptmkit.hf.importer import check_weights, read_hf
+    model = read_hf(f"hf:{hf_dirs['gpt2']}", weights=False)
+    check_weights(model)
+    assert reads == [] and model.state == {}
+    for family in ("gpt2", "bert"):
+        reads.clear()
+        ptmkit.pretrain(objective=CONTINUE[family], corpus=[lee], init=f"hf:{hf_dirs[family]}",
+                        out=tmp_path / family, steps=1, lr=1e-12, batch_size=4, seq_len=32, workers=0,
+                        progress=False)
+        weights = hf_dirs[family] / ("model.safetensors" if family == "gpt2" else "pytorch_model.bin")
+        assert reads.count(str(weights)) == 1, reads
+        ids = _ids()
+        torch.testing.assert_close(ptmkit.load_run(tmp_path / family).logits(ids), _hf_logits(hf_dirs[family], ids),
+                                   atol=1e-4, rtol=0)
