@@ -9,6 +9,7 @@ import base64
 import csv
 import html
 import json
+import os
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +24,7 @@ NLG_METRICS = {"rougeL", "rouge1", "rouge2", "bleu", "chrf"}
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     for row in rows:
         row["value"] = float(row["value"])
@@ -35,47 +36,85 @@ def _budget_sort(budget: str) -> float:
     return float("inf") if budget == "full" else float(budget)
 
 
-def aggregate(rows: list[dict[str, Any]]) -> dict[tuple, tuple[float, float, int]]:
-    """(task, path, objective, budget) -> (mean, std over seeds, number of seeds)."""
-    groups: dict[tuple, list[float]] = defaultdict(list)
+def seed_values(rows: list[dict[str, Any]]) -> dict[tuple, dict[int, float]]:
+    """(task, path, objective, budget) -> {seed: value}, NaN values included."""
+    groups: dict[tuple, dict[int, float]] = defaultdict(dict)
     for row in rows:
-        groups[(row["task"], row["path"], row["objective"], str(row["label_budget"]))].append(row["value"])
-    return {k: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v))
-            for k, v in groups.items()}
+        groups[(row["task"], row["path"], row["objective"], str(row["label_budget"]))][row["seed"]] = row["value"]
+    return dict(groups)
+
+
+def _finite(values: dict[int, float]) -> dict[int, float]:
+    return {seed: v for seed, v in values.items() if np.isfinite(v)}
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float, int]:
+    """(mean, sample std, n); std 0 for one value, NaN mean for none."""
+    if not values:
+        return float("nan"), float("nan"), 0
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, len(values)
+
+
+def aggregate(rows: list[dict[str, Any]]) -> dict[tuple, tuple[float, float, int]]:
+    """(task, path, objective, budget) -> (mean, sample std over seeds, number of seeds), over the
+    finite values (a NaN score, e.g. from a diverged run, is left out and flagged in the tables)."""
+    return {k: _mean_std(list(_finite(v).values())) for k, v in seed_values(rows).items()}
+
+
+def paired_gain(cell: dict[int, float], base: dict[int, float]) -> tuple[float, bool, int] | None:
+    """(gain of `cell` over `base`, beyond the seed spread, seeds compared) on the seeds both have
+    a finite score for: fine-tuning seed s draws the same labelled subset for every system, and
+    a compare still running has some systems at fewer seeds than scratch, whose extra seeds would
+    otherwise shift the difference. Beyond the spread: larger than the larger of the two sample
+    stds over those seeds (never with a single common seed: there is no spread to compare with).
+    None: no seed in common."""
+    cell, base = _finite(cell), _finite(base)
+    common = sorted(set(cell) & set(base))
+    if not common:
+        return None
+    a, b = _mean_std([cell[s] for s in common]), _mean_std([base[s] for s in common])
+    gain = a[0] - b[0]
+    return gain, len(common) > 1 and abs(gain) > max(a[1], b[1]), len(common)
 
 
 def _fmt(mean: float, std: float, n: int, scale: float) -> str:
+    if n == 0:
+        return "NaN"
     return f"{mean * scale:.1f} ± {std * scale:.1f}" if n > 1 else f"{mean * scale:.1f}"
 
 
-def _beyond_spread(cell: tuple[float, float, int], base: tuple[float, float, int]) -> bool:
-    """A difference from scratch larger than the seed-to-seed spread (the larger of the two
-    standard deviations); with a single seed there is no spread to compare with."""
-    return min(cell[2], base[2]) > 1 and abs(cell[0] - base[0]) > max(cell[1], base[1])
+def _cell_text(values: dict[int, float], base: dict[int, float] | None, seeds: int) -> str:
+    """'mean ± std (gain*)', then what a reader must know: seeds still missing, NaN scores."""
+    finite = _finite(values)
+    text = _fmt(*_mean_std(list(finite.values())), scale=100)
+    gain = paired_gain(values, base) if base is not None else None
+    if gain is not None:
+        text += f" ({gain[0] * 100:+.1f}{'*' if gain[1] else ''})"
+    notes = []
+    if len(finite) < seeds:
+        notes.append(f"{len(finite)}/{seeds} seeds")
+    if len(values) > len(finite):
+        notes.append(f"{len(values) - len(finite)} NaN")
+    return text + (f" [{', '.join(notes)}]" if notes else "")
 
 
 def task_tables(rows: list[dict[str, Any]]) -> dict[str, tuple[list[str], list[list[str]]]]:
     """Per task: header and rows of 'mean ± std (gain over scratch)' for every budget."""
-    stats = aggregate(rows)
+    values = seed_values(rows)
     metric = {row["task"]: row["metric"] for row in rows}
     tables = {}
     for task in sorted({r["task"] for r in rows}):
-        budgets = sorted({k[3] for k in stats if k[0] == task}, key=_budget_sort)
-        systems = sorted({(k[1], k[2]) for k in stats if k[0] == task})
+        budgets = sorted({k[3] for k in values if k[0] == task}, key=_budget_sort)
+        systems = sorted({(k[1], k[2]) for k in values if k[0] == task})
+        seeds = len({r["seed"] for r in rows if r["task"] == task})
         header = ["path", "objective"] + [f"{metric[task]} @ {b}" for b in budgets]
         body = []
         for path, objective in systems:
             line = [path, objective]
             for b in budgets:
-                cell = stats.get((task, path, objective, b))
-                base = stats.get((task, "A", "scratch", b))
-                if cell is None:
-                    line.append("–")
-                    continue
-                text = _fmt(*cell, scale=100)
-                if base is not None and path != "A":
-                    text += f" ({(cell[0] - base[0]) * 100:+.1f}{'*' if _beyond_spread(cell, base) else ''})"
-                line.append(text)
+                cell = values.get((task, path, objective, b))
+                base = values.get((task, "A", "scratch", b)) if path != "A" else None
+                line.append("–" if cell is None else _cell_text(cell, base, seeds))
             body.append(line)
         tables[task] = (header, body)
     return tables
@@ -88,30 +127,66 @@ def pretrain_summaries(out: Path) -> dict[str, dict[str, Any]]:
     return found
 
 
+def survey_points(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Per task, the label budget the survey table reads: the task's largest (the same one for
+    every objective, also while a compare is still running and some have not reached it)."""
+    return {task: max((str(r["label_budget"]) for r in rows if r["task"] == task), key=_budget_sort)
+            for task in sorted({r["task"] for r in rows})}
+
+
+def survey_caption(rows: list[dict[str, Any]]) -> str:
+    """What the survey table's score columns are: which task, metric and budget each one reads."""
+    metric = {row["task"]: row["metric"] for row in rows}
+    points = survey_points(rows)
+    kinds = {"NLU": [t for t in points if metric[t] not in NLG_METRICS],
+             "NLG": [t for t in points if metric[t] in NLG_METRICS]}
+    parts = [f"{kind} score: " + ("; ".join(f"{t} ({metric[t]} ×100) @ {points[t]} labels" for t in tasks)
+                                  + (", averaged over these tasks" if len(tasks) > 1 else "")
+                                  if tasks else "no such task in results.csv")
+             for kind, tasks in kinds.items()]
+    return ("Survey: path B (scratch: path A), mean over seeds. " + ". ".join(parts) + ". Gain vs scratch: "
+            "mean over those tasks of the gain at the same budget, on the seeds both have. "
+            "[k/m tasks]: measured on k of the m tasks so far; –: not measured (yet).")
+
+
 def survey_table(rows: list[dict[str, Any]], out: Path) -> tuple[list[str], list[list[str]]]:
-    """The survey's table filled with measured numbers: one row per objective (path B)."""
-    stats = aggregate(rows)
+    """The survey's table filled with measured numbers: one row per objective (path B), its NLU
+    and NLG scores read at each task's `survey_points` budget (see `survey_caption`)."""
+    values = seed_values(rows)
+    metric = {row["task"]: row["metric"] for row in rows}
+    points = survey_points(rows)
     summaries = pretrain_summaries(out)
     header = ["objective", "family", "backbone", "NLU score", "NLG score", "gain vs scratch",
               "tokens/s", "pre-train tokens", "pre-train s", "pre-train FLOPs"]
     body = []
     for objective in sorted({r["objective"] for r in rows}):
-        nlu, nlg, gains = [], [], []
-        for task in {r["task"] for r in rows}:
-            metric = next(r["metric"] for r in rows if r["task"] == task)
-            path = "A" if objective == "scratch" else "B"
-            budgets = sorted({k[3] for k in stats if k[0] == task and k[2] == objective}, key=_budget_sort)
-            if not budgets:
+        path = "A" if objective == "scratch" else "B"
+        scores: dict[bool, list[float]] = {False: [], True: []}
+        tried: dict[bool, int] = {False: 0, True: 0}
+        gains = []
+        for task, budget in points.items():
+            if not any(k[0] == task and k[1] == path and k[2] == objective for k in values):
+                continue  # the objective has no cell on this task (its network cannot do it)
+            nlg = metric[task] in NLG_METRICS
+            tried[nlg] += 1
+            cell = _finite(values.get((task, path, objective, budget), {}))
+            if not cell:
                 continue
-            mean = stats[(task, path, objective, budgets[-1])][0]
-            (nlg if metric in NLG_METRICS else nlu).append(mean)
-            base = stats.get((task, "A", "scratch", budgets[-1]))
-            if base and objective != "scratch":
-                gains.append(mean - base[0])
+            scores[nlg].append(float(np.mean(list(cell.values()))))
+            base = values.get((task, "A", "scratch", budget))
+            gain = paired_gain(cell, base) if base is not None and path != "A" else None
+            if gain is not None:
+                gains.append(gain[0])
+
+        def score(nlg: bool) -> str:
+            if not scores[nlg]:
+                return "–"
+            partial = f" [{len(scores[nlg])}/{tried[nlg]} tasks]" if len(scores[nlg]) < tried[nlg] else ""
+            return f"{np.mean(scores[nlg]) * 100:.1f}{partial}"
+
         summary = _general_summary(objective, rows, summaries)
         family, backbone = _kind(objective, summary)
-        body.append([objective, family, backbone,
-                     f"{np.mean(nlu) * 100:.1f}" if nlu else "–", f"{np.mean(nlg) * 100:.1f}" if nlg else "–",
+        body.append([objective, family, backbone, score(False), score(True),
                      f"{np.mean(gains) * 100:+.1f}" if gains else "–",
                      f"{summary['tokens_per_s']:,.0f}" if summary else "–",
                      f"{summary['tokens']:,}" if summary else "–",
@@ -179,7 +254,9 @@ def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
                      for b in budgets}
         for path, objective in sorted({(k[1], k[2]) for k in stats if k[0] == task}):
             points = [(positions[b], *stats[(task, path, objective, b)][:2]) for b in budgets
-                      if (task, path, objective, b) in stats]
+                      if stats.get((task, path, objective, b), (0, 0, 0))[2]]  # NaN-only cells: no point
+            if not points:
+                continue
             x, y, e = zip(*points)
             ax.errorbar(x, np.array(y) * 100, yerr=np.array(e) * 100, marker="o", capsize=3,
                         label=f"{path}: {objective}")
@@ -207,7 +284,9 @@ def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     if "C" in paths:
         fig, ax = plt.subplots(figsize=(6, 4))
         labels, means, errs = [], [], []
-        for (task, path, objective, budget), (mean, std, _) in sorted(stats.items()):
+        for (task, path, objective, budget), (mean, std, n) in sorted(stats.items()):
+            if not n:
+                continue
             labels.append(f"{task}\n{path}:{objective}\n@{budget}")
             means.append(mean * 100)
             errs.append(std * 100)
@@ -233,20 +312,24 @@ def write_report(out: Path, title: str = "ptmkit compare", notes: Sequence[str] 
     survey = survey_table(rows, out)
     tables = task_tables(rows)
     images = plots(rows, out)
-    md = [f"# {title}", "", "Scores on dev (×100), mean ± std over seeds; in brackets the gain over "
-          "scratch (path A) at the same label budget, * where it is larger than the seed-to-seed spread "
-          "(the larger std of the two). Paths: A = scratch, B = general pre-training, "
-          "C = general then domain pre-training.", ""]
+    intro = ("Scores on dev (×100), mean ± sample std over seeds; in brackets the gain over scratch (path A) "
+             "at the same label budget on the seeds both have, * where it is larger than the seed-to-seed "
+             "spread (the larger std of the two). [k/m seeds]: k of the task's m seeds finished so far; "
+             "[k NaN]: k seeds scored NaN, left out. Paths: A = scratch, B = general pre-training, "
+             "C = general then domain pre-training.")
+    notes = [*notes, *failure_notes(out)]
+    md = [f"# {title}", "", intro, ""]
     for note in notes:
         md += [note, ""]
-    md += ["## Objectives side by side", "", _markdown_table(*survey), ""]
+    caption = survey_caption(rows)
+    md += ["## Objectives side by side", "", caption, "", _markdown_table(*survey), ""]
     for task, table in tables.items():
         md += [f"## {task}", "", _markdown_table(*table), ""]
     md += [f"![{p.stem}]({p.name})" for p in images]
-    (out / "report.md").write_text("\n".join(md) + "\n")
-    body = [f"<h1>{html.escape(title)}</h1>", "<p>" + html.escape(md[2]) + "</p>",
+    _write_text(out / "report.md", "\n".join(md) + "\n")
+    body = [f"<h1>{html.escape(title)}</h1>", "<p>" + html.escape(intro) + "</p>",
             *("<p>" + html.escape(note) + "</p>" for note in notes),
-            "<h2>Objectives side by side</h2>", _html_table(*survey)]
+            "<h2>Objectives side by side</h2>", "<p>" + html.escape(caption) + "</p>", _html_table(*survey)]
     for task, table in tables.items():
         body += [f"<h2>{html.escape(task)}</h2>", _html_table(*table)]
     for image in images:
@@ -256,14 +339,36 @@ def write_report(out: Path, title: str = "ptmkit compare", notes: Sequence[str] 
              "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:.3em .6em}</style>")
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>{style}</head>" \
            f"<body>{''.join(body)}</body></html>"
-    (out / "report.html").write_text(page)
+    _write_text(out / "report.html", page)
     return out / "report.md", out / "report.html"
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write UTF-8 (the tables hold ±, × and –) through a temporary file, so a reader (a browser
+    refreshing the report of a running compare) never sees half a page."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+FAILED_FILE = "failed.json"
+"""Written by a compare some of whose runs failed: [{"run": name, "error": text}, ...]."""
+
+
+def failure_notes(out: Path) -> list[str]:
+    """A paragraph naming the runs the last compare could not finish (their cells are missing)."""
+    path = out / FAILED_FILE
+    if not path.is_file():
+        return []
+    failed = json.loads(path.read_text())
+    return [f"{len(failed)} run(s) failed in the last compare and are missing from the tables: "
+            + "; ".join(f"{f['run']} ({f['error']})" for f in failed) + "."] if failed else []
 
 
 def summary_lines(out: Path) -> str:
     """The survey table and every task's table as plain text, for the terminal."""
     rows = read_results(out / "results.csv")
-    blocks = [_text_table(*survey_table(rows, out))]
+    blocks = [_text_table(*survey_table(rows, out)) + "\n" + survey_caption(rows)]
     blocks += [f"{task} (×100, mean ± std over seeds; * = gain over scratch beyond the seed spread)\n"
                + _text_table(*table) for task, table in task_tables(rows).items()]
     return "\n\n".join(blocks)

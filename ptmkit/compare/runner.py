@@ -19,7 +19,9 @@ import hashlib
 import json
 import shutil
 import sys
+import tempfile
 import time
+import traceback
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from ptmkit.compare.config import RECIPE_PREFIX, CompareConfig, TaskConfig, job_
 from ptmkit.data.corpus import file_digests, read_texts
 from ptmkit.data.shards import corpus_fingerprint, prepare
 from ptmkit.data.tokenizer import Tokenizer, train_tokenizer
+from ptmkit.errors import UserError
 from ptmkit.finetuning.registry import task_accepts
 from ptmkit.finetuning.run import FinetuneSpec
 from ptmkit.finetuning.search import as_rates, finetune_search
@@ -197,16 +200,30 @@ class Compare:
             return TrainConfig(seed=seed, steps=max(1, int(budget["tokens"]) // per_step), **values)
         return TrainConfig(seed=seed, steps=int(budget.get("steps", 1000)), **values)
 
+    def _pretrain_key(self, job: PretrainJob, data: dict[bool, Path]) -> str:
+        """The key of `job`'s run: its settings, the prepared data and (domain runs) the key of
+        the general run it starts from."""
+        budget = self.cfg.domain_pretrain if job.domain else self.cfg.pretrain
+        init = self.out / "pretrain" / PretrainJob(job.objective, job.seed, False).name if job.domain else None
+        is_recipe = job.objective.startswith(RECIPE_PREFIX)
+        return _key({"job": asdict(job), "budget": budget, "model": self._model_key(),
+                     "options": self.cfg.objective_options.get(job.objective, {}),
+                     "data": json.loads((data[job.domain] / "manifest.json").read_text())["fingerprint"],
+                     "init": _read_key(init) if init else None,
+                     "recipe": _pretraining_part(self.cfg.recipe) if is_recipe else None})
+
+    def pretrain_done(self, job: PretrainJob, data: dict[bool, Path]) -> bool:
+        """`job` finished with the inputs it has now (a domain run: so did its general run)."""
+        if job.domain and not self.pretrain_done(PretrainJob(job.objective, job.seed, False), data):
+            return False
+        return _done(self.out / "pretrain" / job.name, "summary.json", self._pretrain_key(job, data))
+
     def run_pretrain(self, job: PretrainJob, data: dict[bool, Path]) -> Path:
         run = self.out / "pretrain" / job.name
         budget = self.cfg.domain_pretrain if job.domain else self.cfg.pretrain
         init = self.out / "pretrain" / PretrainJob(job.objective, job.seed, False).name if job.domain else None
         is_recipe = job.objective.startswith(RECIPE_PREFIX)
-        key = _key({"job": asdict(job), "budget": budget, "model": self._model_key(),
-                    "options": self.cfg.objective_options.get(job.objective, {}),
-                    "data": json.loads((data[job.domain] / "manifest.json").read_text())["fingerprint"],
-                    "init": _read_key(init) if init else None,
-                    "recipe": _pretraining_part(self.cfg.recipe) if is_recipe else None})
+        key = self._pretrain_key(job, data)
         if _done(run, "summary.json", key):
             return run
         if is_recipe:
@@ -239,16 +256,33 @@ class Compare:
         return run
 
     # ---- fine-tuning --------------------------------------------------------------------
-    def run_cell(self, cell: Cell, tokenizer: Tokenizer, tokenizer_dir: Path) -> dict[str, Any]:
-        run = self.out / "finetune" / cell.name
-        init = SCRATCH if cell.job is None else str(self.out / "pretrain" / cell.job.name)
+    def _finetune_recipe(self, cell: Cell) -> dict[str, Any]:
         recipe = {"epochs": 3, "lr": 5e-5, "batch_size": 32, **self.cfg.finetune}
         if cell.job is None and "scratch_lr" in recipe:
             recipe["lr"] = recipe["scratch_lr"]
-        rates = as_rates(recipe["lr"])
+        return recipe
+
+    def _cell_key(self, cell: Cell, tokenizer: Tokenizer) -> str:
         # a pre-trained init's key covers its tokenizer; scratch's is the tokenizer itself
-        key = _key({"cell": cell.name, "task": _task_key(cell.task), "recipe": recipe, "model": self._model_key(),
-                    "init": _read_key(Path(init)) if cell.job else {"scratch": tokenizer.sha256()}})
+        init = None if cell.job is None else self.out / "pretrain" / cell.job.name
+        return _key({"cell": cell.name, "task": _task_key(cell.task), "recipe": self._finetune_recipe(cell),
+                     "model": self._model_key(),
+                     "init": _read_key(init) if init is not None else {"scratch": tokenizer.sha256()}})
+
+    def cached_cell(self, cell: Cell, tokenizer: Tokenizer) -> dict[str, Any] | None:
+        """The eval.json of a cell finished with its current inputs (call once its pre-training
+        is done), or None."""
+        run = self.out / "finetune" / cell.name
+        if _done(run, "eval.json", self._cell_key(cell, tokenizer)):
+            return json.loads((run / "eval.json").read_text())
+        return None
+
+    def run_cell(self, cell: Cell, tokenizer: Tokenizer, tokenizer_dir: Path) -> dict[str, Any]:
+        run = self.out / "finetune" / cell.name
+        init = SCRATCH if cell.job is None else str(self.out / "pretrain" / cell.job.name)
+        recipe = self._finetune_recipe(cell)
+        rates = as_rates(recipe["lr"])
+        key = self._cell_key(cell, tokenizer)
         if _done(run, "eval.json", key):
             return json.loads((run / "eval.json").read_text())
         task = cell.task
@@ -275,26 +309,81 @@ class Compare:
 
     # ---- everything ---------------------------------------------------------------------
     def run(self) -> Path:
+        """Every pre-training and cell, finished ones read from the cache first (so results.csv
+        holds every finished cell from the start, and the progress bar and its ETA count only the
+        work left, weighted by each run's estimated time). A run that fails is reported and the
+        others go on; if any failed, results.csv, failed.json and the report are written and a
+        CompareFailed names them."""
+        from ptmkit.compare.report import FAILED_FILE
         self.out.mkdir(parents=True, exist_ok=True)
         jobs, todo = pretrain_jobs(self.cfg), cells(self.cfg)
-        bar = tqdm(total=len(jobs) + len(todo), desc="compare", unit="run", disable=not self.progress)
         tokenizer = self.tokenizer()
         tokenizer_dir = Path(self.cfg.tokenizer) if isinstance(self.cfg.tokenizer, str) else self.out / "tokenizer"
         data = {False: self.data(tokenizer, False)}
         if self.cfg.domain_corpus:
             data[True] = self.data(tokenizer, True)
-        for job in sorted(jobs, key=lambda j: j.domain):  # domain runs start from the general ones
-            bar.set_postfix_str(f"pretrain {job.name}")
-            self.run_pretrain(job, data)
-            bar.update(1)
-        rows = []
-        for cell in todo:
-            bar.set_postfix_str(f"finetune {cell.name}")
-            rows.append(self._row(cell, self.run_cell(cell, tokenizer, tokenizer_dir)))
-            bar.update(1)
-            self.write_results(rows)
+        done_jobs = {job for job in jobs if self.pretrain_done(job, data)}
+        results: dict[int, dict[str, Any]] = {}
+        for i, cell in enumerate(todo):
+            if cell.job is None or cell.job in done_jobs:
+                cached = self.cached_cell(cell, tokenizer)
+                if cached is not None:
+                    results[i] = self._row(cell, cached)
+        self.write_results([results[i] for i in sorted(results)])
+        weights = _weights(self.cfg)
+        pending_jobs = [job for job in sorted(jobs, key=lambda j: j.domain) if job not in done_jobs]
+        pending = [i for i in range(len(todo)) if i not in results]
+        work = [weights.get(f"pretrain {job.name}", 1.0) for job in pending_jobs] + \
+               [weights.get(f"finetune {todo[i].name}", 1.0) for i in pending]
+        bar = tqdm(total=sum(work), desc="compare", disable=not self.progress, smoothing=0,
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
+        runs_left = len(work)
+
+        def advance(what: str, seconds: float) -> None:
+            nonlocal runs_left
+            runs_left -= 1
+            bar.update(seconds)
+            bar.set_postfix_str(f"{runs_left} runs left; last: {what}")
+
+        failures: list[dict[str, str]] = []
+        failed_jobs: set[PretrainJob] = set()
+        for job in pending_jobs:  # domain runs start from the general ones
+            bar.set_postfix_str(f"{runs_left} runs left; pretrain {job.name}")
+            general = PretrainJob(job.objective, job.seed, False)
+            if job.domain and general in failed_jobs:
+                failed_jobs.add(job)
+                failures.append({"run": f"pretrain {job.name}", "error": f"pre-training {general.name} failed"})
+            else:
+                try:
+                    self.run_pretrain(job, data)
+                except Exception as err:  # noqa: BLE001 - one failed run must not end the others
+                    failed_jobs.add(job)
+                    failures.append(_failure(f"pretrain {job.name}", err))
+            advance(f"pretrain {job.name}", weights.get(f"pretrain {job.name}", 1.0))
+        for i in pending:
+            cell = todo[i]
+            bar.set_postfix_str(f"{runs_left} runs left; finetune {cell.name}")
+            if cell.job is not None and cell.job in failed_jobs:
+                failures.append({"run": f"finetune {cell.name}", "error": f"pre-training {cell.job.name} failed"})
+            else:
+                try:
+                    results[i] = self._row(cell, self.run_cell(cell, tokenizer, tokenizer_dir))
+                except Exception as err:  # noqa: BLE001
+                    failures.append(_failure(f"finetune {cell.name}", err))
+                self.write_results([results[k] for k in sorted(results)])
+            advance(f"finetune {cell.name}", weights.get(f"finetune {cell.name}", 1.0))
         bar.close()
-        return self.out / "results.csv"
+        failed_file = self.out / FAILED_FILE
+        if not failures:
+            failed_file.unlink(missing_ok=True)
+            return self.out / "results.csv"
+        failed_file.write_text(json.dumps(failures, indent=2))
+        if results:
+            from ptmkit.compare.report import write_report
+            skipped = [f"{system} on {task}" for system, task in skipped_pairs(self.cfg)]
+            write_report(self.out, notes=[f"Not run, their networks cannot do the task (seq2seq needs a decoder): "
+                                          f"{', '.join(skipped)}."] if skipped else [])
+        raise CompareFailed(failures, len(results), len(todo), self.out)
 
     def _model_key(self) -> Any:
         """The model setting, with the content of a model YAML file (a size name stands alone)."""
@@ -317,12 +406,44 @@ class Compare:
                 "finetune_seconds": result.get("finetune_seconds", 0.0)}
 
     def write_results(self, rows: list[dict[str, Any]]) -> None:
-        tmp = self.out / ".results.csv.tmp"
-        with open(tmp, "w", newline="") as f:
+        """results.csv, replaced atomically through a temporary file of this process's own (two
+        processes writing the same temporary file would interleave and then fail to rename it)."""
+        fd, name = tempfile.mkstemp(prefix=".results.", suffix=".csv.tmp", dir=self.out)
+        tmp = Path(name)
+        with open(fd, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
         tmp.replace(self.out / "results.csv")
+
+
+class CompareFailed(UserError):
+    """Some runs of a compare failed; the others finished and are in results.csv and the report."""
+
+    def __init__(self, failures: list[dict[str, str]], finished: int, total: int, out: Path) -> None:
+        self.failures = failures
+        names = "; ".join(f"{f['run']}: {f['error']}" for f in failures[:5])
+        more = f" (and {len(failures) - 5} more)" if len(failures) > 5 else ""
+        super().__init__(f"{len(failures)} run(s) failed: {names}{more}",
+                         str(out / "failed.json"),
+                         f"results.csv and the report hold the {finished} of {total} cells that finished; "
+                         "fix the cause and run the compare again (finished runs are reused)")
+
+
+def _failure(what: str, err: Exception) -> dict[str, str]:
+    """Report a failed run now (with its traceback) and keep a line for the end."""
+    detail = str(err) if isinstance(err, UserError) else traceback.format_exc()  # a bug keeps its traceback
+    tqdm.write(f"compare: {what} failed: {detail}", file=sys.stderr)
+    return {"run": what, "error": f"{type(err).__name__}: {err}"}
+
+
+def _weights(cfg: CompareConfig) -> dict[str, float]:
+    """Estimated seconds of every run (see `estimate`), weighting the progress bar; equal
+    weights if the estimate cannot be made."""
+    try:
+        return {what: max(seconds, 1e-3) for what, seconds, _ in estimate(cfg)}
+    except Exception:  # noqa: BLE001 - only the bar's ETA depends on it
+        return {}
 
 
 def _pretraining_part(recipe: Recipe | None) -> dict[str, Any]:
@@ -399,9 +520,38 @@ def estimate(cfg: CompareConfig, out: Path | None = None) -> list[tuple[str, flo
             seconds = tokens * model.flops_per_token(seq_len, 0.15) / ASSUMED_FLOPS
         plan.append((f"pretrain {job.name}", seconds, finished(f"pretrain/{job.name}", "summary.json")))
     epochs = cfg.finetune.get("epochs", 3)
-    runs = len(as_rates(cfg.finetune.get("lr", 5e-5)))  # a learning-rate search fine-tunes once per rate
+    sizes = {task.name: _count_examples(task) for task in cfg.tasks}
     for cell in cells(cfg):
-        examples = cell.budget or 10_000
-        seconds = runs * (5 + examples * epochs * 64 * model.flops_per_token(64, 0) / ASSUMED_FLOPS)
+        # a learning-rate search fine-tunes once per rate (scratch may search its own rates)
+        lr = cfg.finetune.get("scratch_lr" if cell.job is None and "scratch_lr" in cfg.finetune else "lr", 5e-5)
+        runs = len(as_rates(lr))
+        available = sizes[cell.task.name]
+        examples = cell.budget or available or 10_000  # "full": the task's training examples
+        if available:
+            examples = min(examples, available)
+        folds = cell.task.cv_folds or 1  # cross-validation: one fine-tuning per fold, on (K-1)/K of the data
+        examples_trained = examples * (folds - 1) if cell.task.cv_folds else examples
+        length = cell.task.max_length
+        seconds = runs * (5 * folds + examples_trained * epochs * length * model.flops_per_token(length, 0)
+                          / ASSUMED_FLOPS)
         plan.append((f"finetune {cell.name}", seconds, finished(f"finetune/{cell.name}", "eval.json")))
     return plan
+
+
+def _count_examples(task: TaskConfig) -> int | None:
+    """The training examples of a task whose file holds one per line (classification,
+    regression, seq2seq: jsonl, csv/tsv after the header, fastText, line-aligned pairs), for
+    --dry-run's estimate; None where that does not hold or the file cannot be read."""
+    if task.type not in ("classify", "regress", "seq2seq") or not task.train:
+        return None
+    import bz2
+    import gzip
+    path = Path(task.train.split(",")[0])
+    opener = {".gz": gzip.open, ".bz2": bz2.open}.get(path.suffix, open)
+    try:
+        with opener(path, "rb") as f:
+            lines = sum(1 for line in f if line.strip())
+    except OSError:
+        return None
+    kind = path.name.removesuffix(path.suffix if path.suffix in (".gz", ".bz2") else "").rsplit(".", 1)[-1]
+    return max(0, lines - (kind.lower() in ("csv", "tsv"))) or None

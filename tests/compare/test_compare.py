@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
+import threading
 from pathlib import Path
 
 import gensim
@@ -15,7 +17,8 @@ import pytest
 import ptmkit.compare.runner as runner
 from ptmkit.compare.config import parse_compare_config
 from ptmkit.compare.report import aggregate, read_results, summary_lines, write_report
-from ptmkit.compare.runner import RESULT_COLUMNS, Compare, cells, estimate, pretrain_jobs, skipped_pairs
+from ptmkit.compare.runner import (RESULT_COLUMNS, Compare, CompareFailed, cells, estimate, pretrain_jobs,
+                                   skipped_pairs)
 from ptmkit.data.shards import TokenShards
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.errors import UserError
@@ -372,3 +375,227 @@ def test_the_survey_reads_the_pretraining_its_cells_used(task_file, tmp_path) ->
     md, _ = write_report(out)
     mlm_row = next(line for line in md.read_text().splitlines() if line.startswith("| mlm |"))
     assert f"| {summary['tokens']:,} |" in mlm_row
+
+
+# --- long comparisons: reports read while cells are missing, NaN scores, failing cells, resumed
+# runs' results and progress bar, two writers, --dry-run's estimate -----------------------------
+
+
+def write_results(directory: Path, rows: list[tuple]) -> Path:
+    """rows: (objective, path, budget, seed, value[, task, metric])."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS)
+        writer.writeheader()
+        for objective, path, budget, seed, value, *rest in rows:
+            task, metric = rest if rest else ("sst2", "accuracy")
+            writer.writerow({"objective": objective, "path": path, "task": task, "label_budget": budget,
+                             "seed": seed, "metric": metric, "value": value, "pretrain_tokens": 0,
+                             "pretrain_seconds": 0, "finetune_seconds": 1})
+    return directory
+
+
+def table_line(text: str, start: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith(start))
+
+
+# --- the report's statistics -------------------------------------------------------------------
+
+
+def test_gain_over_scratch_compares_the_same_seeds_while_a_compare_runs(tmp_path) -> None:
+    # SST-2 at 10,000 labels in a running compare (the numbers of /work/exp/objectives_mini):
+    # scratch has finished seed 2, t5 has not; t5 matches or beats scratch on seeds 0 and 1
+    # (75.5 vs 75.3, 75.5 vs 74.8) but against all three scratch seeds it looked 0.2 worse.
+    out = write_results(tmp_path, [("scratch", "A", 10000, 0, 0.7534403669724771),
+                                   ("scratch", "A", 10000, 1, 0.7477064220183486),
+                                   ("scratch", "A", 10000, 2, 0.768348623853211),
+                                   ("t5", "B", 10000, 0, 0.7545871559633027),
+                                   ("t5", "B", 10000, 1, 0.7545871559633027)])
+    md, page = write_report(out)
+    t5 = table_line(md.read_text(), "| B | t5 |")
+    assert "75.5 ± 0.0 (+0.4) [2/3 seeds]" in t5  # the paired gain, and the missing seed shown
+    assert "| 75.6 ± 1.1 |" in table_line(md.read_text(), "| A | scratch |")
+    assert table_line(md.read_text(), "| t5 |").split(" | ")[5] == "+0.4"  # the survey's gain too
+    assert "(+0.4) [2/3 seeds]" in page.read_text() and "(+0.4) [2/3 seeds]" in summary_lines(out)
+
+
+def test_a_single_common_seed_gives_a_gain_but_never_a_star(tmp_path) -> None:
+    out = write_results(tmp_path, [("scratch", "A", 100, 0, 0.60), ("scratch", "A", 100, 1, 0.61),
+                                   ("mlm", "B", 100, 1, 0.80)])
+    md, _ = write_report(out)
+    assert "| 80.0 (+19.0) [1/2 seeds] |" in md.read_text()  # against scratch's seed 1, not its mean
+
+
+def test_nan_scores_are_left_out_of_means_and_flagged(tmp_path) -> None:
+    out = write_results(tmp_path, [("scratch", "A", 100, 0, 0.60), ("scratch", "A", 100, 1, 0.62),
+                                   ("mlm", "B", 100, 0, math.nan), ("mlm", "B", 100, 1, 0.70),
+                                   ("clm", "B", 100, 0, math.nan), ("clm", "B", 100, 1, math.nan)])
+    md, _ = write_report(out)
+    text = md.read_text()
+    assert "nan ±" not in text and "nan" not in text.replace("NaN", "")  # no NaN mean, std or gain
+    assert "| 70.0 (+8.0) [1/2 seeds, 1 NaN] |" in table_line(text, "| B | mlm |")
+    assert "| NaN [0/2 seeds, 2 NaN] |" in table_line(text, "| B | clm |")
+    assert table_line(text, "| mlm |").split(" | ")[3] == "70.0"  # survey NLU score, not nan
+    assert (tmp_path / "budget_sst2.png").stat().st_size > 1000  # the plot skips what has no score
+
+
+def test_the_survey_reads_one_stated_budget_per_task(tmp_path) -> None:
+    # clm has not reached 1,000 labels yet: its 100-label score must not stand next to the
+    # others' 1,000-label scores; and the caption says which task, metric and budget each column is
+    rows = [(o, p, b, s, v) for o, p, base in (("scratch", "A", 0.6), ("mlm", "B", 0.7))
+            for b, shift in ((100, 0.0), (1000, 0.1)) for s, v in ((0, base + shift), (1, base + shift + 0.01))]
+    rows += [("clm", "B", 100, 0, 0.55), ("clm", "B", 100, 1, 0.56)]
+    rows += [(o, p, "full", s, v, "tldr", "rougeL") for o, p, v in (("scratch", "A", 0.2), ("bart", "B", 0.3))
+             for s in (0, 1)]
+    md, page = write_report(write_results(tmp_path, rows))
+    text = md.read_text()
+    assert table_line(text, "| clm |").split(" | ")[3] == "–"  # not 55.5 (its 100-label score)
+    assert table_line(text, "| mlm |").split(" | ")[3:6] == ["80.5", "–", "+10.0"]
+    assert table_line(text, "| bart |").split(" | ")[3:6] == ["–", "30.0", "+10.0"]
+    caption = "NLU score: sst2 (accuracy ×100) @ 1000 labels. NLG score: tldr (rougeL ×100) @ full labels"
+    assert caption in text and caption in page.read_text() and caption in summary_lines(tmp_path)
+
+
+# --- long runs ---------------------------------------------------------------------------------
+
+
+def test_a_failing_cell_keeps_the_others_and_a_rerun_finishes_it(task_file, tmp_path, monkeypatch) -> None:
+    cfg = parse_compare_config(config(task_file, label_budgets=[20, 40], seeds=[0]), "cmp.yaml", tmp_path)
+    out = tmp_path / "out"
+    real = runner.finetune_search
+
+    def diverges_once(spec, rates):
+        if spec.out.name == "b20-s0" and spec.out.parent.name == "B-mlm":
+            raise RuntimeError("loss is NaN")
+        return real(spec, rates)
+
+    monkeypatch.setattr(runner, "finetune_search", diverges_once)
+    with pytest.raises(CompareFailed, match=r"1 run\(s\) failed: finetune task/B-mlm/b20-s0: RuntimeError: loss is NaN"):
+        Compare(cfg, out, progress=False).run()
+    rows = read_results(out / "results.csv")  # the cells after the failed one ran too
+    assert {(r["path"], r["label_budget"]) for r in rows} == {("A", "20"), ("A", "40"), ("B", "40")}
+    assert json.loads((out / "failed.json").read_text())[0]["run"] == "finetune task/B-mlm/b20-s0"
+    assert "finetune task/B-mlm/b20-s0 (RuntimeError: loss is NaN)" in (out / "report.md").read_text()
+
+    calls = []
+    monkeypatch.setattr(runner, "finetune_search", lambda spec, rates: calls.append(spec.out) or real(spec, rates))
+    Compare(cfg, out, progress=False).run()
+    assert calls == [out / "finetune" / "task" / "B-mlm" / "b20-s0"]
+    assert len(read_results(out / "results.csv")) == 4 and not (out / "failed.json").exists()
+
+
+def test_a_failing_pretraining_fails_only_its_cells(task_file, tmp_path, monkeypatch) -> None:
+    cfg = parse_compare_config(config(task_file, label_budgets=[20], seeds=[0]), "cmp.yaml", tmp_path)
+    out = tmp_path / "out"
+
+    def crash(spec):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(runner, "pretrain", crash)
+    with pytest.raises(CompareFailed) as failed:
+        Compare(cfg, out, progress=False).run()
+    assert [f["run"] for f in failed.value.failures] == ["pretrain mlm-s0", "finetune task/B-mlm/b20-s0"]
+    assert [(r["objective"], r["label_budget"]) for r in read_results(out / "results.csv")] == [("scratch", "20")]
+
+
+def test_results_hold_every_finished_cell_while_the_missing_ones_train(task_file, tmp_path, monkeypatch) -> None:
+    cfg = parse_compare_config(config(task_file, label_budgets=[20, 40], seeds=[0]), "cmp.yaml", tmp_path)
+    out = tmp_path / "out"
+    Compare(cfg, out, progress=False).run()
+    (out / "finetune" / "task" / "B-mlm" / "b20-s0" / "eval.json").unlink()  # killed in this cell
+    seen, real = [], runner.finetune_search
+
+    def look(spec, rates):
+        seen.append(sorted((r["path"], r["label_budget"]) for r in read_results(out / "results.csv")))
+        return real(spec, rates)
+
+    monkeypatch.setattr(runner, "finetune_search", look)
+    Compare(cfg, out, progress=False).run()
+    # while the missing cell trains, the three finished ones (also those after it) stay in results.csv
+    assert seen == [[("A", "20"), ("A", "40"), ("B", "40")]]
+    assert [(r["path"], r["label_budget"]) for r in read_results(out / "results.csv")] == \
+        [("A", "20"), ("B", "20"), ("A", "40"), ("B", "40")]  # the config's order
+
+
+class Bar:
+    """Records what the compare tells its progress bar."""
+    made: list[Bar] = []
+
+    def __init__(self, *args, total=None, **kwargs) -> None:
+        self.total, self.n = total, 0.0
+        Bar.made.append(self)
+
+    def update(self, n=1) -> None:
+        self.n += n
+
+    def set_postfix_str(self, *args, **kwargs) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    @staticmethod
+    def write(*args, **kwargs) -> None:
+        pass
+
+
+def test_the_progress_bar_weighs_runs_by_their_estimated_time_and_skips_finished_ones(
+        task_file, tmp_path, monkeypatch) -> None:
+    cfg = parse_compare_config(config(task_file, label_budgets=[20], seeds=[0]), "cmp.yaml", tmp_path)
+    out = tmp_path / "out"
+    monkeypatch.setattr(runner, "tqdm", Bar)
+    Bar.made.clear()
+    Compare(cfg, out, progress=False).run()
+    plan = {what: seconds for what, seconds, _ in estimate(cfg)}
+    # the ETA is (work left) / (work rate): a pre-training is not worth one fine-tuning cell
+    assert Bar.made[-1].total == pytest.approx(sum(plan.values()))
+    assert Bar.made[-1].n == pytest.approx(Bar.made[-1].total)
+    (out / "finetune" / "task" / "B-mlm" / "b20-s0" / "eval.json").unlink()
+    Compare(cfg, out, progress=False).run()
+    # a resumed compare: finished runs are not counted as work done at once, which made the
+    # rate (and so the ETA) of the rest look hundreds of times faster than it is
+    assert Bar.made[-1].total == pytest.approx(plan["finetune task/B-mlm/b20-s0"])
+
+
+def test_two_writers_of_results_never_collide(tmp_path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    writers = [Compare(None, out, progress=False) for _ in range(2)]  # type: ignore[arg-type]
+    rows = [[{c: f"{w}-{i}" for c in RESULT_COLUMNS} for i in range(50)] for w in range(2)]
+    errors = []
+
+    def write(k: int) -> None:
+        try:
+            for _ in range(150):
+                writers[k].write_results(rows[k])
+        except Exception as err:  # noqa: BLE001
+            errors.append(err)
+
+    threads = [threading.Thread(target=write, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with open(out / "results.csv", newline="") as f:
+        final = list(csv.DictReader(f))
+    assert final in rows  # one writer's whole table, never a mix
+    assert [p.name for p in out.iterdir()] == ["results.csv"]  # no temporary file left behind
+
+
+def test_dry_run_estimate_follows_the_task_size_and_its_folds(task_file, tmp_path) -> None:
+    def seconds(**task) -> float:
+        values = config(task_file, task={"type": "classify", "train": str(task_file), "text_fields": ["sentence"],
+                                         **task}, label_budgets=["full"], seeds=[0])
+        cfg = parse_compare_config(values, "cmp.yaml", tmp_path)
+        return dict((w, s) for w, s, _ in estimate(cfg))["finetune task/A-scratch/bfull-s0"]
+
+    def budget(n: int) -> float:
+        cfg = parse_compare_config(config(task_file, label_budgets=[n], seeds=[0]), "cmp.yaml", tmp_path)
+        return dict((w, s) for w, s, _ in estimate(cfg))[f"finetune task/A-scratch/b{n}-s0"]
+
+    # "full" on a 120-example file is 120 examples, not an assumed 10,000
+    assert seconds() == pytest.approx(budget(120))
+    # 5-fold cross-validation fine-tunes 5 times on 4/5 of the data each
+    folds = seconds(cv_folds=5)
+    assert folds == pytest.approx(5 * 5 + (budget(120) - 5) * 4, rel=1e-6)
