@@ -498,8 +498,8 @@ def _input_lines(source: str) -> list[str]:
 
 def _run_compare(args: argparse.Namespace) -> None:
     from ptmkit.compare.config import load_compare_config
-    from ptmkit.compare.report import summary_lines, write_report
-    from ptmkit.compare.runner import Compare, estimate, skipped_pairs
+    from ptmkit.compare.report import summary_lines
+    from ptmkit.compare.runner import Compare, estimate
     cfg = load_compare_config(args.config)
     if args.dry_run:
         plan = estimate(cfg, args.out)
@@ -508,11 +508,7 @@ def _run_compare(args: argparse.Namespace) -> None:
         left = [seconds for _, seconds, finished in plan if not finished]
         print(f"{sum(left) / 60:5.1f} min  left ({len(left)} of {len(plan)} runs to do, rough estimate)")
         return
-    Compare(cfg, args.out, progress=not args.no_progress).run()
-    skipped = [f"{system} on {task}" for system, task in skipped_pairs(cfg)]
-    notes = [f"Not run, their networks cannot do the task (seq2seq needs a decoder): {', '.join(skipped)}."] \
-        if skipped else []
-    _, page = write_report(args.out, notes=notes)
+    page = Compare(cfg, args.out, progress=not args.no_progress).run()
     print(summary_lines(args.out))
     print(f"report: {page}")
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from ptmkit.compare.config import CompareConfig, TaskConfig
-from ptmkit.compare.report import summary_lines, write_report
+from ptmkit.compare.report import summary_lines
 from ptmkit.compare.runner import Compare
 from ptmkit.errors import UserError
 
@@ -45,7 +45,8 @@ def demo_config(tokens: int) -> CompareConfig:
         objective_options={"word2vec": {"epochs": 10}},
         pretrain={"tokens": tokens, "batch_size": 32, "seq_len": 128, "lr": 2e-3},
         label_budgets=[None], seeds=[0, 1, 2],
-        finetune={"epochs": 10, "lr": 5e-4, "batch_size": 16}, source="ptmkit demo")
+        finetune={"epochs": 10, "lr": 5e-4, "batch_size": 16}, source="ptmkit demo",
+        title="ptmkit demo: what does pre-training buy on 200 sentences?")
 
 
 def demo(out: Path, tokens: int = 1_500_000, progress: bool = True) -> Path:
@@ -56,8 +57,7 @@ def demo(out: Path, tokens: int = 1_500_000, progress: bool = True) -> Path:
     started = time.perf_counter()
     print("ptmkit demo: general text = gensim's Wikipedia excerpt + Lee corpus; task = 200 "
           "polarity sentences; scratch vs word2vec, mlm, bart")
-    Compare(demo_config(tokens), out, progress=progress).run()
-    _, page = write_report(out, title="ptmkit demo: what does pre-training buy on 200 sentences?")
+    page = Compare(demo_config(tokens), out, progress=progress).run()
     print(summary_lines(out))
     print(f"demo finished in {time.perf_counter() - started:.0f}s; report: {page}")
     return page

@@ -125,7 +125,7 @@ TASK_VALUES: dict[str, Check] = {
 
 TOP_KEYS = {"corpus", "domain_corpus", "tokenizer", "model", "objectives", "objective_options",
             "pretrain", "domain_pretrain", "task", "tasks", "label_budgets", "seeds",
-            "pretrain_seeds", "finetune", "text_field", "recipe", "segment"}
+            "pretrain_seeds", "finetune", "text_field", "recipe", "segment", "title"}
 PRETRAIN_KEYS = set(PRETRAIN_VALUES)
 TASK_KEYS = {"type", "name", "train", "dev", "text_fields", "data_dir", "label_budgets"} | set(TASK_VALUES)
 FINETUNE_KEYS = set(FINETUNE_VALUES)
@@ -183,6 +183,8 @@ class CompareConfig:
     recipe: Recipe | None = None
     """`recipe: NAME`: its staged pre-training joins path B as `recipe:NAME`; its tokenizer, model
     and fine-tuning settings are the defaults of the whole comparison (scratch included)."""
+    title: str = "ptmkit compare"
+    """The report's heading."""
     source: str = "<config>"
 
     @property
@@ -464,6 +466,10 @@ def parse_compare_config(values: dict, where: str, base: Path) -> CompareConfig:
         if not isinstance(values["text_field"], str) or not values["text_field"]:
             _fail(f"not a field name: {values['text_field']!r}", f"{where}: text_field", "e.g. `text_field: text`")
         cfg.text_field = values["text_field"]
+    if "title" in values:
+        if not isinstance(values["title"], str) or not values["title"].strip():
+            _fail(f"not a title: {values['title']!r}", f"{where}: title", "e.g. `title: SST-2 at three label budgets`")
+        cfg.title = values["title"].strip()
     for key in ("pretrain", "domain_pretrain"):
         if key in values:
             budget = _settings(values[key], PRETRAIN_VALUES, f"{where}: {key}")

@@ -238,8 +238,10 @@ def _html_table(header: list[str], body: list[list[str]]) -> str:
     return f"<table><tr>{head}</tr>{rows}</table>"
 
 
-def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
-    """Score vs label budget per task, pre-training loss curves, path A/B/C bars (PNG)."""
+def plots(rows: list[dict[str, Any]], out: Path, runs: Sequence[str] | None = None) -> list[Path]:
+    """Score vs label budget per task, pre-training loss curves (of `runs`, default all; a
+    directory reused with another config keeps the old runs, which are not this comparison's),
+    path A/B/C bars (PNG)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -267,7 +269,8 @@ def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
         ax.set_title(f"{task}: dev score vs label budget")
         ax.legend(fontsize=8)
         written.append(_save(fig, out / f"budget_{task}.png"))
-    curves = sorted((out / "pretrain").glob("*/metrics.jsonl"))
+    curves = sorted(path for path in (out / "pretrain").glob("*/metrics.jsonl")
+                    if runs is None or path.parent.name in runs)
     if curves:
         fig, ax = plt.subplots(figsize=(6, 4))
         for path in curves:
@@ -305,13 +308,15 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def write_report(out: Path, title: str = "ptmkit compare", notes: Sequence[str] = ()) -> tuple[Path, Path]:
+def write_report(out: Path, title: str = "ptmkit compare", notes: Sequence[str] = (),
+                 runs: Sequence[str] | None = None) -> tuple[Path, Path]:
     """report.md and a self-contained report.html (plots embedded) from out/results.csv; each
-    of `notes` is one paragraph under the introduction."""
+    of `notes` is one paragraph under the introduction. `runs`: the pre-training runs (names
+    under out/pretrain) whose loss curves are plotted; None plots every run there."""
     rows = read_results(out / "results.csv")
     survey = survey_table(rows, out)
     tables = task_tables(rows)
-    images = plots(rows, out)
+    images = plots(rows, out, runs)
     intro = ("Scores on dev (×100), mean ± sample std over seeds; in brackets the gain over scratch (path A) "
              "at the same label budget on the seeds both have, * where it is larger than the seed-to-seed "
              "spread (the larger std of the two). [k/m seeds]: k of the task's m seeds finished so far; "

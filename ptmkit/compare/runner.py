@@ -311,10 +311,10 @@ class Compare:
     def run(self) -> Path:
         """Every pre-training and cell, finished ones read from the cache first (so results.csv
         holds every finished cell from the start, and the progress bar and its ETA count only the
-        work left, weighted by each run's estimated time). A run that fails is reported and the
-        others go on; if any failed, results.csv, failed.json and the report are written and a
-        CompareFailed names them."""
-        from ptmkit.compare.report import FAILED_FILE
+        work left, weighted by each run's estimated time); then the report. Returns report.html.
+        A run that fails is reported and the others go on; if any failed, results.csv,
+        failed.json and the report are written and a CompareFailed names them."""
+        from ptmkit.compare.report import FAILED_FILE, write_report
         self.out.mkdir(parents=True, exist_ok=True)
         jobs, todo = pretrain_jobs(self.cfg), cells(self.cfg)
         tokenizer = self.tokenizer()
@@ -374,16 +374,19 @@ class Compare:
             advance(f"finetune {cell.name}", weights.get(f"finetune {cell.name}", 1.0))
         bar.close()
         failed_file = self.out / FAILED_FILE
-        if not failures:
+        if failures:
+            failed_file.write_text(json.dumps(failures, indent=2))
+        else:
             failed_file.unlink(missing_ok=True)
-            return self.out / "results.csv"
-        failed_file.write_text(json.dumps(failures, indent=2))
+        page = self.out / "report.html"
         if results:
-            from ptmkit.compare.report import write_report
             skipped = [f"{system} on {task}" for system, task in skipped_pairs(self.cfg)]
-            write_report(self.out, notes=[f"Not run, their networks cannot do the task (seq2seq needs a decoder): "
-                                          f"{', '.join(skipped)}."] if skipped else [])
-        raise CompareFailed(failures, len(results), len(todo), self.out)
+            notes = [f"Not run, their networks cannot do the task (seq2seq needs a decoder): "
+                     f"{', '.join(skipped)}."] if skipped else []
+            _, page = write_report(self.out, title=self.cfg.title, notes=notes, runs=[job.name for job in jobs])
+        if failures:
+            raise CompareFailed(failures, len(results), len(todo), self.out)
+        return page
 
     def _model_key(self) -> Any:
         """The model setting, with the content of a model YAML file (a size name stands alone)."""

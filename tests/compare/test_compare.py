@@ -50,6 +50,7 @@ def config(task_file: Path, **extra) -> dict:
 
 @pytest.mark.parametrize("patch, message", [
     ({"objectivs": ["mlm"]}, "unknown key.*objectivs"),
+    ({"title": ["a", "b"]}, r"not a title.*cmp.yaml: title"),
     ({"objectives": ["mlm", "nope"]}, "unknown objective 'nope'"),
     ({"pretrain": {"steps": 5, "minutes": 1}}, "several budgets"),
     ({"pretrain": {"stepz": 5}}, "unknown key.*stepz"),
@@ -366,13 +367,22 @@ def test_cells_follow_the_content_of_their_inputs(task_file, tmp_path, monkeypat
     assert out / "finetune" / "task" / "A-scratch" / "b20-s0" in calls["finetune"]
 
 
-def test_the_survey_reads_the_pretraining_its_cells_used(task_file, tmp_path) -> None:
+def test_the_survey_and_loss_plot_read_the_pretraining_its_cells_used(task_file, tmp_path, monkeypatch) -> None:
     cfg = parse_compare_config(config(task_file, label_budgets=[20], seeds=[0], pretrain_seeds=[1]),
                                "cmp.yaml", tmp_path)
     out = tmp_path / "out"
+    leftover = out / "pretrain" / "clm-s0"  # a run of an earlier config in the same directory
+    leftover.mkdir(parents=True)
+    (leftover / "metrics.jsonl").write_text('{"tokens": 10, "loss": 9.0}\n')
+    import matplotlib.axes
+    curves = []
+    real_plot = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot",
+                        lambda ax, *a, **k: curves.append(k.get("label")) or real_plot(ax, *a, **k))
     Compare(cfg, out, progress=False).run()
+    assert curves == ["mlm-s1"]  # the report run() wrote plots this comparison's run only
     summary = json.loads((out / "pretrain" / "mlm-s1" / "summary.json").read_text())
-    md, _ = write_report(out)
+    md = out / "report.md"
     mlm_row = next(line for line in md.read_text().splitlines() if line.startswith("| mlm |"))
     assert f"| {summary['tokens']:,} |" in mlm_row
 
@@ -460,7 +470,8 @@ def test_the_survey_reads_one_stated_budget_per_task(tmp_path) -> None:
 
 
 def test_a_failing_cell_keeps_the_others_and_a_rerun_finishes_it(task_file, tmp_path, monkeypatch) -> None:
-    cfg = parse_compare_config(config(task_file, label_budgets=[20, 40], seeds=[0]), "cmp.yaml", tmp_path)
+    cfg = parse_compare_config(config(task_file, label_budgets=[20, 40], seeds=[0], title="Rivers and markets"),
+                               "cmp.yaml", tmp_path)
     out = tmp_path / "out"
     real = runner.finetune_search
 
@@ -475,13 +486,17 @@ def test_a_failing_cell_keeps_the_others_and_a_rerun_finishes_it(task_file, tmp_
     rows = read_results(out / "results.csv")  # the cells after the failed one ran too
     assert {(r["path"], r["label_budget"]) for r in rows} == {("A", "20"), ("A", "40"), ("B", "40")}
     assert json.loads((out / "failed.json").read_text())[0]["run"] == "finetune task/B-mlm/b20-s0"
-    assert "finetune task/B-mlm/b20-s0 (RuntimeError: loss is NaN)" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert report.startswith("# Rivers and markets\n")  # the failed compare's report keeps its title
+    assert "finetune task/B-mlm/b20-s0 (RuntimeError: loss is NaN)" in report
 
     calls = []
     monkeypatch.setattr(runner, "finetune_search", lambda spec, rates: calls.append(spec.out) or real(spec, rates))
     Compare(cfg, out, progress=False).run()
     assert calls == [out / "finetune" / "task" / "B-mlm" / "b20-s0"]
     assert len(read_results(out / "results.csv")) == 4 and not (out / "failed.json").exists()
+    report = (out / "report.md").read_text()
+    assert report.startswith("# Rivers and markets\n") and "failed" not in report
 
 
 def test_a_failing_pretraining_fails_only_its_cells(task_file, tmp_path, monkeypatch) -> None:
