@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+import torch
+
 
 def bench_parser(doc: str | None) -> argparse.ArgumentParser:
     """A parser showing the bench's module docstring, with `--json` already added."""
@@ -17,3 +19,9 @@ def bench_parser(doc: str | None) -> argparse.ArgumentParser:
 def emit(result: dict[str, Any], as_json: bool) -> None:
     """One JSON line, or one `key: value` line per field."""
     print(json.dumps(result) if as_json else "\n".join(f"{k}: {v}" for k, v in result.items()))
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for `device`: GPU kernels run asynchronously, so a timed block ends when they finish."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

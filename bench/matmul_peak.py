@@ -19,15 +19,14 @@ from collections import Counter
 
 import torch
 
-from bench_cli import bench_parser, emit
+from bench_cli import bench_parser, emit, synchronize
 
 
 def _best_seconds(run, repeats: int, device: torch.device) -> float:
     def timed() -> float:
         start = time.perf_counter()
         run()
-        if device.type == "cuda":  # the product is queued, not done, when the call returns
-            torch.cuda.synchronize(device)
+        synchronize(device)  # the product is queued, not done, when the call returns
         return time.perf_counter() - start
 
     for _ in range(2):  # warm-up: thread pools, oneDNN / cuBLAS kernel selection

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from bench_cli import bench_parser
+from bench_cli import bench_parser, synchronize
 from throughput import add_step_arguments, build_side
 from ptmkit.train.host import keep_freed_memory
 from ptmkit.train.loop import TrainConfig, Trainer
@@ -55,8 +55,7 @@ def main() -> None:
         with torch.profiler.profile(activities=activities, record_shapes=args.by_shape) as profile:
             for _ in range(args.steps):
                 trainer.train_step(stream)
-            if on_gpu:
-                torch.cuda.synchronize(device)
+            synchronize(device)
     events = profile.key_averages(group_by_input_shape=args.by_shape)
     sort_by = "self_device_time_total" if on_gpu else "self_cpu_time_total"
     # operators only: on a GPU each kernel is also listed on its own, beside the operator that launched it

@@ -47,7 +47,7 @@ from ptmkit.objectives.base import Vocab
 from ptmkit.train.host import keep_freed_memory
 from ptmkit.train.loop import TrainConfig, Trainer
 
-from bench_cli import bench_parser, emit
+from bench_cli import bench_parser, emit, synchronize
 
 
 N_CACHED = 4
@@ -107,11 +107,6 @@ def build_side(args: argparse.Namespace, side: str):
     return model, hf_models.loss, batches, count_tokens
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":  # kernels run asynchronously: a block ends when the GPU is done
-        torch.cuda.synchronize(device)
-
-
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -135,11 +130,11 @@ def worker(args: argparse.Namespace, side: str, conn) -> None:
                           device=device)
         conn.send(sum(p.numel() for p in model.parameters()))
         while (steps := conn.recv()) is not None:
-            _synchronize(device)
+            synchronize(device)
             start, tokens = time.perf_counter(), 0
             for _ in range(steps):
                 tokens += trainer.train_step(stream)[2]
-            _synchronize(device)
+            synchronize(device)
             conn.send((time.perf_counter() - start, tokens))
     conn.send(_peak_memory_mb(device))
 

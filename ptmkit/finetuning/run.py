@@ -34,7 +34,7 @@ from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.pretraining import check_run_dir
 from ptmkit.train.checkpoint import (atomic_save_model, latest_checkpoint, load_checkpoint, load_extra,
                                      load_weights, remove_checkpoints, save_checkpoint)
-from ptmkit.train.host import compute_device, keep_freed_memory, to_device
+from ptmkit.train.host import compute_device, device_of, keep_freed_memory, to_device
 from ptmkit.train.loop import TrainConfig, autocast, learning_rate, make_optimizer
 
 
@@ -352,7 +352,7 @@ def _batches(items: list, batch_size: int, rng: np.random.Generator | None) -> l
 
 
 def _train(model: TaskModel, prepared: _Prepared, spec: FinetuneSpec) -> tuple[dict, list]:
-    task, device = prepared.task, _device_of(model)
+    task, device = prepared.task, device_of(model)
     steps_per_epoch = -(-len(prepared.train) // spec.batch_size)
     epochs = max(spec.epochs, -(-spec.min_steps // steps_per_epoch))
     cfg = TrainConfig(steps=epochs * steps_per_epoch, lr=spec.lr, batch_size=spec.batch_size,
@@ -452,15 +452,11 @@ def _restore(spec: FinetuneSpec, model: TaskModel, optimizer: torch.optim.Optimi
 @torch.no_grad()
 def predict_items(model: TaskModel, task: Task, items: list, batch_size: int) -> list[Any]:
     model.eval()
-    device = _device_of(model)
+    device = device_of(model)
     predictions: list[Any] = []
     for chunk in _batches(items, batch_size, None):
         predictions += task.predict_batch(model, to_device(task.collate(chunk), device))
     return predictions
-
-
-def _device_of(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def evaluate_items(model: TaskModel, task: Task, items: list, targets: list, batch_size: int) -> dict[str, float]:

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from ptmkit.errors import UserError
 from ptmkit.model.backbone import KVCache, Transformer, key_padding_mask
+from ptmkit.train.host import device_of
 
 ARCHITECTURES = ("encoder_decoder", "decoder", "prefix")
 """Backbone families that can generate: decode from the decoder, or continue the prompt
@@ -116,7 +117,7 @@ class EncoderDecoderSession:
 
     def __init__(self, model: Transformer, sources: list[list[int]], decoder_prompt: list[int],
                  pad: int, copies: int = 1, use_cache: bool = True) -> None:
-        device = next(model.parameters()).device
+        device = device_of(model)
         ids, valid = _right_padded(sources, pad, device)
         ids, valid = ids.repeat_interleave(copies, 0), valid.repeat_interleave(copies, 0)
         mask = None if bool(valid.all()) else key_padding_mask(valid)
@@ -147,7 +148,7 @@ class DecoderOnlySession:
 
     def __init__(self, model: Transformer, prompts: list[list[int]], pad: int, prefix: bool,
                  copies: int = 1, use_cache: bool = True) -> None:
-        device = next(model.parameters()).device
+        device = device_of(model)
         ids, valid = _left_padded(prompts, pad, device)
         self.tokens, self.valid = ids.repeat_interleave(copies, 0), valid.repeat_interleave(copies, 0)
         self.model, self.prefix, self.prompt_width = model, prefix, ids.shape[1]

@@ -42,6 +42,11 @@ def compute_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def device_of(module: torch.nn.Module) -> torch.device:
+    """Where `module`'s weights live (inputs must be moved there)."""
+    return next(module.parameters()).device
+
+
 def to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
     """A collated batch's tensors on `device` (a copy from the CPU is queued, not waited for)."""
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
