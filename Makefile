@@ -11,7 +11,7 @@ install: $(STAMP)
 # Re-install only when the package metadata changes, so `make test` is quick when nothing did.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,demo]'
 	touch $(STAMP)
 
 demo: install

@@ -231,7 +231,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = _parser(sub, "demo", "compare scratch with word2vec, mlm and bart on text shipped with gensim")
+    p = _parser(sub, "demo", "scratch vs word2vec, mlm, clm on general text, then on movie reviews (text shipped in wheels)")
     p.add_argument("--out", type=Path, default=Path("demo-run"))
     p.add_argument("--tokens", type=int, default=1_500_000,
                    help="pre-training budget of each Transformer objective, in tokens (default 1.5M)")

