@@ -234,7 +234,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = _parser(sub, "demo", "scratch vs word2vec, mlm, clm on general text, then on movie reviews (text shipped in wheels)")
     p.add_argument("--out", type=Path, default=Path("demo-run"))
     p.add_argument("--tokens", type=int, default=1_500_000,
-                   help="pre-training budget of each Transformer objective, in tokens (default 1.5M)")
+                   help="pre-training budget of each Transformer objective in each stage (general text, "
+                        "then reviews), in tokens (default 1.5M)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_run_demo)
 
