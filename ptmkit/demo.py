@@ -18,7 +18,6 @@ import bz2
 import csv
 import importlib.util
 import io
-import os
 import re
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from ptmkit.compare.config import CompareConfig, TaskConfig
 from ptmkit.compare.report import summary_lines
 from ptmkit.compare.runner import Compare
 from ptmkit.errors import UserError
+from ptmkit.fileio import write_text_atomic
 
 WIKI = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 LEE = "lee_background.cor"
@@ -77,9 +77,7 @@ def write_review_text(out: Path, task_file: Path) -> Path:
     kept = [text for text in texts if text and not _overlaps(text, task)]
     path = out / "domain" / "reviews.txt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("\n".join(kept) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, "\n".join(kept) + "\n")
     return path
 
 

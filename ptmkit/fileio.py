@@ -41,6 +41,15 @@ def check_writable(path: Path, flag: str) -> None:
                         f"choose a writable {flag}, or give yourself write permission")
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write UTF-8 text through a temporary file of this process's own, so a reader (a browser
+    refreshing the report of a running compare, a compare reading its domain text) never sees
+    half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
 def copy_items(source: Path, dest: Path, names: Iterable[str]) -> None:
     """Copy the named files and directories of `source` that exist into `dest` (a winning
     learning-rate run to its search's top level, a recipe's last stage to the recipe run)."""

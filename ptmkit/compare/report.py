@@ -9,7 +9,6 @@ import base64
 import csv
 import html
 import json
-import os
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ptmkit.compare.config import RECIPE_PREFIX, job_name
+from ptmkit.fileio import write_text_atomic
 from ptmkit.objectives import OBJECTIVES
 
 NLG_METRICS = {"rougeL", "rouge1", "rouge2", "bleu", "chrf"}
@@ -331,7 +331,7 @@ def write_report(out: Path, title: str = "ptmkit compare", notes: Sequence[str] 
     for task, table in tables.items():
         md += [f"## {task}", "", _markdown_table(*table), ""]
     md += [f"![{p.stem}]({p.name})" for p in images]
-    _write_text(out / "report.md", "\n".join(md) + "\n")
+    write_text_atomic(out / "report.md", "\n".join(md) + "\n")
     body = [f"<h1>{html.escape(title)}</h1>", "<p>" + html.escape(intro) + "</p>",
             *("<p>" + html.escape(note) + "</p>" for note in notes),
             "<h2>Objectives side by side</h2>", "<p>" + html.escape(caption) + "</p>", _html_table(*survey)]
@@ -344,16 +344,8 @@ def write_report(out: Path, title: str = "ptmkit compare", notes: Sequence[str] 
              "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:.3em .6em}</style>")
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>{style}</head>" \
            f"<body>{''.join(body)}</body></html>"
-    _write_text(out / "report.html", page)
+    write_text_atomic(out / "report.html", page)
     return out / "report.md", out / "report.html"
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write UTF-8 (the tables hold ±, × and –) through a temporary file, so a reader (a browser
-    refreshing the report of a running compare) never sees half a page."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 FAILED_FILE = "failed.json"
