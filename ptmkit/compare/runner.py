@@ -56,6 +56,11 @@ class PretrainJob:
     def name(self) -> str:
         return job_name(self.objective, self.seed, self.domain)
 
+    @property
+    def general(self) -> PretrainJob:
+        """The general-text run this job is, or (a domain run) starts from."""
+        return PretrainJob(self.objective, self.seed, False)
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -202,7 +207,7 @@ class Compare:
         """The key of `job`'s run: its settings, the prepared data and (domain runs) the key of
         the general run it starts from."""
         budget = self.cfg.domain_pretrain if job.domain else self.cfg.pretrain
-        init = self.out / "pretrain" / PretrainJob(job.objective, job.seed, False).name if job.domain else None
+        init = self.out / "pretrain" / job.general.name if job.domain else None
         is_recipe = job.objective.startswith(RECIPE_PREFIX)
         return _key({"job": asdict(job), "budget": budget, "model": self._model_key(),
                      "options": self.cfg.objective_options.get(job.objective, {}),
@@ -212,14 +217,14 @@ class Compare:
 
     def pretrain_done(self, job: PretrainJob, data: dict[bool, Path]) -> bool:
         """`job` finished with the inputs it has now (a domain run: so did its general run)."""
-        if job.domain and not self.pretrain_done(PretrainJob(job.objective, job.seed, False), data):
+        if job.domain and not self.pretrain_done(job.general, data):
             return False
         return _done(self.out / "pretrain" / job.name, "summary.json", self._pretrain_key(job, data))
 
     def run_pretrain(self, job: PretrainJob, data: dict[bool, Path]) -> Path:
         run = self.out / "pretrain" / job.name
         budget = self.cfg.domain_pretrain if job.domain else self.cfg.pretrain
-        init = self.out / "pretrain" / PretrainJob(job.objective, job.seed, False).name if job.domain else None
+        init = self.out / "pretrain" / job.general.name if job.domain else None
         is_recipe = job.objective.startswith(RECIPE_PREFIX)
         key = self._pretrain_key(job, data)
         if _done(run, "summary.json", key):
@@ -347,7 +352,7 @@ class Compare:
         failed_jobs: set[PretrainJob] = set()
         for job in pending_jobs:  # domain runs start from the general ones
             bar.set_postfix_str(f"{runs_left} runs left; pretrain {job.name}")
-            general = PretrainJob(job.objective, job.seed, False)
+            general = job.general
             if job.domain and general in failed_jobs:
                 failed_jobs.add(job)
                 failures.append({"run": f"pretrain {job.name}", "error": f"pre-training {general.name} failed"})
@@ -396,8 +401,7 @@ class Compare:
         if cell.job is not None:
             summary = json.loads((self.out / "pretrain" / cell.job.name / "summary.json").read_text())
             if cell.job.domain:  # path C paid for both stages
-                general = json.loads((self.out / "pretrain" / PretrainJob(cell.objective, cell.pretrain_seed,
-                                                                           False).name / "summary.json").read_text())
+                general = json.loads((self.out / "pretrain" / cell.job.general.name / "summary.json").read_text())
                 summary = {k: summary.get(k, 0) + general.get(k, 0) for k in ("tokens", "train_seconds")}
         metric = result["main_metric"]
         return {"objective": cell.objective, "path": cell.path, "task": cell.task.name,
