@@ -111,7 +111,7 @@ def _can_do(cfg: CompareConfig, system: str, task: TaskConfig) -> bool:
 
 def skipped_pairs(cfg: CompareConfig) -> list[tuple[str, str]]:
     """(system, task) pairs left out because the system's network cannot do the task (an
-    encoder-only run has no decoder for seq2seq); the report names them."""
+    LSTM cannot do seq2seq); the report names them."""
     return [(o, task.name) for task in cfg.tasks for o in cfg.systems if not _can_do(cfg, o, task)]
 
 
@@ -384,7 +384,7 @@ class Compare:
         page = self.out / "report.html"
         if results:
             skipped = [f"{system} on {task}" for system, task in skipped_pairs(self.cfg)]
-            notes = [f"Not run, their networks cannot do the task (seq2seq needs a decoder): "
+            notes = [f"Not run, their networks cannot do the task (seq2seq needs a Transformer): "
                      f"{', '.join(skipped)}."] if skipped else []
             _, page = write_report(self.out, title=self.cfg.title, notes=notes, runs=[job.name for job in jobs])
         if failures:

@@ -22,8 +22,8 @@ def get_task(name: str) -> type[Task]:
 
 def task_accepts(task_type: str, objective: str) -> bool:
     """Whether a run pre-trained with `objective` can be fine-tuned on `task_type` (seq2seq needs
-    a decoder; `glue:<name>` tasks are classification or regression, which every run can do)."""
+    a decoder, or a Transformer encoder to warm-start one; `glue:<name>` tasks are
+    classification or regression, which every run can do)."""
     if task_type.startswith("glue:"):
         return True
-    accepted = get_task(task_type).architectures
-    return accepted is None or get_objective(objective).architecture in accepted
+    return get_task(task_type).accepts(get_objective(objective).architecture)

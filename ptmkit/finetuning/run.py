@@ -138,10 +138,11 @@ def _task_spec(spec: FinetuneSpec) -> tuple[str, TaskSpec, str, list[str]]:
 
 def _prepare(spec: FinetuneSpec) -> _Prepared:
     task_name, task_spec, train_path, dev_paths = _task_spec(spec)
-    backbone = load_backbone(spec.init, tokenizer_dir=spec.tokenizer, model=spec.model,
-                             max_length=spec.max_length,
-                             scratch_objective=get_task(task_name).scratch_objective)
-    task = get_task(task_name)(task_spec, backbone.tokenizer, backbone.pooling, token_types=False)
+    task_class = get_task(task_name)
+    backbone = task_class.adapt(load_backbone(spec.init, tokenizer_dir=spec.tokenizer, model=spec.model,
+                                              max_length=spec.max_length,
+                                              scratch_objective=task_class.scratch_objective))
+    task = task_class(task_spec, backbone.tokenizer, backbone.pooling, token_types=False)
     task.bind(backbone)
     train_path, dev_paths = task.resolve_files(train_path, dev_paths)
     if spec.cv_folds and dev_paths:  # the folds would be cut and then ignored: dev would be scored

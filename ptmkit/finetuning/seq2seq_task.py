@@ -17,9 +17,11 @@ Models (`bind` decides, from the run's objective):
 * decoder-only models (clm, prefixlm) read `</s> source [SEP] target </s>` (`</s>` opens a document
   as in pre-training, [SEP] is new) and are scored on `target </s>` only; a prefix LM sees
   `</s> source [SEP]` both ways, in training and in generation, a causal LM causally;
-* encoder-only models (mlm, electra, ...) are refused: a decoder trained from nothing on a few
-  hundred pairs would say little about the encoder's pre-training; `scratch` is a randomly
-  initialised BART-layout encoder-decoder (the from-scratch baseline of a comparison).
+* encoder-only models (mlm, wwm, electra, plm, mpnet, word2vec's seeded encoder) warm-start an
+  encoder-decoder (`ptmkit.finetuning.warm_start`, BERT2BERT): the decoder layers start as
+  copies of the encoder's, cross-attention random, framed like BART; ELMo's biLSTM is refused;
+* `scratch` is a randomly initialised BART-layout encoder-decoder (the from-scratch baseline of a
+  comparison).
 
 Dev metrics come from greedy decoding (fast enough to run after every epoch; `ptmkit generate`
 offers beam search and sampling) of at most `--max-target-length` tokens: `rouge1`, `rouge2`,
@@ -46,6 +48,7 @@ from torch import Tensor, nn
 from ptmkit.errors import UserError
 from ptmkit.finetuning.data import Record, _open, require_fields
 from ptmkit.finetuning.tasks import Encoded, Task, TaskSpec
+from ptmkit.finetuning.warm_start import WARM_STARTABLE, warm_start_encoder_decoder
 from ptmkit.model import masks
 from ptmkit.model.generate import DecodeOptions, generate
 from ptmkit.objectives.base import IGNORE
@@ -167,13 +170,23 @@ class Seq2Seq(Task):
     a long text keeps its end."""
 
     # ---- backbone -----------------------------------------------------------------------
+    @classmethod
+    def accepts(cls, architecture: str) -> bool:
+        return super().accepts(architecture) or architecture in WARM_STARTABLE
+
+    @classmethod
+    def adapt(cls, backbone: Backbone) -> Backbone:
+        if backbone.objective.architecture in WARM_STARTABLE:
+            return warm_start_encoder_decoder(backbone)
+        return backbone
+
     def bind(self, backbone: Backbone) -> None:
         objective = backbone.objective
         if objective.architecture not in self.architectures:
             raise UserError(f"seq2seq needs a model with a decoder, {backbone.objective_name} is "
                             f"an {objective.architecture} model", backbone.source,
-                            "pass --init a bart, mass or t5 (encoder-decoder) or a clm or prefixlm "
-                            "(decoder-only) pre-training run")
+                            "pass --init a bart, mass or t5 (encoder-decoder), a clm or prefixlm "
+                            "(decoder-only) or an encoder-only (mlm, electra, ...) pre-training run")
         if self.spec.target_list not in TARGET_LISTS:
             raise UserError(f"unknown --target-list {self.spec.target_list!r}", "--target-list",
                             f"use {' or '.join(TARGET_LISTS)}")

@@ -67,6 +67,17 @@ class Task:
     architectures: ClassVar[tuple[str, ...] | None] = None
     """The pre-training architectures this task can start from (None: every one)."""
 
+    @classmethod
+    def accepts(cls, architecture: str) -> bool:
+        """Whether a run of `architecture` can be fine-tuned on this task (after `adapt`)."""
+        return cls.architectures is None or architecture in cls.architectures
+
+    @classmethod
+    def adapt(cls, backbone: Backbone) -> Backbone:
+        """The network this task fine-tunes, made from the one the run hands over (seq2seq
+        warm-starts an encoder-decoder from an encoder); most tasks take it as it is."""
+        return backbone
+
     def __init__(self, spec: TaskSpec, tokenizer: Tokenizer, pooling: str, token_types: bool) -> None:
         if spec.pooling not in POOLINGS:
             raise UserError(f"unknown pooling {spec.pooling!r}", "--pooling", f"use one of {', '.join(POOLINGS)}")
@@ -78,7 +89,7 @@ class Task:
 
     def bind(self, backbone: Backbone) -> None:
         """Learn what the task needs from the backbone it will run on, or refuse it with a
-        UserError (seq2seq needs a decoder). Called before any data is encoded (and so before a
+        UserError (seq2seq needs a Transformer). Called before any data is encoded (and so before a
         run writes anything); subclasses that override it call `check_max_length` too."""
         self.check_max_length()
 

@@ -101,21 +101,22 @@ def test_cells_cover_paths_objectives_budgets_seeds(task_file, tmp_path) -> None
     assert systems == {("A", "scratch"), ("B", "mlm"), ("B", "clm"), ("C", "mlm")}
 
 
-def test_a_task_may_have_its_own_label_budgets_and_seq2seq_skips_encoder_only_runs(task_file, tmp_path) -> None:
-    # NLU and NLG in one comparison: an MLM encoder has no decoder, so it gets no seq2seq cells
-    # (scratch and BART do), and the small seq2seq task runs in full next to a budgeted one.
+def test_a_task_may_have_its_own_label_budgets_and_seq2seq_skips_lstm_runs(task_file, tmp_path) -> None:
+    # NLU and NLG in one comparison: ELMo's biLSTM can neither decode nor warm-start a
+    # Transformer decoder, so it gets no seq2seq cells (scratch, BART and the MLM encoder, which
+    # warm-starts one, do), and the small seq2seq task runs in full next to a budgeted one.
     for name in ("train.en", "train.de"):
         (tmp_path / name).write_text("a line\n")
     tasks = [{"type": "classify", "train": str(task_file), "text_fields": ["sentence"]},
              {"type": "seq2seq", "name": "mt", "train": "train.en,train.de", "label_budgets": ["full"]}]
-    values = config(task_file, tasks=tasks, objectives=["mlm", "bart"])
+    values = config(task_file, tasks=tasks, objectives=["mlm", "elmo", "bart"])
     del values["task"]
     cfg = parse_compare_config(values, "cmp.yaml", tmp_path)
     names = [c.name for c in cells(cfg)]
-    assert [n for n in names if n.startswith("mt/")] == ["mt/A-scratch/bfull-s0", "mt/B-bart/bfull-s0",
-                                                         "mt/A-scratch/bfull-s1", "mt/B-bart/bfull-s1"]
-    assert "task/B-mlm/b20-s0" in names and "task/B-bart/b20-s0" in names
-    assert skipped_pairs(cfg) == [("mlm", "mt")]
+    assert [n for n in names if n.startswith("mt/")] == [f"mt/{system}/bfull-s{seed}" for seed in (0, 1)
+                                                         for system in ("A-scratch", "B-mlm", "B-bart")]
+    assert {"task/B-mlm/b20-s0", "task/B-elmo/b20-s0", "task/B-bart/b20-s0"} <= set(names)
+    assert skipped_pairs(cfg) == [("elmo", "mt")]
 
 
 def test_segment_prepares_word_boundaries_for_chinese_whole_word_masking(task_file, tmp_path) -> None:
@@ -132,7 +133,9 @@ def test_segment_prepares_word_boundaries_for_chinese_whole_word_masking(task_fi
 
 def test_task_accepts_follows_the_network_each_task_needs() -> None:
     assert task_accepts("seq2seq", "bart") and task_accepts("seq2seq", "clm") and task_accepts("seq2seq", "t5")
-    assert not task_accepts("seq2seq", "mlm") and not task_accepts("seq2seq", "word2vec")
+    # encoder-only runs warm-start an encoder-decoder; a biLSTM cannot
+    assert all(task_accepts("seq2seq", o) for o in ("mlm", "wwm", "electra", "plm", "mpnet", "word2vec"))
+    assert not task_accepts("seq2seq", "elmo")
     assert all(task_accepts(task, "elmo") for task in ("classify", "tag", "relation", "keyphrase", "glue:sst2"))
 
 

@@ -192,10 +192,41 @@ def test_decoder_only_fine_tune_learns(data, tokenizer, tmp_path) -> None:
     assert curve[-1] > curve[0] and result["rougeL"] >= 0.6, curve
 
 
-def test_encoder_only_init_is_refused_before_anything_is_written(data, tokenizer, tmp_path) -> None:
+def test_an_lstm_init_is_refused_before_anything_is_written(data, tokenizer, tmp_path) -> None:
     with pytest.raises(UserError, match="needs a model with a decoder.*bart, mass or t5"):
-        finetune(spec(data, fake_pretrain_run(tmp_path, "mlm", tokenizer), tmp_path / "out"))
+        finetune(spec(data, fake_pretrain_run(tmp_path, "elmo", tokenizer), tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("objective", ["mlm", "electra", "plm"])
+def test_warm_start_copies_the_encoder_into_the_decoder(objective: str, tokenizer, tmp_path) -> None:
+    encoder = load_backbone(str(fake_pretrain_run(tmp_path, objective, tokenizer)), max_length=16)
+    warm = Seq2Seq.adapt(encoder)
+    source, network = encoder.network, warm.network
+    assert warm.objective.architecture == "encoder_decoder" and warm.objective_name == "bart"
+    assert warm.model_cfg.n_decoder_layers == source.cfg.n_layers and warm.model_cfg.layout == source.cfg.layout
+    for name, value in source.state_dict().items():  # the encoder, embeddings and LM head unchanged
+        assert torch.equal(network.state_dict()[name], value), name
+    decoder = network.decoder.state_dict()
+    for name, value in source.encoder.state_dict().items():  # each decoder layer starts as its encoder layer
+        assert torch.equal(decoder[name], value), name
+    assert torch.equal(network.decoder_embed.positions.weight, source.embed.positions.weight)
+    assert network.decoder_embed.tokens is network.embed.tokens  # shared, as in every encoder-decoder
+    cross = [k for k in decoder if ".cross." in k and k.endswith("weight")]
+    assert cross and all(decoder[k].std() > 0 for k in cross)  # fresh, not zeros and not copied
+    # the encoder computes exactly what it did: the warm start only adds the decoder
+    source.eval(), network.eval()
+    ids = torch.randint(5, encoder.tokenizer.vocab_size, (2, 9))
+    assert torch.allclose(network.encode(ids), source.encode(ids))
+
+
+def test_a_warm_started_encoder_learns_the_copy_task_and_reloads(data, tokenizer, tmp_path) -> None:
+    run = tmp_path / "ft"
+    result = finetune(spec(data, fake_pretrain_run(tmp_path, "mlm", tokenizer), run))
+    curve = [json.loads(line)["dev_rougeL"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert curve[-1] > curve[0] + 0.3 and result["rougeL"] >= 0.6, curve
+    assert result["objective"] == "bart" and result["init"].endswith("mlm")
+    assert evaluate(run, str(data / "dev.jsonl"))["rougeL"] == pytest.approx(result["rougeL"])
 
 
 def test_scratch_is_a_random_encoder_decoder(data, tokenizer, tmp_path) -> None:
