@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import warnings
 
 import torch
 from torch import Tensor
@@ -50,3 +51,20 @@ def device_of(module: torch.nn.Module) -> torch.device:
 def to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
     """A collated batch's tensors on `device` (a copy from the CPU is queued, not waited for)."""
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def emulated_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls on `device` are emulated: a CPU without AVX512-BF16 or AMX converts
+    every bf16 operand to fp32 and back, which makes bf16 training many times slower than fp32
+    (see BENCHMARKS.md) instead of faster. Unknown (an older torch, another platform): False."""
+    if device.type != "cpu":
+        return False
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return all(probe is not None for probe in probes) and not any(probe() for probe in probes)
+
+
+def warn_if_emulated_bf16(precision: str, device: torch.device) -> None:
+    """A user who asked for bf16 to go faster on such a CPU gets the opposite: say so, once."""
+    if precision == "bf16" and emulated_bf16(device):
+        warnings.warn("bf16 on this CPU is emulated (it has neither AVX512-BF16 nor AMX) and runs many "
+                      "times slower than fp32: use --precision fp32 (precision: fp32 in a config)", stacklevel=2)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from ptmkit.errors import RunStopped, check_values
 from ptmkit.train.checkpoint import (atomic_save_model, atomic_save_state, latest_checkpoint, load_checkpoint,
                                      remove_partial_checkpoints, save_checkpoint)
-from ptmkit.train.host import to_device
+from ptmkit.train.host import to_device, warn_if_emulated_bf16
 
 LossFn = Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, dict[str, float]]]
 LossWeight = Callable[[dict[str, Tensor]], "int | None"]
@@ -197,6 +197,8 @@ class Trainer:
         self.world = distributed.world if distributed is not None else 1
         self.progress = progress and self.is_main
         self.device = device or torch.device("cpu")
+        if self.is_main:
+            warn_if_emulated_bf16(cfg.precision, self.device)
         self.model = model.to(self.device)
         self.loss_fn = torch.compile(loss_fn) if cfg.compile else loss_fn
         self.wrapped = distributed.wrap(self.model, self.loss_fn, cfg.precision) if distributed is not None else None

@@ -1,16 +1,17 @@
-"""The allocator setting (large tensors come from the heap, where freed memory is reused) and
-the device helpers."""
+"""The allocator setting (large tensors come from the heap, where freed memory is reused), the
+device helpers and the warning about emulated bf16."""
 
 from __future__ import annotations
 
 import platform
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
 
-from ptmkit.train.host import compute_device, to_device
+from ptmkit.train.host import compute_device, emulated_bf16, to_device, warn_if_emulated_bf16
 
 IN_HEAP = """
 import sys, torch
@@ -48,3 +49,25 @@ def test_every_tensor_of_a_batch_moves() -> None:
     moved = to_device(batch, torch.device("meta"))
     assert {k: (v.device.type, v.dtype, v.shape) for k, v in moved.items()} == \
         {k: ("meta", v.dtype, v.shape) for k, v in batch.items()}
+
+
+@pytest.mark.parametrize("bf16_units", [(), ("_is_avx512_bf16_supported",), ("_is_amx_tile_supported",),
+                                        ("_is_avx512_bf16_supported", "_is_amx_tile_supported")])
+def test_bf16_is_emulated_only_on_a_cpu_with_neither_avx512_bf16_nor_amx(bf16_units, monkeypatch) -> None:
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, name, lambda name=name: name in bf16_units)
+    cpu = torch.device("cpu")
+    assert emulated_bf16(cpu) == (not bf16_units)
+    assert not emulated_bf16(torch.device("cuda"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warn_if_emulated_bf16("bf16", cpu)
+        warn_if_emulated_bf16("fp32", cpu)
+    assert len(caught) == (0 if bf16_units else 1)  # fp32 never warns
+    if caught:
+        assert "emulated" in str(caught[0].message) and "--precision fp32" in str(caught[0].message)
+
+
+def test_an_unknown_cpu_is_not_called_emulated(monkeypatch) -> None:
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")  # an older or newer torch
+    assert not emulated_bf16(torch.device("cpu"))
