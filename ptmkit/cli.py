@@ -181,7 +181,9 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
                    help="keep the pre-trained token embeddings fixed (helps when few labels cover few words)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run in --out from its last epoch (same options)")
+                   help="continue an interrupted run in --out from its last epoch checkpoint (same options)")
+    p.add_argument("--checkpoint-seconds", type=float,
+                   help="write an epoch checkpoint for --resume at most this often (default 60; 0: every epoch)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_run_finetune)
 
@@ -424,7 +426,7 @@ def _train_config(values: dict[str, Any], where: str) -> TrainConfig:
 
 RECIPE_FINETUNE_FLAGS = ("pooling", "layer_decay", "select_fraction", "epochs", "min_steps", "lr",
                          "batch_size", "max_length", "patience", "precision", "warmup_ratio", "weight_decay",
-                         "freeze_embeddings")
+                         "freeze_embeddings", "checkpoint_seconds")
 
 
 def _rates(text: str) -> list[float]:

@@ -10,6 +10,7 @@ import os
 import platform
 import re
 import shutil
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.pretraining import check_run_dir
 from ptmkit.train.checkpoint import (atomic_save_model, latest_checkpoint, load_checkpoint, load_extra,
                                      load_weights, remove_checkpoints, save_checkpoint)
-from ptmkit.train.host import compute_device, device_of, keep_freed_memory, to_device
+from ptmkit.train.host import compute_device, device_of, keep_freed_memory, to_device, warn_if_emulated_bf16
 from ptmkit.train.loop import TrainConfig, autocast, learning_rate, make_optimizer
 
 
@@ -98,6 +99,10 @@ class FinetuneSpec:
     progress: bool = True
     resume: bool = False
     """Continue an interrupted run in `out` from its last epoch checkpoint (same options)."""
+    checkpoint_seconds: float = 60.0
+    """Write an epoch checkpoint (for `resume`) once this much time has passed since the last one
+    or the start; 0 writes one after every epoch. A crash loses at most this much training, and
+    runs of seconds (a fold of a small task: the demo's 90 would write 20 GB) write none."""
 
 
 @dataclass
@@ -354,6 +359,7 @@ def _batches(items: list, batch_size: int, rng: np.random.Generator | None) -> l
 
 def _train(model: TaskModel, prepared: _Prepared, spec: FinetuneSpec) -> tuple[dict, list]:
     task, device = prepared.task, device_of(model)
+    warn_if_emulated_bf16(spec.precision, device)
     steps_per_epoch = -(-len(prepared.train) // spec.batch_size)
     epochs = max(spec.epochs, -(-spec.min_steps // steps_per_epoch))
     cfg = TrainConfig(steps=epochs * steps_per_epoch, lr=spec.lr, batch_size=spec.batch_size,
@@ -370,6 +376,7 @@ def _train(model: TaskModel, prepared: _Prepared, spec: FinetuneSpec) -> tuple[d
     bar = tqdm(total=cfg.steps, initial=step, desc="finetune", unit="step", disable=not spec.progress,
                mininterval=1.0)
     done = bool(spec.patience and stale >= spec.patience)
+    saved = time.monotonic()
     for epoch in range(first, 1 if done else epochs + 1):
         model.train()
         losses = []
@@ -402,15 +409,18 @@ def _train(model: TaskModel, prepared: _Prepared, spec: FinetuneSpec) -> tuple[d
             stale = 0
         else:
             stale += 1
-        _save_epoch(spec, model, optimizer, rng, epoch, step, stale, history, best)
-        if stale and spec.patience and stale >= spec.patience:
+        stop = bool(stale and spec.patience and stale >= spec.patience)
+        if epoch < epochs and not stop and time.monotonic() - saved >= spec.checkpoint_seconds:
+            _save_epoch(spec, model, optimizer, rng, epoch, step, stale, history, best)
+            saved = time.monotonic()
+        if stop:
             break
     bar.close()
     metrics_file.close()
     return best, history
 
 
-_NOT_RESUMED = ("resume", "overwrite", "progress", "epochs", "patience")
+_NOT_RESUMED = ("resume", "overwrite", "progress", "epochs", "patience", "checkpoint_seconds")
 
 
 def _resume_key(spec: FinetuneSpec) -> dict[str, Any]:

@@ -30,8 +30,8 @@ def test_resume_after_an_epoch_repeats_the_uninterrupted_run(keyword_task: Path,
 
     monkeypatch.setattr(run_module, "evaluate_items", crash_in_epoch_2)
     torch.manual_seed(0)
-    with pytest.raises(KeyboardInterrupt):
-        finetune(keyword_spec(keyword_task, tmp_path / "part", epochs=3))
+    with pytest.raises(KeyboardInterrupt):  # a checkpoint after every epoch, however short
+        finetune(keyword_spec(keyword_task, tmp_path / "part", epochs=3, checkpoint_seconds=0))
     monkeypatch.setattr(run_module, "evaluate_items", evaluate)
     part = tmp_path / "part"
     assert json.loads((part / "checkpoint" / "state.json").read_text())["trainer"]["epoch"] == 1
@@ -48,3 +48,14 @@ def test_resume_after_an_epoch_repeats_the_uninterrupted_run(keyword_task: Path,
 def test_resume_needs_a_checkpoint(keyword_task: Path, keyword_spec, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="nothing to resume"):
         finetune(keyword_spec(keyword_task, tmp_path / "none", resume=True, epochs=3))
+
+
+def test_short_runs_write_no_checkpoint_and_the_last_epoch_never_does(keyword_task: Path, keyword_spec,
+                                                                      tmp_path: Path, monkeypatch) -> None:
+    saved = []
+    save = run_module._save_epoch
+    monkeypatch.setattr(run_module, "_save_epoch", lambda spec, *args: saved.append(args[3]) or save(spec, *args))
+    finetune(keyword_spec(keyword_task, tmp_path / "quick", epochs=3))  # seconds: under the 60 s default
+    assert saved == []
+    finetune(keyword_spec(keyword_task, tmp_path / "every", epochs=3, checkpoint_seconds=0))
+    assert saved == [1, 2]  # the third is the end: its outputs are written instead
