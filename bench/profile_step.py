@@ -14,17 +14,13 @@ rest: the ratio in `throughput.py` can only move by what the rest costs.
 
 from __future__ import annotations
 
-import itertools
 import json
-import tempfile
-from pathlib import Path
 
 import torch
 
 from bench_cli import bench_parser, synchronize
-from throughput import add_step_arguments, build_side
+from throughput import add_step_arguments, side_trainer
 from ptmkit.train.host import keep_freed_memory
-from ptmkit.train.loop import TrainConfig, Trainer
 
 MATMULS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm")
 
@@ -39,16 +35,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.side == "ptmkit":
         keep_freed_memory()  # as `ptmkit pretrain` does
-    torch.manual_seed(0)
     device = torch.device(args.device)
     on_gpu = device.type == "cuda"
-    model, loss_fn, batches, count_tokens = build_side(args, args.side)
-    train = TrainConfig(steps=10**9, batch_size=args.batch_size, seq_len=args.seq_len,
-                        precision=args.precision, compile=args.compile, warmup=1)
-    stream = itertools.cycle(batches)
-    with tempfile.TemporaryDirectory() as run:
-        trainer = Trainer(model, loss_fn, train, Path(run), count_tokens=count_tokens, progress=False,
-                          device=device)
+    with side_trainer(args, args.side, device) as (trainer, stream):
         for _ in range(args.warmup):
             trainer.train_step(stream)
         activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if on_gpu else [])

@@ -29,11 +29,13 @@ timed block ends with a device synchronisation, and peak memory is the GPU's
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import multiprocessing as mp
 import resource
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +109,19 @@ def build_side(args: argparse.Namespace, side: str):
     return model, hf_models.loss, batches, count_tokens
 
 
+@contextlib.contextmanager
+def side_trainer(args: argparse.Namespace, side: str, device: torch.device) -> Iterator[tuple[Trainer, Iterator[dict]]]:
+    """A ptmkit Trainer (same AdamW, clipping, autocast for both sides) around one framework's
+    model, seeded alike, with an endless stream of its cached batches."""
+    torch.manual_seed(0)
+    model, loss_fn, batches, count_tokens = build_side(args, side)
+    train = TrainConfig(steps=10**9, batch_size=args.batch_size, seq_len=args.seq_len,
+                        precision=args.precision, compile=args.compile, warmup=1)
+    with tempfile.TemporaryDirectory() as run:
+        yield (Trainer(model, loss_fn, train, Path(run), count_tokens=count_tokens, progress=False, device=device),
+               itertools.cycle(batches))
+
+
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -119,16 +134,9 @@ def worker(args: argparse.Namespace, side: str, conn) -> None:
     steps the parent asks for and answers (seconds, tokens)."""
     if side == "ptmkit" or args.hf_keep_freed_memory:
         keep_freed_memory()  # as `ptmkit pretrain` does at start
-    torch.manual_seed(0)
     device = torch.device(args.device)
-    model, loss_fn, batches, count_tokens = build_side(args, side)
-    train = TrainConfig(steps=10**9, batch_size=args.batch_size, seq_len=args.seq_len,
-                        precision=args.precision, compile=args.compile, warmup=1)
-    stream = itertools.cycle(batches)
-    with tempfile.TemporaryDirectory() as run:
-        trainer = Trainer(model, loss_fn, train, Path(run), count_tokens=count_tokens, progress=False,
-                          device=device)
-        conn.send(sum(p.numel() for p in model.parameters()))
+    with side_trainer(args, side, device) as (trainer, stream):
+        conn.send(sum(p.numel() for p in trainer.model.parameters()))
         while (steps := conn.recv()) is not None:
             synchronize(device)
             start, tokens = time.perf_counter(), 0
