@@ -23,7 +23,7 @@ import contextlib
 import gc
 import os
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -136,7 +136,7 @@ class Distributed:
             dist.barrier()
 
     @contextlib.contextmanager
-    def main_alone(self):
+    def main_alone(self) -> Iterator[None]:
         """Rank 0 does the work in the body alone (e.g. training a tokenizer and preparing the
         shards of a large --corpus, which can take hours); the others wait at its end as long as
         that takes. The group's own collectives (and its store) give up after a timeout (nccl 10
