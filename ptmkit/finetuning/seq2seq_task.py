@@ -177,7 +177,7 @@ class Seq2Seq(Task):
     @classmethod
     def adapt(cls, backbone: Backbone) -> Backbone:
         if backbone.objective.architecture in WARM_STARTABLE:
-            return warm_start_encoder_decoder(backbone)
+            return warm_start_encoder_decoder(backbone, cls.scratch_objective)
         return backbone
 
     def bind(self, backbone: Backbone) -> None:

@@ -28,30 +28,27 @@ WARM_STARTABLE = ("encoder", "two_stream", "shallow")
 """Architectures whose downstream network is a Transformer encoder (word2vec's is an encoder
 seeded with its vectors)."""
 
-FRAMING_OBJECTIVE = "bart"
-"""Whose framing the warm-started model is trained with: the from-scratch seq2seq model's."""
 
-
-def warm_start_encoder_decoder(backbone: Backbone) -> Backbone:
-    """A BART-framed encoder-decoder whose encoder is `backbone`'s and whose decoder layers
-    start as copies of the encoder's (see the module docstring)."""
+def warm_start_encoder_decoder(backbone: Backbone, framing_objective: str) -> Backbone:
+    """An encoder-decoder framed as `framing_objective` frames text (seq2seq passes its scratch
+    model's, BART), whose encoder is `backbone`'s and whose decoder layers start as copies of the
+    encoder's (see the module docstring)."""
     encoder = backbone.network
     if not isinstance(encoder, Transformer) or encoder.cfg.is_encoder_decoder:
         raise UserError(f"cannot warm-start an encoder-decoder from a {backbone.objective_name} model "
                         "(it is not a Transformer encoder)", backbone.source,
                         "pass --init a bart, mass, t5, clm or prefixlm run, or an encoder-only one")
     cfg = dataclasses.replace(encoder.cfg, n_decoder_layers=encoder.cfg.n_layers)
-    framing = get_objective(FRAMING_OBJECTIVE)(Vocab.of(backbone.tokenizer), backbone.objective.seq_len)
+    framing = get_objective(framing_objective)(Vocab.of(backbone.tokenizer), backbone.objective.seq_len)
     network = framing.build_model(cfg)
     with torch.no_grad():
         for part in ("embed", "encoder", "lm_head"):
             getattr(network, part).load_state_dict(getattr(encoder, part).state_dict())
-        embeddings = {k: v for k, v in encoder.embed.state_dict().items() if not k.startswith("tokens.")}
-        network.decoder_embed.load_state_dict(embeddings, strict=False)
+        network.decoder_embed.load_state_dict(encoder.embed.state_dict())  # its tokens are embed's
         for source, target in zip(encoder.encoder.layers, network.decoder.layers):
             missing, unexpected = target.load_state_dict(source.state_dict(), strict=False)
             assert not unexpected and all(k.startswith(("cross.", "cross_norm.")) for k in missing), missing
         if network.decoder.final_norm is not None:
             network.decoder.final_norm.load_state_dict(encoder.encoder.final_norm.state_dict())
-    return Backbone(network.train(mode=encoder.training), framing, FRAMING_OBJECTIVE, cfg, backbone.tokenizer,
+    return Backbone(network.train(mode=encoder.training), framing, framing_objective, cfg, backbone.tokenizer,
                     backbone.source)
