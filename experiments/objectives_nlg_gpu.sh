@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# E3c on one lent GPU in a single call: the compare of experiments/objectives_nlg_gpu.yaml cut into
+# NGROUPS compares of a few objectives each, run side by side (a mini model leaves an H100 mostly
+# idle, so one process per group fills it better than one long queue). The corpus is prepared
+# once and hard-linked into every group; each group repeats the scratch cells (a check of the
+# GPU's run-to-run noise). Each group's results.csv, report and run summaries are copied to $OUT
+# at the end, also when the deadline stops them (an interrupted compare resumes from $RUNS).
+#
+#   OUT=/tmp/e3c NGROUPS=6 DEADLINE_S=520 bash experiments/objectives_nlg_gpu.sh
+#   CONFIG=tiny.yaml NGROUPS=2 THREADS=1 bash experiments/objectives_nlg_gpu.sh   # a CPU smoke test
+set -u
+cd "$(dirname "$0")/.."
+CONFIG=${CONFIG:-experiments/objectives_nlg_gpu.yaml}
+OUT=${OUT:-/tmp/ptmkit-e3c}
+RUNS=${RUNS:-/tmp/ptmkit-e3c-runs}
+NGROUPS=${NGROUPS:-6}
+THREADS=${THREADS:-2}             # torch CPU threads per group
+DEADLINE_S=${DEADLINE_S:-520}     # the compares are stopped (SIGTERM: checkpoint, then exit) after this
+PYTHON=${PYTHON:-python3}
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=$THREADS
+# dependencies the machine lacks travel unpacked in .gpu/py (the GPU image has no gensim, blingfire,
+# nltk or rouge-score); a machine with them keeps its own
+$PYTHON -c "import gensim, blingfire, nltk, rouge_score" 2> /dev/null || PYTHONPATH=$PYTHONPATH:$PWD/.gpu/py
+mkdir -p "$OUT" "$RUNS"
+START=$SECONDS
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/device.txt" 2>&1
+$PYTHON -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
+    >> "$OUT/device.txt" 2>&1
+cat "$OUT/device.txt"
+
+# One config per group (paths made absolute, since the group configs live in $RUNS), and the
+# corpus prepared once into the first group's directory.
+$PYTHON - "$CONFIG" "$RUNS" "$NGROUPS" <<'EOF' || exit 1
+import sys
+from pathlib import Path
+import yaml
+from ptmkit.compare.config import load_compare_config
+from ptmkit.compare.runner import Compare
+
+config, runs, groups = Path(sys.argv[1]).resolve(), Path(sys.argv[2]), int(sys.argv[3])
+raw = yaml.safe_load(config.read_text())
+absolute = lambda value: ",".join(str((config.parent / p).resolve()) for p in value.split(","))
+raw["corpus"] = [absolute(p) for p in raw["corpus"]]
+if isinstance(raw["tokenizer"], str):
+    raw["tokenizer"] = absolute(raw["tokenizer"])
+for task in raw["tasks"]:
+    for field in ("train", "dev", "data_dir"):
+        if field in task:
+            task[field] = absolute(task[field])
+objectives = raw["objectives"]
+for g in range(groups):
+    part = objectives[g::groups]
+    if part:
+        (runs / f"g{g}.yaml").write_text(yaml.safe_dump({**raw, "objectives": part}, sort_keys=False))
+        print(f"g{g}: {' '.join(part)}")
+compare = Compare(load_compare_config(runs / "g0.yaml"), runs / "g0", progress=False)
+compare.data(compare.tokenizer(), False)
+EOF
+for cfg in "$RUNS"/g*.yaml; do
+    g=$(basename "$cfg" .yaml)
+    [[ $g == g0 || -d $RUNS/$g/data ]] || { mkdir -p "$RUNS/$g" && cp -al "$RUNS/g0/data" "$RUNS/$g/data"; }
+done
+echo "prepared in $((SECONDS - START)) s"
+
+LEFT=$((DEADLINE_S - (SECONDS - START)))
+PIDS=()
+for cfg in "$RUNS"/g*.yaml; do
+    g=$(basename "$cfg" .yaml)
+    timeout -s TERM -k 30 "$LEFT" $PYTHON -m ptmkit compare --config "$cfg" --out "$RUNS/$g" --no-progress \
+        > "$OUT/$g.log" 2>&1 &
+    PIDS+=($!)
+done
+(while sleep 30; do nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader; done) \
+    > "$OUT/gpu_utilization.log" 2>&1 &
+SAMPLER=$!
+wait "${PIDS[@]}"
+kill $SAMPLER 2> /dev/null
+
+for dir in "$RUNS"/g*/; do
+    g=$(basename "$dir")
+    mkdir -p "$OUT/$g"
+    (cd "$dir" && find . \( -name results.csv -o -name report.md -o -name failed.json -o -name summary.json \
+        -o -name eval.json -o -name "*.png" \) -print0 | xargs -0 -r cp --parents -t "$OUT/$g")
+done
+echo "done in $((SECONDS - START)) s"
