@@ -68,19 +68,17 @@ PIDS=()
 for cfg in "$RUNS"/g*.yaml; do
     g=$(basename "$cfg" .yaml)
     timeout -s TERM -k 30 "$LEFT" $PYTHON -m ptmkit compare --config "$cfg" --out "$RUNS/$g" --no-progress \
-        > "$OUT/$g.log" 2>&1 &
+        > "$RUNS/$g.log" 2>&1 &
     PIDS+=($!)
 done
 (while sleep 30; do nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader; done) \
-    > "$OUT/gpu_utilization.log" 2>&1 &
+    > "$RUNS/gpu_utilization.log" 2>&1 &
 SAMPLER=$!
 wait "${PIDS[@]}"
 kill $SAMPLER 2> /dev/null
 
-for dir in "$RUNS"/g*/; do
-    g=$(basename "$dir")
-    mkdir -p "$OUT/$g"
-    (cd "$dir" && find . \( -name results.csv -o -name report.md -o -name failed.json -o -name summary.json \
-        -o -name eval.json -o -name "*.png" \) -print0 | xargs -0 -r cp --parents -t "$OUT/$g")
-done
+# one archive: a lent machine hands back only a few files
+(cd "$RUNS" && find . \( -name "g*.yaml" -o -name "*.log" -o -name results.csv -o -name report.md -o -name failed.json \
+    -o -name summary.json -o -name eval.json -o -name metrics.jsonl -o -name "*.png" \) -print0 \
+    | tar -czf "$OUT/runs.tgz" --null -T -)
 echo "done in $((SECONDS - START)) s"
