@@ -3,11 +3,20 @@
 # NGROUPS compares of a few objectives each, run side by side (a mini model leaves an H100 mostly
 # idle, so one process per group fills it better than one long queue). The corpus is prepared
 # once and hard-linked into every group; each group repeats the scratch cells (a check of the
-# GPU's run-to-run noise). Each group's results.csv, report and run summaries are copied to $OUT
-# at the end, also when the deadline stops them (an interrupted compare resumes from $RUNS).
+# GPU's run-to-run noise). The groups' results.csv, reports, run summaries and logs are packed into
+# $OUT/runs.tgz at the end, also when the deadline stops them (a lent machine hands back at most 8
+# files; an interrupted compare resumes from $RUNS).
 #
 #   OUT=/tmp/e3c NGROUPS=6 DEADLINE_S=520 bash experiments/objectives_nlg_gpu.sh
 #   CONFIG=tiny.yaml NGROUPS=2 THREADS=1 bash experiments/objectives_nlg_gpu.sh   # a CPU smoke test
+#
+# The lent machines' image (Python 3.12, CUDA torch) lacks gensim, smart_open, blingfire, nltk and
+# rouge-score; they travel unpacked in .gpu/py (64 MiB limit for everything carried, data included):
+# the cp312 manylinux wheels of gensim 4.4.0, smart_open, blingfire 0.1.8 and nltk unzipped there
+# (`pip download --no-deps --only-binary=:all: --python-version 3.12 ...`), without blingfire's
+# *.bin/*.i2w models, the C/C++ sources and gensim/test/ except __init__.py, utils.py and
+# test_data/{lee_background.cor,wordsim353.tsv,simlex999.txt,questions-words.txt}, which ptmkit
+# reads; rouge_score (pure Python) copied from a local install.
 set -u
 cd "$(dirname "$0")/.."
 CONFIG=${CONFIG:-experiments/objectives_nlg_gpu.yaml}

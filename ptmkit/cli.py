@@ -219,6 +219,9 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--dry-run", action="store_true",
                    help="list the runs (marking those already finished in --out) and the time left")
+    p.add_argument("--workers", type=int, default=1,
+                   help="fine-tune this many cells at once, each in its own process with an equal share of "
+                        "the cores (default 1; small models on a CPU finish sooner with 2 or more)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_run_compare)
 
@@ -238,6 +241,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokens", type=int, default=1_500_000,
                    help="pre-training budget of each Transformer objective in each stage (general text, "
                         "then reviews), in tokens (default 1.5M)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="cells fine-tuned at once, each in its own process (default: one per core, at most 2)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_run_demo)
 
@@ -504,14 +509,16 @@ def _run_compare(args: argparse.Namespace) -> None:
     from ptmkit.compare.report import summary_lines
     from ptmkit.compare.runner import Compare, estimate
     cfg = load_compare_config(args.config)
+    compare = Compare(cfg, args.out, progress=not args.no_progress, workers=args.workers)
     if args.dry_run:
         plan = estimate(cfg, args.out)
         for what, seconds, finished in plan:
             print(f"{'done' if finished else f'{seconds / 60:.1f} min':>9}  {what}")
-        left = [seconds for _, seconds, finished in plan if not finished]
+        left = [seconds / (args.workers if what.startswith("finetune") else 1)
+                for what, seconds, finished in plan if not finished]
         print(f"{sum(left) / 60:5.1f} min  left ({len(left)} of {len(plan)} runs to do, rough estimate)")
         return
-    page = Compare(cfg, args.out, progress=not args.no_progress).run()
+    page = compare.run()
     print(summary_lines(args.out))
     print(f"report: {page}")
 
@@ -525,7 +532,7 @@ def _run_export(args: argparse.Namespace) -> None:
 
 def _run_demo(args: argparse.Namespace) -> None:
     from ptmkit.demo import demo
-    demo(args.out, tokens=args.tokens, progress=not args.no_progress)
+    demo(args.out, tokens=args.tokens, progress=not args.no_progress, workers=args.workers)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

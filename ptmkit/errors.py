@@ -17,6 +17,10 @@ class UserError(Exception):
         self.what, self.where, self.fix = what, str(where), fix
         super().__init__(f"{what} ({self.where}): {fix}")
 
+    def __reduce__(self) -> tuple:
+        # rebuilt from its three parts when it crosses from a worker process (compare --workers)
+        return type(self), (self.what, self.where, self.fix)
+
 
 class RunStopped(UserError):
     """A run that started cleanly stopped for a reason the user must act on (e.g. it diverged).

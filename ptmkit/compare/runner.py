@@ -17,15 +17,19 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import multiprocessing
 import shutil
 import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm import tqdm
 
 from ptmkit.compare.config import RECIPE_PREFIX, CompareConfig, TaskConfig, job_name
@@ -39,6 +43,7 @@ from ptmkit.finetuning.search import as_rates, finetune_search
 from ptmkit.pretraining import PretrainSpec, pretrain
 from ptmkit.recipes import Recipe
 from ptmkit.recipes.pretrain import RecipeRun, pretrain_recipe
+from ptmkit.train.host import cpu_cores
 from ptmkit.train.loop import TrainConfig
 
 RESULT_COLUMNS = ["objective", "path", "task", "label_budget", "seed", "metric", "value",
@@ -155,8 +160,13 @@ def _read_key(run: Path) -> str | None:
 class Compare:
     """Runs the cells of one config into one output directory."""
 
-    def __init__(self, cfg: CompareConfig, out: Path, progress: bool = True) -> None:
-        self.cfg, self.out, self.progress = cfg, out, progress
+    def __init__(self, cfg: CompareConfig, out: Path, progress: bool = True, workers: int = 1) -> None:
+        """`workers` > 1: fine-tune that many cells at once, each in a process of its own with
+        an equal share of the CPU's cores (pre-training stays one run at a time, so that no run's
+        budget or wall time depends on another's)."""
+        if workers < 1:
+            raise UserError(f"--workers {workers} runs nothing", "--workers", "use 1 or more processes")
+        self.cfg, self.out, self.progress, self.workers = cfg, out, progress, workers
 
     # ---- shared inputs ------------------------------------------------------------------
     def tokenizer(self) -> Tokenizer:
@@ -363,16 +373,24 @@ class Compare:
                     failed_jobs.add(job)
                     failures.append(_failure(f"pretrain {job.name}", err))
             advance(f"pretrain {job.name}", weights.get(f"pretrain {job.name}", 1.0))
+        runnable = []
         for i in pending:
             cell = todo[i]
-            bar.set_postfix_str(f"{runs_left} runs left; finetune {cell.name}")
             if cell.job is not None and cell.job in failed_jobs:
                 failures.append({"run": f"finetune {cell.name}", "error": f"pre-training {cell.job.name} failed"})
+                advance(f"finetune {cell.name}", weights.get(f"finetune {cell.name}", 1.0))
             else:
-                try:
-                    results[i] = self._row(cell, self.run_cell(cell, tokenizer, tokenizer_dir))
-                except Exception as err:  # noqa: BLE001
-                    failures.append(_failure(f"finetune {cell.name}", err))
+                runnable.append(i)
+
+        def starting(cell: Cell) -> None:
+            bar.set_postfix_str(f"{runs_left} runs left; finetune {cell.name}")
+
+        for i, outcome in self._finetune_cells([(i, todo[i]) for i in runnable], tokenizer, tokenizer_dir, starting):
+            cell = todo[i]
+            if isinstance(outcome, Exception):
+                failures.append(_failure(f"finetune {cell.name}", outcome))
+            else:
+                results[i] = self._row(cell, outcome)
                 self.write_results([results[k] for k in sorted(results)])
             advance(f"finetune {cell.name}", weights.get(f"finetune {cell.name}", 1.0))
         bar.close()
@@ -390,6 +408,33 @@ class Compare:
         if failures:
             raise CompareFailed(failures, len(results), len(todo), self.out)
         return page
+
+    def _finetune_cells(self, cells: list[tuple[int, Cell]], tokenizer: Tokenizer, tokenizer_dir: Path,
+                        starting: Callable[[Cell], None]) -> Iterator[tuple[int, dict[str, Any] | Exception]]:
+        """(index, eval result or the exception that ended it) of every cell, as each finishes."""
+        if self.workers == 1 or len(cells) < 2:
+            for i, cell in cells:
+                starting(cell)
+                try:
+                    outcome: dict[str, Any] | Exception = self.run_cell(cell, tokenizer, tokenizer_dir)
+                except Exception as err:  # noqa: BLE001 - one failed run must not end the others
+                    outcome = err
+                yield i, outcome
+            return
+        # spawned, not forked: a fork of a process whose torch thread pools have run can hang
+        threads = max(1, cpu_cores() // self.workers)
+        with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+            futures = {pool.submit(self.run_cell, cell, tokenizer, tokenizer_dir): i for i, cell in cells}
+            try:
+                for future in as_completed(futures):
+                    try:
+                        outcome = future.result()
+                    except Exception as err:  # noqa: BLE001
+                        outcome = err
+                    yield futures[future], outcome
+            finally:  # interrupted: start no further cell (those running stop with the workers)
+                pool.shutdown(wait=False, cancel_futures=True)
 
     def _model_key(self) -> Any:
         """The model setting, with the content of a model YAML file (a size name stands alone)."""
@@ -436,8 +481,8 @@ class CompareFailed(UserError):
 
 
 def _failure(what: str, err: Exception) -> dict[str, str]:
-    """Report a failed run now (with its traceback) and keep a line for the end."""
-    detail = str(err) if isinstance(err, UserError) else traceback.format_exc()  # a bug keeps its traceback
+    """Report a failed run now (with its traceback, a worker's included) and keep a line for the end."""
+    detail = str(err) if isinstance(err, UserError) else "".join(traceback.format_exception(err))  # a bug keeps its traceback
     tqdm.write(f"compare: {what} failed: {detail}", file=sys.stderr)
     return {"run": what, "error": f"{type(err).__name__}: {err}"}
 

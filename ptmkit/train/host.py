@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 import warnings
 
 import torch
@@ -68,3 +69,12 @@ def warn_if_emulated_bf16(precision: str, device: torch.device) -> None:
     if precision == "bf16" and emulated_bf16(device):
         warnings.warn("bf16 on this CPU is emulated (it has neither AVX512-BF16 nor AMX) and runs many "
                       "times slower than fp32: use --precision fp32 (precision: fp32 in a config)", stacklevel=2)
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity, which a container or `taskset` narrows),
+    not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1

@@ -419,3 +419,14 @@ def test_subcommand_help_shows_an_example(command, run_cli):
     assert code == 0
     assert "example" in out.lower()
     assert f"ptmkit {command} " in out.split("example", 1)[1]
+
+
+@pytest.mark.parametrize("kind", ["UserError", "RunStopped"])
+def test_a_user_error_keeps_its_parts_across_processes(kind) -> None:
+    import pickle
+
+    import ptmkit.errors as errors
+    err = getattr(errors, kind)("loss is NaN", "runs/x/metrics.jsonl", "lower --lr")
+    back = pickle.loads(pickle.dumps(err))  # how a compare worker's error reaches the main process
+    assert type(back) is type(err) and (back.what, back.where, back.fix) == (err.what, err.where, err.fix)
+    assert str(back) == "loss is NaN (runs/x/metrics.jsonl): lower --lr"

@@ -656,3 +656,44 @@ def test_dry_run_estimate_follows_the_task_size_and_its_folds(task_file, tmp_pat
     # 5-fold cross-validation fine-tunes 5 times on 4/5 of the data each
     folds = seconds(cv_folds=5)
     assert folds == pytest.approx(5 * 5 + (budget(120) - 5) * 4, rel=1e-6)
+
+
+def test_cells_fine_tuned_by_parallel_workers_match_one_at_a_time(task_file, tmp_path) -> None:
+    import torch
+
+    from ptmkit.train.host import cpu_cores
+    cfg = parse_compare_config(config(task_file, label_budgets=[20], seeds=[0, 1]), "cmp.yaml", tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, cpu_cores() // 2))  # what each of 2 workers gets: the same arithmetic
+    out = tmp_path / "out"
+    try:
+        Compare(cfg, out, progress=False).run()
+    finally:
+        torch.set_num_threads(threads)
+
+    def scores() -> list[tuple]:
+        return sorted((r["objective"], r["seed"], r["metric"], r["value"], r["pretrain_tokens"])
+                      for r in read_results(out / "results.csv"))
+    one_at_a_time = scores()
+    shutil.rmtree(out / "finetune")  # the cells again, on the same pre-training
+    (out / "results.csv").unlink()
+    Compare(cfg, out, progress=False, workers=2).run()
+    assert len(one_at_a_time) == 4 and scores() == one_at_a_time
+
+
+def test_workers_divide_the_fine_tuning_estimate_and_must_be_positive(task_file, tmp_path, capsys) -> None:
+    import yaml
+
+    from ptmkit.cli import main
+    config_file = tmp_path / "cmp.yaml"
+    config_file.write_text(yaml.safe_dump(config(task_file)))
+
+    def left(*workers: str) -> float:
+        assert main(["compare", "--config", str(config_file), "--out", str(tmp_path / "out"), "--dry-run",
+                     *workers]) == 0
+        return float(capsys.readouterr().out.splitlines()[-1].split()[0])
+    plan = estimate(parse_compare_config(config(task_file), "cmp.yaml", tmp_path))
+    pretraining = sum(seconds for what, seconds, _ in plan if what.startswith("pretrain")) / 60
+    assert left("--workers", "4") - pretraining == pytest.approx((left() - pretraining) / 4, abs=0.1)
+    assert main(["compare", "--config", str(config_file), "--out", str(tmp_path / "out"), "--workers", "0"]) == 2
+    assert "--workers 0 runs nothing (--workers): use 1 or more processes" in capsys.readouterr().err
