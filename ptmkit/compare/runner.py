@@ -437,9 +437,9 @@ class Compare:
                 pool.shutdown(wait=False, cancel_futures=True)
 
     def _model_key(self) -> Any:
-        """The model setting, with the content of a model YAML file (a size name stands alone)."""
+        """The model setting: a size name, or a model YAML file by its content, not its path."""
         model = self.cfg.model
-        return [model, _content([model])] if isinstance(model, str) and Path(model).is_file() else model
+        return {"file": _content([model])} if isinstance(model, str) and Path(model).is_file() else model
 
     def _row(self, cell: Cell, result: dict[str, Any]) -> dict[str, Any]:
         summary = {}
@@ -503,10 +503,13 @@ def _pretraining_part(recipe: Recipe | None) -> dict[str, Any]:
 
 
 def _task_key(task: TaskConfig) -> dict[str, Any]:
-    """The task's settings and the content of its files (a seq2seq pair is two files; a GLUE
-    `data_dir` is keyed by its path)."""
-    files = [p for spec in (task.train, task.dev) if spec for p in spec.split(",")]
-    return {**asdict(task), "content": _content(files) if files else None}
+    """The task's settings and the content of its files, not how their paths are spelled (a
+    config given by a relative or an absolute path, or data moved elsewhere, keeps its cells; a
+    seq2seq pair is two files). A GLUE `data_dir` is keyed by its resolved path."""
+    settings = {k: v for k, v in asdict(task).items() if k not in ("train", "dev", "data_dir")}
+    content = {split: _content(spec.split(",")) for split, spec in (("train", task.train), ("dev", task.dev)) if spec}
+    data_dir = str(Path(task.data_dir).resolve()) if task.data_dir else None
+    return {**settings, "content": content, "data_dir": data_dir}
 
 
 def _content(paths: list[str]) -> str:

@@ -409,6 +409,25 @@ def test_cells_follow_the_content_of_their_inputs(task_file, tmp_path, monkeypat
     assert out / "finetune" / "task" / "A-scratch" / "b20-s0" in calls["finetune"]
 
 
+def test_cells_follow_what_the_files_hold_not_how_their_paths_are_spelled(task_file, tmp_path, monkeypatch) -> None:
+    import yaml
+    size = tmp_path / "size.yaml"
+    size.write_text(yaml.safe_dump({"size": "tiny", "hidden": 64, "heads": 2}))
+    relative = config(task_file, label_budgets=[20], seeds=[0], model="size.yaml",
+                      task={"type": "classify", "train": "task.tsv", "text_fields": ["sentence"]})
+    out = tmp_path / "out"
+    Compare(parse_compare_config(relative, "cmp.yaml", tmp_path), out, progress=False).run()
+    calls = _runs(monkeypatch)
+    moved = tmp_path / "elsewhere"  # the config given by an absolute path, its files copied to another folder
+    moved.mkdir()
+    for name in ("task.tsv", "size.yaml"):
+        shutil.copy(tmp_path / name, moved / name)
+    absolute = {**relative, "model": str(moved / "size.yaml"),
+                "task": {**relative["task"], "train": str(moved / "task.tsv")}}
+    Compare(parse_compare_config(absolute, "/abs/cmp.yaml", Path("/")), out, progress=False).run()
+    assert calls == {"pretrain": [], "finetune": []}
+
+
 def test_the_survey_and_loss_plot_read_the_pretraining_its_cells_used(task_file, tmp_path, monkeypatch) -> None:
     cfg = parse_compare_config(config(task_file, label_budgets=[20], seeds=[0], pretrain_seeds=[1]),
                                "cmp.yaml", tmp_path)
