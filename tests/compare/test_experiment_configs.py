@@ -21,5 +21,7 @@ def test_there_are_configs() -> None:
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="the experiment configs read ../shared/data (not present)")
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_experiment_config_is_valid(path: Path) -> None:
+    if "../.gpu/" in path.read_text() and not (REPO / ".gpu" / "data").is_dir():
+        pytest.skip(f"{path.name} reads copies of ../shared under .gpu/ (not made here; its header says how)")
     config = load_compare_config(path)
     assert config.tasks and config.seeds
