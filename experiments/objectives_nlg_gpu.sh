@@ -5,10 +5,11 @@
 # once and hard-linked into every group; each group repeats the scratch cells (a check of the
 # GPU's run-to-run noise). The groups' results.csv, reports, run summaries and logs are packed into
 # $OUT/runs.tgz at the end, also when the deadline stops them (a lent machine hands back at most 8
-# files; an interrupted compare resumes from $RUNS).
+# files; an interrupted compare resumes from $RUNS). Each group is pinned to its share of the
+# cores and fine-tunes WORKERS cells at once (`compare --workers`).
 #
-#   OUT=/tmp/e3c NGROUPS=6 DEADLINE_S=520 bash experiments/objectives_nlg_gpu.sh
-#   CONFIG=tiny.yaml NGROUPS=2 THREADS=1 bash experiments/objectives_nlg_gpu.sh   # a CPU smoke test
+#   OUT=/tmp/e3c NGROUPS=6 WORKERS=2 DEADLINE_S=500 bash experiments/objectives_nlg_gpu.sh
+#   CONFIG=.gpu/tiny.yaml NGROUPS=2 bash experiments/objectives_nlg_gpu.sh   # a CPU smoke test
 #
 # The lent machines' image (Python 3.12, CUDA torch) lacks gensim, smart_open, blingfire, nltk and
 # rouge-score; they travel unpacked in .gpu/py (64 MiB limit for everything carried, data included):
@@ -23,10 +24,10 @@ CONFIG=${CONFIG:-experiments/objectives_nlg_gpu.yaml}
 OUT=${OUT:-/tmp/ptmkit-e3c}
 RUNS=${RUNS:-/tmp/ptmkit-e3c-runs}
 NGROUPS=${NGROUPS:-6}
-THREADS=${THREADS:-2}             # torch CPU threads per group
+WORKERS=${WORKERS:-1}             # cells each group fine-tunes at once
 DEADLINE_S=${DEADLINE_S:-520}     # the compares are stopped (SIGTERM: checkpoint, then exit) after this
 PYTHON=${PYTHON:-python3}
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=$THREADS
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 # dependencies the machine lacks travel unpacked in .gpu/py (the GPU image has no gensim, blingfire,
 # nltk or rouge-score); a machine with them keeps its own
 $PYTHON -c "import gensim, blingfire, nltk, rouge_score" 2> /dev/null || PYTHONPATH=$PYTHONPATH:$PWD/.gpu/py
@@ -73,10 +74,16 @@ done
 echo "prepared in $((SECONDS - START)) s"
 
 LEFT=$((DEADLINE_S - (SECONDS - START)))
+CORES=$(nproc)
+SHARE=$(( CORES / NGROUPS > 0 ? CORES / NGROUPS : 1 ))
 PIDS=()
 for cfg in "$RUNS"/g*.yaml; do
     g=$(basename "$cfg" .yaml)
-    timeout -s TERM -k 30 "$LEFT" $PYTHON -m ptmkit compare --config "$cfg" --out "$RUNS/$g" --no-progress \
+    first=$(( ${g#g} * SHARE % CORES ))
+    PIN=()
+    command -v taskset > /dev/null && PIN=(taskset -c "$first-$((first + SHARE - 1))")
+    OMP_NUM_THREADS=$SHARE timeout -s TERM -k 30 "$LEFT" "${PIN[@]}" \
+        $PYTHON -m ptmkit compare --config "$cfg" --out "$RUNS/$g" --no-progress --workers "$WORKERS" \
         > "$RUNS/$g.log" 2>&1 &
     PIDS+=($!)
 done
@@ -91,3 +98,5 @@ kill $SAMPLER 2> /dev/null
     -o -name summary.json -o -name eval.json -o -name metrics.jsonl -o -name "*.png" \) -print0 \
     | tar -czf "$OUT/runs.tgz" --null -T -)
 echo "done in $((SECONDS - START)) s"
+wc -l "$RUNS"/g*/results.csv 2> /dev/null
+tail -n 3 "$RUNS"/g*.log
