@@ -11,6 +11,11 @@
 #   OUT=/tmp/e3c NGROUPS=6 WORKERS=2 DEADLINE_S=500 bash experiments/objectives_nlg_gpu.sh
 #   CONFIG=.gpu/tiny.yaml NGROUPS=2 bash experiments/objectives_nlg_gpu.sh   # a CPU smoke test
 #
+# A fresh machine has none of an earlier call's runs: SEEDS (fine-tuning seeds, comma-separated)
+# and TASKS (task names) narrow the compares to the cells still missing, e.g. SEEDS=2, then
+# SEEDS=0,1 TASKS=sst2. Pre-training is deterministic on the GPU (pre-training seed 0 whatever
+# SEEDS says), so the models are the ones the earlier cells started from.
+#
 # The lent machines' image (Python 3.12, CUDA torch) lacks gensim, smart_open, blingfire, nltk and
 # rouge-score; they travel unpacked in .gpu/py (64 MiB limit for everything carried, data included):
 # the cp312 manylinux wheels of gensim 4.4.0, smart_open, blingfire 0.1.8 and nltk unzipped there
@@ -41,7 +46,7 @@ cat "$OUT/device.txt"
 
 # One config per group (paths made absolute, since the group configs live in $RUNS), and the
 # corpus prepared once into the first group's directory.
-$PYTHON - "$CONFIG" "$RUNS" "$NGROUPS" <<'EOF' || exit 1
+$PYTHON - "$CONFIG" "$RUNS" "$NGROUPS" "${SEEDS:-}" "${TASKS:-}" <<'EOF' || exit 1
 import sys
 from pathlib import Path
 import yaml
@@ -49,7 +54,12 @@ from ptmkit.compare.config import load_compare_config
 from ptmkit.compare.runner import Compare
 
 config, runs, groups = Path(sys.argv[1]).resolve(), Path(sys.argv[2]), int(sys.argv[3])
+seeds, tasks = sys.argv[4], sys.argv[5]
 raw = yaml.safe_load(config.read_text())
+if seeds:
+    raw["seeds"] = [int(seed) for seed in seeds.split(",")]
+if tasks:
+    raw["tasks"] = [task for task in raw["tasks"] if task.get("name", task["type"].split(":")[-1]) in tasks.split(",")]
 absolute = lambda value: ",".join(str((config.parent / p).resolve()) for p in value.split(","))
 raw["corpus"] = [absolute(p) for p in raw["corpus"]]
 if isinstance(raw["tokenizer"], str):
@@ -74,6 +84,7 @@ done
 echo "prepared in $((SECONDS - START)) s"
 
 LEFT=$((DEADLINE_S - (SECONDS - START)))
+(( LEFT > 0 )) || { echo "no time left of DEADLINE_S=$DEADLINE_S after preparing"; exit 1; }
 CORES=$(nproc)
 SHARE=$(( CORES / NGROUPS > 0 ? CORES / NGROUPS : 1 ))
 PIDS=()
