@@ -80,13 +80,17 @@ class RunModel:
         * electra: (B, L) replaced-token logits of the discriminator (`ElectraForPreTraining`);
         * fine-tuned classify / regress runs: the head's output (B, labels), as
           `BertForSequenceClassification`; tag / keyphrase runs: (B, L, labels) per sub-word, as
-          `BertForTokenClassification`.
+          `BertForTokenClassification`; seq2seq runs on an encoder-decoder: its decoder logits, as
+          for the encoder-decoder pre-training runs.
         """
         ids = _as_ids(input_ids)
         self._check_ids(ids)
         if self.kind == "finetune":
+            from ptmkit.finetuning.seq2seq_task import Seq2Seq
             from ptmkit.finetuning.tasks import Classify, Regress
             from ptmkit.finetuning.tagging import Tag
+            if isinstance(self.task, Seq2Seq) and self.architecture == "encoder_decoder":
+                return self._decoder_logits(self.backbone, ids)
             if not (type(self.task) in (Classify, Regress) or isinstance(self.task, Tag)):
                 raise UserError(f"task {self.task.spec.name} needs more than token ids", str(self.run),
                                 "use `ptmkit evaluate` (or generate) for it")
@@ -101,10 +105,15 @@ class RunModel:
             raise UserError(f"a {self.objective} run has no Transformer language-model logits", str(self.run),
                             "use .encode(texts) for its representations")
         if architecture == "encoder_decoder":
-            memory = model.encode(ids)
-            return model.logits(model.decode(shift_right(ids, self.decoder_start_id), memory)).float()
+            return self._decoder_logits(model, ids)
         hidden = model.encode(ids, is_causal=architecture in ("decoder", "prefix"))
         return model.logits(hidden).float()
+
+    def _decoder_logits(self, model: nn.Module, ids: Tensor) -> Tensor:
+        """An encoder-decoder's logits with `ids` as the source and, shifted right behind the
+        decoder start, as the decoder's input."""
+        memory = model.encode(ids)
+        return model.logits(model.decode(shift_right(ids, self.decoder_start_id), memory)).float()
 
     def _check_ids(self, ids: Tensor) -> None:
         """Ids the model has embeddings for, and no more positions than it learned (else an

@@ -12,6 +12,10 @@ What maps where (the run's objective, or the fine-tuned task):
                                          -> `BertForSequenceClassification` (id2label)
 * fine-tuned tag / keyphrase runs        -> `BertForTokenClassification` (id2label), or
   `GPT2ForTokenClassification` for decoder-only backbones
+* fine-tuned seq2seq runs on a bart, mass or t5 run
+                                         -> `BartForConditionalGeneration`, its generation_config
+  decoding greedily as the fine-tuning scored its dev set (a decoder-only run, or an encoder that
+  warm-started a decoder and kept its BERT layout, is refused)
 
 Every tensor has an exact counterpart; a layout detail HF cannot express is refused with a
 UserError naming the option (norm placement, embedding LayerNorm, final norm, LM-head transform
@@ -107,13 +111,27 @@ def _pretrain_target(run: RunModel, where: str) -> str:
 
 
 def _finetune_target(run: RunModel, where: str) -> str:
+    from ptmkit.finetuning.seq2seq_task import Seq2Seq
     from ptmkit.finetuning.tasks import Classify, Regress
     from ptmkit.finetuning.tagging import Tag
     task = run.task.spec.name
+    if isinstance(run.task, Seq2Seq):
+        if run.architecture != "encoder_decoder":
+            raise UserError(f"the seq2seq run on {run.objective} is decoder-only: GPT-2 has no "
+                            "[SEP]-joined source-target framing to generate with", f"{where}: objective",
+                            "fine-tune an encoder-decoder (bart, mass, t5, or an encoder run, which "
+                            "warm-starts one) to export, or export the pre-training run")
+        if run.cfg.layout != "bart":  # an encoder run warm-started it and kept its layers' layout
+            raise UserError(f"the seq2seq run keeps the {run.cfg.layout} layout of the encoder it was "
+                            "warm-started from (LM-head transform, LayerNorm eps), which "
+                            "BartForConditionalGeneration cannot express", f"{where}: model.layout",
+                            "generate with `ptmkit generate --run RUN`, or fine-tune a bart, mass or t5 "
+                            "run to export")
+        return "bart"
     token_level = isinstance(run.task, Tag)
     if not (token_level or type(run.task) in (Classify, Regress)):
         raise UserError(f"fine-tuned task {task!r} has no exact Hugging Face class", f"{where}: task",
-                        "export classify, regress, tag or keyphrase runs (or the pre-training run)")
+                        "export classify, regress, tag, keyphrase or seq2seq runs (or the pre-training run)")
     if not isinstance(run.backbone, Transformer):
         raise UserError(f"the {run.objective} backbone is not a Transformer (ELMo's biLM)",
                         f"{where}: objective", "export runs fine-tuned from a Transformer objective")
@@ -169,7 +187,7 @@ def hf_config(run: RunModel, target: Target, transformers: Any) -> Any:
     common = {"vocab_size": cfg.vocab_size, "tie_word_embeddings": True,
               **{f"{role}_token_id": None if role in unset else getattr(special, role)
                  for role in ("pad", "bos", "eos")}}
-    if run.kind == "finetune":
+    if run.kind == "finetune" and target.family != "bart":
         labels = run.task.spec.labels if run.task.spec.name != "regress" else ["score"]
         common.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
                       label2id={label: i for i, label in enumerate(labels)})
@@ -210,7 +228,7 @@ def hf_state(run: RunModel, target: Target) -> dict[str, Tensor]:
     state = {k: v.detach().float() for k, v in run.backbone.state_dict().items()}
     types = state.get("embed.types.weight")
     head_state = ({k: v.detach().float() for k, v in run.network.head.state_dict().items()}
-                  if run.kind == "finetune" else {})
+                  if run.kind == "finetune" else {})  # seq2seq: none, the tied LM head is the output
     if target.family in BERT_FAMILIES:
         base = "electra." if target.family == "electra" else "bert."
         head = "bert" if target.family == "bert_mlm" else None
@@ -275,7 +293,24 @@ def build_hf_model(run: RunModel, target: Target, transformers: Any) -> Any:
             raise RuntimeError(f"{target.hf_class}.{name}: shape {tuple(value.shape)}, "
                                f"expected {tuple(expected[name].shape)}")
     model.load_state_dict(state, strict=False)
+    if run.kind == "finetune" and target.family == "bart":
+        _generate_as_fine_tuning(run, model.generation_config)
     return model.eval()
+
+
+def _generate_as_fine_tuning(run: RunModel, generation: Any) -> None:
+    """`generate()` settings that decode as the seq2seq fine-tuning scored its dev set: the
+    forced target prefix (BART's <s>), the special ids it never emits, its target length."""
+    frame = run.objective_impl.text_frame()
+    forced = frame.target_prefix[0] if frame.target_prefix else None
+    never = run.task.never_generated()
+    generation.decoder_start_token_id, generation.forced_bos_token_id = frame.decoder_start, forced
+    # transformers refuses to save a forced token that is also suppressed; as a "bad word" it is
+    # banned all the same once it has been forced
+    generation.suppress_tokens = [i for i in never if i != forced]
+    generation.bad_words_ids = [[forced]] if forced in never else None
+    generation.max_new_tokens = run.task.spec.max_target_length  # the forced prefix and </s> included
+    generation.num_beams, generation.do_sample = 1, False
 
 
 def probe_ids(run: RunModel, batch: int = 2, length: int = 16) -> Tensor:
@@ -327,7 +362,7 @@ def _frame(run: RunModel, target: Target) -> tuple[str | None, str | None] | Non
     """(first, last) special tokens around a text, as the run's objective (or fine-tuned task)
     frames it; None: nothing (GPT-2)."""
     tok, special = run.tokenizer.hf, run.tokenizer.special
-    if run.kind == "finetune":  # every exportable task read `[CLS] text [SEP]`, decoder backbones too
+    if run.kind == "finetune" and target.family != "bart":  # `[CLS] text [SEP]`, decoder backbones too
         return tok.id_to_token(special.cls), tok.id_to_token(special.sep)
     if target.family in GPT2_FAMILIES:
         return None  # GPT-2 adds nothing
@@ -362,7 +397,8 @@ def model_card(run: RunModel, target: Target, difference: float) -> str:
     else:
         task = config.get("task") or {}
         settings = config.get("finetune") or {}
-        lines += [f"| task | {task.get('name')} (labels: {', '.join(task.get('labels') or []) or '-'}) |",
+        labels = f" (labels: {', '.join(task['labels'])})" if task.get("labels") else ""
+        lines += [f"| task | {task.get('name')}{labels} |",
                   f"| data | train `{settings.get('train')}`, dev `{settings.get('dev') or 'held out from train'}` |",
                   f"| init | `{config.get('init')}` |",
                   f"| epochs | {summary.get('epoch', '?')} of {settings.get('epochs', '?')} (best on dev) |"]
@@ -389,6 +425,9 @@ def _notes(run: RunModel, target: Target) -> list[str]:
     if target.family == "bart":
         start = run.tokenizer.hf.id_to_token(run.decoder_start_id)
         notes.append(f"`decoder_start_token_id` is `{start}`, as in {run.objective} pre-training.")
+        if run.kind == "finetune":
+            notes.append("`generate()` decodes greedily as the fine-tuning scored its dev set (forced first "
+                         "token, suppressed special tokens and target length in generation_config.json).")
     if target.family in BERT_FAMILIES:
         notes.append("ptmkit never uses token types: keep `token_type_ids` at 0 (the tokenizer does).")
     if target.family == "bert_mlm":

@@ -378,3 +378,66 @@ def test_fine_tuning_an_exported_seq2seq_run_frames_as_the_run(objective, data, 
     loss, outputs = _seq2seq_loss_and_outputs(imported, records)
     expected_loss, expected_outputs = _seq2seq_loss_and_outputs(original, records)
     assert loss == pytest.approx(expected_loss, abs=1e-5) and outputs == expected_outputs
+
+
+# ---- fine-tuned seq2seq runs ----------------------------------------------------------------------
+
+def _copy_task(path: Path) -> Path:
+    """Copy three to five words: a task a tiny model learns in a few epochs, so that the outputs
+    compared below vary by input and end with </s> before the length limit."""
+    words = "river market school music garden winter bridge letter doctor window".split()
+    rng = torch.Generator().manual_seed(0)
+    rows = [" ".join(words[i] for i in torch.randint(0, 10, (3 + i % 3,), generator=rng).tolist()) for i in range(320)]
+    path.write_text("".join(json.dumps({"source": row, "target": row}) + "\n" for row in rows))
+    return path
+
+
+def _seq2seq_run(data: Path, tmp_path: Path, objective: str, tiny: dict, train: dict, epochs: int = 10) -> Path:
+    run = _pretrain(data, tmp_path / "run", objective, {**tiny, "dropout": 0.0, "attention_dropout": 0.0}, train)
+    ptmkit.finetune(task="seq2seq", init=run, out=tmp_path / "ft", train=_copy_task(tmp_path / "copy.jsonl"),
+                    epochs=epochs, lr=3e-3, batch_size=16, max_length=24, max_target_length=16, progress=False)
+    return tmp_path / "ft"
+
+
+@pytest.mark.parametrize("objective", ["bart", "t5"])
+def test_finetuned_seq2seq_run_exports_and_generates_as_ptmkit(objective, data, tmp_path, tiny, train,
+                                                               hf_messages, problems):
+    """A seq2seq run on an encoder-decoder loads as BartForConditionalGeneration with ptmkit's
+    logits, and HF's `generate()` with the exported settings writes exactly what `ptmkit generate`
+    writes (bart forces <s> first, t5 forces nothing)."""
+    from ptmkit.finetuning.seq2seq_task import load_generator
+    from ptmkit.model.generate import DecodeOptions
+    ft = _seq2seq_run(data, tmp_path, objective, tiny, train)
+    result = export_run(ft, tmp_path / "hf")
+    assert result["class"] == "BartForConditionalGeneration" and result["max_logit_difference"] <= 1e-4
+    model = _load("AutoModelForSeq2SeqLM", tmp_path / "hf", hf_messages, problems)
+    loaded = ptmkit.load_run(ft)
+    assert model.generation_config.decoder_start_token_id == loaded.decoder_start_id
+    banned = model.generation_config.suppress_tokens + [w[0] for w in model.generation_config.bad_words_ids or []]
+    assert sorted(banned) == loaded.task.never_generated()
+    ids = _ids(600)
+    with torch.no_grad():
+        theirs = model(input_ids=ids).logits
+    torch.testing.assert_close(loaded.logits(ids), theirs, atol=1e-4, rtol=0)
+    sources = ["river market school", "winter bridge letter doctor window", "music garden music river",
+               "the fire spread across the mountains"]  # the last is nothing like training
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    with torch.no_grad():
+        generated = model.generate(**tok(sources, padding=True, return_tensors="pt"))
+    hf_texts = [" ".join(t.split()) for t in tok.batch_decode(generated, skip_special_tokens=True)]
+    options = DecodeOptions(max_length=loaded.task.max_new_tokens)  # as the dev set was decoded
+    ours = [" ".join(t.split()) for t in load_generator(ft)(sources, options, batch_size=8)]
+    assert hf_texts == ours
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert "| task | seq2seq |" in card and "generation_config.json" in card
+
+
+@pytest.mark.parametrize(("objective", "reason", "fix"), [
+    ("clm", "decoder-only", "fine-tune an encoder-decoder"),
+    ("mlm", "keeps the bert layout of the encoder it was warm-started from", "ptmkit generate --run RUN")])
+def test_seq2seq_runs_without_a_bart_equivalent_are_refused_naming_the_fix(objective, reason, fix, data, tmp_path,
+                                                                            tiny, train):
+    ft = _seq2seq_run(data, tmp_path, objective, tiny, train, epochs=1)
+    with pytest.raises(UserError, match=reason) as err:
+        export_run(ft, tmp_path / "hf")
+    assert fix in str(err.value) and not (tmp_path / "hf").exists()
