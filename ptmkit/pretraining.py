@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from ptmkit.objectives import get_objective
 from ptmkit.objectives.base import Vocab
 from ptmkit.train.checkpoint import check_weights_file, latest_checkpoint, load_weights
 from ptmkit.train.distributed import Distributed, resolve_mode
+from ptmkit.train.feature_rank import collapse_warning, feature_rank
 from ptmkit.train.loop import TrainConfig, Trainer
 from ptmkit.train.host import compute_device, keep_freed_memory
 
@@ -314,6 +316,11 @@ def _pretrain_into(spec: PretrainSpec, objective_cls: type, plan: _Plan | None,
                          skip_batches=trainer.skip_batches(), workers=cfg.workers,
                          rank=dist.rank if dist is not None else 0, world=dist.world if dist is not None else 1)
     summary = trainer.fit(loader)
+    if dist is None or dist.mode == "ddp":  # FSDP's shards hold no whole network to run
+        summary.update(feature_rank(objective, model, model_cfg, val_shards, length))
+        warning = collapse_warning(summary)
+        if warning and main:
+            warnings.warn(warning, stacklevel=1)
     summary["flops_per_token"] = model.flops_per_token(cfg.seq_len, objective.predicted_fraction()) \
         if hasattr(model, "flops_per_token") else None
     summary["parameters"] = sum(p.numel() for p in model.parameters())

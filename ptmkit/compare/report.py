@@ -19,6 +19,7 @@ import numpy as np
 from ptmkit.compare.config import RECIPE_PREFIX, job_name
 from ptmkit.fileio import write_text_atomic
 from ptmkit.objectives import OBJECTIVES
+from ptmkit.train.feature_rank import collapse_warning
 
 NLG_METRICS = {"rougeL", "rouge1", "rouge2", "bleu", "chrf"}
 
@@ -157,7 +158,7 @@ def survey_table(rows: list[dict[str, Any]], out: Path) -> tuple[list[str], list
     points = survey_points(rows)
     summaries = pretrain_summaries(out)
     header = ["objective", "family", "backbone", "NLU score", "NLG score", "gain vs scratch",
-              "tokens/s", "pre-train tokens", "pre-train s", "pre-train FLOPs"]
+              "tokens/s", "pre-train tokens", "pre-train s", "pre-train FLOPs", "feature rank"]
     body = []
     for objective in sorted({r["objective"] for r in rows}):
         path = "A" if objective == "scratch" else "B"
@@ -191,7 +192,7 @@ def survey_table(rows: list[dict[str, Any]], out: Path) -> tuple[list[str], list
                      f"{summary['tokens_per_s']:,.0f}" if summary else "–",
                      f"{summary['tokens']:,}" if summary else "–",
                      f"{summary['train_seconds']:.0f}" if summary else "–",
-                     _training_flops(summary)])
+                     _training_flops(summary), _feature_rank(summary)])
     return header, body
 
 
@@ -215,6 +216,15 @@ def _training_flops(summary: dict[str, Any]) -> str:
     minutes can be compared in compute; word2vec, which is not a network pass, has none."""
     per_token = summary.get("flops_per_token")
     return f"{summary['tokens'] * per_token:.2e}" if per_token else "–"
+
+
+def _feature_rank(summary: dict[str, Any]) -> str:
+    """`rank/width` of the features the run hands to fine-tuning (ptmkit.train.feature_rank), with
+    a mark when they collapsed."""
+    if summary.get("feature_rank") is None:
+        return "–"
+    collapsed = " (collapsed)" if collapse_warning(summary) else ""
+    return f"{summary['feature_rank']:.0f}/{summary['feature_width']}{collapsed}"
 
 
 def _kind(objective: str, summary: dict[str, Any]) -> tuple[str, str]:

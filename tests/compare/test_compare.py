@@ -162,7 +162,7 @@ def test_end_to_end_then_cached_then_report(task_file, tmp_path, monkeypatch) ->
     summary = json.loads((out / "pretrain" / "mlm-s0" / "summary.json").read_text())
     flops = summary["tokens"] * summary["flops_per_token"]  # compute stated next to tokens and seconds
     mlm_row = next(line for line in text.splitlines() if line.startswith("| mlm |"))
-    assert mlm_row.rstrip(" |").endswith(f"{flops:.2e}") and flops > 0
+    assert f"| {flops:.2e} |" in mlm_row and flops > 0
     assert (out / "budget_task.png").stat().st_size > 1000 and (out / "pretrain_loss.png").is_file()
     assert "data:image/png;base64," in page.read_text()
 
@@ -446,6 +446,7 @@ def test_the_survey_and_loss_plot_read_the_pretraining_its_cells_used(task_file,
     md = out / "report.md"
     mlm_row = next(line for line in md.read_text().splitlines() if line.startswith("| mlm |"))
     assert f"| {summary['tokens']:,} |" in mlm_row
+    assert mlm_row.endswith(f"| {summary['feature_rank']:.0f}/{summary['feature_width']} |")  # not collapsed
 
 
 # --- long comparisons: reports read while cells are missing, NaN scores, failing cells, resumed
