@@ -13,8 +13,9 @@
 #
 # A fresh machine has none of an earlier call's runs: SEEDS (fine-tuning seeds, comma-separated)
 # and TASKS (task names) narrow the compares to the cells still missing, e.g. SEEDS=2, then
-# SEEDS=0,1 TASKS=sst2. Pre-training is deterministic on the GPU (pre-training seed 0 whatever
-# SEEDS says), so the models are the ones the earlier cells started from.
+# SEEDS=0,1 TASKS=sst2. Pre-training keeps seed 0 whatever SEEDS says; session 12's scratch cells
+# were bit-identical across six processes, so the rebuilt models should be the earlier ones
+# (experiments/cells_table.py refuses to merge a re-run cell that disagrees).
 #
 # The lent machines' image (Python 3.12, CUDA torch) lacks gensim, smart_open, blingfire, nltk and
 # rouge-score; they travel unpacked in .gpu/py (64 MiB limit for everything carried, data included):
