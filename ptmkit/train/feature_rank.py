@@ -65,6 +65,6 @@ def collapse_warning(summary: dict) -> str | None:
     rank, width = summary.get("feature_rank"), summary.get("feature_width")
     if rank is None or rank >= COLLAPSED_FRACTION * width:
         return None
-    return (f"warning: the pre-trained features span about {rank:.0f} of {width} directions (feature_rank in "
+    return (f"the pre-trained features span about {rank:.0f} of {width} directions (feature_rank in "
             "summary.json): fine-tuning may start worse than from random weights; pre-train longer, with "
             "a higher learning rate, or with another objective")
