@@ -158,7 +158,7 @@ def survey_table(rows: list[dict[str, Any]], out: Path) -> tuple[list[str], list
     points = survey_points(rows)
     summaries = pretrain_summaries(out)
     header = ["objective", "family", "backbone", "NLU score", "NLG score", "gain vs scratch",
-              "tokens/s", "pre-train tokens", "pre-train s", "pre-train FLOPs", "feature rank"]
+              "tokens/s", "pre-train tokens", "pre-train s", "pre-train FLOPs", "feature rank/at init"]
     body = []
     for objective in sorted({r["objective"] for r in rows}):
         path = "A" if objective == "scratch" else "B"
@@ -219,12 +219,12 @@ def _training_flops(summary: dict[str, Any]) -> str:
 
 
 def _feature_rank(summary: dict[str, Any]) -> str:
-    """`rank/width` of the features the run hands to fine-tuning (ptmkit.train.feature_rank), with
-    a mark when they collapsed."""
-    if summary.get("feature_rank") is None:
+    """`rank/rank at init` of the features the run hands to fine-tuning (ptmkit.train.feature_rank),
+    with a mark when they collapsed."""
+    if summary.get("feature_rank") is None or summary.get("feature_rank_at_init") is None:
         return "–"
     collapsed = " (collapsed)" if collapse_warning(summary) else ""
-    return f"{summary['feature_rank']:.0f}/{summary['feature_width']}{collapsed}"
+    return f"{summary['feature_rank']:.0f}/{summary['feature_rank_at_init']:.0f}{collapsed}"
 
 
 def _kind(objective: str, summary: dict[str, Any]) -> tuple[str, str]:

@@ -446,7 +446,7 @@ def test_the_survey_and_loss_plot_read_the_pretraining_its_cells_used(task_file,
     md = out / "report.md"
     mlm_row = next(line for line in md.read_text().splitlines() if line.startswith("| mlm |"))
     assert f"| {summary['tokens']:,} |" in mlm_row
-    assert mlm_row.endswith(f"| {summary['feature_rank']:.0f}/{summary['feature_width']} |")  # not collapsed
+    assert mlm_row.endswith(f"| {summary['feature_rank']:.0f}/{summary['feature_rank_at_init']:.0f} |")  # not collapsed
 
 
 # --- long comparisons: reports read while cells are missing, NaN scores, failing cells, resumed

@@ -1,5 +1,6 @@
 """The collapse check every pre-training run ends with: the effective rank of the features it
-hands to fine-tuning, in summary.json, and a warning when they span only a few directions."""
+hands to fine-tuning against the same network at initialisation, in summary.json, and a warning
+when it collapsed."""
 
 from __future__ import annotations
 
@@ -41,9 +42,11 @@ def test_isotropic_noise_fills_the_width_and_identical_rows_have_rank_one() -> N
     assert effective_rank(torch.ones(10, 16)) == 1.0 and effective_rank(torch.ones(1, 16)) == 1.0
 
 
-def test_the_warning_names_rank_and_width_only_below_a_sixteenth_of_the_width() -> None:
-    assert "about 3 of 256 directions" in collapse_warning({"feature_rank": 3.4, "feature_width": 256})
-    assert collapse_warning({"feature_rank": 16.0, "feature_width": 256}) is None
+def test_the_warning_compares_with_the_network_at_initialisation() -> None:
+    collapsed = {"feature_rank": 3.4, "feature_rank_at_init": 163.0, "feature_width": 256}
+    assert "about 3 directions where the network at initialisation spanned 163" in collapse_warning(collapsed)
+    causal = {"feature_rank": 14.1, "feature_rank_at_init": 84.4, "feature_width": 256}  # E3b's clm: fine
+    assert collapse_warning(causal) is None
     assert collapse_warning({"steps": 3}) is None  # word2vec's summary: no network features
 
 
@@ -64,14 +67,30 @@ def test_every_network_objective_records_its_feature_rank(objective, width, data
     written = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert written["feature_rank"] == summary["feature_rank"]
     assert 1.0 <= summary["feature_rank"] <= summary["feature_width"]
+    assert 1.0 <= summary["feature_rank_at_init"] <= summary["feature_width"]
     if width is not None:  # ELMo's features are its LSTM states, of its own width
         assert summary["feature_width"] == width
-    # two steps from random weights: far from collapsed
-    assert summary["feature_rank"] > summary["feature_width"] / 4
+    # two steps from random weights: about where they started
+    assert summary["feature_rank"] == pytest.approx(summary["feature_rank_at_init"], rel=0.5)
+
+
+def test_the_baseline_leaves_the_callers_random_state_alone(data, tmp_path) -> None:
+    from ptmkit.api import load_run
+    from ptmkit.data.shards import TokenShards
+    from ptmkit.train.feature_rank import feature_rank
+    ptmkit.pretrain(objective="mlm", data=str(data), out=str(tmp_path / "run"), model=TINY, **TRAIN)
+    run = load_run(tmp_path / "run")
+    torch.manual_seed(5)
+    first = feature_rank(run.objective_impl, run.network, run.model_cfg, TokenShards(data, "val"), 32)
+    after = torch.rand(3)
+    torch.manual_seed(5)
+    assert torch.equal(after, torch.rand(3))  # as if feature_rank had not run
+    assert feature_rank(run.objective_impl, run.network, run.model_cfg, TokenShards(data, "val"), 32) == first
 
 
 def test_a_collapsed_run_warns_and_still_finishes(data, tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(ptmkit.pretraining, "feature_rank", lambda *a, **k: {"feature_rank": 1.2, "feature_width": 32})
-    with pytest.warns(UserWarning, match="span about 1 of 32 directions"):
+    monkeypatch.setattr(ptmkit.pretraining, "feature_rank",
+                        lambda *a, **k: {"feature_rank": 1.2, "feature_rank_at_init": 30.0, "feature_width": 32})
+    with pytest.warns(UserWarning, match="about 1 directions where the network at initialisation spanned 30"):
         summary = ptmkit.pretrain(objective="mlm", data=str(data), out=str(tmp_path / "run"), model=TINY, **TRAIN)
     assert summary["feature_rank"] == 1.2 and (tmp_path / "run" / "model.safetensors").is_file()
