@@ -300,11 +300,12 @@ def build_hf_model(run: RunModel, target: Target, transformers: Any) -> Any:
 
 def _generate_as_fine_tuning(run: RunModel, generation: Any) -> None:
     """`generate()` settings that decode as the seq2seq fine-tuning scored its dev set: the
-    forced target prefix (BART's <s>), the special ids it never emits, its target length."""
+    forced target prefix (BART's <s>), the special ids it never emits, its target length (the
+    decoder start comes from the model config, as for pre-training runs)."""
     frame = run.objective_impl.text_frame()
     forced = frame.target_prefix[0] if frame.target_prefix else None
     never = run.task.never_generated()
-    generation.decoder_start_token_id, generation.forced_bos_token_id = frame.decoder_start, forced
+    generation.forced_bos_token_id = forced
     # transformers refuses to save a forced token that is also suppressed; as a "bad word" it is
     # banned all the same once it has been forced
     generation.suppress_tokens = [i for i in never if i != forced]

@@ -59,11 +59,11 @@ def feature_rank(objective: Objective, network: nn.Module, cfg: ModelConfig, sha
     device = next(network.parameters()).device
     picks = np.linspace(0, shards.n_windows(length) - 1, count).round().astype(int)
     ids = torch.from_numpy(np.stack([shards.window(int(i), length).tokens for i in picks]).astype(np.int64)).to(device)
-    trained = _rank(objective, objective.to_downstream(network, cfg), ids)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]):  # a downstream wrapper may draw its own weights too
+        trained = _rank(objective, objective.to_downstream(network, cfg), ids)
         torch.manual_seed(0)
         fresh = objective.build_model(cfg).to(device)
-    initial = _rank(objective, objective.to_downstream(fresh, cfg), ids)
+        initial = _rank(objective, objective.to_downstream(fresh, cfg), ids)
     return {"feature_rank": trained[0], "feature_rank_at_init": initial[0], "feature_width": trained[1]}
 
 
