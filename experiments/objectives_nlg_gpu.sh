@@ -11,11 +11,14 @@
 #   OUT=/tmp/e3c NGROUPS=6 WORKERS=2 DEADLINE_S=500 bash experiments/objectives_nlg_gpu.sh
 #   CONFIG=.gpu/tiny.yaml NGROUPS=2 bash experiments/objectives_nlg_gpu.sh   # a CPU smoke test
 #
-# A fresh machine has none of an earlier call's runs: SEEDS (fine-tuning seeds, comma-separated)
-# and TASKS (task names) narrow the compares to the cells still missing, e.g. SEEDS=2, then
-# SEEDS=0,1 TASKS=sst2. Pre-training keeps seed 0 whatever SEEDS says; session 12's scratch cells
-# were bit-identical across six processes, so the rebuilt models should be the earlier ones
-# (experiments/cells_table.py refuses to merge a re-run cell that disagrees).
+# A fresh machine has none of an earlier call's runs: SEEDS (fine-tuning seeds, comma-separated),
+# TASKS (task names) and OBJECTIVES narrow the compares to the cells still missing, e.g. SEEDS=2,
+# then SEEDS=0,1 TASKS=sst2. OBJECTIVES keeps each objective in the group it has without it (groups
+# left empty do not run), so a warm machine's next call finds its pre-trained runs.
+# PRETRAIN_PRECISION (fp32 or bf16) overrides the config's, to tell a precision effect apart (give
+# such a call its own RUNS and OUT). Pre-training keeps seed 0 whatever SEEDS says; a fresh machine
+# rebuilt six of nine pre-trainings to the last digit and the others to the fifth (EXPERIMENTS E3c),
+# and experiments/cells_table.py refuses to merge a re-run cell that disagrees.
 #
 # The lent machines' image (Python 3.12, CUDA torch) lacks gensim, smart_open, blingfire, nltk and
 # rouge-score; they travel unpacked in .gpu/py (64 MiB limit for everything carried, data included):
@@ -47,7 +50,7 @@ cat "$OUT/device.txt"
 
 # One config per group (paths made absolute, since the group configs live in $RUNS), and the
 # corpus prepared once into the first group's directory.
-$PYTHON - "$CONFIG" "$RUNS" "$NGROUPS" "${SEEDS:-}" "${TASKS:-}" <<'EOF' || exit 1
+$PYTHON - "$CONFIG" "$RUNS" "$NGROUPS" "${SEEDS:-}" "${TASKS:-}" "${OBJECTIVES:-}" "${PRETRAIN_PRECISION:-}" <<'EOF' || exit 1
 import sys
 from pathlib import Path
 import yaml
@@ -55,10 +58,12 @@ from ptmkit.compare.config import load_compare_config
 from ptmkit.compare.runner import Compare
 
 config, runs, groups = Path(sys.argv[1]).resolve(), Path(sys.argv[2]), int(sys.argv[3])
-seeds, tasks = sys.argv[4], sys.argv[5]
+seeds, tasks, wanted, precision = sys.argv[4:8]
 raw = yaml.safe_load(config.read_text())
 if seeds:
     raw["seeds"] = [int(seed) for seed in seeds.split(",")]
+if precision:
+    raw["pretrain"]["precision"] = precision
 if tasks:
     raw["tasks"] = [task for task in raw["tasks"] if task.get("name", task["type"].split(":")[-1]) in tasks.split(",")]
 absolute = lambda value: ",".join(str((config.parent / p).resolve()) for p in value.split(","))
@@ -70,12 +75,15 @@ for task in raw["tasks"]:
         if field in task:
             task[field] = absolute(task[field])
 objectives = raw["objectives"]
+for stale in runs.glob("g*.yaml"):
+    stale.unlink()
 for g in range(groups):
-    part = objectives[g::groups]
+    part = [o for o in objectives[g::groups] if not wanted or o in wanted.split(",")]
     if part:
         (runs / f"g{g}.yaml").write_text(yaml.safe_dump({**raw, "objectives": part}, sort_keys=False))
         print(f"g{g}: {' '.join(part)}")
-compare = Compare(load_compare_config(runs / "g0.yaml"), runs / "g0", progress=False)
+first = sorted(runs.glob("g*.yaml"))[0]  # the corpus goes to g0/ even when g0 has no objective left
+compare = Compare(load_compare_config(first), runs / "g0", progress=False)
 compare.data(compare.tokenizer(), False)
 EOF
 for cfg in "$RUNS"/g*.yaml; do
