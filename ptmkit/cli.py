@@ -174,6 +174,9 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, help="default 32")
     p.add_argument("--max-length", type=int, help="default 128")
     p.add_argument("--patience", type=int, help="early stopping; default 0 = off")
+    p.add_argument("--keep-epoch", choices=("best", "last"),
+                   help="best (default): the epoch that scores best on dev or --select-fraction's slice; "
+                        "last: score only the final model (no choice made on the data scored)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=("fp32", "bf16"), help="default fp32")
     p.add_argument("--freeze", action="store_true", help="train only the task head")
@@ -430,7 +433,7 @@ def _train_config(values: dict[str, Any], where: str) -> TrainConfig:
 
 
 RECIPE_FINETUNE_FLAGS = ("pooling", "layer_decay", "select_fraction", "epochs", "min_steps", "lr",
-                         "batch_size", "max_length", "patience", "precision", "warmup_ratio", "weight_decay",
+                         "batch_size", "max_length", "patience", "keep_epoch", "precision", "warmup_ratio", "weight_decay",
                          "freeze_embeddings", "checkpoint_seconds")
 
 

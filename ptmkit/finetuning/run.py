@@ -14,7 +14,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from ptmkit.finetuning.data import glue_files, glue_spec, label_budget
 from ptmkit.finetuning.layer_decay import layerwise_scales
 from ptmkit.finetuning.model import Backbone, TaskModel, load_backbone, read_run_config
 from ptmkit.finetuning.registry import get_task
-from ptmkit.finetuning.tasks import Task, TaskSpec, stratify_key
+from ptmkit.finetuning.tasks import KEEP_EPOCHS, Task, TaskSpec, stratify_key
 from ptmkit.model.config import ModelConfig
 from ptmkit.objectives import get_objective
 from ptmkit.objectives.base import Vocab
@@ -85,6 +85,10 @@ class FinetuneSpec:
     weight_decay: float = 0.01
     patience: int = 0
     """Stop after this many epochs without improvement on dev; 0 = never stop early."""
+    keep_epoch: str = "best"
+    """best: keep the epoch that scores best on dev (or the held-out slice); last: train every
+    epoch and score only the final model. With dev picking the epoch, its best-of-N score is
+    optimistic: on a few dozen examples the noise alone lifts it by several points."""
     seed: int = 0
     freeze: bool = False
     freeze_embeddings: bool = False
@@ -289,6 +293,12 @@ def check_options(spec: FinetuneSpec) -> None:
             spec.text_fields and all(isinstance(f, str) and f.strip() for f in spec.text_fields)):
         raise UserError(f"no text field named in {spec.text_fields!r}", "--text-fields",
                         "name one field, or two comma-separated for pairs, e.g. --text-fields sentence")
+    if spec.keep_epoch not in KEEP_EPOCHS:
+        raise UserError(f"--keep-epoch {spec.keep_epoch!r} is not one of {', '.join(KEEP_EPOCHS)}", "--keep-epoch",
+                        "use best (the best-scoring epoch) or last (the final model)")
+    if spec.keep_epoch == "last" and spec.patience:
+        raise UserError(f"--patience {spec.patience} stops on dev scores that --keep-epoch last never computes",
+                        "--patience", "drop --patience, or use --keep-epoch best")
     if spec.select_fraction is not None and not 0 <= spec.select_fraction < 1:
         raise UserError(f"--select-fraction {spec.select_fraction} is not a share", "--select-fraction",
                         "use a number between 0 and 1, e.g. 0.1 (0: pick on dev)")
@@ -306,8 +316,8 @@ def check_finetune(spec: FinetuneSpec) -> _Prepared:
 
 
 def finetune(spec: FinetuneSpec) -> dict[str, Any]:
-    """Fine-tune, keep the best epoch (picked on dev or the held-out slice), write the run;
-    returns eval.json's content."""
+    """Fine-tune, keep the best epoch (picked on dev or the held-out slice) or the last one,
+    write the run; returns eval.json's content."""
     keep_freed_memory()
     if spec.select_fraction is None:  # one rate: the dev set picks the epoch unless asked otherwise
         spec = dataclasses.replace(spec, select_fraction=0.0)
@@ -394,21 +404,21 @@ def _train(model: TaskModel, prepared: _Prepared, spec: FinetuneSpec) -> tuple[d
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        # the held-out slice, when there is one, decides; dev is then scored once, at the end
-        scored, prefix = (prepared.dev, "dev") if prepared.select is None else (prepared.select, "select")
-        metrics = evaluate_items(model, task, scored, [item["target"].tolist() for item in scored], spec.batch_size)
-        line = {"epoch": epoch, "step": step, "loss": float(np.mean(losses)), "lr": learning_rate(cfg, step - 1),
-                **{f"{prefix}_{k}": v for k, v in metrics.items()}}
-        metrics_file.write(json.dumps(line) + "\n")
-        metrics_file.flush()
-        history.append(line)
-        score = metrics[task.main_metric]
-        if np.isfinite(score) and score > best["score"]:  # a NaN (or inf) epoch is never the best one
-            best = {"score": score, "epoch": epoch, "metrics": metrics,
-                    "state": copy.deepcopy(model.state_dict())}
-            stale = 0
-        else:
-            stale += 1
+        line = {"epoch": epoch, "step": step, "loss": float(np.mean(losses)), "lr": learning_rate(cfg, step - 1)}
+        if spec.keep_epoch == "best" or epoch == epochs:
+            # the held-out slice, when there is one, decides; dev is then scored once, at the end
+            scored, prefix = (prepared.dev, "dev") if prepared.select is None else (prepared.select, "select")
+            metrics = evaluate_items(model, task, scored, [item["target"].tolist() for item in scored],
+                                     spec.batch_size)
+            line.update({f"{prefix}_{k}": v for k, v in metrics.items()})
+            score = metrics[task.main_metric]
+            if np.isfinite(score) and score > best["score"]:  # a NaN (or inf) epoch is never the best one
+                best = {"score": score, "epoch": epoch, "metrics": metrics,
+                        "state": copy.deepcopy(model.state_dict())}
+                stale = 0
+            else:
+                stale += 1
+        _log_epoch(metrics_file, history, line)
         stop = bool(stale and spec.patience and stale >= spec.patience)
         if epoch < epochs and not stop and time.monotonic() - saved >= spec.checkpoint_seconds:
             _save_epoch(spec, model, optimizer, rng, epoch, step, stale, history, best)
@@ -418,6 +428,12 @@ def _train(model: TaskModel, prepared: _Prepared, spec: FinetuneSpec) -> tuple[d
     bar.close()
     metrics_file.close()
     return best, history
+
+
+def _log_epoch(metrics_file: IO[str], history: list[dict], line: dict[str, Any]) -> None:
+    metrics_file.write(json.dumps(line) + "\n")
+    metrics_file.flush()
+    history.append(line)
 
 
 _NOT_RESUMED = ("resume", "overwrite", "progress", "epochs", "patience", "checkpoint_seconds")

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 Encoded = dict[str, np.ndarray]
 POOLINGS = ("auto", "first", "last", "mean")
+KEEP_EPOCHS = ("best", "last")
+"""Which epoch's model a fine-tuning keeps (`FinetuneSpec.keep_epoch`)."""
 
 
 @dataclass(kw_only=True)

@@ -119,6 +119,7 @@ TASK = {"type": "classify", "train": "a/train.tsv"}
     ({"finetune": {"epochs": "2"}}, r"not a whole number >= 1: '2' \(cmp.yaml: finetune.epochs\)"),
     ({"finetune": {"epochs": 2.0}}, r"\(cmp.yaml: finetune.epochs\)"),
     ({"finetune": {"pooling": "bogus"}}, r"unknown value 'bogus' \(cmp.yaml: finetune.pooling\): use one of: auto"),
+    ({"finetune": {"keep_epoch": "first"}}, r"unknown value 'first' \(cmp.yaml: finetune.keep_epoch\): use one of: best, last"),
     ({"finetune": {"batch_size": 0}}, r"\(cmp.yaml: finetune.batch_size\)"),
     ({"finetune": {"min_steps": -1}}, r"\(cmp.yaml: finetune.min_steps\)"),
     ({"finetune": {"patience": "x"}}, r"\(cmp.yaml: finetune.patience\)"),

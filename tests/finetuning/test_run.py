@@ -79,6 +79,37 @@ def test_held_out_training_slice_picks_the_epoch(keyword_task, keyword_spec, tmp
         assert not (tmp_path / f"bad{bad}").exists()
 
 
+def test_keep_epoch_last_scores_only_the_final_model(keyword_task, keyword_spec, tmp_path, monkeypatch) -> None:
+    """--keep-epoch last: no epoch is chosen on any data; dev is scored once, after the last epoch,
+    and the saved weights are that epoch's."""
+    import ptmkit.finetuning.run as run_module
+    scored = []
+    evaluate_items = run_module.evaluate_items
+    monkeypatch.setattr(run_module, "evaluate_items", lambda *a, **k: scored.append(len(a[2])) or evaluate_items(*a, **k))
+    run = tmp_path / "run"
+    torch.manual_seed(0)
+    result = finetune(keyword_spec(keyword_task, run, epochs=3, keep_epoch="last"))
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [l["epoch"] for l in lines] == [1, 2, 3] and result["epoch"] == 3
+    assert [("dev_accuracy" in l) for l in lines] == [False, False, True]
+    assert scored == [60] and result["accuracy"] == lines[-1]["dev_accuracy"]
+    assert evaluate(run, str(keyword_task / "dev.tsv"))["accuracy"] == pytest.approx(result["accuracy"])
+    # the same training, keeping the best epoch instead: the same final weights, scored every epoch
+    torch.manual_seed(0)
+    best = finetune(keyword_spec(keyword_task, tmp_path / "best", epochs=3))
+    best_lines = [json.loads(l) for l in (tmp_path / "best" / "metrics.jsonl").read_text().splitlines()]
+    assert [l["loss"] for l in best_lines] == [l["loss"] for l in lines]
+    assert best_lines[-1]["dev_accuracy"] == result["accuracy"] and best["accuracy"] >= result["accuracy"]
+
+
+def test_keep_epoch_is_checked(keyword_task, keyword_spec, tmp_path) -> None:
+    with pytest.raises(UserError, match="--keep-epoch 'first' is not one of best, last"):
+        finetune(keyword_spec(keyword_task, tmp_path / "a", keep_epoch="first"))
+    with pytest.raises(UserError, match="--patience 2 stops on dev scores that --keep-epoch last never computes"):
+        finetune(keyword_spec(keyword_task, tmp_path / "b", keep_epoch="last", patience=2))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_min_steps_adds_epochs_for_small_budgets(keyword_task, keyword_spec, tmp_path) -> None:
     """20 examples in batches of 16 make 2 steps an epoch: 1 epoch with --min-steps 7 runs 4."""
     run = tmp_path / "run"
