@@ -216,6 +216,7 @@ def test_demo_config_uses_only_bundled_text_and_three_families(tmp_path) -> None
     assert len({OBJECTIVES[o].family for o in cfg.objectives}) >= 3
     assert len(cfg.seeds) >= 3 and cfg.pretrain["tokens"] == cfg.domain_pretrain["tokens"] == 1000
     assert cfg.tasks[0].cv_folds >= 5  # every sentence scored once per seed: a spread of ~1 point, not 5
+    assert cfg.finetune["keep_epoch"] == "last"  # no epoch picked on the fold being scored
 
 
 def test_the_demo_domain_text_leaves_out_the_task_sentences(tmp_path, monkeypatch) -> None:
