@@ -14,7 +14,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -418,7 +418,9 @@ def _train(model: TaskModel, prepared: _Prepared, spec: FinetuneSpec) -> tuple[d
                 stale = 0
             else:
                 stale += 1
-        _log_epoch(metrics_file, history, line)
+        metrics_file.write(json.dumps(line) + "\n")
+        metrics_file.flush()
+        history.append(line)
         stop = bool(stale and spec.patience and stale >= spec.patience)
         if epoch < epochs and not stop and time.monotonic() - saved >= spec.checkpoint_seconds:
             _save_epoch(spec, model, optimizer, rng, epoch, step, stale, history, best)
@@ -428,12 +430,6 @@ def _train(model: TaskModel, prepared: _Prepared, spec: FinetuneSpec) -> tuple[d
     bar.close()
     metrics_file.close()
     return best, history
-
-
-def _log_epoch(metrics_file: IO[str], history: list[dict], line: dict[str, Any]) -> None:
-    metrics_file.write(json.dumps(line) + "\n")
-    metrics_file.flush()
-    history.append(line)
 
 
 _NOT_RESUMED = ("resume", "overwrite", "progress", "epochs", "patience", "checkpoint_seconds")
