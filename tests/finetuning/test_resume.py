@@ -59,3 +59,28 @@ def test_short_runs_write_no_checkpoint_and_the_last_epoch_never_does(keyword_ta
     assert saved == []
     finetune(keyword_spec(keyword_task, tmp_path / "every", epochs=3, checkpoint_seconds=0))
     assert saved == [1, 2]  # the third is the end: its outputs are written instead
+
+
+def test_resume_keeping_the_last_epoch_repeats_the_uninterrupted_run(keyword_task: Path, keyword_spec,
+                                                                     tmp_path: Path, monkeypatch) -> None:
+    """--keep-epoch last scores nothing before the end, so its checkpoints carry no best epoch:
+    resumed after epoch 1 it still ends with the uninterrupted run's weights and scores."""
+    torch.manual_seed(0)
+    full = finetune(keyword_spec(keyword_task, tmp_path / "full", epochs=3, keep_epoch="last"))
+    save = run_module._save_epoch
+
+    def crash_after_first_checkpoint(spec, *args):
+        save(spec, *args)
+        raise KeyboardInterrupt("simulated crash")
+
+    monkeypatch.setattr(run_module, "_save_epoch", crash_after_first_checkpoint)
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(keyword_spec(keyword_task, tmp_path / "part", epochs=3, keep_epoch="last", checkpoint_seconds=0))
+    monkeypatch.setattr(run_module, "_save_epoch", save)
+    part = tmp_path / "part"
+    assert json.loads((part / "checkpoint" / "state.json").read_text())["trainer"]["epoch"] == 1
+    resumed = finetune(keyword_spec(keyword_task, part, epochs=3, keep_epoch="last", resume=True))
+    assert resumed == full and resumed["epoch"] == 3
+    assert (part / "metrics.jsonl").read_text() == (tmp_path / "full" / "metrics.jsonl").read_text()
+    assert (part / "model.safetensors").read_bytes() == (tmp_path / "full" / "model.safetensors").read_bytes()
