@@ -39,7 +39,7 @@ from ptmkit.data.tokenizer import Tokenizer, train_tokenizer
 from ptmkit.errors import UserError
 from ptmkit.finetuning.registry import task_accepts
 from ptmkit.finetuning.run import FinetuneSpec
-from ptmkit.finetuning.search import as_rates, finetune_search
+from ptmkit.finetuning.search import SEARCH_SELECT_FRACTION, as_rates, finetune_search
 from ptmkit.pretraining import PretrainSpec, pretrain
 from ptmkit.recipes import Recipe
 from ptmkit.recipes.pretrain import RecipeRun, pretrain_recipe
@@ -269,16 +269,37 @@ class Compare:
         return run
 
     # ---- fine-tuning --------------------------------------------------------------------
-    def _finetune_recipe(self, cell: Cell) -> dict[str, Any]:
+    def _finetune_recipe(self, scratch: bool) -> dict[str, Any]:
         recipe = {"epochs": 3, "lr": 5e-5, "batch_size": 32, **self.cfg.finetune}
-        if cell.job is None and "scratch_lr" in recipe:
+        if scratch and "scratch_lr" in recipe:
             recipe["lr"] = recipe["scratch_lr"]
         return recipe
+
+    def fine_tuning_note(self) -> str:
+        """How every cell was fine-tuned and which model it scored: a best-of-N dev score reads
+        higher than the model is, so the report says when that is what it shows."""
+        recipe = self._finetune_recipe(scratch=False)
+        rates = as_rates(recipe["lr"])
+        select = recipe.get("select_fraction", SEARCH_SELECT_FRACTION if len(rates) > 1 else 0.0)
+        steps = f" (at least {recipe['min_steps']} steps)" if recipe.get("min_steps") else ""
+        lr = f"lr {rates[0]:g}" if len(rates) == 1 else f"lr picked among {', '.join(f'{r:g}' for r in rates)}"
+        scratch = ", scratch lr " + ", ".join(f"{r:g}" for r in as_rates(recipe["scratch_lr"])) \
+            if "scratch_lr" in recipe else ""
+        if recipe.get("keep_epoch") == "last" or (recipe["epochs"] == 1 and not recipe.get("min_steps")):
+            scored = "the final model, nothing chosen on the data it is scored on"
+        elif select:
+            scored = f"the epoch that scores best on a held-out {select:.0%} of the training labels"
+        else:
+            scored = (f"the epoch that scores best on dev itself, so each score is the best of {recipe['epochs']} "
+                      "and reads high on a small dev set (finetune.keep_epoch: last or select_fraction avoid it)")
+        epochs = f"{recipe['epochs']} epoch" + ("s" if recipe["epochs"] != 1 else "")
+        return (f"Fine-tuning: {epochs}{steps}, {lr}{scratch}, batch {recipe['batch_size']}; "
+                f"each cell scores {scored}.")
 
     def _cell_key(self, cell: Cell, tokenizer: Tokenizer) -> str:
         # a pre-trained init's key covers its tokenizer; scratch's is the tokenizer itself
         init = None if cell.job is None else self.out / "pretrain" / cell.job.name
-        return _key({"cell": cell.name, "task": _task_key(cell.task), "recipe": self._finetune_recipe(cell),
+        return _key({"cell": cell.name, "task": _task_key(cell.task), "recipe": self._finetune_recipe(cell.job is None),
                      "model": self._model_key(),
                      "init": _read_key(init) if init is not None else {"scratch": tokenizer.sha256()}})
 
@@ -293,7 +314,7 @@ class Compare:
     def run_cell(self, cell: Cell, tokenizer: Tokenizer, tokenizer_dir: Path) -> dict[str, Any]:
         run = self.out / "finetune" / cell.name
         init = SCRATCH if cell.job is None else str(self.out / "pretrain" / cell.job.name)
-        recipe = self._finetune_recipe(cell)
+        recipe = self._finetune_recipe(cell.job is None)
         rates = as_rates(recipe["lr"])
         key = self._cell_key(cell, tokenizer)
         if _done(run, "eval.json", key):
@@ -402,8 +423,10 @@ class Compare:
         page = self.out / "report.html"
         if results:
             skipped = [f"{system} on {task}" for system, task in skipped_pairs(self.cfg)]
-            notes = [f"Not run, their networks cannot do the task (seq2seq needs a Transformer): "
-                     f"{', '.join(skipped)}."] if skipped else []
+            notes = [self.fine_tuning_note()]
+            if skipped:
+                notes.append(f"Not run, their networks cannot do the task (seq2seq needs a Transformer): "
+                             f"{', '.join(skipped)}.")
             _, page = write_report(self.out, title=self.cfg.title, notes=notes, runs=[job.name for job in jobs])
         if failures:
             raise CompareFailed(failures, len(results), len(todo), self.out)

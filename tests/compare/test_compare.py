@@ -148,6 +148,7 @@ def test_end_to_end_then_cached_then_report(task_file, tmp_path, monkeypatch) ->
     assert {(r["objective"], r["path"]) for r in rows} == {("scratch", "A"), ("mlm", "B")}
     assert len(rows) == 2 * 2 * 2
     assert all(r["pretrain_tokens"] == ("0" if r["path"] == "A" else str(6 * 4 * 32)) for r in rows)
+    assert "Fine-tuning: 1 epoch, lr 0.001, batch 16; each cell scores the final model" in (out / "report.md").read_text()
 
     monkeypatch.setattr(runner, "pretrain", lambda spec: pytest.fail("pre-trained again"))
     monkeypatch.setattr(runner, "finetune_search", lambda spec, rates: pytest.fail("fine-tuned again"))
@@ -718,3 +719,18 @@ def test_workers_divide_the_fine_tuning_estimate_and_must_be_positive(task_file,
     assert left("--workers", "4") - pretraining == pytest.approx((left() - pretraining) / 4, abs=0.1)
     assert main(["compare", "--config", str(config_file), "--out", str(tmp_path / "out"), "--workers", "0"]) == 2
     assert "--workers 0 runs nothing (--workers): use 1 or more processes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("finetune, scored", [
+    ({"epochs": 6, "lr": 5e-4, "keep_epoch": "last"}, "6 epochs, lr 0.0005, batch 32; each cell scores the final model"),
+    ({"epochs": 5, "min_steps": 150, "lr": [2e-4, 5e-4], "scratch_lr": 1e-3}, "5 epochs (at least 150 steps), lr "
+     "picked among 0.0002, 0.0005, scratch lr 0.001, batch 32; each cell scores the epoch that scores best on a "
+     "held-out 10% of the training labels"),
+    ({"select_fraction": 0.2}, "3 epochs, lr 5e-05, batch 32; each cell scores the epoch that scores best on a "
+     "held-out 20%"),
+    ({"epochs": 4, "lr": 1e-3}, "each cell scores the epoch that scores best on dev itself, so each score is the "
+     "best of 4 and reads high on a small dev set"),
+])
+def test_the_report_says_how_each_cell_was_fine_tuned_and_scored(task_file, tmp_path, finetune, scored) -> None:
+    cfg = parse_compare_config(config(task_file, finetune=finetune), "cmp.yaml", tmp_path)
+    assert scored in Compare(cfg, tmp_path / "out", progress=False).fine_tuning_note()
