@@ -433,8 +433,8 @@ def _train_config(values: dict[str, Any], where: str) -> TrainConfig:
 
 
 RECIPE_FINETUNE_FLAGS = ("pooling", "layer_decay", "select_fraction", "epochs", "min_steps", "lr",
-                         "batch_size", "max_length", "patience", "keep_epoch", "precision", "warmup_ratio", "weight_decay",
-                         "freeze_embeddings", "checkpoint_seconds")
+                         "batch_size", "max_length", "patience", "keep_epoch", "precision", "warmup_ratio",
+                         "weight_decay", "freeze_embeddings", "checkpoint_seconds")
 
 
 def _rates(text: str) -> list[float]:

@@ -107,7 +107,8 @@ PRETRAIN_VALUES: dict[str, Check] = {
 """What `Compare.train_config` passes to TrainConfig, which checks ranges but not types."""
 FINETUNE_VALUES: dict[str, Check] = {
     "epochs": _whole(1), "min_steps": _whole(0), "lr": _rates, "scratch_lr": _rates, "batch_size": _whole(1),
-    "patience": _whole(0), "keep_epoch": _choice(KEEP_EPOCHS), "warmup_ratio": _number(lambda v: 0 <= v < 1, "in [0, 1)"), "max_length": _whole(1),
+    "patience": _whole(0), "keep_epoch": _choice(KEEP_EPOCHS),
+    "warmup_ratio": _number(lambda v: 0 <= v < 1, "in [0, 1)"), "max_length": _whole(1),
     "precision": _choice(("fp32", "bf16")), "select_fraction": _number(lambda v: 0 <= v < 1, "in [0, 1)"),
     "layer_decay": _number(lambda v: 0 < v <= 1, "in (0, 1]"), "pooling": _choice(POOLINGS),
     "weight_decay": _number(lambda v: v >= 0, ">= 0"), "freeze_embeddings": _flag}

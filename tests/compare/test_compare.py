@@ -148,7 +148,8 @@ def test_end_to_end_then_cached_then_report(task_file, tmp_path, monkeypatch) ->
     assert {(r["objective"], r["path"]) for r in rows} == {("scratch", "A"), ("mlm", "B")}
     assert len(rows) == 2 * 2 * 2
     assert all(r["pretrain_tokens"] == ("0" if r["path"] == "A" else str(6 * 4 * 32)) for r in rows)
-    assert "Fine-tuning: 1 epoch, lr 0.001, batch 16; each cell scores the final model" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "Fine-tuning: 1 epoch, lr 0.001, batch 16; each cell scores the final model" in report
 
     monkeypatch.setattr(runner, "pretrain", lambda spec: pytest.fail("pre-trained again"))
     monkeypatch.setattr(runner, "finetune_search", lambda spec, rates: pytest.fail("fine-tuned again"))

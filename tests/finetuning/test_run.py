@@ -85,7 +85,8 @@ def test_keep_epoch_last_scores_only_the_final_model(keyword_task, keyword_spec,
     import ptmkit.finetuning.run as run_module
     scored = []
     evaluate_items = run_module.evaluate_items
-    monkeypatch.setattr(run_module, "evaluate_items", lambda *a, **k: scored.append(len(a[2])) or evaluate_items(*a, **k))
+    monkeypatch.setattr(run_module, "evaluate_items",
+                        lambda *a, **k: scored.append(len(a[2])) or evaluate_items(*a, **k))
     run = tmp_path / "run"
     torch.manual_seed(0)
     result = finetune(keyword_spec(keyword_task, run, epochs=3, keep_epoch="last"))
