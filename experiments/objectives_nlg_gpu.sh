@@ -16,7 +16,8 @@
 # then SEEDS=0,1 TASKS=sst2. OBJECTIVES keeps each objective in the group it has without it (groups
 # left empty do not run), so a warm machine's next call finds its pre-trained runs.
 # PRETRAIN_PRECISION (fp32 or bf16) overrides the config's, to tell a precision effect apart (give
-# such a call its own RUNS and OUT). Pre-training keeps seed 0 whatever SEEDS says; a fresh machine
+# such a call its own RUNS and OUT); BUDGETS (comma-separated label budgets) replaces every task's,
+# e.g. TASKS=sst2 BUDGETS=100,1000,10000 for issue 5 (a)'s SST-2 column. Pre-training keeps seed 0 whatever SEEDS says; a fresh machine
 # rebuilt six of nine pre-trainings to the last digit and the others to the fifth (EXPERIMENTS E3c),
 # and experiments/cells_table.py refuses to merge a re-run cell that disagrees.
 #
@@ -50,7 +51,7 @@ cat "$OUT/device.txt"
 
 # One config per group (paths made absolute, since the group configs live in $RUNS), and the
 # corpus prepared once into the first group's directory.
-$PYTHON - "$CONFIG" "$RUNS" "$NGROUPS" "${SEEDS:-}" "${TASKS:-}" "${OBJECTIVES:-}" "${PRETRAIN_PRECISION:-}" <<'EOF' || exit 1
+$PYTHON - "$CONFIG" "$RUNS" "$NGROUPS" "${SEEDS:-}" "${TASKS:-}" "${OBJECTIVES:-}" "${PRETRAIN_PRECISION:-}" "${BUDGETS:-}" <<'EOF' || exit 1
 import sys
 from pathlib import Path
 import yaml
@@ -58,7 +59,7 @@ from ptmkit.compare.config import load_compare_config
 from ptmkit.compare.runner import Compare
 
 config, runs, groups = Path(sys.argv[1]).resolve(), Path(sys.argv[2]), int(sys.argv[3])
-seeds, tasks, wanted, precision = sys.argv[4:8]
+seeds, tasks, wanted, precision, budgets = sys.argv[4:9]
 raw = yaml.safe_load(config.read_text())
 if seeds:
     raw["seeds"] = [int(seed) for seed in seeds.split(",")]
@@ -66,6 +67,9 @@ if precision:
     raw["pretrain"]["precision"] = precision
 if tasks:
     raw["tasks"] = [task for task in raw["tasks"] if task.get("name", task["type"].split(":")[-1]) in tasks.split(",")]
+if budgets:
+    for task in raw["tasks"]:
+        task["label_budgets"] = [int(budget) for budget in budgets.split(",")]
 absolute = lambda value: ",".join(str((config.parent / p).resolve()) for p in value.split(","))
 raw["corpus"] = [absolute(p) for p in raw["corpus"]]
 if isinstance(raw["tokenizer"], str):
