@@ -38,8 +38,8 @@ from ptmkit.data.shards import corpus_fingerprint, prepare
 from ptmkit.data.tokenizer import Tokenizer, train_tokenizer
 from ptmkit.errors import UserError
 from ptmkit.finetuning.registry import task_accepts
-from ptmkit.finetuning.run import FinetuneSpec
-from ptmkit.finetuning.search import SEARCH_SELECT_FRACTION, as_rates, finetune_search
+from ptmkit.finetuning.run import FinetuneSpec, kept_model
+from ptmkit.finetuning.search import as_rates, finetune_search, select_fraction_for
 from ptmkit.pretraining import PretrainSpec, pretrain
 from ptmkit.recipes import Recipe
 from ptmkit.recipes.pretrain import RecipeRun, pretrain_recipe
@@ -280,18 +280,19 @@ class Compare:
         higher than the model is, so the report says when that is what it shows."""
         recipe = self._finetune_recipe(scratch=False)
         rates = as_rates(recipe["lr"])
-        select = recipe.get("select_fraction", SEARCH_SELECT_FRACTION if len(rates) > 1 else 0.0)
+        select = select_fraction_for(recipe.get("select_fraction"), rates)
         steps = f" (at least {recipe['min_steps']} steps)" if recipe.get("min_steps") else ""
         lr = f"lr {rates[0]:g}" if len(rates) == 1 else f"lr picked among {', '.join(f'{r:g}' for r in rates)}"
         scratch = ", scratch lr " + ", ".join(f"{r:g}" for r in as_rates(recipe["scratch_lr"])) \
             if "scratch_lr" in recipe else ""
-        if recipe.get("keep_epoch") == "last" or (recipe["epochs"] == 1 and not recipe.get("min_steps")):
-            scored = "the final model, nothing chosen on the data it is scored on"
-        elif select:
-            scored = f"the epoch that scores best on a held-out {select:.0%} of the training labels"
-        else:
-            scored = (f"the epoch that scores best on dev itself, so each score is the best of {recipe['epochs']} "
-                      "and reads high on a small dev set (finetune.keep_epoch: last or select_fraction avoid it)")
+        one_epoch = recipe["epochs"] == 1 and not recipe.get("min_steps")
+        keep = "last" if one_epoch else recipe.get("keep_epoch", "best")
+        scored = kept_model(keep, select)
+        if keep == "last":
+            scored += ", nothing chosen on the data it is scored on"
+        elif not select:
+            scored += (f", so each score is the best of {recipe['epochs']} and reads high on a small dev set "
+                       "(finetune.keep_epoch: last or select_fraction avoid it)")
         epochs = f"{recipe['epochs']} epoch" + ("s" if recipe["epochs"] != 1 else "")
         return (f"Fine-tuning: {epochs}{steps}, {lr}{scratch}, batch {recipe['batch_size']}; "
                 f"each cell scores {scored}.")

@@ -348,6 +348,15 @@ def finetune(spec: FinetuneSpec) -> dict[str, Any]:
     return result
 
 
+def kept_model(keep_epoch: str, select_fraction: float | None) -> str:
+    """Which model a fine-tuning scored, in words (the compare report, the exported model card)."""
+    if keep_epoch == "last":
+        return "the final model"
+    if select_fraction:
+        return f"the epoch that scores best on a held-out {select_fraction:.0%} of the training labels"
+    return "the epoch that scores best on dev itself"
+
+
 def _no_finite_score(spec: FinetuneSpec, prepared: _Prepared, history: list[dict]) -> RunStopped:
     """Every epoch scored NaN (or inf), so none can be kept: a diverged loss, or targets the
     metric is undefined on (e.g. constant dev scores for pearson). The run directory stays, with

@@ -27,15 +27,23 @@ select_fraction is given: the README's example and the `budget` recipe's value. 
 rate on dev would report the best of several dev scores as if it were one."""
 
 
+def select_fraction_for(select_fraction: float | None, rates: list[float]) -> float:
+    """The held-out share that picks the epoch (and rate) for `rates` when --select-fraction is
+    `select_fraction` (None: not set): none for one rate, SEARCH_SELECT_FRACTION for a search."""
+    if select_fraction is not None:
+        return select_fraction
+    return SEARCH_SELECT_FRACTION if len(rates) > 1 else 0.0
+
+
 def finetune_search(spec: FinetuneSpec, rates: list[float]) -> dict[str, Any]:
     """Fine-tune at each learning rate; returns the winner's eval.json plus every rate's scores."""
     if not rates or any(r <= 0 for r in rates):
         raise UserError(f"learning rates must be positive, not {rates}", "--lr", "e.g. --lr 1e-4,5e-4")
     if len(rates) == 1:
         return finetune(dataclasses.replace(spec, lr=rates[0]))
-    if spec.select_fraction is None:
-        spec = dataclasses.replace(spec, select_fraction=SEARCH_SELECT_FRACTION)
-    elif spec.select_fraction == 0:
+    explicit = spec.select_fraction is not None
+    spec = dataclasses.replace(spec, select_fraction=select_fraction_for(spec.select_fraction, rates))
+    if explicit and spec.select_fraction == 0:
         warnings.warn(f"select_fraction 0: the dev set picks among {len(rates)} learning rates, so the "
                       "reported dev score is the best of several and optimistic", stacklevel=2)
     check_finetune_out(spec)

@@ -396,13 +396,15 @@ def model_card(run: RunModel, target: Target, difference: float) -> str:
         if summary.get("final_val_loss") is not None:
             lines.append(f"| final validation loss | {summary['final_val_loss']:.4f} |")
     else:
+        from ptmkit.finetuning.run import kept_model
         task = config.get("task") or {}
         settings = config.get("finetune") or {}
         labels = f" (labels: {', '.join(task['labels'])})" if task.get("labels") else ""
         lines += [f"| task | {task.get('name')}{labels} |",
                   f"| data | train `{settings.get('train')}`, dev `{settings.get('dev') or 'held out from train'}` |",
                   f"| init | `{config.get('init')}` |",
-                  f"| epochs | {summary.get('epoch', '?')} of {settings.get('epochs', '?')} (best on dev) |"]
+                  f"| epochs | {summary.get('epoch', '?')} of {settings.get('epochs', '?')}, scored: "
+                  f"{kept_model(settings.get('keep_epoch', 'best'), settings.get('select_fraction'))} |"]
         for key, value in summary.items():
             if isinstance(value, float):
                 lines.append(f"| dev {key} | {value:.4f} |")

@@ -121,7 +121,9 @@ def test_finetuned_classifier_exports_with_id2label(data, tmp_path, tiny, train,
     ours = torch.cat([loaded.logits(tok(t, return_tensors="pt")["input_ids"])
                       for t in ["the fire spread today", "the fire ended"]])
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)  # padding masked away in HF
-    assert "| task | classify (labels: negative, neutral, positive) |" in (tmp_path / "hf" / "README.md").read_text()
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert "| task | classify (labels: negative, neutral, positive) |" in card
+    assert "| epochs | 1 of 1, scored: the epoch that scores best on dev itself |" in card  # what it was scored as
 
 
 def test_finetuned_tagger_exports_as_token_classification(data, tmp_path, tiny, train, hf_messages, problems):
