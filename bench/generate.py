@@ -58,9 +58,10 @@ def measure(args: argparse.Namespace) -> dict:
     run = load_run(args.run) if args.run else random_run(args.model, args.vocab_size)
     target = plan_export(run)
     if target.family != "bart":
-        raise SystemExit(f"{run.run} exports as {target.hf_class}: generate needs an encoder-decoder run")
+        raise SystemExit(f"{run.run} exports as {target.hf_class}: this benchmark times BartForConditionalGeneration "
+                         "(a bart, mass or t5 run, or --model for a random one)")
     hf = build_hf_model(run, target, transformers)
-    difference = max_logit_difference(run, hf, probe_ids(run))
+    difference = max_logit_difference(run, target, hf, probe_ids(run))
 
     frame, vocab = run.objective_impl.text_frame(), run.objective_impl.vocab
     sources = torch.randint(vocab.first_normal_id, vocab.size, (args.batch_size, args.source_len),

@@ -43,22 +43,33 @@ def _fused(ours: str, hf: list[str]) -> list[Rule]:
 
 # ---- per-family rules (embeddings and tied copies excluded) ------------------------------------
 
-def bert_rules(cfg: ModelConfig, base: str, head: str | None) -> list[Rule]:
+def bert_rules(cfg: ModelConfig, base: str, head: str | None, stack: str = "encoder",
+               head_base: str = "") -> list[Rule]:
     """BERT-style encoders. `base`: "bert." / "roberta." / "electra."; `head`: "bert" (BERT's
-    cls.predictions), "roberta" (lm_head.*), or None (no LM head)."""
-    rules = _linear("embed.norm", f"{base}embeddings.LayerNorm")
-    for i in range(cfg.n_layers):
-        ours, hf = f"encoder.layers.{i}", f"{base}encoder.layer.{i}"
+    cls.predictions), "roberta" (lm_head.*), or None (no LM head).
+
+    `stack="decoder"` maps ptmkit's decoder (`decoder_embed`, `decoder.layers`, with
+    cross-attention) onto a `BertLMHeadModel` decoder of an `EncoderDecoderModel`, whose LM head
+    lives under `head_base` ("decoder.")."""
+    decoder = stack == "decoder"
+    rules = _linear(f"{'decoder_embed' if decoder else 'embed'}.norm", f"{base}embeddings.LayerNorm")
+    for i in range(cfg.n_decoder_layers if decoder else cfg.n_layers):
+        ours, hf = f"{stack}.layers.{i}", f"{base}encoder.layer.{i}"
         rules += _fused(f"{ours}.attn.qkv", [f"{hf}.attention.self.{n}" for n in ("query", "key", "value")])
         rules += _linear(f"{ours}.attn.out", f"{hf}.attention.output.dense")
         rules += _linear(f"{ours}.attn_norm", f"{hf}.attention.output.LayerNorm")
+        if decoder:
+            rules += _linear(f"{ours}.cross.q", f"{hf}.crossattention.self.query")
+            rules += _fused(f"{ours}.cross.kv", [f"{hf}.crossattention.self.{n}" for n in ("key", "value")])
+            rules += _linear(f"{ours}.cross.out", f"{hf}.crossattention.output.dense")
+            rules += _linear(f"{ours}.cross_norm", f"{hf}.crossattention.output.LayerNorm")
         rules += _linear(f"{ours}.fc_in", f"{hf}.intermediate.dense")
         rules += _linear(f"{ours}.fc_out", f"{hf}.output.dense")
         rules += _linear(f"{ours}.ffn_norm", f"{hf}.output.LayerNorm")
     if head == "bert":
-        rules += _linear("lm_head.transform.0", "cls.predictions.transform.dense")
-        rules += _linear("lm_head.transform.2", "cls.predictions.transform.LayerNorm")
-        rules += [Rule("lm_head.proj.bias", ("cls.predictions.bias",))]
+        rules += _linear("lm_head.transform.0", f"{head_base}cls.predictions.transform.dense")
+        rules += _linear("lm_head.transform.2", f"{head_base}cls.predictions.transform.LayerNorm")
+        rules += [Rule("lm_head.proj.bias", (f"{head_base}cls.predictions.bias",))]
     elif head == "roberta":
         rules += _linear("lm_head.transform.0", "lm_head.dense")
         rules += _linear("lm_head.transform.2", "lm_head.layer_norm")
@@ -66,11 +77,11 @@ def bert_rules(cfg: ModelConfig, base: str, head: str | None) -> list[Rule]:
     return rules
 
 
-def bert_tied(head: str | None) -> dict[str, str]:
+def bert_tied(head: str | None, head_base: str = "") -> dict[str, str]:
     """HF names that hold a copy of a ptmkit tensor (tied in both models): HF name -> ours."""
     if head == "bert":
-        return {"cls.predictions.decoder.weight": "embed.tokens.weight",
-                "cls.predictions.decoder.bias": "lm_head.proj.bias"}
+        return {f"{head_base}cls.predictions.decoder.weight": "embed.tokens.weight",
+                f"{head_base}cls.predictions.decoder.bias": "lm_head.proj.bias"}
     if head == "roberta":
         return {"lm_head.decoder.weight": "embed.tokens.weight", "lm_head.decoder.bias": "lm_head.proj.bias"}
     return {}

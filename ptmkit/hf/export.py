@@ -14,8 +14,11 @@ What maps where (the run's objective, or the fine-tuned task):
   `GPT2ForTokenClassification` for decoder-only backbones
 * fine-tuned seq2seq runs on a bart, mass or t5 run
                                          -> `BartForConditionalGeneration`, its generation_config
-  decoding greedily as the fine-tuning scored its dev set (a decoder-only run, or an encoder that
-  warm-started a decoder and kept its BERT layout, is refused)
+  decoding greedily as the fine-tuning scored its dev set (a decoder-only run is refused)
+* fine-tuned seq2seq runs on an encoder (mlm, wwm, electra), which warm-started a decoder and
+  kept the encoder's BERT layout
+                                         -> `EncoderDecoderModel` of a `BertModel` and a
+  `BertLMHeadModel` (BERT2BERT), generating as above
 
 Every tensor has an exact counterpart; a layout detail HF cannot express is refused with a
 UserError naming the option (norm placement, embedding LayerNorm, final norm, LM-head transform
@@ -64,12 +67,14 @@ TARGETS = {
     "electra": Target("electra", "ElectraForPreTraining", "AutoModelForPreTraining"),
     "gpt2": Target("gpt2", "GPT2LMHeadModel", "AutoModelForCausalLM"),
     "bart": Target("bart", "BartForConditionalGeneration", "AutoModelForSeq2SeqLM"),
+    "bert2bert": Target("bert2bert", "EncoderDecoderModel", "AutoModelForSeq2SeqLM"),
     "bert_seqcls": Target("bert_seqcls", "BertForSequenceClassification", "AutoModelForSequenceClassification"),
     "bert_tokcls": Target("bert_tokcls", "BertForTokenClassification", "AutoModelForTokenClassification"),
     "gpt2_tokcls": Target("gpt2_tokcls", "GPT2ForTokenClassification", "AutoModelForTokenClassification"),
 }
 BERT_FAMILIES = ("bert_mlm", "electra", "bert_seqcls", "bert_tokcls")
 GPT2_FAMILIES = ("gpt2", "gpt2_tokcls")
+SEQ2SEQ_FAMILIES = ("bart", "bert2bert")
 
 
 # ---- what a run exports to, and why not ---------------------------------------------------------
@@ -121,13 +126,8 @@ def _finetune_target(run: RunModel, where: str) -> str:
                             "[SEP]-joined source-target framing to generate with", f"{where}: objective",
                             "fine-tune an encoder-decoder (bart, mass, t5, or an encoder run, which "
                             "warm-starts one) to export, or export the pre-training run")
-        if run.cfg.layout != "bart":  # an encoder run warm-started it and kept its layers' layout
-            raise UserError(f"the seq2seq run keeps the {run.cfg.layout} layout of the encoder it was "
-                            "warm-started from (LM-head transform, LayerNorm eps), which "
-                            "BartForConditionalGeneration cannot express", f"{where}: model.layout",
-                            "generate with `ptmkit generate --run RUN`, or fine-tune a bart, mass or t5 "
-                            "run to export")
-        return "bart"
+        # an encoder run warm-started it and kept its layers' layout (BART's has no LM-head transform)
+        return "bart" if run.cfg.layout == "bart" else "bert2bert"
     token_level = isinstance(run.task, Tag)
     if not (token_level or type(run.task) in (Classify, Regress)):
         raise UserError(f"fine-tuned task {task!r} has no exact Hugging Face class", f"{where}: task",
@@ -151,13 +151,17 @@ def _finetune_target(run: RunModel, where: str) -> str:
 def _check_layout(cfg: ModelConfig, target: str, where: str) -> None:
     family, layout = ("GPT-2", "gpt2") if target in GPT2_FAMILIES else (
         ("BART", "bart") if target == "bart" else ("BERT", "bert"))
+    fix = f"pre-train with the {layout} layout (the objective's default) to export"
+    if target == "bert2bert":
+        fix = ("warm-start the seq2seq run from an encoder pre-trained with the bert layout (the default "
+               "of mlm, wwm and electra; a model file with `layout: bert` for others) to export")
     needs: dict[str, Any] = {
         "bert": {"norm": "post", "layernorm_embedding": True, "final_norm": False},
         "gpt2": {"norm": "pre", "layernorm_embedding": False, "final_norm": True},
         "bart": {"norm": "post", "layernorm_embedding": True, "final_norm": False,
                  "lm_head_transform": False, "tie_embeddings": True, "norm_eps": 1e-5},
     }[layout]
-    if target == "bert_mlm":
+    if target in ("bert_mlm", "bert2bert"):
         needs = {**needs, "lm_head_transform": True, "tie_embeddings": True}
     if target == "gpt2":
         needs = {**needs, "lm_head_transform": False, "lm_head_bias": False, "tie_embeddings": True}
@@ -165,9 +169,8 @@ def _check_layout(cfg: ModelConfig, target: str, where: str) -> None:
         value = getattr(cfg, field)
         if value != expected:
             raise UserError(f"model.{field}={value!r} (layout {cfg.layout}) has no exact {family} "
-                            f"equivalent, which needs {field}={expected!r}", f"{where}: model.{field}",
-                            f"pre-train with the {layout} layout (the objective's default) to export")
-    if target == "bert_mlm" and cfg.activation == "relu":
+                            f"equivalent, which needs {field}={expected!r}", f"{where}: model.{field}", fix)
+    if target in ("bert_mlm", "bert2bert") and cfg.activation == "relu":
         raise UserError("model.activation='relu': BERT's LM-head transform would use relu too, "
                         "ptmkit's uses GELU", f"{where}: model.activation",
                         "pre-train with activation gelu or gelu_tanh to export")
@@ -182,12 +185,12 @@ def hf_config(run: RunModel, target: Target, transformers: Any) -> Any:
     # lacks (run.tokenizer.borrowed) gets the stand-in ptmkit used, e.g. [SEP] as BERT's eos, which
     # ends generation in ptmkit too; but a missing pad stays None in BERT and GPT-2 (GPT-2's own
     # convention; as padding_idx, BERT would freeze the stand-in's embedding row in HF training).
-    # BART keeps the stand-in: it builds its decoder input with pad_token_id.
-    unset = {"pad"} & set(run.tokenizer.borrowed) if target.family != "bart" else set()
+    # Encoder-decoders keep the stand-in: they build their decoder input with pad_token_id.
+    unset = {"pad"} & set(run.tokenizer.borrowed) if target.family not in SEQ2SEQ_FAMILIES else set()
     common = {"vocab_size": cfg.vocab_size, "tie_word_embeddings": True,
               **{f"{role}_token_id": None if role in unset else getattr(special, role)
                  for role in ("pad", "bos", "eos")}}
-    if run.kind == "finetune" and target.family != "bart":
+    if run.kind == "finetune" and target.family not in SEQ2SEQ_FAMILIES:
         labels = run.task.spec.labels if run.task.spec.name != "regress" else ["score"]
         common.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
                       label2id={label: i for i, label in enumerate(labels)})
@@ -205,6 +208,11 @@ def hf_config(run: RunModel, target: Target, transformers: Any) -> Any:
         return transformers.ElectraConfig(**common, **bert_like, embedding_size=cfg.hidden)
     if target.family in BERT_FAMILIES:
         return transformers.BertConfig(**common, **bert_like)
+    if target.family == "bert2bert":
+        decoder = {**bert_like, "num_hidden_layers": cfg.n_decoder_layers}
+        return transformers.EncoderDecoderConfig.from_encoder_decoder_configs(
+            transformers.BertConfig(**common, **bert_like), transformers.BertConfig(**common, **decoder),
+            **common, decoder_start_token_id=run.decoder_start_id)
     if target.family in GPT2_FAMILIES:
         return transformers.GPT2Config(
             **common, n_positions=cfg.max_positions, n_embd=cfg.hidden, n_layer=cfg.n_layers,
@@ -226,20 +234,26 @@ def hf_state(run: RunModel, target: Target) -> dict[str, Tensor]:
     """The HF state dict (tied copies included) of a run's weights."""
     cfg = run.cfg
     state = {k: v.detach().float() for k, v in run.backbone.state_dict().items()}
-    types = state.get("embed.types.weight")
     head_state = ({k: v.detach().float() for k, v in run.network.head.state_dict().items()}
                   if run.kind == "finetune" else {})  # seq2seq: none, the tied LM head is the output
+    if "lm_head.proj.bias" not in state and target.family in (*BERT_FAMILIES, "bert2bert"):
+        state["lm_head.proj.bias"] = torch.zeros(cfg.vocab_size)
+    if target.family == "bert2bert":
+        out = convert.rules_to_hf(convert.bert_rules(cfg, "encoder.", None), state)
+        out.update(convert.rules_to_hf(convert.bert_rules(cfg, "decoder.bert.", "bert", "decoder", "decoder."), state))
+        out.update(_bert_embeddings(cfg, state, "embed", "encoder."))
+        out.update(_bert_embeddings(cfg, state, "decoder_embed", "decoder.bert."))
+        out.update({name: state[ours].clone() for name, ours in convert.bert_tied("bert", "decoder.").items()})
+        # the encoder is a BertModel with a pooler, which EncoderDecoderModel never reads: zeros
+        # say so, where random weights would look trained
+        out["encoder.pooler.dense.weight"] = torch.zeros(cfg.hidden, cfg.hidden)
+        out["encoder.pooler.dense.bias"] = torch.zeros(cfg.hidden)
+        return out
     if target.family in BERT_FAMILIES:
         base = "electra." if target.family == "electra" else "bert."
         head = "bert" if target.family == "bert_mlm" else None
-        if "lm_head.proj.bias" not in state:
-            state["lm_head.proj.bias"] = torch.zeros(cfg.vocab_size)
         out = convert.rules_to_hf(convert.bert_rules(cfg, base, head), state)
-        out[f"{base}embeddings.word_embeddings.weight"] = state["embed.tokens.weight"].clone()
-        out[f"{base}embeddings.position_embeddings.weight"] = convert.export_positions(
-            cfg, state["embed.positions.weight"], None, cfg.max_positions, 0)
-        out[f"{base}embeddings.token_type_embeddings.weight"] = (
-            types.clone() if types is not None else torch.zeros(1, cfg.hidden))
+        out.update(_bert_embeddings(cfg, state, "embed", base))
         for name, ours in convert.bert_tied(head).items():
             out[name] = state[ours].clone()
         if target.family == "electra":
@@ -259,7 +273,7 @@ def hf_state(run: RunModel, target: Target) -> dict[str, Tensor]:
         out = convert.rules_to_hf(convert.gpt2_rules(cfg), state)
         out["transformer.wte.weight"] = state["embed.tokens.weight"].clone()
         out["transformer.wpe.weight"] = convert.export_positions(
-            cfg, state["embed.positions.weight"], types, cfg.max_positions, 0)
+            cfg, state["embed.positions.weight"], state.get("embed.types.weight"), cfg.max_positions, 0)
         if target.family == "gpt2":
             out.update({name: state[ours].clone() for name, ours in convert.GPT2_TIED.items()})
         else:
@@ -274,6 +288,17 @@ def hf_state(run: RunModel, target: Target) -> dict[str, Tensor]:
     out["final_logits_bias"] = bias[None].clone()
     out.update({name: state[ours].clone() for name, ours in convert.BART_TIED.items()})
     return out
+
+
+def _bert_embeddings(cfg: ModelConfig, state: dict[str, Tensor], ours: str, base: str) -> dict[str, Tensor]:
+    """BERT's word, position and token-type tables from ptmkit's `ours` embeddings ("embed",
+    "decoder_embed"; their tokens are always the shared `embed.tokens`)."""
+    types = state.get(f"{ours}.types.weight")
+    return {f"{base}embeddings.word_embeddings.weight": state["embed.tokens.weight"].clone(),
+            f"{base}embeddings.position_embeddings.weight": convert.export_positions(
+                cfg, state[f"{ours}.positions.weight"], None, cfg.max_positions, 0),
+            f"{base}embeddings.token_type_embeddings.weight": (
+                types.clone() if types is not None else torch.zeros(1, cfg.hidden))}
 
 
 _IGNORED_MISSING = ("position_ids", "token_type_ids", ".attn.bias", ".attn.masked_bias")
@@ -293,7 +318,7 @@ def build_hf_model(run: RunModel, target: Target, transformers: Any) -> Any:
             raise RuntimeError(f"{target.hf_class}.{name}: shape {tuple(value.shape)}, "
                                f"expected {tuple(expected[name].shape)}")
     model.load_state_dict(state, strict=False)
-    if run.kind == "finetune" and target.family == "bart":
+    if run.kind == "finetune" and target.family in SEQ2SEQ_FAMILIES:
         _generate_as_fine_tuning(run, model.generation_config)
     return model.eval()
 
@@ -323,10 +348,19 @@ def probe_ids(run: RunModel, batch: int = 2, length: int = 16) -> Tensor:
     return ids
 
 
+def hf_inputs(run: RunModel, target: Target, ids: Tensor) -> dict[str, Tensor]:
+    """What the HF model takes to compute `run.logits(ids)`: BART shifts `ids` right into its
+    decoder input by itself, EncoderDecoderModel has to be given that input."""
+    if target.family != "bert2bert":
+        return {"input_ids": ids}
+    start = torch.full_like(ids[:, :1], run.decoder_start_id)
+    return {"input_ids": ids, "decoder_input_ids": torch.cat([start, ids[:, :-1]], dim=1)}
+
+
 @torch.no_grad()
-def max_logit_difference(run: RunModel, hf_model: Any, ids: Tensor) -> float:
+def max_logit_difference(run: RunModel, target: Target, hf_model: Any, ids: Tensor) -> float:
     ours = run.logits(ids)
-    theirs = hf_model(input_ids=ids).logits.float()
+    theirs = hf_model(**hf_inputs(run, target, ids)).logits.float()
     if ours.shape != theirs.shape:
         raise RuntimeError(f"logits of shape {tuple(ours.shape)} in ptmkit, {tuple(theirs.shape)} in transformers")
     return float((ours - theirs).abs().max())
@@ -363,11 +397,11 @@ def _frame(run: RunModel, target: Target) -> tuple[str | None, str | None] | Non
     """(first, last) special tokens around a text, as the run's objective (or fine-tuned task)
     frames it; None: nothing (GPT-2)."""
     tok, special = run.tokenizer.hf, run.tokenizer.special
-    if run.kind == "finetune" and target.family != "bart":  # `[CLS] text [SEP]`, decoder backbones too
+    if run.kind == "finetune" and target.family not in SEQ2SEQ_FAMILIES:  # `[CLS] text [SEP]`, decoders too
         return tok.id_to_token(special.cls), tok.id_to_token(special.sep)
     if target.family in GPT2_FAMILIES:
         return None  # GPT-2 adds nothing
-    if target.family == "bart":
+    if target.family in SEQ2SEQ_FAMILIES:
         frame = run.objective_impl.text_frame()
         first = tok.id_to_token(frame.source_prefix[0]) if frame.source_prefix else None
         return first, tok.id_to_token(frame.eos)
@@ -383,6 +417,10 @@ def model_card(run: RunModel, target: Target, difference: float) -> str:
              f"`{run.run}`. On a probe input its logits equal ptmkit's within {difference:.1e}.", "",
              "| | |", "|---|---|", f"| objective | {run.objective} |"]
     options = config.get("objective_options") or {}
+    if target.family == "bert2bert":  # the recorded objective is the framing; its noise never ran
+        lines[-1] = (f"| objective | {_init_objective(run) or 'an encoder'} run warm-starting a decoder, "
+                     f"framed as {run.objective} |")
+        options = {}
     if options:
         lines.append(f"| objective options | `{json.dumps(options)}` |")
     if run.kind == "pretrain":
@@ -425,13 +463,20 @@ def _notes(run: RunModel, target: Target) -> list[str]:
         notes.append("The discriminator alone: ELECTRA's generator is not exported.")
     if run.objective == "prefixlm":
         notes.append("Pre-trained as a prefix LM; as GPT-2 it attends causally everywhere.")
+    start = run.tokenizer.hf.id_to_token(run.decoder_start_id) if target.family in SEQ2SEQ_FAMILIES else None
     if target.family == "bart":
-        start = run.tokenizer.hf.id_to_token(run.decoder_start_id)
         notes.append(f"`decoder_start_token_id` is `{start}`, as in {run.objective} pre-training.")
-        if run.kind == "finetune":
-            notes.append("`generate()` decodes greedily as the fine-tuning scored its dev set (forced first "
-                         "token, suppressed special tokens and target length in generation_config.json).")
-    if target.family in BERT_FAMILIES:
+    if target.family == "bert2bert":
+        notes += [f"BERT2BERT (Rothe et al. 2020): warm-started from the encoder run `{run.config.get('init')}`, "
+                  "each decoder layer from the encoder layer at its depth, cross-attention from random; "
+                  f"`decoder_start_token_id` is `{start}`, the BART framing ptmkit fine-tunes seq2seq with.",
+                  "In ptmkit the encoder and the decoder share one token embedding; here each holds an equal "
+                  "copy, which training in transformers would let drift apart.",
+                  "The encoder's pooler is all zeros: EncoderDecoderModel never reads it."]
+    if target.family in SEQ2SEQ_FAMILIES and run.kind == "finetune":
+        notes.append("`generate()` decodes greedily as the fine-tuning scored its dev set (forced first "
+                     "token, suppressed special tokens and target length in generation_config.json).")
+    if target.family in (*BERT_FAMILIES, "bert2bert"):
         notes.append("ptmkit never uses token types: keep `token_type_ids` at 0 (the tokenizer does).")
     if target.family == "bert_mlm":
         mask = run.tokenizer.hf.id_to_token(run.tokenizer.special.mask)
@@ -441,6 +486,14 @@ def _notes(run: RunModel, target: Target) -> list[str]:
     if run.tokenizer.borrowed:
         notes.append("The tokenizer has no " + ", ".join(sorted(run.tokenizer.borrowed)) + " token of its own.")
     return notes
+
+
+def _init_objective(run: RunModel) -> str | None:
+    """The objective of the run a fine-tuning started from, if its config is still there."""
+    try:
+        return yaml.safe_load((Path(str(run.config.get("init"))) / "config.yaml").read_text()).get("objective")
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        return None
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -472,7 +525,7 @@ def export_run(run: str | Path, out: str | Path, *, format: str = "hf", overwrit
     target = plan_export(loaded)
     transformers = require_transformers("--format hf")
     model = build_hf_model(loaded, target, transformers)
-    difference = max_logit_difference(loaded, model, probe_ids(loaded))
+    difference = max_logit_difference(loaded, target, model, probe_ids(loaded))
     if difference > TOLERANCE:
         raise RuntimeError(f"exported {target.hf_class} differs from ptmkit by {difference:.2e} on the probe")
     tokenizer = hf_tokenizer(loaded, target, transformers)

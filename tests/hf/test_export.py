@@ -401,25 +401,31 @@ def _seq2seq_run(data: Path, tmp_path: Path, objective: str, tiny: dict, train: 
     return tmp_path / "ft"
 
 
-@pytest.mark.parametrize("objective", ["bart", "t5"])
-def test_finetuned_seq2seq_run_exports_and_generates_as_ptmkit(objective, data, tmp_path, tiny, train,
+@pytest.mark.parametrize(("objective", "hf_class"), [
+    ("bart", "BartForConditionalGeneration"), ("t5", "BartForConditionalGeneration"),
+    ("mlm", "EncoderDecoderModel")])
+def test_finetuned_seq2seq_run_exports_and_generates_as_ptmkit(objective, hf_class, data, tmp_path, tiny, train,
                                                                hf_messages, problems):
-    """A seq2seq run on an encoder-decoder loads as BartForConditionalGeneration with ptmkit's
-    logits, and HF's `generate()` with the exported settings writes exactly what `ptmkit generate`
-    writes (bart forces <s> first, t5 forces nothing)."""
+    """A seq2seq run on an encoder-decoder loads as BartForConditionalGeneration, or, warm-started
+    from an encoder (mlm), as a BERT2BERT EncoderDecoderModel, with ptmkit's logits; HF's
+    `generate()` with the exported settings writes exactly what `ptmkit generate` writes (bart's
+    framing forces <s> first, t5 forces nothing)."""
     from ptmkit.finetuning.seq2seq_task import load_generator
+    from ptmkit.hf.export import TARGETS, hf_inputs
     from ptmkit.model.generate import DecodeOptions
     ft = _seq2seq_run(data, tmp_path, objective, tiny, train)
     result = export_run(ft, tmp_path / "hf")
-    assert result["class"] == "BartForConditionalGeneration" and result["max_logit_difference"] <= 1e-4
+    assert result["class"] == hf_class and result["max_logit_difference"] <= 1e-4
     model = _load("AutoModelForSeq2SeqLM", tmp_path / "hf", hf_messages, problems)
+    assert type(model).__name__ == hf_class
     loaded = ptmkit.load_run(ft)
     assert model.generation_config.decoder_start_token_id == loaded.decoder_start_id
     banned = model.generation_config.suppress_tokens + [w[0] for w in model.generation_config.bad_words_ids or []]
     assert sorted(banned) == loaded.task.never_generated()
     ids = _ids(600)
+    target = next(t for t in TARGETS.values() if t.hf_class == hf_class)
     with torch.no_grad():
-        theirs = model(input_ids=ids).logits
+        theirs = model(**hf_inputs(loaded, target, ids)).logits
     torch.testing.assert_close(loaded.logits(ids), theirs, atol=1e-4, rtol=0)
     sources = ["river market school", "winter bridge letter doctor window", "music garden music river",
                "the fire spread across the mountains"]  # the last is nothing like training
@@ -432,11 +438,13 @@ def test_finetuned_seq2seq_run_exports_and_generates_as_ptmkit(objective, data, 
     assert hf_texts == ours
     card = (tmp_path / "hf" / "README.md").read_text()
     assert "| task | seq2seq |" in card and "generation_config.json" in card
+    assert objective != "mlm" or "| objective | mlm run warm-starting a decoder, framed as bart |" in card
 
 
 @pytest.mark.parametrize(("objective", "reason", "fix"), [
     ("clm", "decoder-only", "fine-tune an encoder-decoder"),
-    ("mlm", "keeps the bert layout of the encoder it was warm-started from", "ptmkit generate --run RUN")])
+    ("plm", r"model.norm='pre' \(layout prenorm\) has no exact BERT equivalent",
+     "warm-start the seq2seq run from an encoder pre-trained with the bert layout")])
 def test_seq2seq_runs_without_a_bart_equivalent_are_refused_naming_the_fix(objective, reason, fix, data, tmp_path,
                                                                             tiny, train):
     ft = _seq2seq_run(data, tmp_path, objective, tiny, train, epochs=1)
