@@ -290,7 +290,8 @@ def _pretrain_into(spec: PretrainSpec, objective_cls: type, plan: _Plan | None,
         tokenizer.save(spec.out / "tokenizer")
         _write_config(spec, model_cfg.to_dict(), data_dir, dataclasses.asdict(objective.options))
     if objective.standalone:
-        summary = objective.train_standalone(plan.train_shards, tokenizer, spec.out, cfg, spec.progress)
+        summary = objective.train_standalone(plan.train_shards, tokenizer, spec.out, cfg, spec.progress,
+                                             Path(spec.init) if spec.init else None)  # a resume starts over
         (spec.out / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 

@@ -40,6 +40,7 @@ from ptmkit.errors import UserError
 from ptmkit.finetuning.registry import task_accepts
 from ptmkit.finetuning.run import FinetuneSpec, kept_model
 from ptmkit.finetuning.search import as_rates, finetune_search, select_fraction_for
+from ptmkit.objectives import get_objective
 from ptmkit.pretraining import PretrainSpec, pretrain
 from ptmkit.recipes import Recipe
 from ptmkit.recipes.pretrain import RecipeRun, pretrain_recipe
@@ -219,7 +220,10 @@ class Compare:
         budget = self.cfg.domain_pretrain if job.domain else self.cfg.pretrain
         init = self.out / "pretrain" / job.general.name if job.domain else None
         is_recipe = job.objective.startswith(RECIPE_PREFIX)
-        return _key({"job": asdict(job), "budget": budget, "model": self._model_key(),
+        revision = 0 if is_recipe else get_objective(job.objective).revision
+        # a revision of 0 adds nothing, so the keys of runs made before revisions existed still hold
+        return _key({**({"revision": revision} if revision else {}),
+                     "job": asdict(job), "budget": budget, "model": self._model_key(),
                      "options": self.cfg.objective_options.get(job.objective, {}),
                      "data": json.loads((data[job.domain] / "manifest.json").read_text())["fingerprint"],
                      "init": _read_key(init) if init else None,

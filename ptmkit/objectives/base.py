@@ -77,6 +77,10 @@ class Objective:
     standalone: ClassVar[bool] = False
     """True for objectives trained outside the shared loop (word2vec through gensim): pretrain
     then calls `train_standalone` instead of the Trainer."""
+    revision: ClassVar[int] = 0
+    """Raised when a change makes this objective's runs differ from those of earlier versions,
+    so that a compare's cache trains them again (word2vec 1: path C continues the general
+    vectors instead of starting afresh)."""
     loss_over_labels: ClassVar[bool] = False
     """True when `loss` is the mean over the batch's ``labels != IGNORE`` positions: a step split
     over processes or gradient-accumulation micro-batches then weights each part by that count
@@ -120,9 +124,10 @@ class Objective:
         raise NotImplementedError
 
     def train_standalone(self, shards: TokenShards, tokenizer: Tokenizer, run: Path,
-                         cfg: Any, progress: bool) -> dict[str, Any]:
+                         cfg: Any, progress: bool, init: Path | None = None) -> dict[str, Any]:
         """Train without the shared loop, writing RUN/model.safetensors and RUN/metrics.jsonl;
-        returns the summary. Only for `standalone` objectives."""
+        returns the summary. `init`: a run of the same objective to continue. Only for
+        `standalone` objectives."""
         raise NotImplementedError
 
     def to_downstream(self, network: nn.Module, cfg: ModelConfig) -> nn.Module:

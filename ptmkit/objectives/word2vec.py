@@ -6,7 +6,14 @@ prepared shards to gensim `Word2Vec` (Mikolov et al. 2013; word2vec.c) and write
 * ``vectors.txt``: the word vectors in word2vec text format (`KeyedVectors.load_word2vec_format`);
 * ``model.safetensors``: ``embedding``, a (tokenizer vocab, vector_size) float32 matrix aligned
   to the run's tokenizer, ready to initialise a downstream token embedding (see `token_keys`);
-* ``metrics.jsonl``: one line per epoch; ``eval.json``: intrinsic scores and coverage.
+* ``metrics.jsonl``: one line per epoch; ``eval.json``: intrinsic scores and coverage;
+* ``context.safetensors``: gensim's output (negative-sampling) vectors and word counts, aligned to
+  ``vectors.txt``, which a later run needs to continue this one.
+
+Continued training (``--init RUN``, a compare's path C): the new run starts from RUN's vocabulary,
+vectors and output weights, adds the words of its own corpus that reach min_count (gensim's
+online training, ``build_vocab(update=True)``: counts of known words add up), and trains on its
+own corpus only, so words it never sees keep RUN's vectors. The tokenizer must be RUN's.
 
 Units. With ``unit: words`` (default) each corpus sentence is decoded back to text and split
 into lowercase alphabetic words (gensim `simple_preprocess`), one gensim sentence per corpus
@@ -44,12 +51,14 @@ from gensim.models import KeyedVectors
 from gensim.models import Word2Vec as GensimWord2Vec
 from gensim.test.utils import datapath
 from gensim.utils import simple_preprocess
+from safetensors.numpy import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
 from ptmkit.data.shards import TokenShards
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.errors import UserError, check_values
+from ptmkit.fileio import read_yaml
 from ptmkit.model.config import ModelConfig
 from ptmkit.model.word_vectors import WordVectors
 from ptmkit.objectives.base import Objective
@@ -65,6 +74,8 @@ a smaller corpus) stay in the vocabulary, so tiny corpora still train."""
 ANALOGY_VOCAB = 30_000
 """Analogies are answered among the 30k most frequent words (word2vec.c compute-accuracy)."""
 DECODE_CHUNK = 4096
+CONTEXT_FILE = "context.safetensors"
+"""The output vectors (`context`) and word counts (`counts`) of a run, in vectors.txt order."""
 """Sentences decoded per tokenizer call while streaming."""
 _WORD_START = {"bpe": "Ġ", "unigram": "▁"}
 """Piece prefix that marks a word start (wordpiece marks continuations with ## instead)."""
@@ -217,6 +228,7 @@ class Word2Vec(Objective):
     family = "shallow"
     architecture = "shallow"
     standalone = True
+    revision = 1
 
     @dataclass(kw_only=True)
     class Options:
@@ -271,10 +283,10 @@ class Word2Vec(Objective):
         return encoder
 
     def train_standalone(self, shards: TokenShards, tokenizer: Tokenizer, run: Path,
-                         cfg: TrainConfig, progress: bool) -> dict[str, Any]:
+                         cfg: TrainConfig, progress: bool, init: Path | None = None) -> dict[str, Any]:
         opts = self.options
         sentences = ShardSentences(shards, tokenizer, opts.unit)
-        model, min_count = self._build_gensim(sentences, cfg.seed)
+        model, min_count = self._build_gensim(sentences, cfg.seed, init)
         epochs = opts.epochs or cfg.steps
         log = self._train(model, sentences, epochs, cfg.max_minutes, run / "metrics.jsonl", progress)
         wv = model.wv
@@ -283,15 +295,17 @@ class Word2Vec(Objective):
         coverage = {"vocab_rows": float(known.mean()),
                     "corpus_tokens": float(occurrences[known].sum() / max(occurrences.sum(), 1))}
         scores = intrinsic_eval(wv if opts.unit == "words" else word_vectors_of_tokens(wv, tokenizer))
-        self._save(run, wv, matrix, {**scores, "coverage": coverage})
+        self._save(run, model, matrix, {**scores, "coverage": coverage})
         return {**log, "unit": opts.unit, "vocabulary": len(wv), "min_count": min_count,
                 "vector_size": opts.vector_size, "coverage": coverage,
                 "wordsim353_spearman": scores["wordsim353"]["spearman"],
                 "simlex999_spearman": scores["simlex999"]["spearman"],
                 "analogy_accuracy": scores["analogy"]["accuracy"]}
 
-    def _build_gensim(self, sentences: ShardSentences, seed: int) -> tuple[GensimWord2Vec, int]:
-        """A gensim model with its vocabulary built from one counting pass over the stream."""
+    def _build_gensim(self, sentences: ShardSentences, seed: int,
+                      init: Path | None) -> tuple[GensimWord2Vec, int]:
+        """A gensim model with its vocabulary built from one counting pass over the stream (added
+        to `init`'s, whose weights it starts from)."""
         opts = self.options
         counts: Counter = Counter()
         n_sentences = 0
@@ -308,8 +322,33 @@ class Word2Vec(Objective):
             sample=opts.sample, seed=seed, workers=opts.workers, sg=int(opts.mode == "skipgram"),
             hs=0, negative=opts.negative, ns_exponent=opts.ns_exponent, cbow_mean=int(opts.cbow_mean),
             alpha=opts.alpha, min_alpha=opts.min_alpha)
-        model.build_vocab_from_freq(counts, corpus_count=n_sentences)
+        if init is not None:
+            self._start_from(model, init)
+        model.build_vocab_from_freq(counts, corpus_count=n_sentences, update=init is not None)
         return model, min_count
+
+    def _start_from(self, model: GensimWord2Vec, init: Path) -> None:
+        """Give `model` the vocabulary, counts, vectors and output vectors of the run `init`."""
+        config = read_yaml(init / "config.yaml", str(init)) or {}
+        if config.get("objective") != self.name or not (init / CONTEXT_FILE).is_file():
+            raise UserError(f"word2vec continues a word2vec run; {init} is a {config.get('objective')} run"
+                            + ("" if config.get("objective") != self.name else
+                               f" without {CONTEXT_FILE} (made before ptmkit saved it)"),
+                            f"{init}", "pass --init a word2vec run made by this ptmkit (re-run an older one)")
+        saved = config.get("objective_options") or {}
+        for option in ("unit", "vector_size"):
+            if saved.get(option) != getattr(self.options, option):
+                raise UserError(f"the --init run has {option} {saved.get(option)!r}, this one "
+                                f"{getattr(self.options, option)!r}", f"objective_options.{option}",
+                                f"use the --init run's {option}")
+        vectors = KeyedVectors.load_word2vec_format(str(init / "vectors.txt"))
+        context = load_file(str(init / CONTEXT_FILE))
+        min_count, model.min_count = model.min_count, 1  # every word of the init run stays
+        model.build_vocab_from_freq(dict(zip(vectors.index_to_key, context["counts"].tolist())))
+        model.min_count = min_count
+        order = [vectors.key_to_index[key] for key in model.wv.index_to_key]
+        model.wv.vectors[:] = vectors.vectors[order]
+        model.syn1neg[:] = context["context"][order]
 
     def _train(self, model: GensimWord2Vec, sentences: ShardSentences, epochs: int,
                max_minutes: float, metrics_path: Path, progress: bool) -> dict[str, Any]:
@@ -340,8 +379,11 @@ class Word2Vec(Objective):
         return {"steps": epoch + 1, "tokens": tokens, "train_seconds": round(elapsed, 2),
                 "tokens_per_s": tokens / max(elapsed, 1e-9), "stopped_by": stopped_by, "final_loss": loss}
 
-    def _save(self, run: Path, wv: KeyedVectors, matrix: np.ndarray, evaluation: dict[str, Any]) -> None:
+    def _save(self, run: Path, model: GensimWord2Vec, matrix: np.ndarray, evaluation: dict[str, Any]) -> None:
+        wv = model.wv
         _atomic(run / "vectors.txt", lambda tmp: wv.save_word2vec_format(str(tmp), binary=False))
+        counts = np.array([wv.get_vecattr(key, "count") for key in wv.index_to_key], dtype=np.int64)
+        _atomic(run / CONTEXT_FILE, lambda tmp: save_file({"context": model.syn1neg, "counts": counts}, str(tmp)))
         holder = WordVectors(*matrix.shape)
         holder.embedding.data = torch.from_numpy(matrix)
         atomic_save_model(holder, run / "model.safetensors", metadata={"unit": self.options.unit})

@@ -343,6 +343,28 @@ def _runs(monkeypatch) -> dict[str, list]:
     return calls
 
 
+def test_word2vec_on_path_c_continues_its_general_run_and_a_revision_retrains_it(task_file, tmp_path,
+                                                                                   monkeypatch) -> None:
+    from gensim.models import KeyedVectors
+
+    from ptmkit.objectives import get_objective
+    domain = tmp_path / "domain.txt"
+    domain.write_text("".join(line.split("\t")[0] + "\n" for line in task_file.read_text().splitlines()[1:]))
+    cfg = parse_compare_config(config(task_file, objectives=["word2vec", "mlm"], domain_corpus=[str(domain)],
+                                      domain_objectives=["word2vec"], label_budgets=[20], seeds=[0],
+                                      domain_pretrain={"steps": 1, "batch_size": 4, "seq_len": 32},
+                                      objective_options={"word2vec": {"epochs": 1}}), "cmp.yaml", tmp_path)
+    out = tmp_path / "out"
+    Compare(cfg, out, progress=False).run()
+    general, continued = (KeyedVectors.load_word2vec_format(str(out / "pretrain" / name / "vectors.txt"))
+                          for name in ("word2vec-s0", "word2vec-s0-domain"))
+    assert len(general) > 500 and set(general.index_to_key) <= set(continued.index_to_key)
+    calls = _runs(monkeypatch)
+    monkeypatch.setattr(get_objective("word2vec"), "revision", get_objective("word2vec").revision + 1)
+    Compare(cfg, out, progress=False).run()
+    assert sorted(spec.out.name for spec in calls["pretrain"]) == ["word2vec-s0", "word2vec-s0-domain"]
+
+
 def test_an_interrupted_pretraining_resumes_from_its_checkpoint(task_file, tmp_path, monkeypatch) -> None:
     cfg = parse_compare_config(config(task_file, label_budgets=[20], seeds=[0]), "cmp.yaml", tmp_path)
     out = tmp_path / "out"

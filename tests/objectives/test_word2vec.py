@@ -171,3 +171,63 @@ def test_word_vectors_initialise_a_transformer_objective(lee_shards: TokenShards
         pretrain(PretrainSpec(objective="mlm", out=tmp_path / "mini", data=data, model="mini", progress=False,
                               init=str(tmp_path / "w2v"), train=TrainConfig(steps=1, batch_size=4, seq_len=32)))
     assert not (tmp_path / "mini").exists()
+
+
+@pytest.fixture(scope="module")
+def polarity_shards(lee_shards: TokenShards, tmp_path_factory: pytest.TempPathFactory) -> TokenShards:
+    """Movie-review sentences (gensim's Pang & Lee file) with the Lee tokenizer: a second corpus
+    that shares many words with the news and has words of its own."""
+    import gensim
+    source = Path(gensim.__file__).parent / "test" / "test_data" / "pang_lee_polarity.cor"
+    root = tmp_path_factory.mktemp("polarity")
+    text = root / "polarity.txt"  # the file is latin-1, each line "LABEL sentence"
+    text.write_text("".join(line.split(" ", 1)[-1] + "\n" for line in source.read_text("latin-1").splitlines()))
+    out = root / "data"
+    prepare([text], lee_shards.tokenizer(), out, val_fraction=0.0, progress=False)
+    return TokenShards(out, "train")
+
+
+def _pretrain_w2v(data: Path, out: Path, init: Path | None = None, **options) -> dict:
+    from ptmkit.pretraining import PretrainSpec, pretrain
+    return pretrain(PretrainSpec(objective="word2vec", out=out, data=data, progress=False,
+                                 init=str(init) if init else None, train=TrainConfig(steps=2),
+                                 objective_options={"vector_size": 20, **options}))
+
+
+def test_init_continues_the_general_vectors_on_a_second_corpus(lee_shards, polarity_shards, tmp_path) -> None:
+    """Path C for word2vec: the vocabulary is the union, words the second corpus never shows keep
+    the first run's vectors exactly, and at a vanishing learning rate nothing else moves either."""
+    general, domain, fresh = tmp_path / "general", tmp_path / "domain", tmp_path / "fresh"
+    _pretrain_w2v(lee_shards.directory, general)
+    _pretrain_w2v(polarity_shards.directory, domain, init=general, alpha=2e-6, min_alpha=1e-6)
+    _pretrain_w2v(polarity_shards.directory, fresh)
+    before, after, alone = (KeyedVectors.load_word2vec_format(str(run / "vectors.txt"))
+                            for run in (general, domain, fresh))
+    shown = {word for sentence in ShardSentences(polarity_shards, polarity_shards.tokenizer(), "words")
+             for word in sentence}
+    kept = [w for w in before.index_to_key if w not in shown]
+    shared = [w for w in before.index_to_key if w in shown]
+    added = [w for w in after.index_to_key if w not in before]
+    assert len(kept) > 1000 and len(shared) > 100 and added and set(added) <= shown
+    assert set(after.index_to_key) == set(before.index_to_key) | set(added)
+    np.testing.assert_allclose(after[kept], before[kept], atol=1e-5)
+    np.testing.assert_allclose(after[shared], before[shared], atol=1e-3)
+    assert not np.allclose(alone[shared], before[shared], atol=1e-3)  # without --init: a fresh start
+    counts = load_file(str(domain / "context.safetensors"))["counts"]
+    general_counts = load_file(str(general / "context.safetensors"))["counts"]
+    assert counts.sum() > general_counts.sum() and counts[after.key_to_index[kept[0]]] == \
+        general_counts[before.key_to_index[kept[0]]]
+
+
+def test_init_must_be_a_word2vec_run_of_the_same_shape(lee_shards, tmp_path) -> None:
+    from ptmkit.pretraining import PretrainSpec, pretrain
+    data = lee_shards.directory
+    _pretrain_w2v(data, tmp_path / "w2v")
+    with pytest.raises(UserError, match="vector_size 20, this one 30") as err:
+        _pretrain_w2v(data, tmp_path / "wide", init=tmp_path / "w2v", vector_size=30)
+    assert err.value.where == "objective_options.vector_size" and not (tmp_path / "wide").exists()
+    pretrain(PretrainSpec(objective="mlm", out=tmp_path / "mlm", data=data, model="tiny", progress=False,
+                          train=TrainConfig(steps=1, batch_size=4, seq_len=32)))
+    with pytest.raises(UserError, match="word2vec continues a word2vec run; .* is a mlm run"):
+        _pretrain_w2v(data, tmp_path / "again", init=tmp_path / "mlm")
+    assert not (tmp_path / "again").exists()
