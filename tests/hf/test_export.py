@@ -445,7 +445,7 @@ def test_finetuned_seq2seq_run_exports_and_generates_as_ptmkit(objective, hf_cla
     ("clm", "decoder-only", "fine-tune an encoder-decoder"),
     ("plm", r"model.norm='pre' \(layout prenorm\) has no exact BERT equivalent",
      "warm-start the seq2seq run from an encoder pre-trained with the bert layout")])
-def test_seq2seq_runs_without_a_bart_equivalent_are_refused_naming_the_fix(objective, reason, fix, data, tmp_path,
+def test_seq2seq_runs_without_an_hf_equivalent_are_refused_naming_the_fix(objective, reason, fix, data, tmp_path,
                                                                             tiny, train):
     ft = _seq2seq_run(data, tmp_path, objective, tiny, train, epochs=1)
     with pytest.raises(UserError, match=reason) as err:
