@@ -42,7 +42,7 @@ import yaml
 from torch import Tensor
 
 import ptmkit
-from ptmkit.api import RunModel, load_run
+from ptmkit.api import RunModel, load_run, shift_right
 from ptmkit.errors import UserError
 from ptmkit.fileio import share
 from ptmkit.hf import convert, require_transformers
@@ -75,6 +75,8 @@ TARGETS = {
 BERT_FAMILIES = ("bert_mlm", "electra", "bert_seqcls", "bert_tokcls")
 GPT2_FAMILIES = ("gpt2", "gpt2_tokcls")
 SEQ2SEQ_FAMILIES = ("bart", "bert2bert")
+BERT_LM_HEADS = ("bert_mlm", "bert2bert")
+"""Targets ending in BERT's LM head (`cls.predictions`: transform, tied decoder, bias)."""
 
 
 # ---- what a run exports to, and why not ---------------------------------------------------------
@@ -161,7 +163,7 @@ def _check_layout(cfg: ModelConfig, target: str, where: str) -> None:
         "bart": {"norm": "post", "layernorm_embedding": True, "final_norm": False,
                  "lm_head_transform": False, "tie_embeddings": True, "norm_eps": 1e-5},
     }[layout]
-    if target in ("bert_mlm", "bert2bert"):
+    if target in BERT_LM_HEADS:
         needs = {**needs, "lm_head_transform": True, "tie_embeddings": True}
     if target == "gpt2":
         needs = {**needs, "lm_head_transform": False, "lm_head_bias": False, "tie_embeddings": True}
@@ -170,7 +172,7 @@ def _check_layout(cfg: ModelConfig, target: str, where: str) -> None:
         if value != expected:
             raise UserError(f"model.{field}={value!r} (layout {cfg.layout}) has no exact {family} "
                             f"equivalent, which needs {field}={expected!r}", f"{where}: model.{field}", fix)
-    if target in ("bert_mlm", "bert2bert") and cfg.activation == "relu":
+    if target in BERT_LM_HEADS and cfg.activation == "relu":
         raise UserError("model.activation='relu': BERT's LM-head transform would use relu too, "
                         "ptmkit's uses GELU", f"{where}: model.activation",
                         "pre-train with activation gelu or gelu_tanh to export")
@@ -236,7 +238,7 @@ def hf_state(run: RunModel, target: Target) -> dict[str, Tensor]:
     state = {k: v.detach().float() for k, v in run.backbone.state_dict().items()}
     head_state = ({k: v.detach().float() for k, v in run.network.head.state_dict().items()}
                   if run.kind == "finetune" else {})  # seq2seq: none, the tied LM head is the output
-    if "lm_head.proj.bias" not in state and target.family in (*BERT_FAMILIES, "bert2bert"):
+    if "lm_head.proj.bias" not in state and target.family in (*BERT_FAMILIES, *BERT_LM_HEADS):
         state["lm_head.proj.bias"] = torch.zeros(cfg.vocab_size)
     if target.family == "bert2bert":
         out = convert.rules_to_hf(convert.bert_rules(cfg, "encoder.", None), state)
@@ -353,8 +355,7 @@ def hf_inputs(run: RunModel, target: Target, ids: Tensor) -> dict[str, Tensor]:
     decoder input by itself, EncoderDecoderModel has to be given that input."""
     if target.family != "bert2bert":
         return {"input_ids": ids}
-    start = torch.full_like(ids[:, :1], run.decoder_start_id)
-    return {"input_ids": ids, "decoder_input_ids": torch.cat([start, ids[:, :-1]], dim=1)}
+    return {"input_ids": ids, "decoder_input_ids": shift_right(ids, run.decoder_start_id)}
 
 
 @torch.no_grad()
@@ -476,7 +477,7 @@ def _notes(run: RunModel, target: Target) -> list[str]:
     if target.family in SEQ2SEQ_FAMILIES and run.kind == "finetune":
         notes.append("`generate()` decodes greedily as the fine-tuning scored its dev set (forced first "
                      "token, suppressed special tokens and target length in generation_config.json).")
-    if target.family in (*BERT_FAMILIES, "bert2bert"):
+    if target.family in (*BERT_FAMILIES, *BERT_LM_HEADS):
         notes.append("ptmkit never uses token types: keep `token_type_ids` at 0 (the tokenizer does).")
     if target.family == "bert_mlm":
         mask = run.tokenizer.hf.id_to_token(run.tokenizer.special.mask)

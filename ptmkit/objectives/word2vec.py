@@ -330,11 +330,12 @@ class Word2Vec(Objective):
     def _start_from(self, model: GensimWord2Vec, init: Path) -> None:
         """Give `model` the vocabulary, counts, vectors and output vectors of the run `init`."""
         config = read_yaml(init / "config.yaml", str(init)) or {}
-        if config.get("objective") != self.name or not (init / CONTEXT_FILE).is_file():
-            raise UserError(f"word2vec continues a word2vec run; {init} is a {config.get('objective')} run"
-                            + ("" if config.get("objective") != self.name else
-                               f" without {CONTEXT_FILE} (made before ptmkit saved it)"),
-                            f"{init}", "pass --init a word2vec run made by this ptmkit (re-run an older one)")
+        fix = "pass --init a word2vec run made by this ptmkit (re-run an older one)"
+        if config.get("objective") != self.name:
+            raise UserError(f"word2vec continues a word2vec run; {init} is a {config.get('objective')} run",
+                            str(init), fix)
+        if not (init / CONTEXT_FILE).is_file():
+            raise UserError(f"the word2vec run has no {CONTEXT_FILE} (made before ptmkit saved it)", str(init), fix)
         saved = config.get("objective_options") or {}
         for option in ("unit", "vector_size"):
             if saved.get(option) != getattr(self.options, option):
