@@ -514,11 +514,11 @@ def _run_compare(args: argparse.Namespace) -> None:
     cfg = load_compare_config(args.config)
     compare = Compare(cfg, args.out, progress=not args.no_progress, workers=args.workers)
     if args.dry_run:
-        plan = estimate(cfg, args.out)
-        for what, seconds, finished in plan:
-            print(f"{'done' if finished else f'{seconds / 60:.1f} min':>9}  {what}")
+        plan, finished = estimate(cfg, args.out), compare.finished_runs()
+        for what, seconds in plan:
+            print(f"{'done' if what in finished else f'{seconds / 60:.1f} min':>9}  {what}")
         left = [seconds / (args.workers if what.startswith("finetune") else 1)
-                for what, seconds, finished in plan if not finished]
+                for what, seconds in plan if what not in finished]
         print(f"{sum(left) / 60:5.1f} min  left ({len(left)} of {len(plan)} runs to do, rough estimate)")
         return
     page = compare.run()

@@ -33,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from ptmkit.compare.config import RECIPE_PREFIX, CompareConfig, TaskConfig, job_name
-from ptmkit.data.corpus import file_digests, read_texts
+from ptmkit.data.corpus import file_digests, list_corpus_files, read_texts
 from ptmkit.data.shards import corpus_fingerprint, prepare
 from ptmkit.data.tokenizer import Tokenizer, train_tokenizer
 from ptmkit.errors import UserError
@@ -41,6 +41,7 @@ from ptmkit.finetuning.registry import task_accepts
 from ptmkit.finetuning.run import FinetuneSpec, kept_model
 from ptmkit.finetuning.search import as_rates, finetune_search, select_fraction_for
 from ptmkit.objectives import get_objective
+from ptmkit.objectives.base import Objective
 from ptmkit.pretraining import PretrainSpec, pretrain
 from ptmkit.recipes import Recipe
 from ptmkit.recipes.pretrain import RecipeRun, pretrain_recipe
@@ -125,10 +126,14 @@ def _key(values: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _done(run: Path, marker: str, key: str | None) -> bool:
-    """`run` holds its final file `marker` and was made for `key` (None: for any key)."""
-    made_for = _read_key(run)
-    return (run / marker).is_file() and made_for is not None and (key is None or made_for == key)
+def _done(run: Path, marker: str, key: str) -> bool:
+    """`run` holds its final file `marker` and was made for `key`."""
+    return (run / marker).is_file() and _read_key(run) == key
+
+
+def _prepared_for(directory: Path, key: str) -> bool:
+    manifest = directory / "manifest.json"
+    return manifest.is_file() and json.loads(manifest.read_text()).get("fingerprint") == key
 
 
 def _claim(run: Path, key: str) -> None:
@@ -170,47 +175,80 @@ class Compare:
         self.cfg, self.out, self.progress, self.workers = cfg, out, progress, workers
 
     # ---- shared inputs ------------------------------------------------------------------
+    def _tokenizer_key(self) -> str:
+        return _key({"settings": self.cfg.tokenizer, "text_field": self.cfg.text_field,
+                     "corpus": _content(self.cfg.corpus + self.cfg.domain_corpus)})
+
+    def _trained_tokenizer(self, key: str) -> Tokenizer | None:
+        """The tokenizer already in `out`, if it was made for `key`."""
+        directory = self.out / "tokenizer"
+        if (directory / "tokenizer.json").is_file() and _read_key(directory) in (key, None):
+            return Tokenizer.load(directory)  # no key: trained by a version that kept none; taken as is
+        return None
+
     def tokenizer(self) -> Tokenizer:
         if isinstance(self.cfg.tokenizer, str):
             return Tokenizer.load(self.cfg.tokenizer)
         directory = self.out / "tokenizer"
-        corpus = self.cfg.corpus + self.cfg.domain_corpus
-        key = _key({"settings": self.cfg.tokenizer, "text_field": self.cfg.text_field,
-                    "corpus": _content(corpus)})
-        if (directory / "tokenizer.json").is_file():
-            made_for = _read_key(directory)
-            if made_for in (key, None):  # None: trained by a version that kept no key; taken as is
-                _stamp(directory, key)
-                return Tokenizer.load(directory)
-            tqdm.write(f"compare: {directory} was trained from other settings or text; training it again",
-                       file=sys.stderr)
-        tokenizer = train_tokenizer(read_texts(corpus, text_field=self.cfg.text_field),
-                                    show_progress=self.progress, **self.cfg.tokenizer)
-        tokenizer.save(directory)
+        key = self._tokenizer_key()
+        tokenizer = self._trained_tokenizer(key)
+        if tokenizer is None:
+            if (directory / "tokenizer.json").is_file():
+                tqdm.write(f"compare: {directory} was trained from other settings or text; training it again",
+                           file=sys.stderr)
+            tokenizer = train_tokenizer(read_texts(self.cfg.corpus + self.cfg.domain_corpus,
+                                                   text_field=self.cfg.text_field),
+                                        show_progress=self.progress, **self.cfg.tokenizer)
+            tokenizer.save(directory)
         _stamp(directory, key)
         return tokenizer
 
-    def data(self, tokenizer: Tokenizer, domain: bool) -> Path:
-        corpus = self.cfg.domain_corpus if domain else self.cfg.corpus
-        directory = self.out / "data" / ("domain" if domain else "general")
+    def _data_directory(self, tokenizer: Tokenizer, domain: bool) -> tuple[Path, str, dict[str, str]]:
+        """Where the general or domain corpus is prepared, the key it must have, and the options."""
         options = {"text_field": self.cfg.text_field}
         if self.cfg.segment:  # only when set: unsegmented data keeps the key it always had
             options["segment"] = self.cfg.segment
-        key = corpus_fingerprint(corpus, tokenizer, **options)
+        key = corpus_fingerprint(self.cfg.domain_corpus if domain else self.cfg.corpus, tokenizer, **options)
+        return self.out / "data" / ("domain" if domain else "general"), key, options
+
+    def data(self, tokenizer: Tokenizer, domain: bool) -> Path:
+        directory, key, options = self._data_directory(tokenizer, domain)
         manifest = directory / "manifest.json"
-        if not (manifest.is_file() and json.loads(manifest.read_text()).get("fingerprint") == key):
-            prepare(corpus, tokenizer, directory, overwrite=True, progress=self.progress, **options)
+        if not _prepared_for(directory, key):
+            prepare(self.cfg.domain_corpus if domain else self.cfg.corpus, tokenizer, directory, overwrite=True,
+                    progress=self.progress, **options)
             manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "fingerprint": key}, indent=2))
         return directory
 
+    def finished_runs(self) -> set[str]:
+        """The runs ("pretrain NAME", "finetune CELL") a compare would now reuse, found with the
+        same keys it uses but without training or preparing anything (for --dry-run)."""
+        if isinstance(self.cfg.tokenizer, str):
+            tokenizer: Tokenizer | None = Tokenizer.load(self.cfg.tokenizer)
+        else:
+            tokenizer = self._trained_tokenizer(self._tokenizer_key())
+        if tokenizer is None:
+            return set()
+        data = {}
+        for domain in ([False, True] if self.cfg.domain_corpus else [False]):
+            directory, key, _ = self._data_directory(tokenizer, domain)
+            if _prepared_for(directory, key):
+                data[domain] = directory
+        jobs = {job for job in pretrain_jobs(self.cfg)
+                if False in data and job.domain in data and self.pretrain_done(job, data)}
+        finished = {f"pretrain {job.name}" for job in jobs}
+        return finished | {f"finetune {cell.name}" for cell in cells(self.cfg)
+                           if (cell.job is None or cell.job in jobs) and self.cached_cell(cell, tokenizer) is not None}
+
     # ---- pre-training -------------------------------------------------------------------
-    def train_config(self, budget: dict[str, Any], seed: int) -> TrainConfig:
-        """The same budget for every objective: steps, minutes of wall clock, or tokens."""
+    def train_config(self, budget: dict[str, Any], seed: int, step_tokens: int | None = None) -> TrainConfig:
+        """The same budget for every objective: steps, minutes of wall clock, or tokens (read
+        `step_tokens` per step; by default one batch)."""
         values = {k: v for k, v in budget.items() if k not in ("steps", "minutes", "tokens")}
         if "minutes" in budget:
             return TrainConfig(seed=seed, max_minutes=float(budget["minutes"]), **values)
         if "tokens" in budget:
-            per_step = values.get("batch_size", 32) * values.get("seq_len", 128) * values.get("grad_accum", 1)
+            per_step = step_tokens or _batch_tokens(budget)
             return TrainConfig(seed=seed, steps=max(1, int(budget["tokens"]) // per_step), **values)
         return TrainConfig(seed=seed, steps=int(budget.get("steps", 1000)), **values)
 
@@ -256,12 +294,17 @@ class Compare:
         resume = resume and (run / "checkpoint").exists()
         spec = PretrainSpec(objective=job.objective, out=run, data=data[job.domain], model=self.cfg.model,
                             objective_options=dict(self.cfg.objective_options.get(job.objective, {})),
-                            train=self.train_config(budget, job.seed), init=str(init) if init else None,
+                            train=self.train_config(budget, job.seed, self._step_tokens(job, budget, data)),
+                            init=str(init) if init else None,
                             resume=resume, overwrite=not resume,
                             progress=False)
         pretrain(spec)
         _stamp(run, key)
         return run
+
+    def _step_tokens(self, job: PretrainJob, budget: dict[str, Any], data: dict[bool, Path]) -> int:
+        """Tokens one step of `job` reads (word2vec: an epoch over its prepared data)."""
+        return get_objective(job.objective).step_tokens(_batch_tokens(budget), _train_tokens(data[job.domain]))
 
     def _run_recipe(self, job: PretrainJob, run: Path, key: str, data: Path) -> Path:
         """The recipe's stages on the shared data (an interrupted one continues with its finished
@@ -369,7 +412,7 @@ class Compare:
                 if cached is not None:
                     results[i] = self._row(cell, cached)
         self.write_results([results[i] for i in sorted(results)])
-        weights = _weights(self.cfg)
+        weights = _weights(self.cfg, self.out)
         pending_jobs = [job for job in sorted(jobs, key=lambda j: j.domain) if job not in done_jobs]
         pending = [i for i in range(len(todo)) if i not in results]
         work = [weights.get(f"pretrain {job.name}", 1.0) for job in pending_jobs] + \
@@ -515,11 +558,11 @@ def _failure(what: str, err: Exception) -> dict[str, str]:
     return {"run": what, "error": f"{type(err).__name__}: {err}"}
 
 
-def _weights(cfg: CompareConfig) -> dict[str, float]:
+def _weights(cfg: CompareConfig, out: Path) -> dict[str, float]:
     """Estimated seconds of every run (see `estimate`), weighting the progress bar; equal
     weights if the estimate cannot be made."""
     try:
-        return {what: max(seconds, 1e-3) for what, seconds, _ in estimate(cfg)}
+        return {what: max(seconds, 1e-3) for what, seconds in estimate(cfg, out)}
     except Exception:  # noqa: BLE001 - only the bar's ETA depends on it
         return {}
 
@@ -577,15 +620,9 @@ ASSUMED_FLOPS = 1e11
 """Sustained training FLOP/s assumed by --dry-run estimates (this class of 2-core CPU, fp32)."""
 
 
-def estimate(cfg: CompareConfig, out: Path | None = None) -> list[tuple[str, float, bool]]:
-    """(what, estimated seconds, finished) for every pre-training job and fine-tuning cell.
-
-    Finished: `out` already holds that run's final files (a resumed compare reuses it unless its
-    inputs changed, which only the run itself can tell: checking needs the prepared data).
-    """
-    def finished(run: str, marker: str) -> bool:
-        return out is not None and _done(out / run, marker, key=None)
-
+def estimate(cfg: CompareConfig, out: Path | None = None) -> list[tuple[str, float]]:
+    """(what, estimated seconds) of every pre-training job and fine-tuning cell; `out`: a
+    compare's directory, whose prepared corpora give their exact sizes."""
     from ptmkit.model.backbone import Transformer
     from ptmkit.model.config import resolve_model_config
     vocab = cfg.tokenizer.get("vocab_size", 8000) if isinstance(cfg.tokenizer, dict) else 8000
@@ -596,10 +633,15 @@ def estimate(cfg: CompareConfig, out: Path | None = None) -> list[tuple[str, flo
         if "minutes" in budget:
             seconds = 60.0 * budget["minutes"]
         else:
-            seq_len, batch = budget.get("seq_len", 128), budget.get("batch_size", 32)
-            tokens = budget.get("tokens") or budget.get("steps", 1000) * batch * seq_len
-            seconds = tokens * model.flops_per_token(seq_len, 0.15) / ASSUMED_FLOPS
-        plan.append((f"pretrain {job.name}", seconds, finished(f"pretrain/{job.name}", "summary.json")))
+            objective = get_objective(job.objective) if not job.objective.startswith(RECIPE_PREFIX) else Objective
+            options = cfg.objective_options.get(job.objective, {})
+            step = objective.step_tokens(_batch_tokens(budget), _corpus_tokens(cfg, job.domain, out))
+            steps = budget["steps"] if "steps" in budget else max(1, budget.get("tokens", 0) // step)
+            tokens = objective.planned_steps(steps, options) * step
+            seq_len = budget.get("seq_len", 128)
+            rate = objective.cpu_tokens_per_second(options) or ASSUMED_FLOPS / model.flops_per_token(seq_len, 0.15)
+            seconds = tokens / rate
+        plan.append((f"pretrain {job.name}", seconds))
     epochs = cfg.finetune.get("epochs", 3)
     sizes = {task.name: _count_examples(task) for task in cfg.tasks}
     for cell in cells(cfg):
@@ -615,8 +657,39 @@ def estimate(cfg: CompareConfig, out: Path | None = None) -> list[tuple[str, flo
         length = cell.task.max_length
         seconds = runs * (5 * folds + examples_trained * epochs * length * model.flops_per_token(length, 0)
                           / ASSUMED_FLOPS)
-        plan.append((f"finetune {cell.name}", seconds, finished(f"finetune/{cell.name}", "eval.json")))
+        plan.append((f"finetune {cell.name}", seconds))
     return plan
+
+
+def _batch_tokens(budget: dict[str, Any]) -> int:
+    return budget.get("batch_size", 32) * budget.get("seq_len", 128) * budget.get("grad_accum", 1)
+
+
+def _train_tokens(data: Path) -> int:
+    return json.loads((data / "manifest.json").read_text())["splits"]["train"]["tokens"]
+
+
+BYTES_PER_TOKEN = 4.2
+"""Bytes of text per token of an 8k-32k subword vocabulary (English Wikipedia 4.5, IMDB reviews
+3.9), for estimates made before the corpus is prepared."""
+
+
+def _corpus_tokens(cfg: CompareConfig, domain: bool, out: Path | None) -> int:
+    """Training tokens of the general or domain corpus: counted, once `out` holds it prepared,
+    else guessed from the text's size (a gzip file records its own; other compressed files are
+    taken as a quarter of their text)."""
+    prepared = out / "data" / ("domain" if domain else "general") if out is not None else None
+    if prepared is not None and (prepared / "manifest.json").is_file():
+        return _train_tokens(prepared)
+    text_bytes = 0
+    for path in list_corpus_files(cfg.domain_corpus if domain else cfg.corpus):
+        if path.suffix == ".gz":
+            with open(path, "rb") as f:
+                f.seek(-4, 2)
+                text_bytes += int.from_bytes(f.read(4), "little")  # ISIZE: the size modulo 4 GiB
+        else:
+            text_bytes += path.stat().st_size * (4 if path.suffix in (".bz2", ".xz") else 1)
+    return max(1, int(text_bytes / BYTES_PER_TOKEN))
 
 
 def _count_examples(task: TaskConfig) -> int | None:

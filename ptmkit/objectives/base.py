@@ -103,6 +103,22 @@ class Objective:
                             "objective_options", f"known: {', '.join(sorted(known)) or 'none'}")
         return cls.Options(**values)
 
+    # ---- budget (a `tokens:` budget and --dry-run's estimate) ------------------------------
+    @classmethod
+    def step_tokens(cls, batch_tokens: int, corpus_tokens: int) -> int:
+        """Tokens one training step reads: here one batch of windows."""
+        return batch_tokens
+
+    @classmethod
+    def planned_steps(cls, steps: int, options: dict[str, Any]) -> int:
+        """Steps a run given a budget of `steps` takes (an option may set its own)."""
+        return steps
+
+    @classmethod
+    def cpu_tokens_per_second(cls, options: dict[str, Any]) -> float | None:
+        """Tokens a 2-core CPU trains on per second; None: costed by the backbone's FLOPs."""
+        return None
+
     # ---- data side (numpy, DataLoader workers) -------------------------------------------
     def window_length(self) -> int:
         """Raw tokens consumed per example (the rest of seq_len holds special tokens)."""

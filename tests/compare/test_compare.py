@@ -23,6 +23,7 @@ from ptmkit.data.shards import TokenShards
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.errors import UserError
 from ptmkit.finetuning.registry import task_accepts
+from ptmkit.objectives import get_objective
 
 LEE = Path(gensim.__file__).parent / "test" / "test_data" / "lee_background.cor"
 
@@ -180,12 +181,13 @@ def test_interrupted_compare_finishes_only_the_missing_cells(task_file, tmp_path
     monkeypatch.setattr(runner, "pretrain", lambda spec: pytest.fail("pre-trained again"))
     monkeypatch.setattr(runner, "finetune_search", lambda spec, rates: calls.append(spec.out) or real(spec, rates))
     plan = estimate(cfg, out)  # what --dry-run prints: only the killed cell is left to do
-    assert [what for what, _, finished in plan if not finished] == ["finetune task/B-mlm/b20-s0"]
-    assert len(plan) == 1 + 2 and all(seconds > 0 for _, seconds, _ in plan)
+    finished = Compare(cfg, out, progress=False).finished_runs()
+    assert [what for what, _ in plan if what not in finished] == ["finetune task/B-mlm/b20-s0"]
+    assert len(plan) == 1 + 2 and all(seconds > 0 for _, seconds in plan)
     Compare(cfg, out, progress=False).run()
     assert calls == [victim.parent]
-    assert all(finished for _, _, finished in estimate(cfg, out))
-    assert not any(finished for _, _, finished in estimate(cfg, tmp_path / "elsewhere"))
+    assert Compare(cfg, out, progress=False).finished_runs() == {what for what, _ in plan}
+    assert Compare(cfg, tmp_path / "elsewhere", progress=False).finished_runs() == set()
 
 
 def test_report_statistics_from_synthetic_results(tmp_path) -> None:
@@ -347,7 +349,6 @@ def test_word2vec_on_path_c_continues_its_general_run_and_a_revision_retrains_it
                                                                                    monkeypatch) -> None:
     from gensim.models import KeyedVectors
 
-    from ptmkit.objectives import get_objective
     domain = tmp_path / "domain.txt"
     domain.write_text("".join(line.split("\t")[0] + "\n" for line in task_file.read_text().splitlines()[1:]))
     cfg = parse_compare_config(config(task_file, objectives=["word2vec", "mlm"], domain_corpus=[str(domain)],
@@ -363,6 +364,32 @@ def test_word2vec_on_path_c_continues_its_general_run_and_a_revision_retrains_it
     monkeypatch.setattr(get_objective("word2vec"), "revision", get_objective("word2vec").revision + 1)
     Compare(cfg, out, progress=False).run()
     assert sorted(spec.out.name for spec in calls["pretrain"]) == ["word2vec-s0", "word2vec-s0-domain"]
+
+
+def test_a_word2vec_step_is_an_epoch_in_token_budgets_and_estimates(task_file, tmp_path) -> None:
+    """A tokens budget gives word2vec whole passes over its corpus (not tokens / batch "steps",
+    thousands of epochs), and --dry-run and the progress bar cost it by those passes."""
+    def parse(**extra) -> object:
+        return parse_compare_config(config(task_file, objectives=["word2vec"], label_budgets=[20], seeds=[0],
+                                           **extra), "cmp.yaml", tmp_path)
+
+    out = tmp_path / "out"
+    compare = Compare(parse(), out, progress=False)
+    data = {False: compare.data(compare.tokenizer(), False)}
+    corpus = json.loads((data[False] / "manifest.json").read_text())["splits"]["train"]["tokens"]
+    cfg = parse(pretrain={"tokens": int(2.5 * corpus), "batch_size": 4, "seq_len": 32})
+    run = Compare(cfg, out, progress=False).run_pretrain(pretrain_jobs(cfg)[0], data)
+    assert json.loads((run / "summary.json").read_text())["steps"] == 2
+
+    def estimated(cfg, out) -> float:
+        return dict(estimate(cfg, out))["pretrain word2vec-s0"]
+
+    rate = get_objective("word2vec").cpu_tokens_per_second({})
+    assert estimated(cfg, out) == pytest.approx(2 * corpus / rate)
+    four_epochs = parse(objective_options={"word2vec": {"epochs": 4, "workers": 2}})
+    assert estimated(four_epochs, out) == pytest.approx(estimated(cfg, out))  # twice the epochs, twice the threads
+    # before the corpus is prepared: its size in bytes stands in for its tokens
+    assert estimated(cfg, None) == pytest.approx(estimated(cfg, out), rel=0.5)
 
 
 def test_an_interrupted_pretraining_resumes_from_its_checkpoint(task_file, tmp_path, monkeypatch) -> None:
@@ -420,6 +447,7 @@ def test_cells_follow_the_content_of_their_inputs(task_file, tmp_path, monkeypat
 
     lines = task_file.read_text().splitlines()  # the same file, other labels
     task_file.write_text("\n".join([lines[0]] + [line[:-1] + str(1 - int(line[-1])) for line in lines[1:]]) + "\n")
+    assert Compare(cfg, out, progress=False).finished_runs() == {"pretrain mlm-s0"}  # what --dry-run says
     Compare(cfg, out, progress=False).run()
     assert len(calls["finetune"]) == 2 and calls["pretrain"] == []  # both cells, not the pre-training
 
@@ -430,6 +458,7 @@ def test_cells_follow_the_content_of_their_inputs(task_file, tmp_path, monkeypat
             tmp_path / "t2", progress=False).tokenizer().save(tokenizer_dir)
     other = parse_compare_config(config(task_file, label_budgets=[20], seeds=[0], tokenizer=str(tokenizer_dir),
                                         corpus=[str(other_text)]), "cmp.yaml", tmp_path)
+    assert Compare(other, out, progress=False).finished_runs() == set()  # new data, new tokenizer: nothing holds
     Compare(other, out, progress=False).run()
     assert out / "finetune" / "task" / "A-scratch" / "b20-s0" in calls["finetune"]
 
@@ -648,7 +677,7 @@ def test_the_progress_bar_weighs_runs_by_their_estimated_time_and_skips_finished
     monkeypatch.setattr(runner, "tqdm", Bar)
     Bar.made.clear()
     Compare(cfg, out, progress=False).run()
-    plan = {what: seconds for what, seconds, _ in estimate(cfg)}
+    plan = dict(estimate(cfg))
     # the ETA is (work left) / (work rate): a pre-training is not worth one fine-tuning cell
     assert Bar.made[-1].total == pytest.approx(sum(plan.values()))
     assert Bar.made[-1].n == pytest.approx(Bar.made[-1].total)
@@ -690,11 +719,11 @@ def test_dry_run_estimate_follows_the_task_size_and_its_folds(task_file, tmp_pat
         values = config(task_file, task={"type": "classify", "train": str(task_file), "text_fields": ["sentence"],
                                          **task}, label_budgets=["full"], seeds=[0])
         cfg = parse_compare_config(values, "cmp.yaml", tmp_path)
-        return dict((w, s) for w, s, _ in estimate(cfg))["finetune task/A-scratch/bfull-s0"]
+        return dict(estimate(cfg))["finetune task/A-scratch/bfull-s0"]
 
     def budget(n: int) -> float:
         cfg = parse_compare_config(config(task_file, label_budgets=[n], seeds=[0]), "cmp.yaml", tmp_path)
-        return dict((w, s) for w, s, _ in estimate(cfg))[f"finetune task/A-scratch/b{n}-s0"]
+        return dict(estimate(cfg))[f"finetune task/A-scratch/b{n}-s0"]
 
     # "full" on a 120-example file is 120 examples, not an assumed 10,000
     assert seconds() == pytest.approx(budget(120))
@@ -738,7 +767,7 @@ def test_workers_divide_the_fine_tuning_estimate_and_must_be_positive(task_file,
                      *workers]) == 0
         return float(capsys.readouterr().out.splitlines()[-1].split()[0])
     plan = estimate(parse_compare_config(config(task_file), "cmp.yaml", tmp_path))
-    pretraining = sum(seconds for what, seconds, _ in plan if what.startswith("pretrain")) / 60
+    pretraining = sum(seconds for what, seconds in plan if what.startswith("pretrain")) / 60
     assert left("--workers", "4") - pretraining == pytest.approx((left() - pretraining) / 4, abs=0.1)
     assert main(["compare", "--config", str(config_file), "--out", str(tmp_path / "out"), "--workers", "0"]) == 2
     assert "--workers 0 runs nothing (--workers): use 1 or more processes" in capsys.readouterr().err
