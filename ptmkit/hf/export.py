@@ -412,15 +412,17 @@ def _frame(run: RunModel, target: Target) -> tuple[str | None, str | None] | Non
 def model_card(run: RunModel, target: Target, difference: float) -> str:
     config = run.config
     summary = _json(run.run / ("eval.json" if run.kind == "finetune" else "summary.json"))
-    lines = ["---", "library_name: transformers", f"tags: [ptmkit, {run.objective}]", "---", "",
+    # a warm-started seq2seq run records its framing (bart) as its objective; its weights are the init's
+    warm_start = (_init_objective(run) or "encoder") if target.family == "bert2bert" else None
+    tags = f"ptmkit, {warm_start}, bert2bert" if warm_start else f"ptmkit, {run.objective}"
+    lines = ["---", "library_name: transformers", f"tags: [{tags}]", "---", "",
              f"# {run.run.name}", "",
              f"A `{target.hf_class}` exported by ptmkit {ptmkit.__version__} from the {run.kind} run "
              f"`{run.run}`. On a probe input its logits equal ptmkit's within {difference:.1e}.", "",
              "| | |", "|---|---|", f"| objective | {run.objective} |"]
     options = config.get("objective_options") or {}
-    if target.family == "bert2bert":  # the recorded objective is the framing; its noise never ran
-        lines[-1] = (f"| objective | {_init_objective(run) or 'an encoder'} run warm-starting a decoder, "
-                     f"framed as {run.objective} |")
+    if warm_start:  # the framing's noise never ran
+        lines[-1] = f"| objective | {warm_start} run warm-starting a decoder, framed as {run.objective} |"
         options = {}
     if options:
         lines.append(f"| objective options | `{json.dumps(options)}` |")

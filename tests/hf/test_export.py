@@ -438,7 +438,8 @@ def test_finetuned_seq2seq_run_exports_and_generates_as_ptmkit(objective, hf_cla
     assert hf_texts == ours
     card = (tmp_path / "hf" / "README.md").read_text()
     assert "| task | seq2seq |" in card and "generation_config.json" in card
-    assert objective != "mlm" or "| objective | mlm run warm-starting a decoder, framed as bart |" in card
+    assert objective != "mlm" or ("| objective | mlm run warm-starting a decoder, framed as bart |" in card
+                                  and "tags: [ptmkit, mlm, bert2bert]" in card)
 
 
 @pytest.mark.parametrize(("objective", "reason", "fix"), [
