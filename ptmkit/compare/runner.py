@@ -247,10 +247,7 @@ class Compare:
         values = {k: v for k, v in budget.items() if k not in ("steps", "minutes", "tokens")}
         if "minutes" in budget:
             return TrainConfig(seed=seed, max_minutes=float(budget["minutes"]), **values)
-        if "tokens" in budget:
-            per_step = step_tokens or _batch_tokens(budget)
-            return TrainConfig(seed=seed, steps=max(1, int(budget["tokens"]) // per_step), **values)
-        return TrainConfig(seed=seed, steps=int(budget.get("steps", 1000)), **values)
+        return TrainConfig(seed=seed, steps=_budget_steps(budget, step_tokens or _batch_tokens(budget)), **values)
 
     def _pretrain_key(self, job: PretrainJob, data: dict[bool, Path]) -> str:
         """The key of `job`'s run: its settings, the prepared data and (domain runs) the key of
@@ -636,8 +633,7 @@ def estimate(cfg: CompareConfig, out: Path | None = None) -> list[tuple[str, flo
             objective = get_objective(job.objective) if not job.objective.startswith(RECIPE_PREFIX) else Objective
             options = cfg.objective_options.get(job.objective, {})
             step = objective.step_tokens(_batch_tokens(budget), _corpus_tokens(cfg, job.domain, out))
-            steps = budget["steps"] if "steps" in budget else max(1, budget.get("tokens", 0) // step)
-            tokens = objective.planned_steps(steps, options) * step
+            tokens = objective.planned_steps(_budget_steps(budget, step), options) * step
             seq_len = budget.get("seq_len", 128)
             rate = objective.cpu_tokens_per_second(options) or ASSUMED_FLOPS / model.flops_per_token(seq_len, 0.15)
             seconds = tokens / rate
@@ -663,6 +659,11 @@ def estimate(cfg: CompareConfig, out: Path | None = None) -> list[tuple[str, flo
 
 def _batch_tokens(budget: dict[str, Any]) -> int:
     return budget.get("batch_size", 32) * budget.get("seq_len", 128) * budget.get("grad_accum", 1)
+
+
+def _budget_steps(budget: dict[str, Any], step_tokens: int) -> int:
+    """The steps of a steps or tokens budget, each step reading `step_tokens`."""
+    return max(1, int(budget["tokens"]) // step_tokens) if "tokens" in budget else int(budget.get("steps", 1000))
 
 
 def _train_tokens(data: Path) -> int:
