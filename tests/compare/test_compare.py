@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import ptmkit.compare.runner as runner
-from ptmkit.compare.config import parse_compare_config
+from ptmkit.compare.config import CompareConfig, parse_compare_config
 from ptmkit.compare.report import aggregate, read_results, summary_lines, write_report
 from ptmkit.compare.runner import (RESULT_COLUMNS, Compare, CompareFailed, cells, estimate, pretrain_jobs,
                                    skipped_pairs)
@@ -369,7 +369,7 @@ def test_word2vec_on_path_c_continues_its_general_run_and_a_revision_retrains_it
 def test_a_word2vec_step_is_an_epoch_in_token_budgets_and_estimates(task_file, tmp_path) -> None:
     """A tokens budget gives word2vec whole passes over its corpus (not tokens / batch "steps",
     thousands of epochs), and --dry-run and the progress bar cost it by those passes."""
-    def parse(**extra) -> object:
+    def parse(**extra) -> CompareConfig:
         return parse_compare_config(config(task_file, objectives=["word2vec"], label_budgets=[20], seeds=[0],
                                            **extra), "cmp.yaml", tmp_path)
 
