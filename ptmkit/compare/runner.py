@@ -472,6 +472,13 @@ class Compare:
             if skipped:
                 notes.append(f"Not run, their networks cannot do the task (seq2seq needs a Transformer): "
                              f"{', '.join(skipped)}.")
+            one_class = [todo[i].name for i in sorted(results) if _predicts_one_class(self.out / "finetune" / todo[i].name)]
+            if one_class:
+                listed = ", ".join(one_class[:6]) + (f" and {len(one_class) - 6} more" if len(one_class) > 6 else "")
+                notes.append(f"{len(one_class)} of {len(results)} cells answer one class for every dev example, so "
+                             f"their models learned nothing from the labels and their scores are that class's "
+                             f"share: {listed}. Give fine-tuning more steps or a higher rate (finetune.min_steps, "
+                             f"finetune.epochs, finetune.lr).")
             _, page = write_report(self.out, title=self.cfg.title, notes=notes, runs=[job.name for job in jobs])
         if failures:
             raise CompareFailed(failures, len(results), len(todo), self.out)
@@ -546,6 +553,11 @@ class CompareFailed(UserError):
                          str(out / "failed.json"),
                          f"results.csv and the report hold the {finished} of {total} cells that finished; "
                          "fix the cause and run the compare again (finished runs are reused)")
+
+
+def _predicts_one_class(cell_run: Path) -> bool:
+    result = json.loads((cell_run / "eval.json").read_text())
+    return result.get("top_class_share", 0.0) >= 1.0 - 1e-9  # a pooled share of folds may round
 
 
 def _failure(what: str, err: Exception) -> dict[str, str]:

@@ -8,6 +8,7 @@ The fine-tuning loop knows nothing else about it.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -279,7 +280,9 @@ class Classify(Task):
         from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
         result = {"accuracy": accuracy_score(targets, predictions),
                   "f1_macro": f1_score(targets, predictions, average="macro", zero_division=0),
-                  "mcc": matthews_corrcoef(targets, predictions)}
+                  "mcc": matthews_corrcoef(targets, predictions),
+                  # 1.0: one class for every example, a model that learned nothing from its labels
+                  "top_class_share": max(Counter(predictions).values()) / len(predictions)}
         if len(self.spec.labels) == 2:  # MRPC/QQP report F1 of the positive class
             result["f1"] = f1_score(targets, predictions, pos_label=1, zero_division=0)
         return {k: float(v) for k, v in result.items()}

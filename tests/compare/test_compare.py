@@ -688,6 +688,20 @@ def test_the_progress_bar_weighs_runs_by_their_estimated_time_and_skips_finished
     assert Bar.made[-1].total == pytest.approx(plan["finetune task/B-mlm/b20-s0"])
 
 
+def test_the_report_names_cells_that_answer_one_class_for_everything(task_file, tmp_path) -> None:
+    def report(**extra) -> str:
+        cfg = parse_compare_config(config(task_file, seeds=[0], **extra), "cmp.yaml", tmp_path)
+        Compare(cfg, tmp_path / "out", progress=False).run()
+        return (tmp_path / "out" / "report.md").read_text()
+
+    # two optimizer steps on 20 labels: both models still answer one class
+    assert ("2 of 2 cells answer one class for every dev example, so their models learned nothing from the "
+            "labels and their scores are that class's share: task/A-scratch/b20-s0, task/B-mlm/b20-s0. Give "
+            "fine-tuning more steps") in report(label_budgets=[20])
+    learned = report(label_budgets=["full"], finetune={"epochs": 20, "lr": 3e-3, "batch_size": 16, "max_length": 16})
+    assert "answer one class" not in learned
+
+
 def test_two_writers_of_results_never_collide(tmp_path) -> None:
     out = tmp_path / "out"
     out.mkdir()

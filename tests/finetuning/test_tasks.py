@@ -15,6 +15,8 @@ def test_classification_metrics_by_hand() -> None:
     assert m["accuracy"] == pytest.approx(0.8)
     # tp=2 fp=1 fn=0 -> f1 = 4/5; mcc = (2*2 - 1*0)/sqrt(3*2*2*3) = 4/6
     assert m["f1"] == pytest.approx(0.8) and m["mcc"] == pytest.approx(4 / 6)
+    assert m["top_class_share"] == pytest.approx(0.6)  # three of five predictions are class 1
+    assert task.metrics([0, 0, 0], [1, 0, 0])["top_class_share"] == 1.0  # one class answered for all
 
 
 def test_regression_metrics_and_constant_prediction() -> None:
