@@ -479,6 +479,7 @@ class Compare:
                              f"their models learned nothing from the labels and their scores are that class's "
                              f"share: {listed}. Give fine-tuning more steps or a higher rate (finetune.min_steps, "
                              f"finetune.epochs, finetune.lr).")
+                tqdm.write(f"compare: {notes[-1]}", file=sys.stderr)
             _, page = write_report(self.out, title=self.cfg.title, notes=notes, runs=[job.name for job in jobs])
         if failures:
             raise CompareFailed(failures, len(results), len(todo), self.out)

@@ -688,7 +688,7 @@ def test_the_progress_bar_weighs_runs_by_their_estimated_time_and_skips_finished
     assert Bar.made[-1].total == pytest.approx(plan["finetune task/B-mlm/b20-s0"])
 
 
-def test_the_report_names_cells_that_answer_one_class_for_everything(task_file, tmp_path) -> None:
+def test_the_report_names_cells_that_answer_one_class_for_everything(task_file, tmp_path, capsys) -> None:
     def report(**extra) -> str:
         cfg = parse_compare_config(config(task_file, seeds=[0], **extra), "cmp.yaml", tmp_path)
         Compare(cfg, tmp_path / "out", progress=False).run()
@@ -698,6 +698,7 @@ def test_the_report_names_cells_that_answer_one_class_for_everything(task_file, 
     assert ("2 of 2 cells answer one class for every dev example, so their models learned nothing from the "
             "labels and their scores are that class's share: task/A-scratch/b20-s0, task/B-mlm/b20-s0. Give "
             "fine-tuning more steps") in report(label_budgets=[20])
+    assert "compare: 2 of 2 cells answer one class" in capsys.readouterr().err  # said where the run is watched
     learned = report(label_budgets=["full"], finetune={"epochs": 20, "lr": 3e-3, "batch_size": 16, "max_length": 16})
     assert "answer one class" not in learned
 
