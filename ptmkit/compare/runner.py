@@ -472,14 +472,10 @@ class Compare:
             if skipped:
                 notes.append(f"Not run, their networks cannot do the task (seq2seq needs a Transformer): "
                              f"{', '.join(skipped)}.")
-            one_class = [todo[i].name for i in sorted(results) if _predicts_one_class(self.out / "finetune" / todo[i].name)]
+            one_class = _one_class_note([todo[i] for i in sorted(results)], self.out)
             if one_class:
-                listed = ", ".join(one_class[:6]) + (f" and {len(one_class) - 6} more" if len(one_class) > 6 else "")
-                notes.append(f"{len(one_class)} of {len(results)} cells answer one class for every dev example, so "
-                             f"their models learned nothing from the labels and their scores are that class's "
-                             f"share: {listed}. Give fine-tuning more steps or a higher rate (finetune.min_steps, "
-                             f"finetune.epochs, finetune.lr).")
-                tqdm.write(f"compare: {notes[-1]}", file=sys.stderr)
+                notes.append(one_class)
+                tqdm.write(f"compare: {one_class}", file=sys.stderr)
             _, page = write_report(self.out, title=self.cfg.title, notes=notes, runs=[job.name for job in jobs])
         if failures:
             raise CompareFailed(failures, len(results), len(todo), self.out)
@@ -556,9 +552,20 @@ class CompareFailed(UserError):
                          "fix the cause and run the compare again (finished runs are reused)")
 
 
-def _predicts_one_class(cell_run: Path) -> bool:
-    result = json.loads((cell_run / "eval.json").read_text())
-    return result.get("top_class_share", 0.0) >= 1.0 - 1e-9  # a pooled share of folds may round
+def _one_class_note(finished: list[Cell], out: Path) -> str | None:
+    """The report's warning about finished cells whose model answers one class for every dev
+    example (a classification score that is only that class's share); None if there are none."""
+    def one_class(cell: Cell) -> bool:
+        result = json.loads((out / "finetune" / cell.name / "eval.json").read_text())
+        return result.get("top_class_share", 0.0) >= 1.0 - 1e-9  # a pooled share of folds may round
+
+    names = [cell.name for cell in finished if one_class(cell)]
+    if not names:
+        return None
+    listed = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+    return (f"{len(names)} of {len(finished)} cells answer one class for every dev example, so their models "
+            f"learned nothing from the labels and their scores are that class's share: {listed}. Give "
+            f"fine-tuning more steps or a higher rate (finetune.min_steps, finetune.epochs, finetune.lr).")
 
 
 def _failure(what: str, err: Exception) -> dict[str, str]:
