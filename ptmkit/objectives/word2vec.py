@@ -267,13 +267,16 @@ class Word2Vec(Objective):
                       ("workers", self.workers >= 1, "use at least 1")]
             check_values(self, checks, "objective_options.{}".format)
 
+        def epochs_for(self, steps: int) -> int:
+            return self.epochs or steps
+
     @classmethod
     def step_tokens(cls, batch_tokens: int, corpus_tokens: int) -> int:
         return corpus_tokens  # one step is one epoch
 
     @classmethod
     def planned_steps(cls, steps: int, options: dict[str, Any]) -> int:
-        return cls.parse_options(options).epochs or steps
+        return cls.parse_options(options).epochs_for(steps)
 
     @classmethod
     def cpu_tokens_per_second(cls, options: dict[str, Any]) -> float | None:
@@ -301,7 +304,7 @@ class Word2Vec(Objective):
         opts = self.options
         sentences = ShardSentences(shards, tokenizer, opts.unit)
         model, min_count = self._build_gensim(sentences, cfg.seed, init)
-        epochs = opts.epochs or cfg.steps
+        epochs = opts.epochs_for(cfg.steps)
         log = self._train(model, sentences, epochs, cfg.max_minutes, run / "metrics.jsonl", progress)
         wv = model.wv
         matrix, known = embedding_matrix(wv, token_keys(tokenizer, opts.unit), np.random.default_rng(cfg.seed))
