@@ -162,6 +162,9 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
                         "pre-training architecture's choice)")
     p.add_argument("--layer-decay", type=float,
                    help="layer-wise learning-rate decay, e.g. 0.8 (default 1: off)")
+    p.add_argument("--dropout", type=float,
+                   help="the backbone's hidden and attention dropout while fine-tuning (default: "
+                        "the model's own, 0.1 for ptmkit's sizes)")
     p.add_argument("--select-fraction", type=float,
                    help="pick the best epoch (and learning rate) on this held-out share of the "
                         "training examples, then score dev once (default: 0, pick on dev, for one "
@@ -432,7 +435,7 @@ def _train_config(values: dict[str, Any], where: str) -> TrainConfig:
         raise UserError(f"bad training option: {err}", where, "check option names and types") from None
 
 
-RECIPE_FINETUNE_FLAGS = ("pooling", "layer_decay", "select_fraction", "epochs", "min_steps", "lr",
+RECIPE_FINETUNE_FLAGS = ("pooling", "layer_decay", "dropout", "select_fraction", "epochs", "min_steps", "lr",
                          "batch_size", "max_length", "patience", "keep_epoch", "precision", "warmup_ratio",
                          "weight_decay", "freeze_embeddings", "checkpoint_seconds")
 

@@ -111,6 +111,7 @@ FINETUNE_VALUES: dict[str, Check] = {
     "warmup_ratio": _number(lambda v: 0 <= v < 1, "in [0, 1)"), "max_length": _whole(1),
     "precision": _choice(("fp32", "bf16")), "select_fraction": _number(lambda v: 0 <= v < 1, "in [0, 1)"),
     "layer_decay": _number(lambda v: 0 < v <= 1, "in (0, 1]"), "pooling": _choice(POOLINGS),
+    "dropout": _number(lambda v: 0 <= v < 1, "in [0, 1)"),
     "weight_decay": _number(lambda v: v >= 0, ">= 0"), "freeze_embeddings": _flag}
 """FinetuneSpec fields a cell's recipe sets (`scratch_lr`: path A's `lr`); FinetuneSpec itself
 checks only some of them, and only once the cell runs."""

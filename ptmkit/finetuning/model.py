@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,19 +67,22 @@ def check_max_length(max_length: int, cfg: ModelConfig, architecture: str) -> No
 
 
 def load_backbone(init: str, *, tokenizer_dir: Path | None = None, model: str | dict = "tiny",
-                  max_length: int = 128, scratch_objective: str = SCRATCH_OBJECTIVE) -> Backbone:
+                  max_length: int = 128, scratch_objective: str = SCRATCH_OBJECTIVE,
+                  dropout: float | None = None) -> Backbone:
     """`scratch` (needs a tokenizer), a pre-training run directory, or `hf:DIR` (a local Hugging
-    Face BERT / RoBERTa / GPT-2 / BART directory, see `ptmkit.hf.importer`)."""
+    Face BERT / RoBERTa / GPT-2 / BART directory, see `ptmkit.hf.importer`). `dropout`, when
+    given, replaces the model's hidden and attention dropout (weights are unaffected)."""
     if init.startswith("hf:"):
-        return _hf_backbone(init, tokenizer_dir, max_length)
+        return _hf_backbone(init, tokenizer_dir, max_length, dropout)
     if init == "scratch":
         if tokenizer_dir is None:
             raise UserError("a scratch model needs a tokenizer", "--tokenizer",
                             "pass --tokenizer DIR (e.g. from `ptmkit tokenizer`)")
         tokenizer = Tokenizer.load(tokenizer_dir)
         objective = get_objective(scratch_objective)(_vocab(tokenizer), max_length)
-        cfg = resolve_model_config(model, vocab_size=tokenizer.vocab_size, layout=objective.layout,
-                                   encoder_decoder=objective.architecture == "encoder_decoder")
+        cfg = _with_dropout(resolve_model_config(model, vocab_size=tokenizer.vocab_size, layout=objective.layout,
+                                                 encoder_decoder=objective.architecture == "encoder_decoder"),
+                            dropout)
         check_max_length(max_length, cfg, objective.architecture)
         return Backbone(objective.build_model(cfg), objective, scratch_objective, cfg, tokenizer, "scratch")
     run = Path(init)
@@ -92,14 +96,18 @@ def load_backbone(init: str, *, tokenizer_dir: Path | None = None, model: str | 
                         "drop --tokenizer: a pre-trained run brings its own")
     name = config["objective"]
     objective = get_objective(name)(_vocab(tokenizer), max_length, config.get("objective_options") or {})
-    cfg = ModelConfig.from_dict(config["model"], str(run / "config.yaml"))
+    cfg = _with_dropout(ModelConfig.from_dict(config["model"], str(run / "config.yaml")), dropout)
     check_max_length(max_length, cfg, objective.architecture)
     return Backbone(objective.load_pretrained(run, cfg), objective, name, cfg, tokenizer, str(run))
 
 
-def _hf_backbone(init: str, tokenizer_dir: Path | None, max_length: int) -> Backbone:
+def _with_dropout(cfg: ModelConfig, dropout: float | None) -> ModelConfig:
+    return cfg if dropout is None else dataclasses.replace(cfg, dropout=dropout, attention_dropout=dropout)
+
+
+def _hf_backbone(init: str, tokenizer_dir: Path | None, max_length: int, dropout: float | None) -> Backbone:
     from ptmkit.hf.importer import finetune_objective, load_hf_network
-    network, imported = load_hf_network(init)
+    network, imported = load_hf_network(init, lambda cfg: _with_dropout(cfg, dropout))
     if tokenizer_dir is not None and Tokenizer.load(tokenizer_dir).sha256() != imported.tokenizer.sha256():
         raise UserError("--tokenizer differs from the Hugging Face model's tokenizer", str(tokenizer_dir),
                         "drop --tokenizer: the imported model brings its own")

@@ -95,6 +95,9 @@ class FinetuneSpec:
     """Keep the token embeddings as pre-trained (see `TaskModel`)."""
     pooling: str = "auto"
     """first | last | mean | auto (the pre-training architecture's natural choice)."""
+    dropout: float | None = None
+    """Dropout of the backbone (hidden and attention) while fine-tuning; None keeps the
+    model's own (0.1 for ptmkit's sizes). Few labels may want more."""
     layer_decay: float = 1.0
     """Layer-wise learning-rate decay: the head trains at --lr, each layer below at this factor
     times the one above, the embeddings lowest (ELECTRA's fine-tuning); 1 = one rate for all."""
@@ -149,7 +152,7 @@ def _prepare(spec: FinetuneSpec) -> _Prepared:
     task_name, task_spec, train_path, dev_paths = _task_spec(spec)
     task_class = get_task(task_name)
     backbone = task_class.adapt(load_backbone(spec.init, tokenizer_dir=spec.tokenizer, model=spec.model,
-                                              max_length=spec.max_length,
+                                              max_length=spec.max_length, dropout=spec.dropout,
                                               scratch_objective=task_class.scratch_objective))
     task = task_class(task_spec, backbone.tokenizer, backbone.pooling, token_types=False)
     task.bind(backbone)
@@ -277,6 +280,8 @@ def _within(path: Path, directory: Path) -> bool:
 
 def check_options(spec: FinetuneSpec) -> None:
     """The options that need no file, checked before any is read or written."""
+    if spec.dropout is not None and not 0 <= spec.dropout < 1:
+        raise UserError(f"--dropout {spec.dropout} is not in [0, 1)", "--dropout", "use e.g. 0.1 or 0.3")
     if not 0 < spec.layer_decay <= 1:
         raise UserError(f"--layer-decay {spec.layer_decay} is not in (0, 1]", "--layer-decay",
                         "use e.g. 0.8 (lower layers learn slower) or 1 (off)")

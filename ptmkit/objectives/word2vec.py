@@ -74,9 +74,9 @@ a smaller corpus) stay in the vocabulary, so tiny corpora still train."""
 ANALOGY_VOCAB = 30_000
 """Analogies are answered among the 30k most frequent words (word2vec.c compute-accuracy)."""
 DECODE_CHUNK = 4096
+"""Sentences decoded per tokenizer call while streaming."""
 CONTEXT_FILE = "context.safetensors"
 """The output vectors (`context`) and word counts (`counts`) of a run, in vectors.txt order."""
-"""Sentences decoded per tokenizer call while streaming."""
 _WORD_START = {"bpe": "Ġ", "unigram": "▁"}
 """Piece prefix that marks a word start (wordpiece marks continuations with ## instead)."""
 

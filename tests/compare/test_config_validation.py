@@ -128,6 +128,7 @@ TASK = {"type": "classify", "train": "a/train.tsv"}
     ({"finetune": {"precision": "fp16"}}, r"\(cmp.yaml: finetune.precision\)"),
     ({"finetune": {"select_fraction": 1}}, r"\(cmp.yaml: finetune.select_fraction\)"),
     ({"finetune": {"layer_decay": 0}}, r"\(cmp.yaml: finetune.layer_decay\)"),
+    ({"finetune": {"dropout": 1}}, r"in \[0, 1\).*\(cmp.yaml: finetune.dropout\)"),
     ({"finetune": {"weight_decay": "x"}}, r"\(cmp.yaml: finetune.weight_decay\)"),
     ({"finetune": {"freeze_embeddings": "yes"}}, r"not true or false: 'yes' \(cmp.yaml: finetune.freeze_embeddings\)"),
     # tokenizer: the keyword arguments train_tokenizer takes, or a trained tokenizer's directory

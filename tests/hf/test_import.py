@@ -202,6 +202,13 @@ def test_fine_tuning_from_an_imported_model(family, hf_dirs, tmp_path):
         assert export_run(out, tmp_path / "hf")["class"] == "BertForSequenceClassification"
 
 
+def test_fine_tuning_dropout_reaches_an_imported_model(hf_dirs):
+    from ptmkit.finetuning.model import load_backbone
+    backbone = load_backbone(f"hf:{hf_dirs['bert']}", max_length=16, dropout=0.3)
+    assert backbone.model_cfg.dropout == backbone.model_cfg.attention_dropout == 0.3
+    assert {m.p for m in backbone.network.modules() if isinstance(m, torch.nn.Dropout)} == {0.3}
+
+
 def test_cli_pretrain_with_hf_init(hf_dirs, lee, tmp_path):
     assert main(["pretrain", "--objective", "clm", "--init", f"hf:{hf_dirs['gpt2']}", "--corpus", str(lee),
                  "--steps", "1", "--batch-size", "4", "--seq-len", "32", "--workers", "0", "--no-progress",
