@@ -644,6 +644,7 @@ def estimate(cfg: CompareConfig, out: Path | None = None) -> list[tuple[str, flo
     from ptmkit.model.config import resolve_model_config
     vocab = cfg.tokenizer.get("vocab_size", 8000) if isinstance(cfg.tokenizer, dict) else 8000
     model = Transformer(resolve_model_config(cfg.model, vocab_size=vocab, layout="bert"))
+    rates: dict[tuple[str, int], float] = {}
     plan = []
     for job in pretrain_jobs(cfg):
         budget = cfg.domain_pretrain if job.domain else cfg.pretrain
@@ -655,8 +656,10 @@ def estimate(cfg: CompareConfig, out: Path | None = None) -> list[tuple[str, flo
             step = objective.step_tokens(_batch_tokens(budget), _corpus_tokens(cfg, job.domain, out))
             tokens = objective.planned_steps(_budget_steps(budget, step), options) * step
             seq_len = budget.get("seq_len", 128)
-            rate = objective.cpu_tokens_per_second(options) or ASSUMED_FLOPS / model.flops_per_token(seq_len, 0.15)
-            seconds = tokens / rate
+            if (job.objective, seq_len) not in rates:
+                rates[job.objective, seq_len] = objective.cpu_tokens_per_second(options) or ASSUMED_FLOPS / _flops_per_token(
+                    cfg, job.objective, vocab, seq_len, fallback=model)
+            seconds = tokens / rates[job.objective, seq_len]
         plan.append((f"pretrain {job.name}", seconds))
     epochs = cfg.finetune.get("epochs", 3)
     sizes = {task.name: _count_examples(task) for task in cfg.tasks}
@@ -675,6 +678,21 @@ def estimate(cfg: CompareConfig, out: Path | None = None) -> list[tuple[str, flo
                           / ASSUMED_FLOPS)
         plan.append((f"finetune {cell.name}", seconds))
     return plan
+
+
+def _flops_per_token(cfg: CompareConfig, name: str, vocab: int, seq_len: int, fallback: torch.nn.Module) -> float:
+    """Training FLOPs per token of `name`'s own network: a biLSTM (ELMo) or a softmax at every
+    position (CLM) costs several times a masked LM's. A recipe's stages are costed as `fallback`,
+    a masked LM."""
+    from ptmkit.data.tokenizer import OWN_SPECIAL_IDS
+    from ptmkit.model.config import resolve_model_config
+    from ptmkit.objectives.base import Vocab
+    if name.startswith(RECIPE_PREFIX):
+        return fallback.flops_per_token(seq_len, 0.15)
+    objective = get_objective(name)(Vocab(vocab, OWN_SPECIAL_IDS), seq_len, cfg.objective_options.get(name, {}))
+    network = objective.build_model(resolve_model_config(
+        cfg.model, vocab_size=vocab, layout=objective.layout, encoder_decoder=objective.architecture == "encoder_decoder"))
+    return network.flops_per_token(seq_len, objective.predicted_fraction())
 
 
 def _batch_tokens(budget: dict[str, Any]) -> int:

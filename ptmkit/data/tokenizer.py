@@ -94,6 +94,11 @@ class SpecialIds:
         return frozenset((self.pad, self.unk, self.cls, self.sep, self.mask, self.bos, self.eos, *self.sentinels))
 
 
+OWN_SPECIAL_IDS = SpecialIds(*range(len(SPECIAL_TOKENS)),
+                             sentinels=tuple(range(len(SPECIAL_TOKENS), N_SPECIAL)))
+"""The special ids of every tokenizer ptmkit trains (the order of ALL_SPECIAL_TOKENS)."""
+
+
 def minimum_vocab_size(kind: str) -> int:
     """The smallest ``vocab_size`` (specials included) that :func:`train_tokenizer` accepts."""
     return N_SPECIAL + MIN_ORDINARY[kind]

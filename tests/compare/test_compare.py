@@ -392,6 +392,26 @@ def test_a_word2vec_step_is_an_epoch_in_token_budgets_and_estimates(task_file, t
     assert json.loads((run / "summary.json").read_text())["steps"] == 2
 
 
+def test_dry_run_costs_each_objective_by_its_own_network(task_file, tmp_path) -> None:
+    """The same budget costs ELMo's biLSTM and CLM's softmax at every position more than an MLM,
+    in the ratio of the FLOPs their runs' summaries report."""
+    from ptmkit.model.config import resolve_model_config
+    from ptmkit.objectives.base import Vocab
+    from ptmkit.data.tokenizer import OWN_SPECIAL_IDS
+    cfg = parse_compare_config(config(task_file, objectives=["mlm", "clm", "elmo"], label_budgets=[20], seeds=[0]),
+                               "cmp.yaml", tmp_path)
+    plan = dict(estimate(cfg))
+
+    def flops(name: str) -> float:
+        objective = get_objective(name)(Vocab(600, OWN_SPECIAL_IDS), 32)
+        network = objective.build_model(resolve_model_config("tiny", vocab_size=600, layout=objective.layout))
+        return network.flops_per_token(32, objective.predicted_fraction())
+
+    assert flops("elmo") > 2 * flops("mlm") and flops("clm") > flops("mlm")
+    for name in ("clm", "elmo"):
+        assert plan[f"pretrain {name}-s0"] / plan["pretrain mlm-s0"] == pytest.approx(flops(name) / flops("mlm"))
+
+
 def test_an_interrupted_pretraining_resumes_from_its_checkpoint(task_file, tmp_path, monkeypatch) -> None:
     cfg = parse_compare_config(config(task_file, label_budgets=[20], seeds=[0]), "cmp.yaml", tmp_path)
     out = tmp_path / "out"

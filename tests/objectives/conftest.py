@@ -8,12 +8,11 @@ import torch
 
 from ptmkit.data.corpus import read_texts
 from ptmkit.data.shards import TokenShards, Window, prepare
-from ptmkit.data.tokenizer import SPECIAL_TOKENS, N_SENTINELS, SpecialIds, train_tokenizer
+from ptmkit.data.tokenizer import OWN_SPECIAL_IDS, train_tokenizer
 from ptmkit.model.config import resolve_model_config
 from ptmkit.objectives.base import IGNORE, Objective, Vocab
 
-SPECIAL = SpecialIds(pad=0, unk=1, cls=2, sep=3, mask=4, bos=5, eos=6,
-                     sentinels=tuple(range(len(SPECIAL_TOKENS), len(SPECIAL_TOKENS) + N_SENTINELS)))
+SPECIAL = OWN_SPECIAL_IDS
 
 
 @pytest.fixture
