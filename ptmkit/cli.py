@@ -513,7 +513,8 @@ def _input_lines(source: str) -> list[str]:
 def _run_compare(args: argparse.Namespace) -> None:
     from ptmkit.compare.config import load_compare_config
     from ptmkit.compare.report import summary_lines
-    from ptmkit.compare.runner import Compare, estimate
+    from ptmkit.compare.estimate import estimate
+    from ptmkit.compare.runner import Compare
     cfg = load_compare_config(args.config)
     compare = Compare(cfg, args.out, progress=not args.no_progress, workers=args.workers)
     if args.dry_run:

@@ -25,23 +25,23 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from ptmkit.compare.config import RECIPE_PREFIX, CompareConfig, TaskConfig, job_name
-from ptmkit.data.corpus import file_digests, list_corpus_files, read_texts
+from ptmkit.compare.config import RECIPE_PREFIX, CompareConfig, TaskConfig
+from ptmkit.compare.estimate import batch_tokens, budget_steps, estimate, train_tokens
+from ptmkit.compare.plan import SCRATCH, Cell, PretrainJob, cells, pretrain_jobs, skipped_pairs
+from ptmkit.data.corpus import file_digests, read_texts
 from ptmkit.data.shards import corpus_fingerprint, prepare
 from ptmkit.data.tokenizer import Tokenizer, train_tokenizer
 from ptmkit.errors import UserError
-from ptmkit.finetuning.registry import task_accepts
 from ptmkit.finetuning.run import FinetuneSpec, kept_model
 from ptmkit.finetuning.search import as_rates, finetune_search, select_fraction_for
 from ptmkit.objectives import get_objective
-from ptmkit.objectives.base import Objective
 from ptmkit.pretraining import PretrainSpec, pretrain
 from ptmkit.recipes import Recipe
 from ptmkit.recipes.pretrain import RecipeRun, pretrain_recipe
@@ -50,76 +50,6 @@ from ptmkit.train.loop import TrainConfig
 
 RESULT_COLUMNS = ["objective", "path", "task", "label_budget", "seed", "metric", "value",
                   "pretrain_tokens", "pretrain_seconds", "finetune_seconds"]
-SCRATCH = "scratch"
-
-
-@dataclass(frozen=True)
-class PretrainJob:
-    objective: str
-    seed: int
-    domain: bool
-
-    @property
-    def name(self) -> str:
-        return job_name(self.objective, self.seed, self.domain)
-
-    @property
-    def general(self) -> PretrainJob:
-        """The general-text run this job is, or (a domain run) starts from."""
-        return PretrainJob(self.objective, self.seed, False)
-
-
-@dataclass(frozen=True)
-class Cell:
-    task: TaskConfig
-    path: str
-    objective: str
-    budget: int | None
-    seed: int
-    pretrain_seed: int
-
-    @property
-    def name(self) -> str:
-        budget = "full" if self.budget is None else str(self.budget)
-        return f"{self.task.name}/{self.path}-{self.objective}/b{budget}-s{self.seed}"
-
-    @property
-    def job(self) -> PretrainJob | None:
-        if self.path == "A":
-            return None
-        return PretrainJob(self.objective, self.pretrain_seed, domain=self.path == "C")
-
-
-def pretrain_jobs(cfg: CompareConfig) -> list[PretrainJob]:
-    jobs = [PretrainJob(o, s, False) for o in cfg.systems for s in cfg.pretrain_seeds]
-    return jobs + [PretrainJob(o, s, True) for o in cfg.domain_systems for s in cfg.pretrain_seeds]
-
-
-def cells(cfg: CompareConfig) -> list[Cell]:
-    """Every fine-tuning cell; pre-trained cells use the first pre-training seed unless several
-    are given, in which case fine-tuning seed i starts from pre-training seed i (cyclically)."""
-    out = []
-    for task in cfg.tasks:
-        for budget in task.label_budgets or cfg.label_budgets:
-            for i, seed in enumerate(cfg.seeds):
-                pseed = cfg.pretrain_seeds[i % len(cfg.pretrain_seeds)]
-                out.append(Cell(task, "A", SCRATCH, budget, seed, pseed))
-                for path in cfg.paths[1:]:
-                    out += [Cell(task, path, o, budget, seed, pseed) for o in (cfg.systems if path == "B" else cfg.domain_systems)
-                            if _can_do(cfg, o, task)]
-    return out
-
-
-def _can_do(cfg: CompareConfig, system: str, task: TaskConfig) -> bool:
-    """Whether the network a system hands to fine-tuning (a recipe: its last stage's) can do `task`."""
-    objective = cfg.recipe.stages[-1].objective if system.startswith(RECIPE_PREFIX) and cfg.recipe else system
-    return task_accepts(task.type, objective)
-
-
-def skipped_pairs(cfg: CompareConfig) -> list[tuple[str, str]]:
-    """(system, task) pairs left out because the system's network cannot do the task (an
-    LSTM cannot do seq2seq); the report names them."""
-    return [(o, task.name) for task in cfg.tasks for o in cfg.systems if not _can_do(cfg, o, task)]
 
 
 def _key(values: dict[str, Any]) -> str:
@@ -247,7 +177,7 @@ class Compare:
         values = {k: v for k, v in budget.items() if k not in ("steps", "minutes", "tokens")}
         if "minutes" in budget:
             return TrainConfig(seed=seed, max_minutes=float(budget["minutes"]), **values)
-        return TrainConfig(seed=seed, steps=_budget_steps(budget, step_tokens or _batch_tokens(budget)), **values)
+        return TrainConfig(seed=seed, steps=budget_steps(budget, step_tokens or batch_tokens(budget)), **values)
 
     def _pretrain_key(self, job: PretrainJob, data: dict[bool, Path]) -> str:
         """The key of `job`'s run: its settings, the prepared data and (domain runs) the key of
@@ -301,7 +231,7 @@ class Compare:
 
     def _step_tokens(self, job: PretrainJob, budget: dict[str, Any], data: dict[bool, Path]) -> int:
         """Tokens one step of `job` reads (word2vec: an epoch over its prepared data)."""
-        return get_objective(job.objective).step_tokens(_batch_tokens(budget), _train_tokens(data[job.domain]))
+        return get_objective(job.objective).step_tokens(batch_tokens(budget), train_tokens(data[job.domain]))
 
     def _run_recipe(self, job: PretrainJob, run: Path, key: str, data: Path) -> Path:
         """The recipe's stages on the shared data (an interrupted one continues with its finished
@@ -631,120 +561,3 @@ def _pooled(folds: list[dict[str, Any]]) -> dict[str, Any]:
             "train_examples": folds[0]["train_examples"],
             "finetune_seconds": round(sum(fold["finetune_seconds"] for fold in folds), 2),
             "folds": [{main: fold[main], "lr": fold.get("lr")} for fold in folds]}
-
-
-ASSUMED_FLOPS = 1e11
-"""Sustained training FLOP/s assumed by --dry-run estimates (this class of 2-core CPU, fp32)."""
-
-
-def estimate(cfg: CompareConfig, out: Path | None = None) -> list[tuple[str, float]]:
-    """(what, estimated seconds) of every pre-training job and fine-tuning cell; `out`: a
-    compare's directory, whose prepared corpora give their exact sizes."""
-    from ptmkit.model.backbone import Transformer
-    from ptmkit.model.config import resolve_model_config
-    vocab = cfg.tokenizer.get("vocab_size", 8000) if isinstance(cfg.tokenizer, dict) else 8000
-    model = Transformer(resolve_model_config(cfg.model, vocab_size=vocab, layout="bert"))
-    rates: dict[tuple[str, int], float] = {}
-    plan = []
-    for job in pretrain_jobs(cfg):
-        budget = cfg.domain_pretrain if job.domain else cfg.pretrain
-        if "minutes" in budget:
-            seconds = 60.0 * budget["minutes"]
-        else:
-            objective = get_objective(job.objective) if not job.objective.startswith(RECIPE_PREFIX) else Objective
-            options = cfg.objective_options.get(job.objective, {})
-            step = objective.step_tokens(_batch_tokens(budget), _corpus_tokens(cfg, job.domain, out))
-            tokens = objective.planned_steps(_budget_steps(budget, step), options) * step
-            seq_len = budget.get("seq_len", 128)
-            if (job.objective, seq_len) not in rates:
-                rates[job.objective, seq_len] = objective.cpu_tokens_per_second(options) or ASSUMED_FLOPS / _flops_per_token(
-                    cfg, job.objective, vocab, seq_len, fallback=model)
-            seconds = tokens / rates[job.objective, seq_len]
-        plan.append((f"pretrain {job.name}", seconds))
-    epochs = cfg.finetune.get("epochs", 3)
-    sizes = {task.name: _count_examples(task) for task in cfg.tasks}
-    for cell in cells(cfg):
-        # a learning-rate search fine-tunes once per rate (scratch may search its own rates)
-        lr = cfg.finetune.get("scratch_lr" if cell.job is None and "scratch_lr" in cfg.finetune else "lr", 5e-5)
-        runs = len(as_rates(lr))
-        available = sizes[cell.task.name]
-        examples = cell.budget or available or 10_000  # "full": the task's training examples
-        if available:
-            examples = min(examples, available)
-        folds = cell.task.cv_folds or 1  # cross-validation: one fine-tuning per fold, on (K-1)/K of the data
-        examples_trained = examples * (folds - 1) if cell.task.cv_folds else examples
-        length = cell.task.max_length
-        seconds = runs * (5 * folds + examples_trained * epochs * length * model.flops_per_token(length, 0)
-                          / ASSUMED_FLOPS)
-        plan.append((f"finetune {cell.name}", seconds))
-    return plan
-
-
-def _flops_per_token(cfg: CompareConfig, name: str, vocab: int, seq_len: int, fallback: torch.nn.Module) -> float:
-    """Training FLOPs per token of `name`'s own network: a biLSTM (ELMo) or a softmax at every
-    position (CLM) costs several times a masked LM's. A recipe's stages are costed as `fallback`,
-    a masked LM."""
-    from ptmkit.data.tokenizer import OWN_SPECIAL_IDS
-    from ptmkit.model.config import resolve_model_config
-    from ptmkit.objectives.base import Vocab
-    if name.startswith(RECIPE_PREFIX):
-        return fallback.flops_per_token(seq_len, 0.15)
-    objective = get_objective(name)(Vocab(vocab, OWN_SPECIAL_IDS), seq_len, cfg.objective_options.get(name, {}))
-    network = objective.build_model(resolve_model_config(
-        cfg.model, vocab_size=vocab, layout=objective.layout, encoder_decoder=objective.architecture == "encoder_decoder"))
-    return network.flops_per_token(seq_len, objective.predicted_fraction())
-
-
-def _batch_tokens(budget: dict[str, Any]) -> int:
-    return budget.get("batch_size", 32) * budget.get("seq_len", 128) * budget.get("grad_accum", 1)
-
-
-def _budget_steps(budget: dict[str, Any], step_tokens: int) -> int:
-    """The steps of a steps or tokens budget, each step reading `step_tokens`."""
-    return max(1, int(budget["tokens"]) // step_tokens) if "tokens" in budget else int(budget.get("steps", 1000))
-
-
-def _train_tokens(data: Path) -> int:
-    return json.loads((data / "manifest.json").read_text())["splits"]["train"]["tokens"]
-
-
-BYTES_PER_TOKEN = 4.2
-"""Bytes of text per token of an 8k-32k subword vocabulary (English Wikipedia 4.5, IMDB reviews
-3.9), for estimates made before the corpus is prepared."""
-
-
-def _corpus_tokens(cfg: CompareConfig, domain: bool, out: Path | None) -> int:
-    """Training tokens of the general or domain corpus: counted, once `out` holds it prepared,
-    else guessed from the text's size (a gzip file records its own; other compressed files are
-    taken as a quarter of their text)."""
-    prepared = out / "data" / ("domain" if domain else "general") if out is not None else None
-    if prepared is not None and (prepared / "manifest.json").is_file():
-        return _train_tokens(prepared)
-    text_bytes = 0
-    for path in list_corpus_files(cfg.domain_corpus if domain else cfg.corpus):
-        if path.suffix == ".gz":
-            with open(path, "rb") as f:
-                f.seek(-4, 2)
-                text_bytes += int.from_bytes(f.read(4), "little")  # ISIZE: the size modulo 4 GiB
-        else:
-            text_bytes += path.stat().st_size * (4 if path.suffix in (".bz2", ".xz") else 1)
-    return max(1, int(text_bytes / BYTES_PER_TOKEN))
-
-
-def _count_examples(task: TaskConfig) -> int | None:
-    """The training examples of a task whose file holds one per line (classification,
-    regression, seq2seq: jsonl, csv/tsv after the header, fastText, line-aligned pairs), for
-    --dry-run's estimate; None where that does not hold or the file cannot be read."""
-    if task.type not in ("classify", "regress", "seq2seq") or not task.train:
-        return None
-    import bz2
-    import gzip
-    path = Path(task.train.split(",")[0])
-    opener = {".gz": gzip.open, ".bz2": bz2.open}.get(path.suffix, open)
-    try:
-        with opener(path, "rb") as f:
-            lines = sum(1 for line in f if line.strip())
-    except OSError:
-        return None
-    kind = path.name.removesuffix(path.suffix if path.suffix in (".gz", ".bz2") else "").rsplit(".", 1)[-1]
-    return max(0, lines - (kind.lower() in ("csv", "tsv"))) or None

@@ -16,9 +16,10 @@ import pytest
 
 import ptmkit.compare.runner as runner
 from ptmkit.compare.config import CompareConfig, parse_compare_config
+from ptmkit.compare.estimate import estimate
+from ptmkit.compare.plan import cells, pretrain_jobs, skipped_pairs
 from ptmkit.compare.report import aggregate, read_results, summary_lines, write_report
-from ptmkit.compare.runner import (RESULT_COLUMNS, Compare, CompareFailed, cells, estimate, pretrain_jobs,
-                                   skipped_pairs)
+from ptmkit.compare.runner import RESULT_COLUMNS, Compare, CompareFailed
 from ptmkit.data.shards import TokenShards
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.errors import UserError

@@ -1,0 +1,133 @@
+"""What a compare will cost before it runs (`--dry-run`, the progress bar's ETA), and the budget
+arithmetic it shares with the runs: steps of a steps or tokens budget, tokens of a corpus."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ptmkit.compare.config import RECIPE_PREFIX, CompareConfig, TaskConfig
+from ptmkit.compare.plan import cells, pretrain_jobs
+from ptmkit.data.corpus import list_corpus_files
+from ptmkit.finetuning.search import as_rates
+from ptmkit.objectives import get_objective
+from ptmkit.objectives.base import Objective
+
+ASSUMED_FLOPS = 1e11
+"""Sustained training FLOP/s assumed by --dry-run estimates (this class of 2-core CPU, fp32)."""
+
+
+def estimate(cfg: CompareConfig, out: Path | None = None) -> list[tuple[str, float]]:
+    """(what, estimated seconds) of every pre-training job and fine-tuning cell; `out`: a
+    compare's directory, whose prepared corpora give their exact sizes."""
+    from ptmkit.model.backbone import Transformer
+    from ptmkit.model.config import resolve_model_config
+    vocab = cfg.tokenizer.get("vocab_size", 8000) if isinstance(cfg.tokenizer, dict) else 8000
+    model = Transformer(resolve_model_config(cfg.model, vocab_size=vocab, layout="bert"))
+    rates: dict[tuple[str, int], float] = {}
+    plan = []
+    for job in pretrain_jobs(cfg):
+        budget = cfg.domain_pretrain if job.domain else cfg.pretrain
+        if "minutes" in budget:
+            seconds = 60.0 * budget["minutes"]
+        else:
+            objective = get_objective(job.objective) if not job.objective.startswith(RECIPE_PREFIX) else Objective
+            options = cfg.objective_options.get(job.objective, {})
+            step = objective.step_tokens(batch_tokens(budget), corpus_tokens(cfg, job.domain, out))
+            tokens = objective.planned_steps(budget_steps(budget, step), options) * step
+            seq_len = budget.get("seq_len", 128)
+            if (job.objective, seq_len) not in rates:
+                rates[job.objective, seq_len] = objective.cpu_tokens_per_second(options) or ASSUMED_FLOPS / _flops_per_token(
+                    cfg, job.objective, vocab, seq_len, fallback=model)
+            seconds = tokens / rates[job.objective, seq_len]
+        plan.append((f"pretrain {job.name}", seconds))
+    epochs = cfg.finetune.get("epochs", 3)
+    sizes = {task.name: _count_examples(task) for task in cfg.tasks}
+    for cell in cells(cfg):
+        # a learning-rate search fine-tunes once per rate (scratch may search its own rates)
+        lr = cfg.finetune.get("scratch_lr" if cell.job is None and "scratch_lr" in cfg.finetune else "lr", 5e-5)
+        runs = len(as_rates(lr))
+        available = sizes[cell.task.name]
+        examples = cell.budget or available or 10_000  # "full": the task's training examples
+        if available:
+            examples = min(examples, available)
+        folds = cell.task.cv_folds or 1  # cross-validation: one fine-tuning per fold, on (K-1)/K of the data
+        examples_trained = examples * (folds - 1) if cell.task.cv_folds else examples
+        length = cell.task.max_length
+        seconds = runs * (5 * folds + examples_trained * epochs * length * model.flops_per_token(length, 0)
+                          / ASSUMED_FLOPS)
+        plan.append((f"finetune {cell.name}", seconds))
+    return plan
+
+
+def _flops_per_token(cfg: CompareConfig, name: str, vocab: int, seq_len: int, fallback: torch.nn.Module) -> float:
+    """Training FLOPs per token of `name`'s own network: a biLSTM (ELMo) or a softmax at every
+    position (CLM) costs several times a masked LM's. A recipe's stages are costed as `fallback`,
+    a masked LM."""
+    from ptmkit.data.tokenizer import OWN_SPECIAL_IDS
+    from ptmkit.model.config import resolve_model_config
+    from ptmkit.objectives.base import Vocab
+    if name.startswith(RECIPE_PREFIX):
+        return fallback.flops_per_token(seq_len, 0.15)
+    objective = get_objective(name)(Vocab(vocab, OWN_SPECIAL_IDS), seq_len, cfg.objective_options.get(name, {}))
+    network = objective.build_model(resolve_model_config(
+        cfg.model, vocab_size=vocab, layout=objective.layout, encoder_decoder=objective.architecture == "encoder_decoder"))
+    return network.flops_per_token(seq_len, objective.predicted_fraction())
+
+
+def batch_tokens(budget: dict[str, Any]) -> int:
+    return budget.get("batch_size", 32) * budget.get("seq_len", 128) * budget.get("grad_accum", 1)
+
+
+def budget_steps(budget: dict[str, Any], step_tokens: int) -> int:
+    """The steps of a steps or tokens budget, each step reading `step_tokens`."""
+    return max(1, int(budget["tokens"]) // step_tokens) if "tokens" in budget else int(budget.get("steps", 1000))
+
+
+def train_tokens(data: Path) -> int:
+    return json.loads((data / "manifest.json").read_text())["splits"]["train"]["tokens"]
+
+
+BYTES_PER_TOKEN = 4.2
+"""Bytes of text per token of an 8k-32k subword vocabulary (English Wikipedia 4.5, IMDB reviews
+3.9), for estimates made before the corpus is prepared."""
+
+
+def corpus_tokens(cfg: CompareConfig, domain: bool, out: Path | None) -> int:
+    """Training tokens of the general or domain corpus: counted, once `out` holds it prepared,
+    else guessed from the text's size (a gzip file records its own; other compressed files are
+    taken as a quarter of their text)."""
+    prepared = out / "data" / ("domain" if domain else "general") if out is not None else None
+    if prepared is not None and (prepared / "manifest.json").is_file():
+        return train_tokens(prepared)
+    text_bytes = 0
+    for path in list_corpus_files(cfg.domain_corpus if domain else cfg.corpus):
+        if path.suffix == ".gz":
+            with open(path, "rb") as f:
+                f.seek(-4, 2)
+                text_bytes += int.from_bytes(f.read(4), "little")  # ISIZE: the size modulo 4 GiB
+        else:
+            text_bytes += path.stat().st_size * (4 if path.suffix in (".bz2", ".xz") else 1)
+    return max(1, int(text_bytes / BYTES_PER_TOKEN))
+
+
+def _count_examples(task: TaskConfig) -> int | None:
+    """The training examples of a task whose file holds one per line (classification,
+    regression, seq2seq: jsonl, csv/tsv after the header, fastText, line-aligned pairs), for
+    --dry-run's estimate; None where that does not hold or the file cannot be read."""
+    if task.type not in ("classify", "regress", "seq2seq") or not task.train:
+        return None
+    import bz2
+    import gzip
+    path = Path(task.train.split(",")[0])
+    opener = {".gz": gzip.open, ".bz2": bz2.open}.get(path.suffix, open)
+    try:
+        with opener(path, "rb") as f:
+            lines = sum(1 for line in f if line.strip())
+    except OSError:
+        return None
+    kind = path.name.removesuffix(path.suffix if path.suffix in (".gz", ".bz2") else "").rsplit(".", 1)[-1]
+    return max(0, lines - (kind.lower() in ("csv", "tsv"))) or None
