@@ -18,6 +18,7 @@ import yaml
 
 from ptmkit.errors import UserError
 from ptmkit.fileio import check_writable, read_yaml
+from ptmkit.recipes import FINETUNE_KEYS as RECIPE_FINETUNE_KEYS
 from ptmkit.train.loop import TrainConfig
 
 EPILOGS = {
@@ -435,9 +436,9 @@ def _train_config(values: dict[str, Any], where: str) -> TrainConfig:
         raise UserError(f"bad training option: {err}", where, "check option names and types") from None
 
 
-RECIPE_FINETUNE_FLAGS = ("pooling", "layer_decay", "dropout", "select_fraction", "epochs", "min_steps", "lr",
-                         "batch_size", "max_length", "patience", "keep_epoch", "precision", "warmup_ratio",
-                         "weight_decay", "freeze_embeddings", "checkpoint_seconds")
+RECIPE_FINETUNE_FLAGS = (*sorted(RECIPE_FINETUNE_KEYS), "checkpoint_seconds")
+"""Flags of `finetune` that override a --recipe's settings: those a recipe can hold, and one
+about how to run rather than what to train."""
 
 
 def _rates(text: str) -> list[float]:

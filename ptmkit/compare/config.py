@@ -128,9 +128,7 @@ TASK_VALUES: dict[str, Check] = {
 TOP_KEYS = {"corpus", "domain_corpus", "domain_objectives", "tokenizer", "model", "objectives", "objective_options",
             "pretrain", "domain_pretrain", "task", "tasks", "label_budgets", "seeds",
             "pretrain_seeds", "finetune", "text_field", "recipe", "segment", "title"}
-PRETRAIN_KEYS = set(PRETRAIN_VALUES)
 TASK_KEYS = {"type", "name", "train", "dev", "text_fields", "data_dir", "label_budgets"} | set(TASK_VALUES)
-FINETUNE_KEYS = set(FINETUNE_VALUES)
 RECIPE_PREFIX = "recipe:"
 """A recipe's rows in results.csv name it `recipe:<name>` in the objective column."""
 

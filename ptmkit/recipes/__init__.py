@@ -21,7 +21,7 @@ RECIPES_DIR = Path(__file__).parent
 TOP_KEYS = {"name", "summary", "tokenizer", "model", "minutes", "stages", "finetune"}
 STAGE_KEYS = {"objective", "objective_options", "train"}
 FINETUNE_KEYS = {"epochs", "min_steps", "lr", "batch_size", "max_length", "warmup_ratio", "weight_decay", "patience",
-                 "keep_epoch", "select_fraction", "layer_decay", "pooling", "precision", "freeze_embeddings"}
+                 "keep_epoch", "select_fraction", "layer_decay", "dropout", "pooling", "precision", "freeze_embeddings"}
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from ptmkit.compare.runner import Compare
 from ptmkit.data.tokenizer import train_tokenizer
 from ptmkit.errors import UserError
 from ptmkit.finetuning.run import FinetuneSpec
+from ptmkit.recipes import FINETUNE_KEYS as RECIPE_FINETUNE_KEYS
 from ptmkit.train.loop import TrainConfig
 
 
@@ -196,6 +197,8 @@ def test_the_checked_keys_are_those_the_runner_passes_on() -> None:
     assert set(TOKENIZER_VALUES) == trainer  # an unknown tokenizer key fails here, not after the corpus is read
     assert set(PRETRAIN_VALUES) - {"steps", "minutes", "tokens"} <= {f.name for f in dataclasses.fields(TrainConfig)}
     assert set(FINETUNE_VALUES) - {"scratch_lr"} <= {f.name for f in dataclasses.fields(FinetuneSpec)}
+    # a recipe carries the same fine-tuning settings a compare config does (path A's rate aside)
+    assert set(FINETUNE_VALUES) - {"scratch_lr"} == RECIPE_FINETUNE_KEYS
 
 
 def test_a_config_that_is_not_utf8_is_a_user_error(base) -> None:
