@@ -25,6 +25,7 @@ from ptmkit.data.shards import TokenShards, corpus_fingerprint, prepare
 from ptmkit.data.tokenizer import Tokenizer, train_tokenizer
 from ptmkit.data.corpus import read_documents, read_texts
 from ptmkit.errors import RunStopped, UserError
+from ptmkit.hf.importer import check_objective, check_weights, hf_directory, is_hf, load_into, read_hf
 from ptmkit.model.config import ModelConfig, resolve_model_config
 from ptmkit.objectives import get_objective
 from ptmkit.objectives.base import Vocab
@@ -78,7 +79,7 @@ def _resolve_data(spec: PretrainSpec) -> Path:
     """Prepared shards: given with --data, or prepared (and cached) inside the run from --corpus."""
     if spec.data is not None:
         return spec.data  # validated by _check_inputs
-    if _is_hf(spec.init):
+    if is_hf(spec.init):
         tokenizer = _hf_model(spec).tokenizer
     elif spec.tokenizer is not None:
         tokenizer = Tokenizer.load(spec.tokenizer)
@@ -106,23 +107,17 @@ def check_corpus(paths: list[str], text_field: str) -> None:
     next(iter(read_documents(paths, text_field=text_field, split=False)), None)
 
 
-def _is_hf(init: str | None) -> bool:
-    return bool(init) and str(init).startswith("hf:")
-
-
 def _hf_model(spec: PretrainSpec) -> Any:
     """The `--init hf:DIR` model's config and tokenizer (read once per spec; weights later)."""
     cached = getattr(spec, "_hf", None)
     if cached is None or cached[0] != spec.init:
-        from ptmkit.hf.importer import read_hf
         cached = (spec.init, read_hf(str(spec.init), weights=False))
         spec._hf = cached  # type: ignore[attr-defined]
     return cached[1]
 
 
 def _check_init(init: str) -> None:
-    if _is_hf(init):
-        from ptmkit.hf.importer import hf_directory
+    if is_hf(init):
         hf_directory(init)
         return
     if not (Path(init) / "model.safetensors").is_file():
@@ -138,8 +133,7 @@ def _check_inputs(spec: PretrainSpec, objective_cls: type) -> _Plan | None:
     """
     if spec.init and not spec.resume:
         _check_init(spec.init)
-    if _is_hf(spec.init) and not spec.resume:
-        from ptmkit.hf.importer import check_objective, check_weights
+    if is_hf(spec.init) and not spec.resume:
         check_objective(_hf_model(spec), spec.objective)
         if spec.tokenizer is not None:
             raise UserError("--tokenizer with --init hf:DIR", "--tokenizer",
@@ -158,14 +152,14 @@ def _check_inputs(spec: PretrainSpec, objective_cls: type) -> _Plan | None:
         raise UserError("the --init run used another tokenizer than --tokenizer", str(spec.tokenizer),
                         f"pass --tokenizer {spec.init}/tokenizer")
     vocab_size = (tokenizer.vocab_size if tokenizer is not None
-                  else _hf_model(spec).tokenizer.vocab_size if _is_hf(spec.init)
+                  else _hf_model(spec).tokenizer.vocab_size if is_hf(spec.init)
                   else DEFAULT_TOKENIZER["vocab_size"])
     _model_config(spec, objective_cls, vocab_size)
     return None
 
 
 def _model_config(spec: PretrainSpec, objective_cls: type, vocab_size: int) -> ModelConfig:
-    if _is_hf(spec.init):  # the imported model's shape, whatever --model says
+    if is_hf(spec.init):  # the imported model's shape, whatever --model says
         model_cfg = _hf_model(spec).model_cfg
     else:
         model_cfg = resolve_model_config(spec.model, vocab_size=vocab_size, layout=objective_cls.layout,
@@ -194,7 +188,7 @@ class _Plan:
 
 def _init_tokenizer_differs(spec: PretrainSpec, tokenizer: Tokenizer) -> bool:
     """An --init RUN (not hf:, not resuming) whose saved tokenizer is not `tokenizer`."""
-    init_tokenizer = Path(spec.init) / "tokenizer" if spec.init and not _is_hf(spec.init) else None
+    init_tokenizer = Path(spec.init) / "tokenizer" if spec.init and not is_hf(spec.init) else None
     return (init_tokenizer is not None and not spec.resume and init_tokenizer.is_dir()
             and Tokenizer.load(init_tokenizer).sha256() != tokenizer.sha256())
 
@@ -202,7 +196,7 @@ def _init_tokenizer_differs(spec: PretrainSpec, tokenizer: Tokenizer) -> bool:
 def _plan(spec: PretrainSpec, objective_cls: type, data_dir: Path) -> _Plan:
     train_shards, val_shards = TokenShards(data_dir, "train"), TokenShards(data_dir, "val")
     tokenizer = train_shards.tokenizer()
-    if _is_hf(spec.init) and not spec.resume and tokenizer.sha256() != _hf_model(spec).tokenizer.sha256():
+    if is_hf(spec.init) and not spec.resume and tokenizer.sha256() != _hf_model(spec).tokenizer.sha256():
         raise UserError("the data was prepared with another tokenizer than the --init hf: model's",
                         str(data_dir), f"prepare it with `ptmkit prepare --tokenizer {spec.init}`, "
                         "or pass --corpus instead of --data")
@@ -226,8 +220,7 @@ def _plan(spec: PretrainSpec, objective_cls: type, data_dir: Path) -> _Plan:
 
 def _init_from(init: str, model: torch.nn.Module, spec: PretrainSpec | None = None) -> None:
     _check_init(init)
-    if _is_hf(init):
-        from ptmkit.hf.importer import load_into, read_hf
+    if is_hf(init):
         imported = _hf_model(spec) if spec is not None else read_hf(init, weights=False)
         load_into(model, imported)
         imported.state = {}  # the weights now live in the model

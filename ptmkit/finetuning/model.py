@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.errors import UserError
+from ptmkit.hf.importer import finetune_objective, is_hf, load_hf_network
 from ptmkit.model.config import ModelConfig, resolve_model_config
 from ptmkit.model.word_vectors import token_embedding_weights
 from ptmkit.objectives import get_objective
@@ -72,7 +73,7 @@ def load_backbone(init: str, *, tokenizer_dir: Path | None = None, model: str | 
     """`scratch` (needs a tokenizer), a pre-training run directory, or `hf:DIR` (a local Hugging
     Face BERT / RoBERTa / GPT-2 / BART directory, see `ptmkit.hf.importer`). `dropout`, when
     given, replaces the model's hidden and attention dropout (weights are unaffected)."""
-    if init.startswith("hf:"):
+    if is_hf(init):
         return _hf_backbone(init, tokenizer_dir, max_length, dropout)
     if init == "scratch":
         if tokenizer_dir is None:
@@ -106,7 +107,6 @@ def _with_dropout(cfg: ModelConfig, dropout: float | None) -> ModelConfig:
 
 
 def _hf_backbone(init: str, tokenizer_dir: Path | None, max_length: int, dropout: float | None) -> Backbone:
-    from ptmkit.hf.importer import finetune_objective, load_hf_network
     network, imported = load_hf_network(init, lambda cfg: _with_dropout(cfg, dropout))
     if tokenizer_dir is not None and Tokenizer.load(tokenizer_dir).sha256() != imported.tokenizer.sha256():
         raise UserError("--tokenizer differs from the Hugging Face model's tokenizer", str(tokenizer_dir),
