@@ -280,9 +280,12 @@ class Word2Vec(Objective):
 
     @classmethod
     def cpu_tokens_per_second(cls, options: dict[str, Any]) -> float | None:
-        # skip-gram, 5 negatives, window 5: 190k tokens/s with one thread on a Zen 4 core, 270k
-        # with two on an AVX2 EPYC (EXPERIMENTS E3, E8)
-        return 1.5e5 * cls.parse_options(options).workers
+        # skip-gram, 5 negatives, window 5, 256-d: 190k tokens/s with one thread on a Zen 4 core,
+        # 270k with two on an AVX2 EPYC (EXPERIMENTS E3, E8). About 40% of the time (streaming and
+        # decoding the shards) does not grow with the vector size: 100-d ran 1.7x faster (the
+        # demo), 512-d 1.5x slower (E8).
+        opts = cls.parse_options(options)
+        return 1.5e5 * opts.workers / (0.4 + 0.6 * opts.vector_size / 256)
 
     def build_model(self, cfg: ModelConfig) -> nn.Module:
         return WordVectors(cfg.vocab_size, self.options.vector_size)

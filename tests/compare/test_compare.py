@@ -387,6 +387,9 @@ def test_a_word2vec_step_is_an_epoch_in_token_budgets_and_estimates(task_file, t
     assert estimated(cfg, out) == pytest.approx(2 * corpus / rate)
     four_epochs = parse(objective_options={"word2vec": {"epochs": 4, "workers": 2}})
     assert estimated(four_epochs, out) == pytest.approx(estimated(cfg, out))  # twice the epochs, twice the threads
+    wide = parse(pretrain=cfg.pretrain, objective_options={"word2vec": {"vector_size": 512}})
+    # wider vectors cost more, but less than in proportion: part of the time is streaming the shards
+    assert 1.5 < estimated(wide, out) / estimated(cfg, out) < 512 / 100
     # before the corpus is prepared: its size in bytes stands in for its tokens
     assert estimated(cfg, None) == pytest.approx(estimated(cfg, out), rel=0.5)
     run = Compare(cfg, out, progress=False).run_pretrain(pretrain_jobs(cfg)[0], data)
