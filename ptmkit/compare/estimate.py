@@ -3,6 +3,8 @@ arithmetic it shares with the runs: steps of a steps or tokens budget, tokens of
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import json
 from pathlib import Path
 from typing import Any
@@ -12,9 +14,12 @@ import torch
 from ptmkit.compare.config import RECIPE_PREFIX, CompareConfig, TaskConfig
 from ptmkit.compare.plan import cells, pretrain_jobs
 from ptmkit.data.corpus import list_corpus_files
+from ptmkit.data.tokenizer import OWN_SPECIAL_IDS
 from ptmkit.finetuning.search import as_rates
+from ptmkit.model.backbone import Transformer
+from ptmkit.model.config import resolve_model_config
 from ptmkit.objectives import get_objective
-from ptmkit.objectives.base import Objective
+from ptmkit.objectives.base import Objective, Vocab
 
 ASSUMED_FLOPS = 1e11
 """Sustained training FLOP/s assumed by --dry-run estimates (this class of 2-core CPU, fp32)."""
@@ -23,8 +28,6 @@ ASSUMED_FLOPS = 1e11
 def estimate(cfg: CompareConfig, out: Path | None = None) -> list[tuple[str, float]]:
     """(what, estimated seconds) of every pre-training job and fine-tuning cell; `out`: a
     compare's directory, whose prepared corpora give their exact sizes."""
-    from ptmkit.model.backbone import Transformer
-    from ptmkit.model.config import resolve_model_config
     vocab = cfg.tokenizer.get("vocab_size", 8000) if isinstance(cfg.tokenizer, dict) else 8000
     model = Transformer(resolve_model_config(cfg.model, vocab_size=vocab, layout="bert"))
     rates: dict[tuple[str, int], float] = {}
@@ -67,9 +70,6 @@ def _flops_per_token(cfg: CompareConfig, name: str, vocab: int, seq_len: int, fa
     """Training FLOPs per token of `name`'s own network: a biLSTM (ELMo) or a softmax at every
     position (CLM) costs several times a masked LM's. A recipe's stages are costed as `fallback`,
     a masked LM."""
-    from ptmkit.data.tokenizer import OWN_SPECIAL_IDS
-    from ptmkit.model.config import resolve_model_config
-    from ptmkit.objectives.base import Vocab
     if name.startswith(RECIPE_PREFIX):
         return fallback.flops_per_token(seq_len, 0.15)
     objective = get_objective(name)(Vocab(vocab, OWN_SPECIAL_IDS), seq_len, cfg.objective_options.get(name, {}))
@@ -120,8 +120,6 @@ def _count_examples(task: TaskConfig) -> int | None:
     --dry-run's estimate; None where that does not hold or the file cannot be read."""
     if task.type not in ("classify", "regress", "seq2seq") or not task.train:
         return None
-    import bz2
-    import gzip
     path = Path(task.train.split(",")[0])
     opener = {".gz": gzip.open, ".bz2": bz2.open}.get(path.suffix, open)
     try:
