@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,9 +80,8 @@ def load_backbone(init: str, *, tokenizer_dir: Path | None = None, model: str | 
                             "pass --tokenizer DIR (e.g. from `ptmkit tokenizer`)")
         tokenizer = Tokenizer.load(tokenizer_dir)
         objective = get_objective(scratch_objective)(_vocab(tokenizer), max_length)
-        cfg = _with_dropout(resolve_model_config(model, vocab_size=tokenizer.vocab_size, layout=objective.layout,
-                                                 encoder_decoder=objective.architecture == "encoder_decoder"),
-                            dropout)
+        cfg = resolve_model_config(model, vocab_size=tokenizer.vocab_size, layout=objective.layout,
+                                   encoder_decoder=objective.architecture == "encoder_decoder").with_dropout(dropout)
         check_max_length(max_length, cfg, objective.architecture)
         return Backbone(objective.build_model(cfg), objective, scratch_objective, cfg, tokenizer, "scratch")
     run = Path(init)
@@ -97,17 +95,13 @@ def load_backbone(init: str, *, tokenizer_dir: Path | None = None, model: str | 
                         "drop --tokenizer: a pre-trained run brings its own")
     name = config["objective"]
     objective = get_objective(name)(_vocab(tokenizer), max_length, config.get("objective_options") or {})
-    cfg = _with_dropout(ModelConfig.from_dict(config["model"], str(run / "config.yaml")), dropout)
+    cfg = ModelConfig.from_dict(config["model"], str(run / "config.yaml")).with_dropout(dropout)
     check_max_length(max_length, cfg, objective.architecture)
     return Backbone(objective.load_pretrained(run, cfg), objective, name, cfg, tokenizer, str(run))
 
 
-def _with_dropout(cfg: ModelConfig, dropout: float | None) -> ModelConfig:
-    return cfg if dropout is None else dataclasses.replace(cfg, dropout=dropout, attention_dropout=dropout)
-
-
 def _hf_backbone(init: str, tokenizer_dir: Path | None, max_length: int, dropout: float | None) -> Backbone:
-    network, imported = load_hf_network(init, lambda cfg: _with_dropout(cfg, dropout))
+    network, imported = load_hf_network(init, dropout)
     if tokenizer_dir is not None and Tokenizer.load(tokenizer_dir).sha256() != imported.tokenizer.sha256():
         raise UserError("--tokenizer differs from the Hugging Face model's tokenizer", str(tokenizer_dir),
                         "drop --tokenizer: the imported model brings its own")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -435,13 +434,12 @@ def finetune_objective(model: HFModel) -> str:
     return name
 
 
-def load_hf_network(init: str, adjust: Callable[[ModelConfig], ModelConfig] = lambda cfg: cfg
-                    ) -> tuple[nn.Module, HFModel]:
+def load_hf_network(init: str, dropout: float | None = None) -> tuple[nn.Module, HFModel]:
     """A ptmkit `Transformer` holding `hf:DIR`'s weights (eval mode), and what was read;
-    `adjust` may change the config's settings that hold no weights (dropout)."""
+    `dropout` replaces the model's own (see `ModelConfig.with_dropout`)."""
     from ptmkit.model.backbone import Transformer
     model = read_hf(init)
-    model.model_cfg = adjust(model.model_cfg)
+    model.model_cfg = model.model_cfg.with_dropout(dropout)
     network = Transformer(model.model_cfg)
     load_into(network, model)
     return network.eval(), model

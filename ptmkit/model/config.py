@@ -93,6 +93,11 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def with_dropout(self, dropout: float | None) -> "ModelConfig":
+        """This config with `dropout` as its hidden and attention dropout (None: unchanged); no
+        weight depends on it, so a trained model loads into either."""
+        return self if dropout is None else dataclasses.replace(self, dropout=dropout, attention_dropout=dropout)
+
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "model") -> "ModelConfig":
         known = {f.name for f in dataclasses.fields(cls)}
