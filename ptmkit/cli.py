@@ -90,7 +90,9 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
                    help="directory of `ptmkit tokenizer`, or hf:DIR (a Hugging Face model's)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--val-fraction", type=float, default=0.01)
+    p.add_argument("--val-fraction", type=float, default=0.01,
+                   help="share of documents held out for validation, by a hash of their index; a corpus "
+                        "of 10 or more documents keeps at least its last one there (0: none)")
     p.add_argument("--segment", choices=["jieba"],
                    help="store jieba word boundaries (Chinese whole-word masking)")
     p.add_argument("--text-field", default="text")

@@ -56,6 +56,13 @@ class Window:
 
 
 OFFSET = np.dtype(np.int64)
+MIN_DOCUMENTS_FOR_FALLBACK = 10
+"""A corpus of this many documents or more never ends with an empty validation split: if the
+hash picked none of its documents (few, long ones, e.g. 64 Wikipedia articles at 1%), the last
+one is held out, so pre-training still reports a validation loss and the feature rank."""
+
+# tokens, sentence lengths, sentences per document, word starts: whole documents, as written
+_Documents = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]
 
 
 @dataclass
@@ -134,8 +141,7 @@ def _batched(documents: Iterable[Document], size: int) -> Iterator[list[Document
 
 
 def _select_documents(tokens: np.ndarray, lengths: np.ndarray, document_sizes: list[int],
-                      chosen: np.ndarray, word_starts: np.ndarray | None
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+                      chosen: np.ndarray, word_starts: np.ndarray | None) -> _Documents:
     """The chosen documents of an encoded batch, without the sentences that encoded to no token
     and the documents left with none: tokens, sentence lengths, sentences per document, word
     starts (see `_SplitWriter.add`)."""
@@ -146,6 +152,19 @@ def _select_documents(tokens: np.ndarray, lengths: np.ndarray, document_sizes: l
     token_mask = np.repeat(chosen[document_of_sentence], lengths)
     return (tokens[token_mask], lengths[kept & chosen[document_of_sentence]], kept_per_document[chosen],
             None if word_starts is None else word_starts[token_mask])
+
+
+def _split_last_document(tokens: np.ndarray, lengths: np.ndarray, document_sizes: np.ndarray,
+                         word_starts: np.ndarray | None) -> tuple[_Documents, _Documents]:
+    """(all documents but the last, the last one) of `_select_documents`' output."""
+    n_sentences = int(document_sizes[-1])
+    n_tokens = int(lengths[len(lengths) - n_sentences:].sum())
+    cut, sentence_cut = len(tokens) - n_tokens, len(lengths) - n_sentences
+    head = (tokens[:cut], lengths[:sentence_cut], document_sizes[:-1],
+            None if word_starts is None else word_starts[:cut])
+    last = (tokens[cut:], lengths[sentence_cut:], document_sizes[-1:],
+            None if word_starts is None else word_starts[cut:])
+    return head, last
 
 
 def _is_validation(index: int, fraction: float, seed: int) -> bool:
@@ -194,6 +213,9 @@ def prepare(paths: Sequence[str | os.PathLike], tokenizer: Tokenizer, out: Path,
         bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare",
                    disable=not progress, delay=1.0)
         index = seen_bytes = 0
+        # each batch's training documents are written one batch late, so that the corpus's last
+        # document can still go to validation if the hash gave it none
+        pending: _Documents | None = None
         for batch in _read_ahead(_batched(read_documents(files, text_field=text_field), batch_documents)):
             sentences = [doc.sentences for doc in batch]
             tokens, lengths = tokenizer.encode_grouped(sentences)
@@ -201,11 +223,19 @@ def prepare(paths: Sequence[str | os.PathLike], tokenizer: Tokenizer, out: Path,
                       if segment else None)
             validation = np.array([_is_validation(index + i, val_fraction, seed) for i in range(len(batch))])
             index += len(batch)
-            for split, writer in writers.items():
-                writer.add(*_select_documents(tokens, lengths, list(map(len, sentences)),
-                                              validation == (split == "val"), starts))
+            document_sizes = list(map(len, sentences))
+            writers["val"].add(*_select_documents(tokens, lengths, document_sizes, validation, starts))
+            if pending is not None:
+                writers["train"].add(*pending)
+            pending = _select_documents(tokens, lengths, document_sizes, ~validation, starts)
             seen_bytes += sum(len(s) for doc in sentences for s in doc)
             bar.update(min(seen_bytes, total_bytes) - bar.n)
+        if pending is not None:
+            if (val_fraction > 0 and writers["val"].n_documents == 0 and len(pending[2])
+                    and writers["train"].n_documents + len(pending[2]) >= MIN_DOCUMENTS_FOR_FALLBACK):
+                pending, last = _split_last_document(*pending)
+                writers["val"].add(*last)
+            writers["train"].add(*pending)
         bar.update(total_bytes - bar.n)
         bar.close()
         counts = {split: writer.close() for split, writer in writers.items()}

@@ -11,7 +11,8 @@ import pytest
 
 from ptmkit.data.corpus import read_documents
 from ptmkit.data.segment import segment_word_starts
-from ptmkit.data.shards import TokenShards, _is_validation, corpus_fingerprint, prepare
+from ptmkit.data.shards import (MIN_DOCUMENTS_FOR_FALLBACK, TokenShards, _is_validation, corpus_fingerprint,
+                                prepare)
 from ptmkit.data.tokenizer import train_tokenizer
 from ptmkit.errors import UserError
 
@@ -49,14 +50,46 @@ def test_round_trip_keeps_every_document_and_sentence(corpus, tokenizer, tmp_pat
     for split in ("train", "val"):
         shards = TokenShards(tmp_path / "d", split)
         assert shards.tokens.dtype == np.uint16
-        docs, sents = shards.document_offsets, shards.sentence_offsets
-        assert docs[-1] == sents[-1] == len(shards) and len(docs) - 1 == counts[split]["documents"]
-        assert set(docs).issubset(set(sents)), "every document starts a sentence"
-        stored = []
-        for a, b in zip(docs[:-1], docs[1:]):
-            inner = sents[(sents >= a) & (sents <= b)]
-            stored.append([shards.tokens[x:y].tolist() for x, y in zip(inner[:-1], inner[1:])])
-        assert stored == expected[split]
+        assert len(shards.document_offsets) - 1 == counts[split]["documents"]
+        assert stored_documents(shards) == expected[split]
+
+
+def stored_documents(shards: TokenShards) -> list[list[list[int]]]:
+    """Each stored document as its sentences' token ids, checking the offsets on the way."""
+    docs, sents = shards.document_offsets, shards.sentence_offsets
+    assert docs[-1] == sents[-1] == len(shards)
+    assert set(docs).issubset(set(sents)), "every document starts a sentence"
+    stored = []
+    for a, b in zip(docs[:-1], docs[1:]):
+        inner = sents[(sents >= a) & (sents <= b)]
+        stored.append([shards.tokens[x:y].tolist() for x, y in zip(inner[:-1], inner[1:])])
+    return stored
+
+
+@pytest.mark.parametrize("batch_documents", [5, 256])
+def test_a_corpus_the_hash_gives_no_validation_keeps_its_last_document_there(tokenizer, tmp_path,
+                                                                             batch_documents) -> None:
+    fraction, n = 0.001, MIN_DOCUMENTS_FOR_FALLBACK + 2
+    assert not any(_is_validation(i, fraction, 0) for i in range(n)), "the hash must pick none here"
+    corpus = tmp_path / "few.txt"
+    corpus.write_text("\n\n".join(DOCS[:n]) + "\n")
+    manifest = prepare([corpus], tokenizer, tmp_path / "d", val_fraction=fraction, progress=False,
+                       batch_documents=batch_documents)
+    assert manifest["splits"]["val"]["documents"] == 1
+    encoded = [[tokenizer.encode(s) for s in document.sentences] for document in read_documents([corpus])]
+    assert stored_documents(TokenShards(tmp_path / "d", "val")) == encoded[-1:]
+    assert stored_documents(TokenShards(tmp_path / "d", "train")) == encoded[:-1], "order kept"
+
+
+def test_small_corpora_and_a_zero_fraction_keep_every_document_for_training(tokenizer, tmp_path) -> None:
+    few = tmp_path / "few.txt"
+    few.write_text("\n\n".join(DOCS[:MIN_DOCUMENTS_FOR_FALLBACK - 1]) + "\n")
+    many = tmp_path / "many.txt"
+    many.write_text("\n\n".join(DOCS[:MIN_DOCUMENTS_FOR_FALLBACK + 5]) + "\n")
+    for corpus, fraction in ((few, 0.001), (many, 0.0)):
+        manifest = prepare([corpus], tokenizer, tmp_path / corpus.stem / str(fraction), val_fraction=fraction,
+                           progress=False)
+        assert manifest["splits"]["val"]["documents"] == 0
 
 
 def test_windows_report_the_boundaries_inside_them(corpus, tokenizer, tmp_path) -> None:
@@ -125,6 +158,20 @@ def test_jieba_segmentation_is_stored_per_token_and_windowed(tmp_path) -> None:
     assert window.word_starts.dtype == bool and len(window.word_starts) == 16
     assert window.word_starts[: len(sentence)].astype(int).tolist() == [1, 0, 1, 0, 1, 0, 1, 1, 0, 1, 1, 0, 1]
     assert (shards.word_starts[shards.sentence_offsets[:-1]] == 1).all(), "a sentence starts a word"
+
+
+def test_the_held_out_last_document_keeps_its_word_starts(tmp_path) -> None:
+    corpus = tmp_path / "zh.txt"
+    corpus.write_text("\n\n".join(ZH_DOCS) + "\n")
+    tokenizer = train_tokenizer(ZH_DOCS, kind="char", vocab_size=300, min_frequency=1, show_progress=False)
+    manifest = prepare([corpus], tokenizer, tmp_path / "d", val_fraction=1e-4, progress=False,
+                       segment="jieba", batch_documents=7)
+    assert manifest["splits"]["val"]["documents"] == 1
+    whole = prepare([corpus], tokenizer, tmp_path / "whole", val_fraction=0.0, progress=False, segment="jieba")
+    train, val, reference = (TokenShards(tmp_path / d, split) for d, split in
+                             (("d", "train"), ("d", "val"), ("whole", "train")))
+    assert whole["splits"]["train"]["tokens"] == len(train) + len(val)
+    assert (np.concatenate([train.word_starts, val.word_starts]) == reference.word_starts).all()
 
 
 def test_jieba_words_match_subword_tokens_through_offsets(tokenizer) -> None:
