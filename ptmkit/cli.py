@@ -76,7 +76,7 @@ def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vocab-size", type=int, default=8000)
     p.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=None,
                    help="default: on for wordpiece, off otherwise")
-    p.add_argument("--text-field", default="text", help="jsonl field / csv column with the text")
+    p.add_argument("--text-field", default="text", help="jsonl field / csv or dataset column with the text")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-progress", action="store_true")
@@ -95,7 +95,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
                         "of 10 or more documents keeps at least its last one there (0: none)")
     p.add_argument("--segment", choices=["jieba"],
                    help="store jieba word boundaries (Chinese whole-word masking)")
-    p.add_argument("--text-field", default="text")
+    p.add_argument("--text-field", default="text", help="jsonl field / csv or dataset column with the text")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_run_prepare)

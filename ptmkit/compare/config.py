@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from ptmkit.data.corpus import list_corpus_files
+from ptmkit.data.hf_datasets import data_name
 from ptmkit.data.segment import SEGMENTERS
 from ptmkit.data.tokenizer import KINDS, minimum_vocab_size
 from ptmkit.errors import UserError
@@ -247,6 +249,18 @@ def _paths(value: Any, where: str, base: Path) -> list[str]:
     return out
 
 
+def _corpus(value: Any, where: str, base: Path) -> list[str]:
+    """Corpus paths, checked as pre-training will read them (no binary file, no empty directory,
+    no DatasetDict), naming the config key."""
+    paths = _paths(value, where, base)
+    try:
+        if paths:  # none is reported by the caller
+            list_corpus_files(paths)
+    except UserError as error:
+        _fail(error.what, f"{where}: {error.where}", error.fix)
+    return paths
+
+
 def _budget(value: Any, where: str) -> int | None:
     if value in ("full", "all", None):
         return None
@@ -316,7 +330,7 @@ def _task(values: dict, index: int, base: Path, where: str) -> TaskConfig:
     _check_keys(values, TASK_KEYS, spot)
     kind = _task_type(values.get("type"), f"{spot}.type")
     glue = kind.startswith("glue:")
-    default_name = kind.split(":", 1)[1] if glue else Path(str(values.get("train", kind))).stem
+    default_name = kind.split(":", 1)[1] if glue else data_name(base / str(values.get("train", kind)))
     task = TaskConfig(type=kind, name=_task_name(values.get("name") or default_name, f"{spot}.name"))
     if glue:
         if "data_dir" not in values:
@@ -445,12 +459,12 @@ def parse_compare_config(values: dict, where: str, base: Path) -> CompareConfig:
     raw_tasks = values.get("tasks") or ([values["task"]] if "task" in values else [])
     if not raw_tasks:
         _fail("no task", where, "add `task: {type: classify, train: PATH, ...}`")
-    cfg = CompareConfig(corpus=_paths(values["corpus"], f"{where}: corpus", base),
+    cfg = CompareConfig(corpus=_corpus(values["corpus"], f"{where}: corpus", base),
                         tasks=_tasks(raw_tasks, base, where), source=where)
     if not cfg.corpus:
         _fail("empty corpus", f"{where}: corpus", "list at least one file of unlabelled text")
     if values.get("domain_corpus"):
-        cfg.domain_corpus = _paths(values["domain_corpus"], f"{where}: domain_corpus", base)
+        cfg.domain_corpus = _corpus(values["domain_corpus"], f"{where}: domain_corpus", base)
     if "recipe" in values:
         cfg.recipe = _recipe(values["recipe"], f"{where}: recipe", base)
         if cfg.domain_corpus:

@@ -13,8 +13,10 @@ import torch
 
 from ptmkit.compare.config import RECIPE_PREFIX, CompareConfig, TaskConfig
 from ptmkit.compare.plan import cells, pretrain_jobs
-from ptmkit.data.corpus import list_corpus_files
+from ptmkit.data import hf_datasets
+from ptmkit.data.corpus import list_corpus_files, text_bytes
 from ptmkit.data.tokenizer import OWN_SPECIAL_IDS
+from ptmkit.errors import UserError
 from ptmkit.finetuning.search import as_rates
 from ptmkit.model.backbone import Transformer
 from ptmkit.model.config import resolve_model_config
@@ -98,29 +100,26 @@ BYTES_PER_TOKEN = 4.2
 
 def corpus_tokens(cfg: CompareConfig, domain: bool, out: Path | None) -> int:
     """Training tokens of the general or domain corpus: counted, once `out` holds it prepared,
-    else guessed from the text's size (a gzip file records its own; other compressed files are
-    taken as a quarter of their text)."""
+    else guessed from the text's size (`ptmkit.data.corpus.text_bytes`)."""
     prepared = out / "data" / ("domain" if domain else "general") if out is not None else None
     if prepared is not None and (prepared / "manifest.json").is_file():
         return train_tokens(prepared)
-    text_bytes = 0
-    for path in list_corpus_files(cfg.domain_corpus if domain else cfg.corpus):
-        if path.suffix == ".gz":
-            with open(path, "rb") as f:
-                f.seek(-4, 2)
-                text_bytes += int.from_bytes(f.read(4), "little")  # ISIZE: the size modulo 4 GiB
-        else:
-            text_bytes += path.stat().st_size * (4 if path.suffix in (".bz2", ".xz") else 1)
-    return max(1, int(text_bytes / BYTES_PER_TOKEN))
+    size = sum(map(text_bytes, list_corpus_files(cfg.domain_corpus if domain else cfg.corpus)))
+    return max(1, int(size / BYTES_PER_TOKEN))
 
 
 def _count_examples(task: TaskConfig) -> int | None:
     """The training examples of a task whose file holds one per line (classification,
-    regression, seq2seq: jsonl, csv/tsv after the header, fastText, line-aligned pairs), for
+    regression, seq2seq: jsonl, csv/tsv after the header, fastText, line-aligned pairs, dataset rows), for
     --dry-run's estimate; None where that does not hold or the file cannot be read."""
     if task.type not in ("classify", "regress", "seq2seq") or not task.train:
         return None
     path = Path(task.train.split(",")[0])
+    if hf_datasets.is_dataset(path):
+        try:
+            return hf_datasets.num_rows(path) or None
+        except UserError:
+            return None
     opener = {".gz": gzip.open, ".bz2": bz2.open}.get(path.suffix, open)
     try:
         with opener(path, "rb") as f:

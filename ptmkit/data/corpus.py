@@ -28,6 +28,7 @@ from xml.etree.ElementTree import ParseError
 
 from gensim.corpora.wikicorpus import extract_pages, filter_wiki
 
+from ptmkit.data import hf_datasets
 from ptmkit.data.sentences import split_sentences
 from ptmkit.errors import UserError
 
@@ -38,7 +39,7 @@ _COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 # Suffixes that are never text; a directory may hold them next to the corpus.
 _BINARY_SUFFIXES = frozenset(
     ".pyc .pyo .so .o .a .dll .exe .bin .zip .tar .tgz .7z .rar .zst .png .jpg .jpeg .gif "
-    ".pdf .pt .pth .ckpt .safetensors .npy .npz .pkl .parquet .arrow".split()
+    ".pdf .pt .pth .ckpt .safetensors .npy .npz .pkl".split()
 )
 # Layouts named by the file suffix; any other file is sniffed (see _sniff_layout).
 _SUFFIX_LAYOUTS = {
@@ -80,7 +81,10 @@ def list_corpus_files(paths: CorpusPaths) -> list[Path]:
         raise UserError("no corpus paths given", "corpus", "name at least one file or directory")
     files: list[Path] = []
     for path in map(Path, paths):
-        if path.is_dir():
+        if hf_datasets.is_dataset(path):
+            hf_datasets.dataset_files(path)  # a DatasetDict is refused here, before any work
+            files.append(path)
+        elif path.is_dir():
             found = _walk_corpus_dir(path)
             if not found:
                 raise UserError(
@@ -96,8 +100,8 @@ def list_corpus_files(paths: CorpusPaths) -> list[Path]:
             raise UserError(
                 "not a text corpus file",
                 path,
-                "unpack it first: corpora are text, JSON lines, CSV/TSV or MediaWiki XML, "
-                "optionally .gz/.bz2/.xz",
+                "unpack it first: corpora are text, JSON lines, CSV/TSV, MediaWiki XML (optionally "
+                ".gz/.bz2/.xz) or Hugging Face datasets (Parquet, Arrow, save_to_disk directories)",
             )
         else:
             files.append(path)
@@ -108,8 +112,23 @@ def file_digests(paths: CorpusPaths) -> Iterator[bytes]:
     """The SHA-256 of each corpus file's bytes, in corpus order: cache keys built from them follow
     what the files hold, not where they are or when they were touched (hashing reads ~1 GB/s)."""
     for path in list_corpus_files(paths):
-        with open(path, "rb") as stream:
-            yield hashlib.file_digest(stream, "sha256").digest()
+        h = hashlib.sha256()
+        for file in hf_datasets.dataset_files(path) if hf_datasets.is_dataset(path) else [path]:
+            with open(file, "rb") as stream:
+                h.update(hashlib.file_digest(stream, "sha256").digest())
+        yield h.digest()
+
+
+def text_bytes(path: Path) -> int:
+    """About how many bytes of text a corpus file holds, without reading it: a gzip file records
+    its own size, bz2/xz are taken as a quarter of their text, datasets as `hf_datasets` says."""
+    if hf_datasets.is_dataset(path):
+        return hf_datasets.text_bytes(path)
+    if path.suffix == ".gz":
+        with open(path, "rb") as f:
+            f.seek(-4, 2)
+            return int.from_bytes(f.read(4), "little")  # ISIZE: the size modulo 4 GiB
+    return path.stat().st_size * (4 if path.suffix in (".bz2", ".xz") else 1)
 
 
 def read_documents(paths: CorpusPaths, *, text_field: str = "text",
@@ -144,6 +163,8 @@ def _walk_corpus_dir(root: Path) -> list[Path]:
     found = []
     for directory, subdirs, names in os.walk(root):
         subdirs[:] = [name for name in subdirs if not name.startswith(".")]
+        found += [Path(directory, name) for name in subdirs if hf_datasets.is_dataset(Path(directory, name))]
+        subdirs[:] = [name for name in subdirs if not hf_datasets.is_dataset(Path(directory, name))]
         found += [Path(directory, name) for name in names if not name.startswith(".")]
     return sorted(path for path in found if not _is_binary(path))
 
@@ -193,6 +214,9 @@ def _make_document(paragraphs: Iterable[str], source: str, split: bool) -> Docum
 
 def _read_file(path: Path, text_field: str) -> Iterator[list[str]]:
     """Yield each document of one file as its list of raw paragraphs."""
+    if hf_datasets.is_dataset(path):
+        yield from _dataset_documents(path, text_field)
+        return
     try:
         head = _head(path)
         if not head:
@@ -245,6 +269,12 @@ def _json_text(line: str, text_field: str, where: str) -> str:
         raise UserError(f"malformed JSON line ({error.msg})", where, _JSON_LINES_FIX) from None
     if not isinstance(record, dict):
         raise UserError("JSON line is not an object", where, _JSON_LINES_FIX)
+    return _record_text(record, text_field, where)
+
+
+def _record_text(record: dict, text_field: str, where: str) -> str:
+    """The text of a JSON line or dataset row: a string, or a list of strings (one paragraph
+    each); a null is an empty document."""
     if text_field not in record:
         keys = ", ".join(map(repr, record)) or "none"
         raise UserError(f"no field {text_field!r}", where,
@@ -258,6 +288,16 @@ def _json_text(line: str, text_field: str, where: str) -> str:
         raise UserError(f"field {text_field!r} holds {type(text).__name__}, not text", where,
                         _TEXT_FIELD_FIX)
     return text
+
+
+def _dataset_documents(path: Path, text_field: str) -> Iterator[list[str]]:
+    """One document per row of a Hugging Face dataset (Parquet, Arrow, save_to_disk)."""
+    names = hf_datasets.column_names(path)
+    if text_field not in names:
+        raise UserError(f"no column {text_field!r}", path,
+                        f"its columns are {', '.join(map(repr, names))}; {_TEXT_FIELD_FIX}")
+    for number, row in enumerate(hf_datasets.iter_rows(path, [text_field]), start=1):
+        yield _record_text(row, text_field, f"{path}: row {number}").splitlines()
 
 
 def _table_documents(path: Path, text_field: str, *, tabs: bool) -> Iterator[list[str]]:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ptmkit.data.corpus import Document, file_digests, list_corpus_files, read_documents
+from ptmkit.data.corpus import Document, file_digests, list_corpus_files, read_documents, text_bytes
 from ptmkit.data.segment import SEGMENTERS, segment_word_starts
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.errors import UserError
@@ -208,7 +208,7 @@ def prepare(paths: Sequence[str | os.PathLike], tokenizer: Tokenizer, out: Path,
     bar = None
     try:
         writers = {split: _SplitWriter(tmp / split, dtype, segment is not None) for split in SPLITS}
-        total_bytes = sum(f.stat().st_size for f in files)
+        total_bytes = sum(map(text_bytes, files))
         # delay: an input error found in the first seconds prints no half-drawn bar
         bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare",
                    disable=not progress, delay=1.0)

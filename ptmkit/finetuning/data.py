@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ptmkit.data import hf_datasets
 from ptmkit.errors import UserError
 
 Record = dict[str, str]
@@ -48,12 +49,19 @@ def _open(path: Path) -> io.TextIOBase:
 
 
 def read_records(path: str | Path, *, columns: Sequence[str] | None = None) -> list[Record]:
-    """Rows of a .jsonl / .tsv / .csv / fastText file (optionally .gz) as dicts of strings.
+    """Rows of a .jsonl / .tsv / .csv / fastText file (optionally .gz) as dicts of strings, or of
+    a Hugging Face dataset (.parquet, .arrow, a save_to_disk directory; `ptmkit.data.hf_datasets`),
+    `Row.line` then being the row's number. Nested objects' fields are also there by dotted name.
 
     TSVs are read with quoting disabled, as GLUE needs (STS-B and QNLI contain bare quotes).
     `columns` names the fields of a header-less TSV (CoLA).
     """
     path = Path(path)
+    if hf_datasets.is_dataset(path):
+        records = [Row(with_nested_fields(row), n) for n, row in enumerate(hf_datasets.iter_rows(path), 1)]
+        if not records:
+            raise UserError("no examples in the dataset", str(path), "check that it is not empty")
+        return records
     if not path.is_file():
         raise UserError("data file not found", str(path), "check the path")
     kind = path.name.removesuffix(".gz").rsplit(".", 1)[-1].lower()
@@ -97,7 +105,16 @@ def _json_record(line: str, path: Path, number: int) -> Record:
         raise UserError(f"invalid JSON ({err.msg})", f"{path}:{number}", "fix or remove the line") from None
     if not isinstance(value, dict):
         raise UserError("a JSON line must be an object", f"{path}:{number}", 'write {"text": ..., "label": ...}')
-    return Row(value, number)
+    return Row(with_nested_fields(value), number)
+
+
+def with_nested_fields(record: dict[str, Any]) -> dict[str, Any]:
+    """The record with each field of a nested object also under its dotted name, so that
+    `--source-field translation.en` reads the Hub's translation datasets
+    (`{"translation": {"en": ..., "de": ...}}`)."""
+    nested = {f"{key}.{inner}": value for key, fields in record.items() if isinstance(fields, dict)
+              for inner, value in with_nested_fields(fields).items()}
+    return {**record, **nested} if nested else record
 
 
 def require_fields(records: list[Record], fields: Sequence[str], path: str | Path, flag: str) -> None:

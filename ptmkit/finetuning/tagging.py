@@ -2,8 +2,11 @@
 
 Files: one token per line, the token in the first column and its tag in the last (tab- or
 space-separated, so NCBI-disease's 4 tab columns and CoNLL-2003's 4 space columns both read);
-blank lines end a sentence and `-DOCSTART-` lines are skipped. `--text-fields` and
-`--label-field` do not apply and are ignored.
+blank lines end a sentence and `-DOCSTART-` lines are skipped; `--text-fields` and
+`--label-field` do not apply to them. Or a table with one sentence per row, its words and tags
+as lists: a Hugging Face dataset (Parquet, Arrow, save_to_disk; tag ids named by its ClassLabel)
+or JSON lines, the columns `tokens` and `ner_tags` unless `--text-fields` / `--label-field` name
+others.
 
 Words become sub-words with the word's label on its first piece and -100 (the cross-entropy
 ignore index) on the continuation pieces, as in BERT's NER recipe, so every word is trained and
@@ -25,9 +28,10 @@ import numpy as np
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ptmkit.data import hf_datasets
 from ptmkit.errors import UserError
-from ptmkit.finetuning.data import _open
-from ptmkit.finetuning.tasks import Encoded, Task, label_ids, pad_batch
+from ptmkit.finetuning.data import _open, read_records, record_where, require_fields
+from ptmkit.finetuning.tasks import Encoded, Task, TaskSpec, label_ids, pad_batch
 
 Sentence = dict[str, Any]
 """{"words": [...], "tags": [...]}, one per sentence (a document for keyphrases)."""
@@ -68,10 +72,39 @@ def _tag(columns: list[str], where: str) -> str:
     if len(columns) < 2:
         raise UserError("a token line needs the token and its tag", where,
                         "write `token<TAB>...<TAB>tag` (the tag is the last column)")
-    tag = columns[-1].strip()
-    if tag != OUTSIDE and tag[:2] not in ("B-", "I-"):
+    return _bio(columns[-1].strip(), where)
+
+
+def _bio(tag: object, where: str) -> str:
+    if isinstance(tag, int):
+        raise UserError(f"tag {tag!r} is a number with no name", where,
+                        "store tags as strings, or as a `datasets` ClassLabel that names them")
+    if tag != OUTSIDE and str(tag)[:2] not in ("B-", "I-"):
         raise UserError(f"tag {tag!r} is not BIO", where, "use O, B-<type> and I-<type> tags (IOB2)")
-    return tag
+    return str(tag)
+
+
+ROW_FIELDS = ("tokens", "ner_tags")
+"""The words and tags columns of a table of sentences unless named (conll2003, wnut_17 and
+ncbi_disease on the Hugging Face Hub all use these)."""
+
+
+def read_tagged_rows(path: str | Path, words_field: str, tags_field: str) -> list[Sentence]:
+    """Sentences of a table holding a list of words and a list of tags per row: a Hugging Face
+    dataset (tag names from its ClassLabel) or JSON lines."""
+    records = read_records(path)
+    require_fields(records, [words_field, tags_field], path, "--text-fields / --label-field")
+    sentences = []
+    for index, record in enumerate(records):
+        where = record_where(path, records, index)
+        words, tags = record[words_field], record[tags_field]
+        if not isinstance(words, list) or not isinstance(tags, list) or len(words) != len(tags):
+            raise UserError(f"{words_field!r} and {tags_field!r} must be lists of the same length", where,
+                            "store one word and one tag per position")
+        if words:
+            sentences.append({"words": [str(word) for word in words],
+                              "tags": repair_iob2([_bio(tag, where) for tag in tags])})
+    return sentences
 
 
 def repair_iob2(tags: list[str]) -> list[str]:
@@ -141,16 +174,22 @@ class TokenHead(nn.Module):
 
 
 class Tag(Task):
-    """BIO sequence labelling from CoNLL files (`--train FILE --dev FILE`); metrics from seqeval.
-
-    `--text-fields` / `--label-field` are ignored: the token is column 0, the tag the last column.
-    """
+    """BIO sequence labelling from CoNLL files or tables of sentences (module docstring);
+    metrics from seqeval."""
 
     name = "tag"
     main_metric = "f1"
 
     def read(self, path: str) -> list[Sentence]:
-        return read_conll(path)
+        """CoNLL text, or a table of sentences (a dataset, JSON lines) with their words in
+        --text-fields and tags in --label-field (default `tokens` and `ner_tags`)."""
+        rows = Path(path).name.removesuffix(".gz").endswith((".jsonl", ".json"))
+        if not (rows or hf_datasets.is_dataset(Path(path))):
+            return read_conll(path)
+        default = TaskSpec(name=self.spec.name)
+        words = self.spec.text_fields[0] if self.spec.text_fields != default.text_fields else ROW_FIELDS[0]
+        tags = self.spec.label_field if self.spec.label_field != default.label_field else ROW_FIELDS[1]
+        return read_tagged_rows(path, words, tags)
 
     def min_length(self) -> tuple[int, str]:
         """One sub-word between the specials; less would train on nothing (a NaN loss)."""

@@ -250,3 +250,17 @@ def test_compare_stops_with_one_line_and_exit_2_before_training(base, capsys) ->
     assert err == [f"ptmkit: error: unknown value 'bogus' ({base / 'cmp.yaml'}: finetune.pooling): "
                    "use one of: auto, first, last, mean"]
     assert not out.exists()  # nothing trained, no tokenizer, no prepared data
+
+
+def test_datasets_are_corpora_and_tasks_named_after_their_dataset_dict(base) -> None:
+    import datasets
+    datasets.disable_progress_bars()
+    rows = datasets.Dataset.from_dict({"text": ["good", "bad"], "label": [1, 0]})
+    datasets.DatasetDict({"train": rows, "validation": rows}).save_to_disk(str(base / "reviews"))
+    rows.to_parquet(str(base / "corpus.parquet"))
+    cfg = parse_compare_config(config(corpus=["corpus.parquet", "reviews/train"],
+                                      task={"type": "classify", "train": "reviews/train",
+                                            "dev": "reviews/validation"}), "cmp.yaml", base)
+    assert cfg.tasks[0].name == "reviews"
+    with pytest.raises(UserError, match=r"DatasetDict holds several splits \(cmp.yaml: corpus: .*reviews\)"):
+        parse_compare_config(config(corpus=["reviews"]), "cmp.yaml", base)

@@ -137,6 +137,22 @@ def test_parallel_files_plain_and_gzip(tokenizer, tmp_path) -> None:
         task.read(f"{tmp_path / 'src.txt'},{tmp_path / 'nope.txt'}")
 
 
+def test_a_translation_dataset_reads_its_nested_fields_by_dotted_name(tokenizer, tmp_path) -> None:
+    import datasets
+    datasets.disable_progress_bars()
+    pairs = [{"en": "river market", "de": "garden winter"}, {"en": "school music", "de": "bridge letter"}]
+    datasets.Dataset.from_dict({"translation": pairs}).to_parquet(str(tmp_path / "wmt.parquet"))
+    task = task_for("bart", tokenizer, tmp_path, source_field="translation.en", target_field="translation.de")
+    records = task.read(str(tmp_path / "wmt.parquet"))
+    assert task.targets(records, "wmt") == [["garden winter"], ["bridge letter"]]
+    item = task.encode(records[:1], "wmt")[0]
+    assert task.tokenizer.decode(item["input_ids"]) == "river market"
+    french = task_for("bart", tokenizer, tmp_path / "fr", source_field="translation.en",
+                      target_field="translation.fr")
+    with pytest.raises(UserError, match="'translation.fr' not found.*translation.en, translation.de"):
+        french.read(str(tmp_path / "wmt.parquet"))
+
+
 @pytest.mark.parametrize("objective, options", [("bart", {}), ("t5", {}), ("mass", {"span_ratio": 1.0})])
 def test_framing_matches_pre_training(objective: str, options: dict, tokenizer) -> None:
     """Fine-tuning frames pairs as pre-training frames its examples (a MASS fragment covering

@@ -162,3 +162,34 @@ def test_real_conll_files_read(shared_data) -> None:
     assert len(ncbi) > 500 and len(conll) > 3000
     assert {t for s in ncbi for t in s["tags"]} == {"O", "B-Disease", "I-Disease"}
     assert {t[2:] for s in conll for t in s["tags"]} == {"", "PER", "ORG", "LOC", "MISC"}
+
+
+def test_tables_of_sentences_read_from_a_dataset_or_json_lines(tmp_path) -> None:
+    import datasets
+    datasets.disable_progress_bars()
+    names = ["O", "B-PER", "I-PER", "B-LOC"]
+    features = datasets.Features({"tokens": datasets.Sequence(datasets.Value("string")),
+                                  "ner_tags": datasets.Sequence(datasets.ClassLabel(names=names))})
+    rows = {"tokens": [["Peter", "Blackburn", "left"], ["Paris"], []], "ner_tags": [[1, 2, 0], [3], []]}
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "ner"))
+    (tmp_path / "ner.jsonl").write_text('{"words": ["Peter", "Blackburn", "left"], "tags": ["B-PER", "I-PER", "O"]}\n'
+                                        '{"words": ["Paris"], "tags": ["I-LOC"]}\n')
+    expected = [{"words": ["Peter", "Blackburn", "left"], "tags": ["B-PER", "I-PER", "O"]},
+                {"words": ["Paris"], "tags": ["B-LOC"]}]  # the empty row is skipped, IOB1 repaired
+    assert tag_task().read(str(tmp_path / "ner")) == expected
+    named = Tag(TaskSpec(name="tag", text_fields=["words"], label_field="tags"), None, "first", False)
+    assert named.read(str(tmp_path / "ner.jsonl")) == expected
+
+
+@pytest.mark.parametrize("row, match", [
+    ({"tokens": ["a", "b"], "ner_tags": ["O"]}, "lists of the same length"),
+    ({"tokens": ["a"], "ner_tags": [1]}, "a number with no name"),
+    ({"tokens": ["a"], "ner_tags": ["PER"]}, "not BIO"),
+    ({"tokens": ["a"]}, "field 'ner_tags' missing"),
+])
+def test_bad_tables_of_sentences_name_the_row(tmp_path, row, match) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"tokens": ["ok"], "ner_tags": ["O"]}\n' + json.dumps(row) + "\n")
+    with pytest.raises(UserError, match=match) as error:
+        tag_task().read(str(path))
+    assert "bad.jsonl:2" in str(error.value)
