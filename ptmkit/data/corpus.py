@@ -112,11 +112,18 @@ def file_digests(paths: CorpusPaths) -> Iterator[bytes]:
     """The SHA-256 of each corpus file's bytes, in corpus order: cache keys built from them follow
     what the files hold, not where they are or when they were touched (hashing reads ~1 GB/s)."""
     for path in list_corpus_files(paths):
-        h = hashlib.sha256()
-        for file in hf_datasets.dataset_files(path) if hf_datasets.is_dataset(path) else [path]:
-            with open(file, "rb") as stream:
-                h.update(hashlib.file_digest(stream, "sha256").digest())
+        if not path.is_dir():
+            yield _file_digest(path)
+            continue
+        h = hashlib.sha256()  # a saved dataset's: of its files' digests, its state file's included
+        for file in hf_datasets.dataset_files(path):
+            h.update(_file_digest(file))
         yield h.digest()
+
+
+def _file_digest(path: Path) -> bytes:
+    with open(path, "rb") as stream:
+        return hashlib.file_digest(stream, "sha256").digest()
 
 
 def text_bytes(path: Path) -> int:

@@ -3,6 +3,8 @@ ClassLabel names, a DatasetDict refused with its splits, content digests."""
 
 from __future__ import annotations
 
+import hashlib
+
 import datasets
 import pyarrow as pa
 import pyarrow.feather as feather
@@ -93,6 +95,8 @@ def test_digests_follow_the_content_and_sizes_the_text(saved, tmp_path) -> None:
     reviews(4).to_parquet(str(saved["parquet"]))
     after = list(file_digests([saved["dir"], saved["parquet"]]))
     assert before[0] != after[0] and before[1] != after[1]
+    # a single file's digest is its bytes' SHA-256, as for text files (caches stay valid)
+    assert after[1] == hashlib.sha256(saved["parquet"].read_bytes()).digest()
     assert text_bytes(saved["parquet"]) >= sum(map(len, TEXTS))
     assert text_bytes(saved["dir"]) >= sum(map(len, TEXTS))
     assert hf_datasets.num_rows(saved["dir"]) == hf_datasets.num_rows(saved["parquet"]) == 4
