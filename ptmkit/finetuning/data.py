@@ -49,9 +49,10 @@ def _open(path: Path) -> io.TextIOBase:
 
 
 def read_records(path: str | Path, *, columns: Sequence[str] | None = None) -> list[Record]:
-    """Rows of a .jsonl / .tsv / .csv / fastText file (optionally .gz) as dicts of strings, or of
-    a Hugging Face dataset (.parquet, .arrow, a save_to_disk directory; `ptmkit.data.hf_datasets`),
-    `Row.line` then being the row's number. Nested objects' fields are also there by dotted name.
+    """Rows of a .jsonl / .json (lines or one array) / .tsv / .csv / fastText file (optionally
+    .gz) as dicts of strings, or of a Hugging Face dataset (.parquet, .arrow, a save_to_disk
+    directory; `ptmkit.data.hf_datasets`), `Row.line` then being the row's number. Nested
+    objects' fields are also there by dotted name.
 
     TSVs are read with quoting disabled, as GLUE needs (STS-B and QNLI contain bare quotes).
     `columns` names the fields of a header-less TSV (CoLA).
@@ -67,7 +68,9 @@ def read_records(path: str | Path, *, columns: Sequence[str] | None = None) -> l
     kind = path.name.removesuffix(".gz").rsplit(".", 1)[-1].lower()
     csv.field_size_limit(sys.maxsize)
     with _open(path) as f:
-        if kind in ("jsonl", "json"):
+        if kind == "json" and _starts_array(f):
+            records = _json_array_records(f, path)
+        elif kind in ("jsonl", "json"):
             records = [_json_record(line, path, n) for n, line in enumerate(f, 1) if line.strip()]
         elif kind in ("tsv", "csv"):
             reader = (csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if kind == "tsv"
@@ -106,6 +109,25 @@ def _json_record(line: str, path: Path, number: int) -> Record:
     if not isinstance(value, dict):
         raise UserError("a JSON line must be an object", f"{path}:{number}", 'write {"text": ..., "label": ...}')
     return Row(with_nested_fields(value), number)
+
+
+def _starts_array(f: io.TextIOBase) -> bool:
+    """Whether a .json file is one JSON array (pandas' `to_json(orient="records")`) rather than
+    JSON lines; the stream is left at its start."""
+    head = f.read(4096).lstrip()
+    f.seek(0)
+    return head.startswith("[")
+
+
+def _json_array_records(f: io.TextIOBase, path: Path) -> list[Record]:
+    """The objects of a file holding one JSON array, `Row.line` being the object's number."""
+    try:
+        values = json.load(f)
+    except json.JSONDecodeError as err:
+        raise UserError(f"invalid JSON ({err.msg})", f"{path}:{err.lineno}", "fix the file") from None
+    if not isinstance(values, list) or not all(isinstance(v, dict) for v in values):
+        raise UserError("a JSON array must hold objects", str(path), 'write [{"text": ..., "label": ...}, ...]')
+    return [Row(with_nested_fields(value), n) for n, value in enumerate(values, 1)]
 
 
 def with_nested_fields(record: dict[str, Any]) -> dict[str, Any]:

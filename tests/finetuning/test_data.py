@@ -40,6 +40,21 @@ def test_jsonl_gz_and_errors(tmp_path) -> None:
         read_records(empty)
 
 
+def test_a_json_array_of_objects_reads_like_json_lines(tmp_path) -> None:
+    import gzip
+    path = tmp_path / "d.json.gz"
+    with gzip.open(path, "wt", encoding="utf-8-sig") as f:  # a byte-order mark, as some exporters write
+        f.write('[{"text": "a", "label": 1, "meta": {"lang": "en"}},\n {"text": "b", "label": 0}]')
+    records = read_records(path)
+    assert [(r["text"], r["label"]) for r in records] == [("a", 1), ("b", 0)]
+    assert records[0]["meta.lang"] == "en" and records[1].line == 2
+    for text, match in (('[{"text": "a"},\n {oops}]', r"invalid JSON .*bad.json:2"),
+                        ('[["a", 1]]', "must hold objects")):
+        (tmp_path / "bad.json").write_text(text)
+        with pytest.raises(UserError, match=match):
+            read_records(tmp_path / "bad.json")
+
+
 def test_budget_is_stratified_deterministic_and_complete() -> None:
     labels = ["a"] * 700 + ["b"] * 250 + ["c"] * 50
     pick = label_budget(labels, 100, seed=3)
