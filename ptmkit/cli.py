@@ -174,7 +174,7 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
                         "--lr; 0.1 for a search over several rates)")
     p.add_argument("--epochs", type=int, help="default 3")
     p.add_argument("--min-steps", type=int, help="at least this many optimizer steps: more epochs "
-                   "for small data (default 0)")
+                   "for small data, still scored about --epochs times (default 0)")
     p.add_argument("--lr", type=_rates, help="default 5e-5; several comma-separated rates are "
                    "each tried and the best kept (see --select-fraction)")
     p.add_argument("--batch-size", type=int, help="default 32")

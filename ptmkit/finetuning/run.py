@@ -77,14 +77,16 @@ class FinetuneSpec:
     epochs: int = 3
     min_steps: int = 0
     """Train at least this many optimizer steps, adding epochs when the data is small (a
-    100-example budget makes 4 steps an epoch: too few to learn anything in --epochs)."""
+    100-example budget makes 4 steps an epoch: too few to learn anything in --epochs). The model is
+    still scored about --epochs times: every (epochs run // --epochs)-th epoch and after the last,
+    so that 38 tiny epochs do not score a large dev set 38 times."""
     lr: float = 5e-5
     batch_size: int = 32
     max_length: int = 128
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     patience: int = 0
-    """Stop after this many epochs without improvement on dev; 0 = never stop early."""
+    """Stop after this many scored epochs without improvement on dev; 0 = never stop early."""
     keep_epoch: str = "best"
     """best: keep the epoch that scores best on dev (or the held-out slice); last: train every
     epoch and score only the final model. With dev picking the epoch, its best-of-N score is
@@ -386,6 +388,7 @@ def _train(model: TaskModel, prepared: _Prepared, spec: FinetuneSpec) -> tuple[d
     warn_if_emulated_bf16(spec.precision, device)
     steps_per_epoch = -(-len(prepared.train) // spec.batch_size)
     epochs = max(spec.epochs, -(-spec.min_steps // steps_per_epoch))
+    score_every = max(1, epochs // spec.epochs)  # the epochs --min-steps adds are not each scored
     cfg = TrainConfig(steps=epochs * steps_per_epoch, lr=spec.lr, batch_size=spec.batch_size,
                       warmup=max(1, round(spec.warmup_ratio * epochs * steps_per_epoch)),
                       weight_decay=spec.weight_decay, precision=spec.precision, seed=spec.seed)
@@ -419,7 +422,7 @@ def _train(model: TaskModel, prepared: _Prepared, spec: FinetuneSpec) -> tuple[d
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         line = {"epoch": epoch, "step": step, "loss": float(np.mean(losses)), "lr": learning_rate(cfg, step - 1)}
-        if spec.keep_epoch == "best" or epoch == epochs:
+        if epoch == epochs or (spec.keep_epoch == "best" and epoch % score_every == 0):
             # the held-out slice, when there is one, decides; dev is then scored once, at the end
             scored, prefix = (prepared.dev, "dev") if prepared.select is None else (prepared.select, "select")
             metrics = evaluate_items(model, task, scored, [item["target"].tolist() for item in scored],

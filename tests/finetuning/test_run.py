@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -119,6 +120,23 @@ def test_min_steps_adds_epochs_for_small_budgets(keyword_task, keyword_spec, tmp
     assert [l["epoch"] for l in lines] == [1, 2, 3, 4] and lines[-1]["step"] == 8
     finetune(keyword_spec(keyword_task, tmp_path / "big", max_train_examples=20, epochs=5, min_steps=7))
     assert len((tmp_path / "big" / "metrics.jsonl").read_text().splitlines()) == 5  # epochs already enough
+
+
+def scored_epochs(run: Path) -> list[int]:
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    return [l["epoch"] for l in lines if any(k.startswith("dev_") for k in l)]
+
+
+@pytest.mark.parametrize("epochs, min_steps, scored", [
+    (2, 14, [3, 6, 7]),  # 7 epochs of 2 steps: scored every 7 // 2 = 3rd epoch and after the last
+    (3, 8, [1, 2, 3, 4]),  # 4 // 3 = 1: every epoch, as without --min-steps
+    (5, 0, [1, 2, 3, 4, 5]),
+])
+def test_epochs_added_by_min_steps_are_not_each_scored(keyword_task, keyword_spec, tmp_path, epochs,
+                                                       min_steps, scored) -> None:
+    run = tmp_path / "run"
+    result = finetune(keyword_spec(keyword_task, run, max_train_examples=20, epochs=epochs, min_steps=min_steps))
+    assert scored_epochs(run) == scored and result["epoch"] in scored
 
 
 def test_glue_cola_picks_epochs_and_reports_by_mcc(keyword_task, keyword_spec, tmp_path) -> None:
