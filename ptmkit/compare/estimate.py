@@ -110,8 +110,9 @@ def corpus_tokens(cfg: CompareConfig, domain: bool, out: Path | None) -> int:
 
 def _count_examples(task: TaskConfig) -> int | None:
     """The training examples of a task whose file holds one per line (classification,
-    regression, seq2seq: jsonl, csv/tsv after the header, fastText, line-aligned pairs, dataset rows), for
-    --dry-run's estimate; None where that does not hold or the file cannot be read."""
+    regression, seq2seq: jsonl, csv/tsv after the header, fastText, line-aligned pairs; or a
+    dataset's rows), for --dry-run's estimate; None where that does not hold or the file cannot be
+    read."""
     if task.type not in ("classify", "regress", "seq2seq") or not task.train:
         return None
     path = Path(task.train.split(",")[0])
@@ -121,10 +122,13 @@ def _count_examples(task: TaskConfig) -> int | None:
         except UserError:
             return None
     opener = {".gz": gzip.open, ".bz2": bz2.open}.get(path.suffix, open)
+    kind = path.name.removesuffix(path.suffix if path.suffix in (".gz", ".bz2") else "").rsplit(".", 1)[-1].lower()
     try:
         with opener(path, "rb") as f:
+            if kind == "json" and f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
+                return None  # one JSON array: its lines are not its examples
+            f.seek(0)
             lines = sum(1 for line in f if line.strip())
     except OSError:
         return None
-    kind = path.name.removesuffix(path.suffix if path.suffix in (".gz", ".bz2") else "").rsplit(".", 1)[-1]
-    return max(0, lines - (kind.lower() in ("csv", "tsv"))) or None
+    return max(0, lines - (kind in ("csv", "tsv"))) or None

@@ -46,7 +46,8 @@ _SUFFIX_LAYOUTS = {
     ".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".xml": "mediawiki"
 }
 _TEXT_FIELD_FIX = "pass --text-field with the one that holds the text"
-_JSON_LINES_FIX = "each line must be one JSON object; make lines of a JSON array with `jq -c '.[]'`"
+_JSON_LINES_FIX = ("each line must be one JSON object (or a .json file one array of them); "
+                   "make lines of a JSON array with `jq -c '.[]'`")
 
 # Extractors leave "Name () is" / "哲學（）是" where a pronunciation template was removed.
 _EMPTY_PARENS = re.compile(r" ?[(（][\s,;，；、]*[)）]")
@@ -263,10 +264,28 @@ def _check_utf8(head: bytes, path: Path) -> None:
 
 
 def _json_lines_documents(path: Path, text_field: str) -> Iterator[list[str]]:
+    head = _head(path).decode("utf-8", "replace").lstrip("\ufeff \t\r\n")
+    if _name_suffix(path) == ".json" and head.startswith("["):
+        yield from _json_array_documents(path, text_field)
+        return
     with _open_text(path) as lines:
         for number, line in enumerate(lines, start=1):
             if line.strip():
                 yield _json_text(line, text_field, f"{path}:{number}").splitlines()
+
+
+def _json_array_documents(path: Path, text_field: str) -> Iterator[list[str]]:
+    """A .json file holding one array of objects (pandas' `to_json(orient="records")`): read
+    whole, so it suits task-sized files; large corpora belong in JSON lines."""
+    with _open_text(path) as stream:
+        try:
+            records = json.load(stream)
+        except json.JSONDecodeError as error:
+            raise UserError(f"malformed JSON ({error.msg})", f"{path}:{error.lineno}", _JSON_LINES_FIX) from None
+    for number, record in enumerate(records, start=1):
+        if not isinstance(record, dict):
+            raise UserError("JSON array item is not an object", f"{path}: item {number}", _JSON_LINES_FIX)
+        yield _record_text(record, text_field, f"{path}: item {number}").splitlines()
 
 
 def _json_text(line: str, text_field: str, where: str) -> str:

@@ -10,6 +10,7 @@ import shutil
 import threading
 from pathlib import Path
 
+import datasets
 import gensim
 import numpy as np
 import pytest
@@ -769,6 +770,12 @@ def test_dry_run_estimate_follows_the_task_size_and_its_folds(task_file, tmp_pat
     # 5-fold cross-validation fine-tunes 5 times on 4/5 of the data each
     folds = seconds(cv_folds=5)
     assert folds == pytest.approx(5 * 5 + (budget(120) - 5) * 4, rel=1e-6)
+    # a dataset's rows are counted; a JSON array's lines are not its examples (assumed 10,000)
+    rows = [dict(zip(("sentence", "label"), line.split("\t"))) for line in task_file.read_text().splitlines()[1:]]
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "task.parquet"))
+    assert seconds(train=str(tmp_path / "task.parquet")) == pytest.approx(budget(120))
+    (tmp_path / "task.json").write_text(json.dumps(rows))
+    assert seconds(train=str(tmp_path / "task.json")) - 5 == pytest.approx((budget(120) - 5) * 10_000 / 120)
 
 
 def test_cells_fine_tuned_by_parallel_workers_match_one_at_a_time(task_file, tmp_path) -> None:

@@ -310,6 +310,17 @@ def test_bad_json_line_names_file_and_line(tmp_path: Path, line: str, expected: 
     assert expected in message(error) and f"{path}:3" in message(error)
 
 
+def test_a_json_file_of_one_array_reads_each_object_as_a_document(tmp_path: Path) -> None:
+    path = write(tmp_path / "d.json.gz", '[{"text": "One. Two."},\n {"text": "Three."}, {"text": null}]')
+    assert [list(d.sentences) for d in read_documents(path)] == [["One.", "Two."], ["Three."]]
+    for text, expected in (('[{"text": "a"},\n {oops}]', f"{tmp_path / 'e.json'}:2"),
+                           ('[{"text": "a"}, "b"]', "item 2")):
+        bad = write(tmp_path / "e.json", text)
+        with pytest.raises(UserError) as error:
+            list(read_documents(bad))
+        assert expected in message(error)
+
+
 def test_a_json_list_of_strings_is_a_document_of_those_paragraphs(tmp_path: Path) -> None:
     path = write(tmp_path / "d.jsonl", '{"source": ["First one. Second one.", "Third."], "target": "x"}\n')
     (document,) = read_documents(path, text_field="source")
