@@ -24,6 +24,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
+from ptmkit.model.scalar_mix import ScalarMix
 from ptmkit.model.vocab_loss import linear_cross_entropy
 
 # Projected LSTMs run on PyTorch's native kernel instead of oneDNN's; the warning says only that.
@@ -119,7 +120,6 @@ class ELMoFeatures(nn.Module):
 
     def __init__(self, bilm: BiLM, n_layers: int) -> None:
         super().__init__()
-        from ptmkit.model.scalar_mix import ScalarMix
         self.bilm = bilm.requires_grad_(False)
         self.mix = ScalarMix(n_layers)
         self.output_size = 2 * bilm.embed.embedding_dim
