@@ -132,11 +132,12 @@ def text_bytes(path: Path) -> int:
     its own size, bz2/xz are taken as a quarter of their text, datasets as `hf_datasets` says."""
     if hf_datasets.is_dataset(path):
         return hf_datasets.text_bytes(path)
-    if path.suffix == ".gz":
+    size = path.stat().st_size
+    if path.suffix == ".gz" and size >= 4:  # an empty or cut-off file is reported when it is read
         with open(path, "rb") as f:
             f.seek(-4, 2)
             return int.from_bytes(f.read(4), "little")  # ISIZE: the size modulo 4 GiB
-    return path.stat().st_size * (4 if path.suffix in (".bz2", ".xz") else 1)
+    return size * (4 if path.suffix in (".bz2", ".xz") else 1)
 
 
 def read_documents(paths: CorpusPaths, *, text_field: str = "text",

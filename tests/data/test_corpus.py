@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ptmkit.data.corpus import Document, list_corpus_files, read_documents, read_texts
+from ptmkit.data.corpus import Document, list_corpus_files, read_documents, read_texts, text_bytes
 from ptmkit.data.sentences import blingfire_sentences, split_sentences
 from ptmkit.errors import UserError
 
@@ -435,3 +435,13 @@ def test_blingfire_without_reallocation_matches_its_wrapper(text: str) -> None:
 def test_blingfire_without_reallocation_matches_its_wrapper_on_any_text(texts: list[str]) -> None:
     for text in texts:  # several calls in a row: what a shorter call leaves behind must not leak
         assert blingfire_sentences(text) == blingfire.text_to_sentences(text)
+
+
+def test_text_size_without_reading(tmp_path: Path) -> None:
+    text = "Some text. " * 100
+    assert text_bytes(write(tmp_path / "a.txt.gz", text)) == len(text)  # gzip records it
+    assert text_bytes(write(tmp_path / "a.txt", text)) == len(text)
+    assert text_bytes(write(tmp_path / "a.txt.bz2", text)) > 0
+    empty = tmp_path / "empty.txt.gz"
+    empty.write_bytes(b"")
+    assert text_bytes(empty) == 0  # no size to read: reading it reports the file
