@@ -25,8 +25,9 @@ _BATCH_ROWS = 1024
 def is_dataset(path: Path) -> bool:
     """A Parquet or Arrow file, or a directory written by `save_to_disk` (a Dataset or a
     DatasetDict), which is then read as one source instead of being walked."""
-    if path.is_dir():
-        return (path / "state.json").is_file() or (path / "dataset_dict.json").is_file()
+    if path.is_dir():  # save_to_disk writes both files (a ptmkit checkpoint has a state.json too)
+        saved = (path / "state.json").is_file() and (path / "dataset_info.json").is_file()
+        return saved or (path / "dataset_dict.json").is_file()
     return path.suffix.lower() in FILE_SUFFIXES and path.is_file()
 
 

@@ -62,7 +62,10 @@ def test_ids_without_class_names_stay_numbers(saved) -> None:
 
 def test_a_saved_dataset_inside_a_corpus_directory_is_one_source(saved, tmp_path) -> None:
     (tmp_path / "notes.txt").write_text("Plain text next to the datasets.\n")
+    (tmp_path / "checkpoint").mkdir()  # a state.json alone does not make a dataset
+    (tmp_path / "checkpoint" / "state.json").write_text("{}")
     files = list_corpus_files([tmp_path])
+    assert tmp_path / "checkpoint" not in files and tmp_path / "checkpoint" / "state.json" in files
     assert saved["dir"] in files and saved["parquet"] in files and tmp_path / "notes.txt" in files
     assert not any(saved["dir"] in f.parents for f in files), "its arrow files are not read twice"
 
