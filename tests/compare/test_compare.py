@@ -14,6 +14,7 @@ import datasets
 import gensim
 import numpy as np
 import pytest
+import yaml
 
 import ptmkit.compare.runner as runner
 from ptmkit.compare.config import CompareConfig, parse_compare_config
@@ -140,6 +141,39 @@ def test_task_accepts_follows_the_network_each_task_needs() -> None:
     assert all(task_accepts("seq2seq", o) for o in ("mlm", "wwm", "electra", "plm", "mpnet", "word2vec"))
     assert not task_accepts("seq2seq", "elmo")
     assert all(task_accepts(task, "elmo") for task in ("classify", "tag", "relation", "keyphrase", "glue:sst2"))
+
+
+def test_a_compare_reads_hugging_face_datasets_end_to_end(task_file, tmp_path) -> None:
+    """A Parquet corpus, a save_to_disk DatasetDict's splits as the task (ClassLabel ids), and a
+    tag task of tokens / ner_tags rows: every cell runs and the label names reach the runs."""
+    datasets.disable_progress_bars()
+    lines = [line for line in LEE.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    datasets.Dataset.from_dict({"text": lines}).to_parquet(str(tmp_path / "corpus.parquet"))
+    rows = [line.split("\t") for line in task_file.read_text().splitlines()[1:]]
+    labels = datasets.ClassLabel(names=["bad", "good"])
+    reviews = datasets.Dataset.from_dict({"sentence": [r[0] for r in rows], "label": [int(r[1]) for r in rows]},
+                                         features=datasets.Features({"sentence": datasets.Value("string"),
+                                                                     "label": labels}))
+    datasets.DatasetDict({"train": reviews.select(range(100)), "validation": reviews.select(range(100, 120))}
+                         ).save_to_disk(str(tmp_path / "reviews"))
+    words = [r[0].split() for r in rows]
+    tags = datasets.Sequence(datasets.ClassLabel(names=["O", "B-GOOD"]))
+    ner = datasets.Dataset.from_dict({"tokens": words, "ner_tags": [[int(w == "good") for w in s] for s in words]},
+                                     features=datasets.Features({"tokens": datasets.Sequence(datasets.Value("string")),
+                                                                 "ner_tags": tags}))
+    ner.to_parquet(str(tmp_path / "ner.parquet"))
+    tasks = [{"type": "classify", "train": "reviews/train", "dev": "reviews/validation", "text_fields": ["sentence"]},
+             {"type": "tag", "train": "ner.parquet"}]
+    values = config(task_file, corpus=["corpus.parquet"], tasks=tasks, label_budgets=["full"], seeds=[0])
+    del values["task"]
+    out = tmp_path / "out"
+    Compare(parse_compare_config(values, "cmp.yaml", tmp_path), out, progress=False).run()
+    results = read_results(out / "results.csv")
+    assert {(r["task"], r["objective"]) for r in results} == {(t, o) for t in ("reviews", "ner")
+                                                              for o in ("scratch", "mlm")}
+    for task, names in (("reviews", ["bad", "good"]), ("ner", ["O", "B-GOOD"])):
+        run_config = yaml.safe_load((out / "finetune" / task / "B-mlm" / "bfull-s0" / "config.yaml").read_text())
+        assert run_config["task"]["labels"] == names
 
 
 def test_end_to_end_then_cached_then_report(task_file, tmp_path, monkeypatch) -> None:
