@@ -14,7 +14,7 @@ import torch
 from ptmkit.compare.config import RECIPE_PREFIX, CompareConfig, TaskConfig
 from ptmkit.compare.plan import cells, pretrain_jobs
 from ptmkit.data import hf_datasets
-from ptmkit.data.corpus import list_corpus_files, text_bytes
+from ptmkit.data.corpus import is_json_array, list_corpus_files, text_bytes
 from ptmkit.data.tokenizer import OWN_SPECIAL_IDS
 from ptmkit.errors import UserError
 from ptmkit.finetuning.search import as_rates
@@ -122,13 +122,12 @@ def _count_examples(task: TaskConfig) -> int | None:
         except UserError:
             return None
     opener = {".gz": gzip.open, ".bz2": bz2.open}.get(path.suffix, open)
-    kind = path.name.removesuffix(path.suffix if path.suffix in (".gz", ".bz2") else "").rsplit(".", 1)[-1].lower()
     try:
+        if is_json_array(path):
+            return None  # its lines are not its examples
         with opener(path, "rb") as f:
-            if kind == "json" and f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
-                return None  # one JSON array: its lines are not its examples
-            f.seek(0)
             lines = sum(1 for line in f if line.strip())
     except OSError:
         return None
-    return max(0, lines - (kind in ("csv", "tsv"))) or None
+    kind = path.name.removesuffix(path.suffix if path.suffix in (".gz", ".bz2") else "").rsplit(".", 1)[-1]
+    return max(0, lines - (kind.lower() in ("csv", "tsv"))) or None

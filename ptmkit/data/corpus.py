@@ -83,7 +83,7 @@ def list_corpus_files(paths: CorpusPaths) -> list[Path]:
     files: list[Path] = []
     for path in map(Path, paths):
         if hf_datasets.is_dataset(path):
-            hf_datasets.dataset_files(path)  # a DatasetDict is refused here, before any work
+            hf_datasets.refuse_dataset_dict(path)  # before any work
             files.append(path)
         elif path.is_dir():
             found = _walk_corpus_dir(path)
@@ -265,9 +265,9 @@ def _check_utf8(head: bytes, path: Path) -> None:
 
 
 def _json_lines_documents(path: Path, text_field: str) -> Iterator[list[str]]:
-    head = _head(path).decode("utf-8", "replace").lstrip("\ufeff \t\r\n")
-    if _name_suffix(path) == ".json" and head.startswith("["):
-        yield from _json_array_documents(path, text_field)
+    if is_json_array(path):
+        for number, record in enumerate(read_json_array(path), start=1):
+            yield _record_text(record, text_field, f"{path}: item {number}").splitlines()
         return
     with _open_text(path) as lines:
         for number, line in enumerate(lines, start=1):
@@ -275,18 +275,24 @@ def _json_lines_documents(path: Path, text_field: str) -> Iterator[list[str]]:
                 yield _json_text(line, text_field, f"{path}:{number}").splitlines()
 
 
-def _json_array_documents(path: Path, text_field: str) -> Iterator[list[str]]:
-    """A .json file holding one array of objects (pandas' `to_json(orient="records")`): read
-    whole, so it suits task-sized files; large corpora belong in JSON lines."""
+def is_json_array(path: Path) -> bool:
+    """A .json file (optionally compressed) holding one JSON array rather than JSON lines."""
+    return _name_suffix(path) == ".json" and _head(path).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")
+
+
+def read_json_array(path: Path) -> list[dict]:
+    """The objects of a file holding one JSON array (pandas' `to_json(orient="records")`), read
+    whole: it suits task-sized files; large corpora belong in JSON lines."""
     with _open_text(path) as stream:
         try:
             records = json.load(stream)
         except json.JSONDecodeError as error:
-            raise UserError(f"malformed JSON ({error.msg})", f"{path}:{error.lineno}", _JSON_LINES_FIX) from None
+            raise UserError(f"invalid JSON ({error.msg})", f"{path}:{error.lineno}", _JSON_LINES_FIX) from None
     for number, record in enumerate(records, start=1):
         if not isinstance(record, dict):
-            raise UserError("JSON array item is not an object", f"{path}: item {number}", _JSON_LINES_FIX)
-        yield _record_text(record, text_field, f"{path}: item {number}").splitlines()
+            raise UserError(f"a JSON array must hold objects: item {number} is not one", f"{path}: item {number}",
+                            _JSON_LINES_FIX)
+    return records
 
 
 def _json_text(line: str, text_field: str, where: str) -> str:

@@ -43,7 +43,7 @@ def dataset_files(path: Path) -> list[Path]:
     """The files that hold the dataset's content, in order (for content digests and sizes)."""
     if not path.is_dir():
         return [path]
-    _refuse_dataset_dict(path)
+    refuse_dataset_dict(path)
     state = json.loads((path / "state.json").read_text())
     return [path / "state.json"] + [path / entry["filename"] for entry in state.get("_data_files", [])]
 
@@ -67,13 +67,9 @@ def text_bytes(path: Path) -> int:
 
 
 def iter_rows(path: Path, columns: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
-    """The rows (or only `columns` of them) as dicts, ClassLabel ids turned into their names."""
+    """The rows (or only `columns` of them, which must exist: see `column_names`) as dicts,
+    ClassLabel ids turned into their names."""
     source = _Source(path)
-    available = source.schema.names
-    missing = [name for name in columns or () if name not in available]
-    if missing:
-        raise UserError(f"no column {missing[0]!r}", path,
-                        f"its columns are {', '.join(map(repr, available))}; name one of them")
     decoders = source.class_names()
     for batch in source.batches(list(columns) if columns else None):
         values = batch.to_pydict()
@@ -104,7 +100,7 @@ class _Source:
                 return
             import datasets
             if path.is_dir():
-                _refuse_dataset_dict(path)
+                refuse_dataset_dict(path)
                 self.dataset = datasets.load_from_disk(str(path))
             else:
                 self.dataset = _arrow_file(path)
@@ -146,7 +142,8 @@ def _arrow_file(path: Path) -> Any:
             return datasets.Dataset(pa.ipc.open_file(source).read_all())
 
 
-def _refuse_dataset_dict(path: Path) -> None:
+def refuse_dataset_dict(path: Path) -> None:
+    """A DatasetDict directory holds several splits, and which one to read is the user's choice."""
     if (path / "dataset_dict.json").is_file():
         splits = json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
         example = path / (splits[0] if splits else "train")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ptmkit.data import hf_datasets
+from ptmkit.data.corpus import is_json_array, read_json_array
 from ptmkit.errors import UserError
 
 Record = dict[str, str]
@@ -67,10 +68,13 @@ def read_records(path: str | Path, *, columns: Sequence[str] | None = None) -> l
         raise UserError("data file not found", str(path), "check the path")
     kind = path.name.removesuffix(".gz").rsplit(".", 1)[-1].lower()
     csv.field_size_limit(sys.maxsize)
+    if is_json_array(path):
+        records = [Row(with_nested_fields(record), n) for n, record in enumerate(read_json_array(path), 1)]
+        if not records:
+            raise UserError("no examples in the file", str(path), "check that the file is not empty")
+        return records
     with _open(path) as f:
-        if kind == "json" and _starts_array(f):
-            records = _json_array_records(f, path)
-        elif kind in ("jsonl", "json"):
+        if kind in ("jsonl", "json"):
             records = [_json_record(line, path, n) for n, line in enumerate(f, 1) if line.strip()]
         elif kind in ("tsv", "csv"):
             reader = (csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if kind == "tsv"
@@ -109,25 +113,6 @@ def _json_record(line: str, path: Path, number: int) -> Record:
     if not isinstance(value, dict):
         raise UserError("a JSON line must be an object", f"{path}:{number}", 'write {"text": ..., "label": ...}')
     return Row(with_nested_fields(value), number)
-
-
-def _starts_array(f: io.TextIOBase) -> bool:
-    """Whether a .json file is one JSON array (pandas' `to_json(orient="records")`) rather than
-    JSON lines; the stream is left at its start."""
-    head = f.read(4096).lstrip()
-    f.seek(0)
-    return head.startswith("[")
-
-
-def _json_array_records(f: io.TextIOBase, path: Path) -> list[Record]:
-    """The objects of a file holding one JSON array, `Row.line` being the object's number."""
-    try:
-        values = json.load(f)
-    except json.JSONDecodeError as err:
-        raise UserError(f"invalid JSON ({err.msg})", f"{path}:{err.lineno}", "fix the file") from None
-    if not isinstance(values, list) or not all(isinstance(v, dict) for v in values):
-        raise UserError("a JSON array must hold objects", str(path), 'write [{"text": ..., "label": ...}, ...]')
-    return [Row(with_nested_fields(value), n) for n, value in enumerate(values, 1)]
 
 
 def with_nested_fields(record: dict[str, Any]) -> dict[str, Any]:
