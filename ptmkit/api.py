@@ -16,7 +16,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.errors import UserError
+from ptmkit.finetuning.model import Backbone, read_run_config
+from ptmkit.finetuning.run import FinetuneSpec, finetune as run_finetune, load_finetuned
+from ptmkit.finetuning.seq2seq_task import Seq2Seq
+from ptmkit.finetuning.tagging import Tag
+from ptmkit.finetuning.tasks import Classify, Regress, TaskSpec, pad_batch
+from ptmkit.model.config import ModelConfig
+from ptmkit.objectives import get_objective
+from ptmkit.objectives.base import Vocab
+from ptmkit.pretraining import PretrainSpec, pretrain as run_pretrain
+from ptmkit.train.checkpoint import load_weights
+from ptmkit.train.loop import TrainConfig
 
 __all__ = ["RunModel", "finetune", "load_run", "pretrain", "shift_right"]
 
@@ -86,9 +98,6 @@ class RunModel:
         ids = _as_ids(input_ids)
         self._check_ids(ids)
         if self.kind == "finetune":
-            from ptmkit.finetuning.seq2seq_task import Seq2Seq
-            from ptmkit.finetuning.tasks import Classify, Regress
-            from ptmkit.finetuning.tagging import Tag
             if isinstance(self.task, Seq2Seq) and self.architecture == "encoder_decoder":
                 return self._decoder_logits(self.backbone, ids)
             if not (type(self.task) in (Classify, Regress) or isinstance(self.task, Tag)):
@@ -141,7 +150,6 @@ class RunModel:
         task pooled; otherwise the first token for encoders, the last real token for decoder-only
         runs, the mean of the encoder's states for encoder-decoders (bart, mass, t5) and the mean
         for word2vec / ELMo runs."""
-        from ptmkit.finetuning.tasks import Classify, TaskSpec, pad_batch
         texts = [texts] if isinstance(texts, str) else list(texts)
         if max_length is not None and self._positions is not None and max_length > self._positions:
             raise UserError(f"max_length={max_length} exceeds the model's {self._positions} positions",
@@ -164,7 +172,6 @@ class RunModel:
         task's (its --pooling, or the default it resolved to), else the backbone's default."""
         if self.task is not None:
             return self.task.pooling
-        from ptmkit.finetuning.model import Backbone
         return Backbone(self.backbone, self.objective_impl, self.objective, self.model_cfg,
                         self.tokenizer, str(self.run)).pooling
 
@@ -181,17 +188,10 @@ def _as_ids(input_ids: Tensor | Sequence[Sequence[int]]) -> Tensor:
 
 def load_run(path: str | Path) -> RunModel:
     """Load a `ptmkit pretrain` or `ptmkit finetune` run directory for inference."""
-    from ptmkit.data.tokenizer import Tokenizer
-    from ptmkit.finetuning.model import read_run_config
-    from ptmkit.model.config import ModelConfig
-    from ptmkit.objectives import get_objective
-    from ptmkit.objectives.base import Vocab
-    from ptmkit.train.checkpoint import load_weights
     run = Path(path)
     config = read_run_config(run)
     kind = config.get("kind")
     if kind == "finetune":
-        from ptmkit.finetuning.run import load_finetuned
         model, task, config = load_finetuned(run)
         return RunModel(run, kind, config, model.features.__self__, task.tokenizer,
                         ModelConfig.from_dict(config["model"]), model, model.backbone, task)
@@ -219,8 +219,6 @@ def pretrain(*, objective: str, out: str | Path, **options: Any) -> dict[str, An
     objective_options, init -- a run or "hf:DIR" --, resume, overwrite, val_fraction, progress)
     and `TrainConfig` fields (steps, batch_size, seq_len, lr, ...), or `train=TrainConfig(...)`.
     """
-    from ptmkit.pretraining import PretrainSpec, pretrain as run_pretrain
-    from ptmkit.train.loop import TrainConfig
     spec_fields = {f.name for f in dataclasses.fields(PretrainSpec)}
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(options) - spec_fields - train_fields)
@@ -248,7 +246,6 @@ def finetune(*, task: str, init: str | Path, out: str | Path, **options: Any) ->
     """`ptmkit finetune` as a function (keyword arguments are `FinetuneSpec` fields: train, dev,
     data_dir, tokenizer, text_fields, label_field, epochs, lr, batch_size, max_length, ...);
     returns eval.json's content. `init` is a pre-training run, "scratch" or "hf:DIR"."""
-    from ptmkit.finetuning.run import FinetuneSpec, finetune as run_finetune
     known = {f.name for f in dataclasses.fields(FinetuneSpec)}
     unknown = sorted(set(options) - known)
     if unknown:

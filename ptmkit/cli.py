@@ -18,7 +18,7 @@ import yaml
 
 from ptmkit.errors import UserError
 from ptmkit.fileio import check_writable, read_yaml
-from ptmkit.recipes import FINETUNE_KEYS as RECIPE_FINETUNE_KEYS
+from ptmkit.recipes import FINETUNE_KEYS as RECIPE_FINETUNE_KEYS, load_recipe
 from ptmkit.train.loop import TrainConfig
 
 EPILOGS = {
@@ -456,7 +456,6 @@ def _run_finetune(args: argparse.Namespace) -> None:
     settings: dict[str, Any] = {}
     model = args.model or "tiny"
     if args.recipe:
-        from ptmkit.recipes import load_recipe
         recipe = load_recipe(args.recipe)
         settings, model = dict(recipe.finetune), args.model or recipe.model
     settings.update({k: getattr(args, k) for k in RECIPE_FINETUNE_FLAGS if getattr(args, k, None) is not None})

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 import yaml
+from safetensors.torch import load_file
 
 import ptmkit
 from ptmkit.data.loader import WindowDataset, evaluation_batches, make_loader
@@ -27,6 +28,7 @@ from ptmkit.data.corpus import read_documents, read_texts
 from ptmkit.errors import RunStopped, UserError
 from ptmkit.hf.importer import check_objective, check_weights, hf_directory, is_hf, load_into, read_hf
 from ptmkit.model.config import ModelConfig, resolve_model_config
+from ptmkit.model.word_vectors import init_token_embeddings
 from ptmkit.objectives import get_objective
 from ptmkit.objectives.base import Vocab
 from ptmkit.train.checkpoint import check_weights_file, latest_checkpoint, load_weights
@@ -227,8 +229,6 @@ def _init_from(init: str, model: torch.nn.Module, spec: PretrainSpec | None = No
         return
     config = yaml.safe_load((Path(init) / "config.yaml").read_text()) if (Path(init) / "config.yaml").is_file() else {}
     if config.get("objective") == "word2vec":  # vectors seed the token embedding, the rest stays random
-        from safetensors.torch import load_file
-        from ptmkit.model.word_vectors import init_token_embeddings
         init_token_embeddings(model, load_file(str(Path(init) / "model.safetensors"))["embedding"], init)
         return
     load_weights(model, Path(init) / "model.safetensors")

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from ptmkit.compare.config import RECIPE_PREFIX, CompareConfig, TaskConfig
 from ptmkit.compare.estimate import batch_tokens, budget_steps, estimate, train_tokens
 from ptmkit.compare.plan import SCRATCH, Cell, PretrainJob, cells, pretrain_jobs, skipped_pairs
+from ptmkit.compare.report import FAILED_FILE, write_report
 from ptmkit.data.corpus import file_digests, read_texts
 from ptmkit.data.shards import corpus_fingerprint, prepare
 from ptmkit.data.tokenizer import Tokenizer, train_tokenizer
@@ -323,7 +324,6 @@ class Compare:
         work left, weighted by each run's estimated time); then the report. Returns report.html.
         A run that fails is reported and the others go on; if any failed, results.csv,
         failed.json and the report are written and a CompareFailed names them."""
-        from ptmkit.compare.report import FAILED_FILE, write_report
         self.out.mkdir(parents=True, exist_ok=True)
         jobs, todo = pretrain_jobs(self.cfg), cells(self.cfg)
         tokenizer = self.tokenizer()

@@ -45,6 +45,7 @@ import ptmkit
 from ptmkit.api import RunModel, load_run, shift_right
 from ptmkit.errors import UserError
 from ptmkit.fileio import share
+from ptmkit.finetuning.run import kept_model
 from ptmkit.hf import convert, require_transformers
 from ptmkit.model.backbone import Transformer
 from ptmkit.model.config import ModelConfig
@@ -437,7 +438,6 @@ def model_card(run: RunModel, target: Target, difference: float) -> str:
         if summary.get("final_val_loss") is not None:
             lines.append(f"| final validation loss | {summary['final_val_loss']:.4f} |")
     else:
-        from ptmkit.finetuning.run import kept_model
         task = config.get("task") or {}
         settings = config.get("finetune") or {}
         labels = f" (labels: {', '.join(task['labels'])})" if task.get("labels") else ""

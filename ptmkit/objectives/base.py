@@ -21,6 +21,7 @@ from ptmkit.data.tokenizer import SpecialIds, Tokenizer
 from ptmkit.errors import UserError
 from ptmkit.model.backbone import Transformer
 from ptmkit.model.config import ModelConfig
+from ptmkit.train.checkpoint import load_weights
 
 Example = dict[str, np.ndarray]
 Batch = dict[str, Tensor]
@@ -158,7 +159,6 @@ class Objective:
 
     def load_pretrained(self, run: Path, cfg: ModelConfig) -> nn.Module:
         """The downstream network with the pre-training run's weights in it."""
-        from ptmkit.train.checkpoint import load_weights
         model = self.build_model(cfg)
         load_weights(model, run / "model.safetensors")
         return self.to_downstream(model, cfg)

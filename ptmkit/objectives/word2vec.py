@@ -59,6 +59,7 @@ from ptmkit.data.shards import TokenShards
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.errors import UserError, check_values
 from ptmkit.fileio import read_yaml
+from ptmkit.model.backbone import Transformer
 from ptmkit.model.config import ModelConfig
 from ptmkit.model.word_vectors import WordVectors
 from ptmkit.objectives.base import Objective
@@ -293,7 +294,6 @@ class Word2Vec(Objective):
     def to_downstream(self, network: nn.Module, cfg: ModelConfig) -> nn.Module:
         """A small encoder of the run's size whose token embedding starts as the word vectors
         (width = vector_size): static vectors alone cannot tell "not good" from "good"."""
-        from ptmkit.model.backbone import Transformer
         width = network.embedding.shape[1]
         heads = max(h for h in range(1, cfg.heads + 1) if width % h == 0)
         encoder_cfg = dataclasses.replace(cfg, hidden=width, heads=heads, ffn=4 * width, n_decoder_layers=0)

@@ -31,6 +31,7 @@ from torch import nn
 
 from ptmkit.errors import UserError
 from ptmkit.fileio import share
+from ptmkit.train.distributed import load_sharded
 
 CHECKPOINT = "checkpoint"
 """RUN/checkpoint: the newest complete checkpoint (a link into RUN/checkpoints/)."""
@@ -364,7 +365,6 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         raise UserError(f"corrupt checkpoint ({err.__class__.__name__})", str(path),
                         "delete the checkpoint directory to start over, or restore a backup") from None
     if (path / SHARDED).is_dir():
-        from ptmkit.train.distributed import load_sharded
         load_sharded(model, optimizer, path / SHARDED, distributed)
     else:
         if distributed is not None and distributed.mode == "fsdp":

@@ -29,9 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from ptmkit.errors import UserError
+from ptmkit.model.backbone import Block
 
 MODES = ("ddp", "fsdp")
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -42,7 +44,6 @@ PATIENT_TIMEOUT = timedelta(days=7)
 def unavailable() -> str | None:
     """Why this machine cannot run a process group (None when it can): no torch.distributed, or
     neither GPUs (nccl) nor gloo."""
-    import torch.distributed as dist
     if not dist.is_available():
         return "this torch build has no torch.distributed"
     if not (torch.cuda.is_available() and dist.is_nccl_available()) and not dist.is_gloo_available():
@@ -81,7 +82,6 @@ class Distributed:
     """This process's place in the group, and the collectives the trainer needs."""
 
     def __init__(self, mode: str) -> None:
-        import torch.distributed as dist
         if mode not in MODES:
             raise UserError(f"unknown --distributed mode {mode!r}", "--distributed", "use ddp or fsdp")
         if not dist.is_available():
@@ -120,7 +120,6 @@ class Distributed:
         return self.rank == 0
 
     def close(self) -> None:
-        import torch.distributed as dist
         # The finished run's DDP/FSDP wrapper sits in a reference cycle that holds the group; left to
         # the collector it may be torn down during interpreter exit, where gloo aborts the process.
         gc.collect()
@@ -129,7 +128,6 @@ class Distributed:
 
     # ---- collectives ---------------------------------------------------------------------
     def barrier(self) -> None:
-        import torch.distributed as dist
         if self.backend == "nccl":
             dist.barrier(device_ids=[self.device.index])
         else:
@@ -142,7 +140,6 @@ class Distributed:
         that takes. The group's own collectives (and its store) give up after a timeout (nccl 10
         minutes, gloo 30) that would kill the waiting processes, so they wait in a gloo group of
         their own, set up by every process before rank 0 starts."""
-        import torch.distributed as dist
         group = None
         if self.world > 1 and dist.is_gloo_available():
             group = dist.new_group(backend="gloo", timeout=PATIENT_TIMEOUT)
@@ -156,7 +153,6 @@ class Distributed:
         """Element-wise sum over all processes (float64, so token counts stay exact). A value may
         be a one-element tensor on this process's device: it joins the reduction where it is,
         so the result is the one time the host waits for the device."""
-        import torch.distributed as dist
         tensor = torch.tensor([0.0 if torch.is_tensor(v) else float(v) for v in values], dtype=torch.float64)
         tensor = tensor.to(self.device, non_blocking=True)  # a GPU copy that waits for nothing
         for index, value in enumerate(values):
@@ -167,7 +163,6 @@ class Distributed:
 
     def gather(self, value: Any) -> list[Any]:
         """Every process's `value` (any picklable object), in rank order, on every process."""
-        import torch.distributed as dist
         values: list[Any] = [None] * self.world
         dist.all_gather_object(values, value)
         return values
@@ -183,7 +178,6 @@ class Distributed:
             return DistributedDataParallel(module, device_ids=[self.device.index] if self.device.type == "cuda"
                                            else None, forward_sync_buffers=False)
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-        from ptmkit.model.backbone import Block
         policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
                   if precision == "bf16" else MixedPrecisionPolicy())
         for block in [m for m in model.modules() if isinstance(m, Block)]:

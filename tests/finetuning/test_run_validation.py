@@ -9,7 +9,6 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 import ptmkit.finetuning.run as run_module
