@@ -3,7 +3,7 @@ budget, 3 seeds per learning rate, epoch picked on a held-out 10% of the budget,
 
     python experiments/sst2_probe.py RUN_OR_scratch --lrs 2e-4,5e-4 [--extra '{"pooling": "mean"}']
 
-Prints dev accuracy mean ± std per rate and the rate the held-out slice prefers (mean over seeds).
+Prints dev accuracy mean ± sample std per rate and the rate the held-out slice prefers (mean over seeds).
 """
 
 from __future__ import annotations
@@ -48,8 +48,9 @@ def main() -> None:
             metric = result["main_metric"]
             dev.append(100 * result[metric])
             select.append(100 * result["select_" + metric])
-        rows.append((lr, np.mean(dev), np.std(dev), np.mean(select)))
-        print(f"{name} lr={lr:g}: dev {np.mean(dev):.1f} ± {np.std(dev):.1f}  select {np.mean(select):.1f}  "
+        spread = np.std(dev, ddof=1) if len(dev) > 1 else 0.0  # sample std, as the compare reports
+        rows.append((lr, np.mean(dev), spread, np.mean(select)))
+        print(f"{name} lr={lr:g}: dev {np.mean(dev):.1f} ± {spread:.1f}  select {np.mean(select):.1f}  "
               f"per seed {[round(x, 1) for x in dev]}  ({time.time() - started:.0f} s)", flush=True)
     best = max(rows, key=lambda r: r[3])
     print(f"RESULT {name}: lr {best[0]:g} chosen on the held-out slice -> dev {best[1]:.1f} ± {best[2]:.1f}")
