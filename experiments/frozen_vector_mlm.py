@@ -33,8 +33,8 @@ def main() -> None:
 
     seed_embeddings = pretraining._init_from
 
-    def seed_then_freeze(init, model, spec=None):
-        seed_embeddings(init, model, spec)
+    def seed_then_freeze(init, model, objective, spec=None):
+        seed_embeddings(init, model, objective, spec)
         for weight in token_embedding_weights(model):
             weight.requires_grad_(False)
 

@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors.torch import load_file
 
 import ptmkit
 from ptmkit.data.loader import WindowDataset, evaluation_batches, make_loader
@@ -28,10 +27,9 @@ from ptmkit.data.corpus import read_documents, read_texts
 from ptmkit.errors import RunStopped, UserError
 from ptmkit.hf.importer import check_objective, check_weights, hf_directory, is_hf, load_into, read_hf
 from ptmkit.model.config import ModelConfig, resolve_model_config
-from ptmkit.model.word_vectors import init_token_embeddings
 from ptmkit.objectives import get_objective
-from ptmkit.objectives.base import Vocab
-from ptmkit.train.checkpoint import check_weights_file, latest_checkpoint, load_weights
+from ptmkit.objectives.base import Objective, Vocab
+from ptmkit.train.checkpoint import check_weights_file, latest_checkpoint
 from ptmkit.train.distributed import Distributed, resolve_mode
 from ptmkit.train.feature_rank import collapse_warning, feature_rank
 from ptmkit.train.loop import TrainConfig, Trainer
@@ -220,18 +218,14 @@ def _plan(spec: PretrainSpec, objective_cls: type, data_dir: Path) -> _Plan:
     return _Plan(data_dir, train_shards, val_shards, tokenizer, objective, model_cfg, length, dataset)
 
 
-def _init_from(init: str, model: torch.nn.Module, spec: PretrainSpec | None = None) -> None:
+def _init_from(init: str, model: torch.nn.Module, objective: Objective, spec: PretrainSpec | None = None) -> None:
     _check_init(init)
     if is_hf(init):
         imported = _hf_model(spec) if spec is not None else read_hf(init, weights=False)
         load_into(model, imported)
         imported.state = {}  # the weights now live in the model
         return
-    config = yaml.safe_load((Path(init) / "config.yaml").read_text()) if (Path(init) / "config.yaml").is_file() else {}
-    if config.get("objective") == "word2vec":  # vectors seed the token embedding, the rest stays random
-        init_token_embeddings(model, load_file(str(Path(init) / "model.safetensors"))["embedding"], init)
-        return
-    load_weights(model, Path(init) / "model.safetensors")
+    objective.initialise(model, Path(init))
 
 
 def pretrain(spec: PretrainSpec) -> dict[str, Any]:
@@ -291,7 +285,7 @@ def _pretrain_into(spec: PretrainSpec, objective_cls: type, plan: _Plan | None,
     torch.manual_seed(cfg.seed)
     model = objective.build_model(model_cfg)  # the same on every process
     if spec.init and not spec.resume:
-        _init_from(spec.init, model, spec)
+        _init_from(spec.init, model, objective, spec)
     if dist is not None and dist.rank > 0:
         torch.manual_seed(cfg.seed + 7919 * dist.rank)  # other dropout masks than rank 0's
 

@@ -6,6 +6,7 @@ from ptmkit.errors import UserError
 from ptmkit.objectives.bart import Bart
 from ptmkit.objectives.base import Objective
 from ptmkit.objectives.clm import CausalLM
+from ptmkit.objectives.contrastive import DocumentContrastive
 from ptmkit.objectives.electra import Electra
 from ptmkit.objectives.elmo import ELMo
 from ptmkit.objectives.mass import Mass
@@ -17,7 +18,7 @@ from ptmkit.objectives.t5 import T5
 from ptmkit.objectives.word2vec import Word2Vec
 from ptmkit.objectives.wwm import WholeWordMaskedLM
 
-OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (CausalLM, MaskedLM, WholeWordMaskedLM, Electra, PrefixLM, PermutationLM, MPNet, Mass, Bart, T5, Word2Vec, ELMo)}
+OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (CausalLM, MaskedLM, WholeWordMaskedLM, Electra, PrefixLM, PermutationLM, MPNet, Mass, Bart, T5, Word2Vec, ELMo, DocumentContrastive)}
 
 
 def get_objective(name: str) -> type[Objective]:

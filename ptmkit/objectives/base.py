@@ -14,6 +14,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+import yaml
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ptmkit.data.shards import TokenShards, Window
@@ -21,6 +23,7 @@ from ptmkit.data.tokenizer import SpecialIds, Tokenizer
 from ptmkit.errors import UserError
 from ptmkit.model.backbone import Transformer
 from ptmkit.model.config import ModelConfig
+from ptmkit.model.word_vectors import init_token_embeddings
 from ptmkit.train.checkpoint import load_weights
 
 Example = dict[str, np.ndarray]
@@ -146,6 +149,15 @@ class Objective:
         returns the summary. `init`: a run of the same objective to continue. Only for
         `standalone` objectives."""
         raise NotImplementedError
+
+    def initialise(self, model: nn.Module, run: Path) -> None:
+        """Seed `model` from an earlier run (`--init RUN`): a word2vec run's vectors start every
+        token embedding (the rest stays random), any other run's weights load as they are."""
+        config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
+        if config.get("objective") == "word2vec":
+            init_token_embeddings(model, load_file(str(run / "model.safetensors"))["embedding"], str(run))
+            return
+        load_weights(model, run / "model.safetensors")
 
     def to_downstream(self, network: nn.Module, cfg: ModelConfig) -> nn.Module:
         """The network fine-tuning builds on, made from the pre-training network (by default

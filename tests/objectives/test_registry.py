@@ -7,7 +7,7 @@ import pytest
 from ptmkit.objectives import OBJECTIVES, get_objective
 from ptmkit.errors import UserError
 
-FAMILIES = {"AR", "AE", "permuted", "denoising", "shallow"}
+FAMILIES = {"AR", "AE", "permuted", "denoising", "shallow", "contrastive"}
 ARCHITECTURES = {"encoder", "decoder", "prefix", "two_stream", "encoder_decoder", "lstm", "shallow"}
 
 
@@ -22,7 +22,7 @@ def test_objective_declares_family_architecture_and_options(name: str) -> None:
 
 
 def test_the_issue_names_are_all_registered() -> None:
-    expected = "word2vec elmo clm mlm wwm plm mpnet mass bart electra t5 prefixlm".split()
+    expected = "word2vec elmo clm mlm wwm plm mpnet mass bart electra t5 prefixlm contrastive".split()
     assert sorted(OBJECTIVES) == sorted(expected)
     with pytest.raises(UserError, match="use one of: bart, clm"):
         get_objective("gpt")
