@@ -111,6 +111,9 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, help="directory written by `ptmkit prepare`")
     p.add_argument("--corpus", nargs="+", metavar="PATH", help="raw text; prepared inside the run")
     p.add_argument("--tokenizer", type=Path, help="with --corpus; default: train a bpe 8000 one")
+    p.add_argument("--domain-data", type=Path, help="with --recipe: prepared text for its `corpus: domain` stages")
+    p.add_argument("--domain-corpus", nargs="+", metavar="PATH",
+                   help="with --recipe: raw text for its `corpus: domain` stages")
     p.add_argument("--text-field")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--model", help="tiny | mini | small | medium | base | FILE.yaml (default tiny)")
@@ -324,6 +327,11 @@ def _run_pretrain(args: argparse.Namespace) -> None:
     if args.recipe or (args.resume and (args.out / "recipe.yaml").is_file()):
         _run_recipe(args)
         return
+    if args.domain_data or args.domain_corpus:
+        flag = "--domain-data" if args.domain_data else "--domain-corpus"
+        raise UserError(f"{flag} without --recipe", flag,
+                        "drop it, or pass --recipe with stages on `corpus: domain` (one objective "
+                        "continues on domain text with --init GENERAL_RUN --corpus DOMAIN_TEXT)")
     if args.resume:  # before reading the run's config.yaml for the objective
         check_run_dir(args.out, resume=True, overwrite=args.overwrite)
     file_values = _load_config_file(args.config)
@@ -400,7 +408,8 @@ def _run_recipe(args: argparse.Namespace) -> None:
     else:
         recipe = load_recipe(args.recipe)
     summary = pretrain_recipe(RecipeRun(
-        recipe=recipe, out=args.out, data=args.data, corpus=list(args.corpus or []), tokenizer=args.tokenizer,
+        recipe=recipe, out=args.out, data=args.data, corpus=list(args.corpus or []), domain_data=args.domain_data,
+        domain_corpus=list(args.domain_corpus or []), tokenizer=args.tokenizer,
         text_field=args.text_field or "text", minutes=args.max_minutes, seed=args.seed,
         progress=not args.no_progress, overwrite=args.overwrite, resume=args.resume))
     stages = ", ".join(f"{s['objective']} {s['wall_seconds']:.0f}s" for s in summary["stages"])

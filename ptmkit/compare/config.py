@@ -186,23 +186,28 @@ class CompareConfig:
     """`jieba`: store word boundaries from that segmenter when preparing the corpora (Chinese
     whole-word masking, see `ptmkit.objectives.wwm`)."""
     recipe: Recipe | None = None
-    """`recipe: NAME`: its staged pre-training joins path B as `recipe:NAME`; its tokenizer, model
-    and fine-tuning settings are the defaults of the whole comparison (scratch included)."""
+    """`recipe: NAME`: its staged pre-training joins path B as `recipe:NAME` (path C when some stage
+    reads the domain corpus); its tokenizer, model and fine-tuning settings are the defaults of the
+    whole comparison (scratch included)."""
     title: str = "ptmkit compare"
     """The report's heading."""
     source: str = "<config>"
 
     @property
     def systems(self) -> list[str]:
-        """What path B pre-trains: the objectives, then the recipe."""
-        return self.objectives + ([RECIPE_PREFIX + self.recipe.name] if self.recipe else [])
+        """What path B pre-trains: the objectives, then a recipe of general text alone."""
+        general_recipe = self.recipe is not None and not self.recipe.reads_domain
+        return self.objectives + ([RECIPE_PREFIX + self.recipe.name] if general_recipe else [])
 
     @property
     def domain_systems(self) -> list[str]:
-        """What path C pre-trains on the domain corpus after the general one."""
+        """What path C pre-trains on the domain corpus after the general one: objectives continued
+        there, then a recipe with domain stages."""
         if not self.domain_corpus:
             return []
-        return self.objectives if self.domain_objectives is None else self.domain_objectives
+        continued = self.objectives if self.domain_objectives is None else self.domain_objectives
+        domain_recipe = self.recipe is not None and self.recipe.reads_domain
+        return continued + ([RECIPE_PREFIX + self.recipe.name] if domain_recipe else [])
 
     @property
     def paths(self) -> list[str]:
@@ -467,9 +472,9 @@ def parse_compare_config(values: dict, where: str, base: Path) -> CompareConfig:
         cfg.domain_corpus = _corpus(values["domain_corpus"], f"{where}: domain_corpus", base)
     if "recipe" in values:
         cfg.recipe = _recipe(values["recipe"], f"{where}: recipe", base)
-        if cfg.domain_corpus:
-            _fail("a recipe runs on the general corpus only (path B)", f"{where}: recipe",
-                  "drop domain_corpus, or compare the recipe in a config of its own")
+        if cfg.recipe.reads_domain and not cfg.domain_corpus:
+            _fail(f"recipe {cfg.recipe.name} has stages on the domain corpus", f"{where}: recipe",
+                  "add `domain_corpus: [PATH, ...]`, or choose a recipe of general text")
         # the recipe's settings are checked like the config's own, naming the recipe file
         cfg.tokenizer = _tokenizer(dict(cfg.recipe.tokenizer), f"{cfg.recipe.source}: tokenizer", base)
         cfg.model = _model(cfg.recipe.model, f"{cfg.recipe.source}: model", None)

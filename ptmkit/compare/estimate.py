@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from ptmkit.compare.config import RECIPE_PREFIX, CompareConfig, TaskConfig
 from ptmkit.compare.plan import cells, pretrain_jobs
@@ -21,7 +20,7 @@ from ptmkit.finetuning.search import as_rates
 from ptmkit.model.backbone import Transformer
 from ptmkit.model.config import resolve_model_config
 from ptmkit.objectives import get_objective
-from ptmkit.objectives.base import Objective, Vocab
+from ptmkit.objectives.base import Vocab
 
 ASSUMED_FLOPS = 1e11
 """Sustained training FLOP/s assumed by --dry-run estimates (this class of 2-core CPU, fp32)."""
@@ -36,17 +35,19 @@ def estimate(cfg: CompareConfig, out: Path | None = None) -> list[tuple[str, flo
     plan = []
     for job in pretrain_jobs(cfg):
         budget = cfg.domain_pretrain if job.domain else cfg.pretrain
-        if "minutes" in budget:
+        if job.objective.startswith(RECIPE_PREFIX) and cfg.recipe is not None:
+            seconds = 60.0 * cfg.recipe.minutes  # its stages share the recipe's wall clock
+        elif "minutes" in budget:
             seconds = 60.0 * budget["minutes"]
         else:
-            objective = get_objective(job.objective) if not job.objective.startswith(RECIPE_PREFIX) else Objective
+            objective = get_objective(job.objective)
             options = cfg.objective_options.get(job.objective, {})
             step = objective.step_tokens(batch_tokens(budget), corpus_tokens(cfg, job.domain, out))
             tokens = objective.planned_steps(budget_steps(budget, step), options) * step
             seq_len = budget.get("seq_len", 128)
             if (job.objective, seq_len) not in rates:
                 rates[job.objective, seq_len] = objective.cpu_tokens_per_second(options) or ASSUMED_FLOPS / _flops_per_token(
-                    cfg, job.objective, vocab, seq_len, fallback=model)
+                    cfg, job.objective, vocab, seq_len)
             seconds = tokens / rates[job.objective, seq_len]
         plan.append((f"pretrain {job.name}", seconds))
     epochs = cfg.finetune.get("epochs", 3)
@@ -68,12 +69,9 @@ def estimate(cfg: CompareConfig, out: Path | None = None) -> list[tuple[str, flo
     return plan
 
 
-def _flops_per_token(cfg: CompareConfig, name: str, vocab: int, seq_len: int, fallback: torch.nn.Module) -> float:
+def _flops_per_token(cfg: CompareConfig, name: str, vocab: int, seq_len: int) -> float:
     """Training FLOPs per token of `name`'s own network: a biLSTM (ELMo) or a softmax at every
-    position (CLM) costs several times a masked LM's. A recipe's stages are costed as `fallback`,
-    a masked LM."""
-    if name.startswith(RECIPE_PREFIX):
-        return fallback.flops_per_token(seq_len, 0.15)
+    position (CLM) costs several times a masked LM's."""
     objective = get_objective(name)(Vocab(vocab, OWN_SPECIAL_IDS), seq_len, cfg.objective_options.get(name, {}))
     network = objective.build_model(resolve_model_config(
         cfg.model, vocab_size=vocab, layout=objective.layout, encoder_decoder=objective.architecture == "encoder_decoder"))

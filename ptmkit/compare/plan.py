@@ -22,8 +22,11 @@ class PretrainJob:
         return job_name(self.objective, self.seed, self.domain)
 
     @property
-    def general(self) -> PretrainJob:
-        """The general-text run this job is, or (a domain run) starts from."""
+    def continues(self) -> PretrainJob | None:
+        """The general-text run a domain run starts from; None for a general run, and for a
+        recipe, whose stages go from general to domain text themselves."""
+        if not self.domain or self.objective.startswith(RECIPE_PREFIX):
+            return None
         return PretrainJob(self.objective, self.seed, False)
 
 
@@ -77,4 +80,5 @@ def can_do(cfg: CompareConfig, system: str, task: TaskConfig) -> bool:
 def skipped_pairs(cfg: CompareConfig) -> list[tuple[str, str]]:
     """(system, task) pairs left out because the system's network cannot do the task (an
     LSTM cannot do seq2seq); the report names them."""
-    return [(o, task.name) for task in cfg.tasks for o in cfg.systems if not can_do(cfg, o, task)]
+    systems = dict.fromkeys(cfg.systems + cfg.domain_systems)
+    return [(o, task.name) for task in cfg.tasks for o in systems if not can_do(cfg, o, task)]

@@ -9,6 +9,7 @@ import base64
 import csv
 import html
 import json
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -145,7 +146,7 @@ def survey_caption(rows: list[dict[str, Any]]) -> str:
                                   + (", averaged over these tasks" if len(tasks) > 1 else "")
                                   if tasks else "no such task in results.csv")
              for kind, tasks in kinds.items()]
-    return ("Survey: path B (scratch: path A), mean over seeds. " + ". ".join(parts) + ". Gain vs scratch: "
+    return ("Survey: path B (scratch: path A; a recipe whose stages end on domain text: path C), mean over seeds. " + ". ".join(parts) + ". Gain vs scratch: "
             "mean over those tasks of the gain at the same budget, on the seeds both have. "
             "[k/m tasks]: measured on k of the m tasks so far; –: not measured (yet).")
 
@@ -161,7 +162,7 @@ def survey_table(rows: list[dict[str, Any]], out: Path) -> tuple[list[str], list
               "tokens/s", "pre-train tokens", "pre-train s", "pre-train FLOPs", "feature rank/at init"]
     body = []
     for objective in sorted({r["objective"] for r in rows}):
-        path = "A" if objective == "scratch" else "B"
+        path = "A" if objective == "scratch" else _survey_path(objective, rows)
         scores: dict[bool, list[float]] = {False: [], True: []}
         tried: dict[bool, int] = {False: 0, True: 0}
         gains = []
@@ -185,7 +186,7 @@ def survey_table(rows: list[dict[str, Any]], out: Path) -> tuple[list[str], list
             partial = f" [{len(scores[nlg])}/{tried[nlg]} tasks]" if len(scores[nlg]) < tried[nlg] else ""
             return f"{np.mean(scores[nlg]) * 100:.1f}{partial}"
 
-        summary = _general_summary(objective, rows, summaries)
+        summary = _run_summary(objective, path, rows, summaries)
         family, backbone = _kind(objective, summary)
         body.append([objective, family, backbone, score(False), score(True),
                      f"{np.mean(gains) * 100:+.1f}" if gains else "–",
@@ -196,16 +197,22 @@ def survey_table(rows: list[dict[str, Any]], out: Path) -> tuple[list[str], list
     return header, body
 
 
-def _general_summary(objective: str, rows: list[dict[str, Any]],
-                     summaries: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The summary of the general pre-training behind `objective`'s path-B cells: of its runs
-    under DIR/pretrain (any pre-training seed), the first whose token count the results name,
-    so a run left over from another config is not reported in its place."""
-    used = {int(float(r["pretrain_tokens"])) for r in rows if r["objective"] == objective and r["path"] == "B"}
-    prefix = job_name(objective, 0)[:-1]  # "<objective>-s"
-    for seed in sorted(int(name[len(prefix):]) for name in summaries
-                       if name.startswith(prefix) and name[len(prefix):].isdigit()):
-        summary = summaries[job_name(objective, seed)]
+def _survey_path(objective: str, rows: list[dict[str, Any]]) -> str:
+    """The path a system's survey row reads: B, or C for a recipe whose stages end on domain text
+    (it has no path-B cells)."""
+    return "B" if any(r["objective"] == objective and r["path"] == "B" for r in rows) else "C"
+
+
+def _run_summary(objective: str, path: str, rows: list[dict[str, Any]],
+                 summaries: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The summary of the pre-training behind `objective`'s cells on `path`: of its runs under
+    DIR/pretrain (any pre-training seed), the first whose token count the results name, so a run
+    left over from another config is not reported in its place."""
+    used = {int(float(r["pretrain_tokens"])) for r in rows if r["objective"] == objective and r["path"] == path}
+    domain = path == "C"
+    name = re.compile(re.escape(job_name(objective, 0)[:-1]) + r"(\d+)" + ("-domain" if domain else ""))
+    for seed in sorted(int(match[1]) for match in map(name.fullmatch, summaries) if match):
+        summary = summaries[job_name(objective, seed, domain)]
         if summary.get("tokens") in used:
             return summary
     return {}
@@ -230,9 +237,10 @@ def _feature_rank(summary: dict[str, Any]) -> str:
 def _kind(objective: str, summary: dict[str, Any]) -> tuple[str, str]:
     """(family, backbone) of a survey row; a recipe is its stages, the last one's family."""
     if objective.startswith(RECIPE_PREFIX):
-        stages = [s["objective"] for s in summary.get("stages", [])]
-        last = OBJECTIVES.get(stages[-1]) if stages else None
-        return (last.family if last else "—"), " → ".join(stages) or "recipe"
+        stages = summary.get("stages", [])
+        last = OBJECTIVES.get(stages[-1]["objective"]) if stages else None
+        names = [s["objective"] + (" (domain)" if s.get("corpus") == "domain" else "") for s in stages]
+        return (last.family if last else "—"), " → ".join(names) or "recipe"
     cls = OBJECTIVES.get(objective)
     return (cls.family, cls.architecture) if cls else ("—", "random init")
 

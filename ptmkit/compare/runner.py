@@ -184,7 +184,7 @@ class Compare:
         """The key of `job`'s run: its settings, the prepared data and (domain runs) the key of
         the general run it starts from."""
         budget = self.cfg.domain_pretrain if job.domain else self.cfg.pretrain
-        init = self.out / "pretrain" / job.general.name if job.domain else None
+        init = self.out / "pretrain" / job.continues.name if job.continues else None
         is_recipe = job.objective.startswith(RECIPE_PREFIX)
         revision = 0 if is_recipe else get_objective(job.objective).revision
         # a revision of 0 adds nothing, so the keys of runs made before revisions existed still hold
@@ -197,20 +197,20 @@ class Compare:
 
     def pretrain_done(self, job: PretrainJob, data: dict[bool, Path]) -> bool:
         """`job` finished with the inputs it has now (a domain run: so did its general run)."""
-        if job.domain and not self.pretrain_done(job.general, data):
+        if job.continues is not None and not self.pretrain_done(job.continues, data):
             return False
         return _done(self.out / "pretrain" / job.name, "summary.json", self._pretrain_key(job, data))
 
     def run_pretrain(self, job: PretrainJob, data: dict[bool, Path]) -> Path:
         run = self.out / "pretrain" / job.name
         budget = self.cfg.domain_pretrain if job.domain else self.cfg.pretrain
-        init = self.out / "pretrain" / job.general.name if job.domain else None
+        init = self.out / "pretrain" / job.continues.name if job.continues else None
         is_recipe = job.objective.startswith(RECIPE_PREFIX)
         key = self._pretrain_key(job, data)
         if _done(run, "summary.json", key):
             return run
         if is_recipe:
-            return self._run_recipe(job, run, key, data[False])
+            return self._run_recipe(job, run, key, data)
         resume = (run / "config.yaml").is_file() and _read_key(run) == key
         if run.exists() and not resume:
             tqdm.write(f"compare: {run} was made from other settings, data or tokenizer; training it again",
@@ -234,12 +234,13 @@ class Compare:
         """Tokens one step of `job` reads (word2vec: an epoch over its prepared data)."""
         return get_objective(job.objective).step_tokens(batch_tokens(budget), train_tokens(data[job.domain]))
 
-    def _run_recipe(self, job: PretrainJob, run: Path, key: str, data: Path) -> Path:
+    def _run_recipe(self, job: PretrainJob, run: Path, key: str, data: dict[bool, Path]) -> Path:
         """The recipe's stages on the shared data (an interrupted one continues with its finished
         stages); its summary's train_seconds is their wall clock."""
         assert self.cfg.recipe is not None
         _claim(run, key)
-        pretrain_recipe(RecipeRun(recipe=self.cfg.recipe, out=run, data=data, seed=job.seed, progress=False,
+        pretrain_recipe(RecipeRun(recipe=self.cfg.recipe, out=run, data=data[False], seed=job.seed, progress=False,
+                                  domain_data=data[True] if self.cfg.recipe.reads_domain else None,
                                   resume=True))
         return run
 
@@ -358,8 +359,8 @@ class Compare:
         failed_jobs: set[PretrainJob] = set()
         for job in pending_jobs:  # domain runs start from the general ones
             bar.set_postfix_str(f"{runs_left} runs left; pretrain {job.name}")
-            general = job.general
-            if job.domain and general in failed_jobs:
+            general = job.continues
+            if general is not None and general in failed_jobs:
                 failed_jobs.add(job)
                 failures.append({"run": f"pretrain {job.name}", "error": f"pre-training {general.name} failed"})
             else:
@@ -447,8 +448,8 @@ class Compare:
         summary = {}
         if cell.job is not None:
             summary = json.loads((self.out / "pretrain" / cell.job.name / "summary.json").read_text())
-            if cell.job.domain:  # path C paid for both stages
-                general = json.loads((self.out / "pretrain" / cell.job.general.name / "summary.json").read_text())
+            if cell.job.continues is not None:  # path C paid for both stages
+                general = json.loads((self.out / "pretrain" / cell.job.continues.name / "summary.json").read_text())
                 summary = {k: summary.get(k, 0) + general.get(k, 0) for k in ("tokens", "train_seconds")}
         metric = result["main_metric"]
         return {"objective": cell.objective, "path": cell.path, "task": cell.task.name,

@@ -2,7 +2,8 @@
 
 A recipe is one YAML file: the tokenizer and model to use, a sequence of pre-training stages
 (each starting from the previous one's weights) sharing one wall-clock budget, and the
-fine-tuning settings its models were tuned with. `ptmkit pretrain --recipe NAME`,
+fine-tuning settings its models were tuned with. A stage reads the general corpus, or with
+`corpus: domain` the domain corpus (general -> domain -> task in one recipe). `ptmkit pretrain --recipe NAME`,
 `ptmkit finetune --recipe NAME` and `recipe: NAME` in a compare config read it by name
 (`ptmkit/recipes/NAME.yaml`) or from a path.
 """
@@ -19,7 +20,8 @@ from ptmkit.fileio import read_yaml
 
 RECIPES_DIR = Path(__file__).parent
 TOP_KEYS = {"name", "summary", "tokenizer", "model", "minutes", "stages", "finetune"}
-STAGE_KEYS = {"objective", "objective_options", "train"}
+STAGE_KEYS = {"objective", "objective_options", "train", "corpus"}
+CORPORA = ("general", "domain")
 FINETUNE_KEYS = {"epochs", "min_steps", "lr", "batch_size", "max_length", "warmup_ratio", "weight_decay", "patience",
                  "keep_epoch", "select_fraction", "layer_decay", "dropout", "pooling", "precision", "freeze_embeddings"}
 
@@ -30,6 +32,8 @@ class Stage:
     objective_options: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     """TrainConfig values; the last stage's time budget is whatever the recipe's minutes leave."""
+    corpus: str = "general"
+    """Which text the stage trains on: the general corpus, or the domain corpus."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,11 @@ class Recipe:
     """FinetuneSpec defaults; `lr` may be a list, searched on held-out training data."""
     summary: str = ""
     source: str = ""
+
+    @property
+    def reads_domain(self) -> bool:
+        """Some stage trains on the domain corpus: the recipe needs one, and compares as path C."""
+        return any(stage.corpus == "domain" for stage in self.stages)
 
 
 def available() -> list[str]:
@@ -106,7 +115,11 @@ def parse_recipe(values: dict, where: str) -> Recipe:
         for key in ("objective_options", "train"):
             if not isinstance(stage.get(key) or {}, dict):
                 raise UserError("must be a mapping", f"{spot}.{key}", "write `key: value` lines")
-        parsed.append(Stage(objective, dict(stage.get("objective_options") or {}), dict(stage.get("train") or {})))
+        corpus = stage.get("corpus", "general")
+        if corpus not in CORPORA:
+            raise UserError(f"unknown corpus {corpus!r}", f"{spot}.corpus", "use general or domain")
+        parsed.append(Stage(objective, dict(stage.get("objective_options") or {}), dict(stage.get("train") or {}),
+                            corpus))
         _check_stage(parsed[-1], spot)
     minutes = values.get("minutes")
     if not isinstance(minutes, (int, float)) or minutes <= 0:

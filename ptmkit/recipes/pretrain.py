@@ -3,6 +3,7 @@
 Layout of the run directory::
 
     data/                    the corpus prepared with the recipe's tokenizer (with --corpus)
+    data-domain/             the domain corpus, likewise (with --domain-corpus, for `corpus: domain` stages)
     stages/<i>-<objective>/  one ordinary pre-training run per stage, each initialised from the last
     config.yaml model.safetensors tokenizer/   the final stage's model: `--init RUN` reads it as usual
     summary.json             every stage's time and tokens, and their totals
@@ -28,7 +29,7 @@ from typing import Any
 import yaml
 
 from ptmkit.data.corpus import read_texts
-from ptmkit.data.shards import prepare
+from ptmkit.data.shards import TokenShards, prepare
 from ptmkit.data.tokenizer import Tokenizer, train_tokenizer
 from ptmkit.errors import UserError
 from ptmkit.fileio import copy_items
@@ -43,7 +44,8 @@ RESERVE_SECONDS, RESERVE_SHARE = 20.0, 0.15
 """Kept back from the last stage's training time for building the model, its one validation and
 its save (the trainer's clock counts training steps only): 20 s, or 15% of a budget under 133 s."""
 SETTINGS_FILE = "recipe_run.json"
-"""The budget, seed and --data a recipe run started with, which --resume keeps."""
+"""The budget, seed, --data and --domain-data a recipe run started with, which --resume keeps."""
+DOMAIN_DATA = "data-domain"
 FINAL_FILES = ("config.yaml", "model.safetensors", "tokenizer", "metrics.jsonl", "eval.json", "vectors.txt")
 
 
@@ -53,6 +55,9 @@ class RecipeRun:
     out: Path
     data: Path | None = None
     corpus: list[str] = dataclasses.field(default_factory=list)
+    domain_data: Path | None = None
+    domain_corpus: list[str] = dataclasses.field(default_factory=list)
+    """The text of the `corpus: domain` stages (prepared, or raw); refused when no stage reads it."""
     tokenizer: Path | None = None
     text_field: str = "text"
     minutes: float | None = None
@@ -70,13 +75,8 @@ def pretrain_recipe(run: RecipeRun) -> dict[str, Any]:
     if not run.resume:
         check_run_dir(run.out, resume=False, overwrite=run.overwrite)
     run = _with_saved_settings(run)
-    if run.data is not None and run.corpus:
-        raise UserError("both --data and --corpus given", "--data/--corpus", "pass only one of them")
-    prepared = run.resume and (run.out / "data" / "manifest.json").is_file()
-    if run.data is None and not prepared:
-        if not run.corpus:
-            raise UserError("no training text", "--data/--corpus", "pass --corpus FILE ... or --data DIR")
-        check_corpus(run.corpus, run.text_field)
+    _check_domain_text(run)
+    _check_text(run)
     budget = 60.0 * (run.minutes if run.minutes is not None else run.recipe.minutes)
     if run.overwrite and run.out.is_dir() and not run.resume:
         shutil.rmtree(run.out)
@@ -84,9 +84,10 @@ def pretrain_recipe(run: RecipeRun) -> dict[str, Any]:
     run.out.mkdir(parents=True, exist_ok=True)
     (run.out / "recipe.yaml").write_text(yaml.safe_dump(_recipe_dict(run.recipe), sort_keys=False))
     (run.out / SETTINGS_FILE).write_text(json.dumps(
-        {"minutes": budget / 60, "seed": run.seed, "data": str(run.data.resolve()) if run.data else None}, indent=2))
+        {"minutes": budget / 60, "seed": run.seed, "data": str(run.data.resolve()) if run.data else None,
+         "domain_data": str(run.domain_data.resolve()) if run.domain_data else None}, indent=2))
     try:
-        data_dir, prepare_seconds = _data(run)
+        corpora, prepare_seconds = _data(run)
     except UserError:  # e.g. the recipe's tokenizer does not fit the corpus: leave nothing behind
         if created:
             shutil.rmtree(run.out, ignore_errors=True)
@@ -104,7 +105,8 @@ def pretrain_recipe(run: RecipeRun) -> dict[str, Any]:
                                 f"stage {i} ({stage.objective})", run.recipe.source,
                                 "raise the recipe's minutes (or --max-minutes) or shorten the earlier stages")
             started = time.perf_counter() - _trained_before(stage_dir)  # a resumed stage's earlier part counts
-            pretrain(PretrainSpec(objective=stage.objective, out=stage_dir, data=data_dir, model=run.recipe.model,
+            pretrain(PretrainSpec(objective=stage.objective, out=stage_dir, data=corpora[stage.corpus],
+                                  model=run.recipe.model,
                                   objective_options=dict(stage.objective_options),
                                   train=_train_config(stage.train, run.seed, left, last), init=init,
                                   resume=(stage_dir / "checkpoint").exists(), overwrite=True,
@@ -114,7 +116,7 @@ def pretrain_recipe(run: RecipeRun) -> dict[str, Any]:
             summary_path.write_text(json.dumps(stage_summary, indent=2))
         stage_summary = json.loads(summary_path.read_text())
         spent += stage_summary["wall_seconds"]
-        stages.append({"objective": stage.objective, "run": str(stage_dir.relative_to(run.out)),
+        stages.append({"objective": stage.objective, "corpus": stage.corpus, "run": str(stage_dir.relative_to(run.out)),
                        **{k: stage_summary.get(k) for k in ("wall_seconds", "steps", "tokens", "tokens_per_s",
                                                             "final_loss", "stopped_by")}})
         init = str(stage_dir)
@@ -136,14 +138,46 @@ def _trained_before(stage_dir: Path) -> float:
 
 
 def _with_saved_settings(run: RecipeRun) -> RecipeRun:
-    """On --resume, the budget, seed and --data the run started with, unless given again."""
+    """On --resume, the budget, seed, --data and --domain-data the run started with, unless given again."""
     saved_path = run.out / SETTINGS_FILE
     saved = json.loads(saved_path.read_text()) if run.resume and saved_path.is_file() else {}
     data = run.data if run.data is not None or run.corpus else saved.get("data")
+    domain = run.domain_data if run.domain_data is not None or run.domain_corpus else saved.get("domain_data")
     return dataclasses.replace(
         run, minutes=run.minutes if run.minutes is not None else saved.get("minutes"),
         seed=run.seed if run.seed is not None else saved.get("seed", 0),
-        data=Path(data) if data is not None else None)
+        data=Path(data) if data is not None else None, domain_data=Path(domain) if domain is not None else None)
+
+
+def _check_text(run: RecipeRun) -> None:
+    """Each corpus the stages read is given once, prepared or raw (or was prepared by the run
+    being resumed), and raw text reads: a typo fails before anything is written."""
+    sources = [("data", "--data", "--corpus", run.data, run.corpus)]
+    if run.recipe.reads_domain:
+        sources.append((DOMAIN_DATA, "--domain-data", "--domain-corpus", run.domain_data, run.domain_corpus))
+    for folder, data_flag, corpus_flag, directory, corpus in sources:
+        if directory is not None and corpus:
+            raise UserError(f"both {data_flag} and {corpus_flag} given", f"{data_flag}/{corpus_flag}",
+                            "pass only one of them")
+        if directory is None and not (run.resume and (run.out / folder / "manifest.json").is_file()):
+            if not corpus:
+                raise UserError("no training text", f"{data_flag}/{corpus_flag}",
+                                f"pass {corpus_flag} FILE ... or {data_flag} DIR")
+            check_corpus(corpus, run.text_field)
+
+
+def _check_domain_text(run: RecipeRun) -> None:
+    """Domain text is given exactly when a stage reads it (a resumed run has it prepared)."""
+    given = run.domain_data is not None or bool(run.domain_corpus) or \
+        (run.resume and (run.out / DOMAIN_DATA / "manifest.json").is_file())
+    if run.recipe.reads_domain and not given:
+        first = next(i for i, stage in enumerate(run.recipe.stages) if stage.corpus == "domain")
+        raise UserError(f"stage {first} ({run.recipe.stages[first].objective}) of recipe {run.recipe.name} "
+                        "trains on a domain corpus", "--domain-corpus",
+                        "pass --domain-corpus FILE ... (or --domain-data DIR from `ptmkit prepare`)")
+    if given and not run.recipe.reads_domain:
+        raise UserError(f"no stage of recipe {run.recipe.name} reads a domain corpus", "--domain-corpus",
+                        "drop --domain-corpus/--domain-data, or give a stage `corpus: domain`")
 
 
 def _train_config(values: dict[str, Any], seed: int, left: float, last: bool) -> TrainConfig:
@@ -161,19 +195,33 @@ def _train_config(values: dict[str, Any], seed: int, left: float, last: bool) ->
                         "use TrainConfig names (batch_size, seq_len, lr, warmup, precision, ...)") from None
 
 
-def _data(run: RecipeRun) -> tuple[Path, float]:
-    """The prepared shards: --data as given, or the corpus prepared once into OUT/data."""
-    if run.data is not None:
-        return run.data, 0.0
-    data_dir = run.out / "data"
-    if (data_dir / "manifest.json").is_file():
-        return data_dir, 0.0
+def _data(run: RecipeRun) -> tuple[dict[str, Path], float]:
+    """The prepared shards of each corpus the stages read ("general", "domain"): as given, or
+    prepared once into OUT/data and OUT/data-domain with one tokenizer (that of a directory given,
+    else --tokenizer, else the recipe's trained on all the text)."""
+    corpora = {"general": run.data if run.data is not None else _prepared(run.out / "data")}
+    if run.recipe.reads_domain:
+        corpora["domain"] = run.domain_data if run.domain_data is not None else _prepared(run.out / DOMAIN_DATA)
+    missing = [name for name, directory in corpora.items() if directory is None]
     started = time.perf_counter()
-    tokenizer = (Tokenizer.load(run.tokenizer) if run.tokenizer is not None else
-                 train_tokenizer(read_texts(run.corpus, text_field=run.text_field), show_progress=run.progress,
-                                 **run.recipe.tokenizer))
-    prepare(run.corpus, tokenizer, data_dir, text_field=run.text_field, overwrite=True, progress=run.progress)
-    return data_dir, round(time.perf_counter() - started, 2)
+    if missing:
+        given = [d for d in corpora.values() if d is not None]
+        tokenizer = (TokenShards(given[0]).tokenizer() if given else
+                     Tokenizer.load(run.tokenizer) if run.tokenizer is not None else
+                     train_tokenizer(read_texts(run.corpus + run.domain_corpus, text_field=run.text_field),
+                                     show_progress=run.progress, **run.recipe.tokenizer))
+        for name in missing:
+            corpora[name] = run.out / ("data" if name == "general" else DOMAIN_DATA)
+            prepare(run.corpus if name == "general" else run.domain_corpus, tokenizer, corpora[name],
+                    text_field=run.text_field, overwrite=True, progress=run.progress)
+    if len({json.loads((d / "manifest.json").read_text())["tokenizer_sha256"] for d in corpora.values()}) > 1:
+        raise UserError("the general and the domain text were prepared with different tokenizers",
+                        str(corpora["domain"]), "prepare both with the same `ptmkit prepare --tokenizer DIR`")
+    return corpora, round(time.perf_counter() - started, 2) if missing else 0.0
+
+
+def _prepared(directory: Path) -> Path | None:
+    return directory if (directory / "manifest.json").is_file() else None
 
 
 def _publish(final: Path, out: Path, name: str) -> None:

@@ -312,9 +312,45 @@ def test_a_recipe_joins_path_b_and_scratch_gets_its_finetuning_search(task_file,
         assert sorted(p.name for p in (run / "search").iterdir()) == ["lr-0.001", "lr-0.003"]
         model = yaml.safe_load((run / "config.yaml").read_text())["model"]
         assert (model["n_layers"], model["hidden"]) == (2, 64)  # scratch gets the recipe's architecture
-    with pytest.raises(UserError, match="path B"):
-        parse_compare_config({**values, "recipe": str(tmp_path / "quick.yaml"),
-                              "domain_corpus": [str(LEE)]}, "cmp.yaml", tmp_path)
+    with_domain = parse_compare_config({**values, "recipe": str(tmp_path / "quick.yaml"), "domain_corpus": [str(LEE)]},
+                                       "cmp.yaml", tmp_path)
+    assert with_domain.systems == ["recipe:quick"] and with_domain.domain_systems == []  # no stage reads it
+
+
+def test_a_recipe_with_domain_stages_is_path_c(task_file, tmp_path) -> None:
+    """general -> domain -> task as one recipe: word vectors on the general text, continued on the
+    domain text, then an encoder taught document pairs over them, in one wall-clock budget."""
+    import yaml
+    rng = np.random.default_rng(1)
+    words = "river market school music garden winter bridge letter good bad".split()
+    domain = tmp_path / "reviews.txt"
+    domain.write_text("".join(". ".join(" ".join(rng.choice(words, 6)) for _ in range(4)) + ".\n" for _ in range(300)))
+    vectors = {"unit": "tokens", "vector_size": 64, "epochs": 1}
+    recipe = {"name": "pairs", "model": {"size": "tiny", "hidden": 64}, "minutes": 0.3,
+              "tokenizer": {"kind": "wordpiece", "vocab_size": 600},
+              "stages": [{"objective": "word2vec", "objective_options": vectors},
+                         {"objective": "word2vec", "objective_options": vectors, "corpus": "domain"},
+                         {"objective": "contrastive", "corpus": "domain", "objective_options": {"freeze_embeddings": True},
+                          "train": {"batch_size": 8, "seq_len": 32}}],
+              "finetune": {"epochs": 1, "lr": 1e-3, "batch_size": 16, "max_length": 16, "pooling": "mean"}}
+    (tmp_path / "pairs.yaml").write_text(yaml.safe_dump(recipe))
+    values = {k: v for k, v in config(task_file).items() if k not in ("objectives", "tokenizer", "model", "finetune")}
+    values.update(recipe=str(tmp_path / "pairs.yaml"), objectives=[], label_budgets=[40], seeds=[0])
+    with pytest.raises(UserError, match="recipe pairs has stages on the domain corpus"):
+        parse_compare_config(values, "cmp.yaml", tmp_path)
+    cfg = parse_compare_config({**values, "domain_corpus": [str(domain)]}, "cmp.yaml", tmp_path)
+    assert cfg.systems == [] and cfg.domain_systems == ["recipe:pairs"]
+    out = tmp_path / "out"
+    Compare(cfg, out, progress=False).run()
+    rows = read_results(out / "results.csv")
+    assert {(r["objective"], r["path"]) for r in rows} == {("scratch", "A"), ("recipe:pairs", "C")}
+    run = out / "pretrain" / "recipe-pairs-s0-domain"
+    summary = json.loads((run / "summary.json").read_text())
+    assert [(s["objective"], s["corpus"]) for s in summary["stages"]] == [
+        ("word2vec", "general"), ("word2vec", "domain"), ("contrastive", "domain")]
+    row = next(r for r in rows if r["path"] == "C")
+    assert float(row["pretrain_seconds"]) == summary["train_seconds"]  # the recipe's clock alone: no general run
+    assert "word2vec → word2vec (domain) → contrastive (domain)" in (out / "report.md").read_text()
 
 
 def test_pretraining_killed_before_its_first_checkpoint_starts_again(task_file, tmp_path) -> None:

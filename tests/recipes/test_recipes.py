@@ -6,8 +6,10 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from safetensors.numpy import load_file
 
 from ptmkit.cli import main
 from ptmkit.errors import UserError
@@ -56,6 +58,7 @@ def test_a_recipe_without_tokenizer_or_model_takes_the_defaults() -> None:
      r"r.yaml: stages\[1\].train.batch_size"),
     ({"stages": [{"objective": "mlm", "objective_options": {"mask_probb": 0.2}}]},
      r"mask_probb.*r.yaml: stages\[0\].objective_options"),
+    ({"stages": [{"objective": "mlm", "corpus": "domian"}]}, r"unknown corpus 'domian' \(r.yaml: stages\[0\].corpus\)"),
 ])
 def test_bad_recipes_name_the_key(change: dict, match: str) -> None:
     with pytest.raises(UserError, match=match):
@@ -107,7 +110,7 @@ def test_resume_keeps_the_budget_seed_and_data_it_started_with(recipe_run, tmp_p
     copy = tmp_path / "run"
     shutil.copytree(out, copy, symlinks=True)
     saved = json.loads((copy / "recipe_run.json").read_text())
-    assert saved == {"minutes": 0.25, "seed": 0, "data": None}
+    assert saved == {"minutes": 0.25, "seed": 0, "data": None, "domain_data": None}
     (copy / "recipe_run.json").write_text(json.dumps({**saved, "minutes": 0.5, "seed": 3}))
     again = pretrain_recipe(RecipeRun(recipe=parse_recipe(TWO_STAGES, "r.yaml"), out=copy, resume=True,
                                       progress=False))
@@ -175,3 +178,70 @@ def test_cli_recipe_conflicts(tmp_path: Path, capsys) -> None:
     code = main(["pretrain", "--recipe", "budget", "--objective", "mlm", "--corpus", "x", "--out", str(tmp_path / "o")])
     assert code == 2 and "--objective conflicts with --recipe" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+DOMAIN_STAGES = {
+    "name": "domain-pairs", "model": {"size": "tiny", "hidden": 32}, "minutes": 0.25,
+    "tokenizer": {"kind": "wordpiece", "vocab_size": 600},
+    "stages": [{"objective": "word2vec", "objective_options": {"unit": "tokens", "vector_size": 32, "epochs": 1}},
+               {"objective": "contrastive", "corpus": "domain", "objective_options": {"freeze_embeddings": True},
+                "train": {"batch_size": 8, "seq_len": 32}}],
+}
+
+
+@pytest.fixture(scope="module")
+def lee_test(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """gensim's 50 Lee test documents (a second news text; the file is latin-1) as UTF-8."""
+    import gensim
+    source = Path(gensim.__file__).parent / "test" / "test_data" / "lee.cor"
+    text = tmp_path_factory.mktemp("lee_test") / "lee_test.txt"
+    text.write_text(source.read_text("latin-1"), encoding="utf-8")
+    return text
+
+
+def test_domain_stages_train_on_the_domain_text(lee: Path, lee_test: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    summary = pretrain_recipe(RecipeRun(recipe=parse_recipe(DOMAIN_STAGES, "r.yaml"), out=out, corpus=[str(lee)],
+                                        domain_corpus=[str(lee_test)], progress=False))
+    assert [(s["objective"], s["corpus"]) for s in summary["stages"]] == [("word2vec", "general"),
+                                                                         ("contrastive", "domain")]
+    general, domain = (json.loads((out / d / "manifest.json").read_text()) for d in ("data", "data-domain"))
+    assert general["corpus"] == [str(lee)] and domain["corpus"] == [str(lee_test)]
+    assert general["tokenizer_sha256"] == domain["tokenizer_sha256"]
+    stage = yaml.safe_load((out / "stages" / "1-contrastive" / "config.yaml").read_text())
+    assert Path(stage["data"]) == out / "data-domain"
+    vectors = load_file(str(out / "stages" / "0-word2vec" / "model.safetensors"))["embedding"]
+    assert np.array_equal(load_file(str(out / "model.safetensors"))["encoder.embed.tokens.weight"], vectors)
+    again = pretrain_recipe(RecipeRun(recipe=parse_recipe(DOMAIN_STAGES, "r.yaml"), out=out, resume=True,
+                                      progress=False))  # the domain text it prepared is found again
+    assert again["stages"] == summary["stages"]
+
+
+def test_domain_text_is_given_exactly_when_a_stage_reads_it(lee: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"stage 1 \(contrastive\) .* trains on a domain corpus") as err:
+        pretrain_recipe(RecipeRun(recipe=parse_recipe(DOMAIN_STAGES, "r.yaml"), out=tmp_path / "a",
+                                  corpus=[str(lee)], progress=False))
+    assert err.value.where == "--domain-corpus"
+    with pytest.raises(UserError, match="no stage of recipe two-stage reads a domain corpus"):
+        pretrain_recipe(RecipeRun(recipe=parse_recipe(TWO_STAGES, "r.yaml"), out=tmp_path / "b",
+                                  corpus=[str(lee)], domain_corpus=[str(lee)], progress=False))
+    with pytest.raises(UserError, match="missing.txt"):
+        pretrain_recipe(RecipeRun(recipe=parse_recipe(DOMAIN_STAGES, "r.yaml"), out=tmp_path / "c",
+                                  corpus=[str(lee)], domain_corpus=[str(tmp_path / "missing.txt")], progress=False))
+    assert not any(tmp_path.iterdir())
+    code = main(["pretrain", "--objective", "mlm", "--corpus", str(lee), "--domain-corpus", str(lee),
+                 "--out", str(tmp_path / "d")])
+    assert code == 2 and not (tmp_path / "d").exists()
+
+
+def test_general_and_domain_data_must_share_a_tokenizer(lee: Path, lee_test: Path, tmp_path: Path) -> None:
+    from ptmkit.data.corpus import read_texts
+    from ptmkit.data.shards import prepare
+    from ptmkit.data.tokenizer import train_tokenizer
+    for name, size in (("general", 600), ("domain", 700)):
+        tokenizer = train_tokenizer(read_texts([lee]), kind="wordpiece", vocab_size=size, show_progress=False)
+        prepare([lee if name == "general" else lee_test], tokenizer, tmp_path / name, progress=False)
+    with pytest.raises(UserError, match="different tokenizers") as err:
+        pretrain_recipe(RecipeRun(recipe=parse_recipe(DOMAIN_STAGES, "r.yaml"), out=tmp_path / "run",
+                                  data=tmp_path / "general", domain_data=tmp_path / "domain", progress=False))
+    assert "same `ptmkit prepare --tokenizer DIR`" in err.value.fix and not (tmp_path / "run").exists()
