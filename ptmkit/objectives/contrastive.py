@@ -133,7 +133,12 @@ class DocumentContrastive(Objective):
 
     def build_model(self, cfg: ModelConfig) -> nn.Module:
         model = PairEncoder(cfg)
-        model.encoder.embed.tokens.weight.requires_grad_(not self.options.freeze_embeddings)
+        tokens = model.encoder.embed.tokens.weight
+        tokens.requires_grad_(not self.options.freeze_embeddings)
+        # the loss never reaches the LM head: fixed, it asks DDP for no gradient it cannot get
+        for weight in model.encoder.lm_head.parameters():
+            if weight is not tokens:
+                weight.requires_grad_(False)
         return model
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
@@ -164,7 +169,8 @@ class DocumentContrastive(Objective):
         model.encoder.load_state_dict(network.state_dict())
 
     def to_downstream(self, network: nn.Module, cfg: ModelConfig) -> nn.Module:
-        return network.encoder
+        # what pre-training held fixed, fine-tuning trains (unless told otherwise: its own freeze_embeddings)
+        return network.encoder.requires_grad_(True)
 
     def predicted_fraction(self) -> float:
         return 0.0  # nothing is projected onto the vocabulary

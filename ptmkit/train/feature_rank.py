@@ -52,7 +52,9 @@ def feature_rank(objective: Objective, network: nn.Module, cfg: ModelConfig, sha
     features over up to `windows` plain validation windows spread through the split, and
     `feature_rank_at_init` of a freshly initialised network of the same objective and config
     (seeded, without touching the caller's random state); nothing when the split has no full
-    window."""
+    window. Windows longer than the model's positions are cut to them: an objective may read more
+    text than it feeds the model (contrastive draws its views from 1,024-token windows)."""
+    length = min(length, cfg.max_positions)
     count = min(windows, shards.n_windows(length))
     if count == 0:
         return {}

@@ -208,9 +208,19 @@ def test_continues_a_word2vec_runs_encoder_with_the_vectors_unscaled(lee_shards,
     from ptmkit.finetuning.model import load_backbone
     backbone = load_backbone(str(tmp_path / "c"), max_length=32)
     torch.testing.assert_close(backbone.network.embed.tokens.weight, vectors)
+    assert all(p.requires_grad for p in backbone.network.parameters())  # fine-tuning trains them all
 
 
 def test_an_init_of_another_shape_is_refused_before_training(lee_shards, vectors_run, tmp_path) -> None:
     with pytest.raises(UserError, match="hidden=64 .* hidden=128") as err:
         _continue(lee_shards.directory, vectors_run, tmp_path / "c", "tiny")
     assert "hidden: 64" in err.value.fix and not (tmp_path / "c").exists()
+
+
+def test_windows_longer_than_the_models_positions_are_drawn_from_and_ranked(lee_shards, tmp_path) -> None:
+    """Views come from 256-token windows of a 64-position model; the collapse check reads the
+    windows cut to those positions."""
+    summary = pretrain(PretrainSpec(objective="contrastive", out=tmp_path / "r", data=lee_shards.directory,
+                                    model={"size": "tiny", "max_positions": 64}, objective_options={"window": 256},
+                                    progress=False, train=TrainConfig(steps=2, batch_size=4, seq_len=32, workers=0)))
+    assert summary["steps"] == 2 and summary["feature_rank"] > 1

@@ -96,6 +96,13 @@ def test_fsdp_run_writes_loadable_weights(objective: str, lee_data: Path, tmp_pa
     assert (latest_checkpoint(run) / "dcp" / ".metadata").is_file()
 
 
+def test_contrastive_trains_under_ddp(lee_data: Path, tmp_path: Path, ptmkit_process, metrics) -> None:
+    """Its loss never reaches the LM head, whose weights DDP would otherwise wait for."""
+    run = tmp_path / "run"
+    ptmkit_process(_args(lee_data, run, "contrastive", 3, 4, "--distributed", "ddp"), launcher=STANDALONE)
+    assert sorted(metrics(run)) == [1, 2, 3] and (run / "model.safetensors").is_file()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
