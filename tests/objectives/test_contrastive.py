@@ -89,7 +89,7 @@ def test_examples_are_framed_and_collated_as_partner_rows(vocab: Vocab) -> None:
         for row, view in ((i, ex["first"]), (3 + i, ex["second"])):
             assert batch[row, : len(view)].tolist() == view.tolist()
             assert (batch[row, len(view):] == special.pad).all()
-    assert objective.window_length() == 32
+    assert objective.window_length() == 1024
     assert DocumentContrastive(vocab, 8, {"window": 100}).window_length() == 100
 
 
@@ -181,6 +181,8 @@ def test_bad_options_name_the_option(vocab: Vocab) -> None:
     assert err.value.where == "objective_options.temperature"
     with pytest.raises(UserError, match="min_tokens must be >= 1"):
         DocumentContrastive(vocab, 16, {"min_tokens": 0})
+    with pytest.raises(UserError, match="window >= 2"):
+        DocumentContrastive(vocab, 16, {"window": 1})
 
 
 @pytest.fixture(scope="module")
