@@ -166,6 +166,10 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pooling", choices=["auto", "first", "last", "mean"],
                    help="how classification/regression heads read the sequence (default auto: the "
                         "pre-training architecture's choice)")
+    p.add_argument("--head-epochs", type=int,
+                   help="first train only the task head this many epochs on the fixed pre-trained features, "
+                        "then the whole model (LP-FT; default 0: off)")
+    p.add_argument("--head-lr", type=float, help="the head's rate while it trains alone (default 3e-3)")
     p.add_argument("--layer-decay", type=float,
                    help="layer-wise learning-rate decay, e.g. 0.8 (default 1: off)")
     p.add_argument("--dropout", type=float,

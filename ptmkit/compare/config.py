@@ -114,7 +114,8 @@ FINETUNE_VALUES: dict[str, Check] = {
     "precision": _choice(("fp32", "bf16")), "select_fraction": _number(lambda v: 0 <= v < 1, "in [0, 1)"),
     "layer_decay": _number(lambda v: 0 < v <= 1, "in (0, 1]"), "pooling": _choice(POOLINGS),
     "dropout": _number(lambda v: 0 <= v < 1, "in [0, 1)"),
-    "weight_decay": _number(lambda v: v >= 0, ">= 0"), "freeze_embeddings": _flag}
+    "weight_decay": _number(lambda v: v >= 0, ">= 0"), "freeze_embeddings": _flag,
+    "head_epochs": _whole(0), "head_lr": _number(lambda v: v > 0, "> 0")}
 """FinetuneSpec fields a cell's recipe sets (`scratch_lr`: path A's `lr`); FinetuneSpec itself
 checks only some of them, and only once the cell runs."""
 TOKENIZER_VALUES: dict[str, Check] = {

@@ -223,3 +223,9 @@ def label_budget(labels: Sequence, n: int | None, seed: int, stratified: bool = 
         counts[np.argmax(counts)] -= 1
     picked = [rng.choice(by_class[c], size=k, replace=False) for c, k in zip(classes, counts)]
     return np.sort(np.concatenate(picked))
+
+
+def batches_of(items: list, batch_size: int, rng: np.random.Generator | None) -> list[list]:
+    """`items` in batches of `batch_size`, shuffled by `rng` (None: in order)."""
+    order = rng.permutation(len(items)) if rng is not None else np.arange(len(items))
+    return [[items[i] for i in order[k:k + batch_size]] for k in range(0, len(items), batch_size)]

@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 import ptmkit
 from ptmkit.errors import RunStopped, UserError
-from ptmkit.finetuning.data import glue_files, glue_spec, label_budget
+from ptmkit.finetuning.data import batches_of, glue_files, glue_spec, label_budget
+from ptmkit.finetuning.head_first import fit_head
 from ptmkit.finetuning.layer_decay import layerwise_scales
 from ptmkit.finetuning.model import Backbone, TaskModel, load_backbone, read_run_config
 from ptmkit.finetuning.registry import get_task
@@ -100,6 +101,11 @@ class FinetuneSpec:
     dropout: float | None = None
     """Dropout of the backbone (hidden and attention) while fine-tuning; None keeps the
     model's own (0.1 for ptmkit's sizes). Few labels may want more."""
+    head_epochs: int = 0
+    """Before the whole model, train only the head this many epochs on the fixed pre-trained
+    features (LP-FT, see `head_first`); 0 = off."""
+    head_lr: float = 3e-3
+    """The head's learning rate while it trains alone (--head-epochs)."""
     layer_decay: float = 1.0
     """Layer-wise learning-rate decay: the head trains at --lr, each layer below at this factor
     times the one above, the embeddings lowest (ELECTRA's fine-tuning); 1 = one rate for all."""
@@ -287,6 +293,9 @@ def check_options(spec: FinetuneSpec) -> None:
     if not 0 < spec.layer_decay <= 1:
         raise UserError(f"--layer-decay {spec.layer_decay} is not in (0, 1]", "--layer-decay",
                         "use e.g. 0.8 (lower layers learn slower) or 1 (off)")
+    if spec.head_epochs < 0 or spec.head_lr <= 0:
+        raise UserError(f"--head-epochs {spec.head_epochs} / --head-lr {spec.head_lr}: epochs must be 0 or more, "
+                        "the rate positive", "--head-epochs/--head-lr", "e.g. --head-epochs 5 --head-lr 3e-3 (0: off)")
     if spec.epochs < 1 or spec.batch_size < 1 or spec.lr <= 0:
         raise UserError("epochs, batch size and learning rate must be positive", "--epochs/--batch-size/--lr",
                         "e.g. --epochs 3 --batch-size 32 --lr 5e-5")
@@ -335,7 +344,13 @@ def finetune(spec: FinetuneSpec) -> dict[str, Any]:
     torch.manual_seed(spec.seed)
     model = TaskModel(prepared.backbone, prepared.task, freeze=spec.freeze,
                       freeze_embeddings=spec.freeze_embeddings).to(compute_device())
-    best, history = _train(model, prepared, spec)
+    head = None
+    if spec.head_epochs and not spec.resume:  # a resumed run's checkpoint holds the fitted head
+        loss = fit_head(model, prepared.task, prepared.train, epochs=spec.head_epochs, lr=spec.head_lr,
+                        batch_size=spec.batch_size, weight_decay=spec.weight_decay,
+                        precision=spec.precision, seed=spec.seed, progress=spec.progress)
+        head = {"phase": "head", "epochs": spec.head_epochs, "loss": loss}
+    best, history = _train(model, prepared, spec, head)
     if "state" not in best:
         raise _no_finite_score(spec, prepared, history)
     model.load_state_dict(best["state"])
@@ -378,12 +393,8 @@ def _no_finite_score(spec: FinetuneSpec, prepared: _Prepared, history: list[dict
                       str(spec.out), fix)
 
 
-def _batches(items: list, batch_size: int, rng: np.random.Generator | None) -> list[list]:
-    order = rng.permutation(len(items)) if rng is not None else np.arange(len(items))
-    return [[items[i] for i in order[k:k + batch_size]] for k in range(0, len(items), batch_size)]
-
-
-def _train(model: TaskModel, prepared: _Prepared, spec: FinetuneSpec) -> tuple[dict, list]:
+def _train(model: TaskModel, prepared: _Prepared, spec: FinetuneSpec, head: dict | None = None) -> tuple[dict, list]:
+    """The whole model's epochs; `head` is the metrics line of a head fitted alone before them."""
     task, device = prepared.task, device_of(model)
     warn_if_emulated_bf16(spec.precision, device)
     steps_per_epoch = -(-len(prepared.train) // spec.batch_size)
@@ -395,7 +406,7 @@ def _train(model: TaskModel, prepared: _Prepared, spec: FinetuneSpec) -> tuple[d
     optimizer = make_optimizer(model, cfg, layerwise_scales(model, spec.layer_decay))
     rng = np.random.default_rng(spec.seed)
     best: dict[str, Any] = {"score": -np.inf}
-    history, stale, step, first = [], 0, 0, 1
+    history, stale, step, first = [head] if head else [], 0, 0, 1
     if spec.resume:
         first, step, stale, history, best = _restore(spec, model, optimizer, rng)
     metrics_file = open(spec.out / "metrics.jsonl", "w")
@@ -407,7 +418,7 @@ def _train(model: TaskModel, prepared: _Prepared, spec: FinetuneSpec) -> tuple[d
     for epoch in range(first, 1 if done else epochs + 1):
         model.train()
         losses = []
-        for items in _batches(prepared.train, spec.batch_size, rng):
+        for items in batches_of(prepared.train, spec.batch_size, rng):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg, step) * group["lr_scale"]
             batch = to_device(task.collate(items), device)
@@ -494,7 +505,7 @@ def predict_items(model: TaskModel, task: Task, items: list, batch_size: int) ->
     model.eval()
     device = device_of(model)
     predictions: list[Any] = []
-    for chunk in _batches(items, batch_size, None):
+    for chunk in batches_of(items, batch_size, None):
         predictions += task.predict_batch(model, to_device(task.collate(chunk), device))
     return predictions
 

@@ -23,7 +23,8 @@ TOP_KEYS = {"name", "summary", "tokenizer", "model", "minutes", "stages", "finet
 STAGE_KEYS = {"objective", "objective_options", "train", "corpus"}
 CORPORA = ("general", "domain")
 FINETUNE_KEYS = {"epochs", "min_steps", "lr", "batch_size", "max_length", "warmup_ratio", "weight_decay", "patience",
-                 "keep_epoch", "select_fraction", "layer_decay", "dropout", "pooling", "precision", "freeze_embeddings"}
+                 "keep_epoch", "select_fraction", "layer_decay", "dropout", "pooling", "precision", "freeze_embeddings",
+                 "head_epochs", "head_lr"}
 
 
 @dataclass(frozen=True)

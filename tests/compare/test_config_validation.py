@@ -132,6 +132,8 @@ TASK = {"type": "classify", "train": "a/train.tsv"}
     ({"finetune": {"dropout": 1}}, r"in \[0, 1\).*\(cmp.yaml: finetune.dropout\)"),
     ({"finetune": {"weight_decay": "x"}}, r"\(cmp.yaml: finetune.weight_decay\)"),
     ({"finetune": {"freeze_embeddings": "yes"}}, r"not true or false: 'yes' \(cmp.yaml: finetune.freeze_embeddings\)"),
+    ({"finetune": {"head_epochs": -1}}, r"\(cmp.yaml: finetune.head_epochs\)"),
+    ({"finetune": {"head_lr": 0}}, r"> 0.*\(cmp.yaml: finetune.head_lr\)"),
     # tokenizer: the keyword arguments train_tokenizer takes, or a trained tokenizer's directory
     ({"tokenizer": {"vocab": 8000}}, r"unknown key\(s\) vocab \(cmp.yaml: tokenizer\): use only: kind, "),
     ({"tokenizer": 5}, r"not a tokenizer: 5 \(cmp.yaml: tokenizer\)"),

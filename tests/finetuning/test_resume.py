@@ -13,12 +13,14 @@ import ptmkit.finetuning.run as run_module
 from ptmkit.errors import UserError
 from ptmkit.finetuning.run import finetune
 
+@pytest.mark.parametrize("head_epochs", [0, 2], ids=["plain", "head-first"])
 def test_resume_after_an_epoch_repeats_the_uninterrupted_run(keyword_task: Path, keyword_spec, tmp_path: Path,
-                                                               monkeypatch) -> None:
+                                                               monkeypatch, head_epochs: int) -> None:
+    """With --head-epochs the resumed run does not fit the head again: the checkpoint holds it."""
     # a scratch backbone is initialised before finetune() seeds torch: seed here so that the two
     # runs below start from the same weights (the resumed one loads everything from its checkpoint)
     torch.manual_seed(0)
-    full = finetune(keyword_spec(keyword_task, tmp_path / "full", epochs=3))
+    full = finetune(keyword_spec(keyword_task, tmp_path / "full", epochs=3, head_epochs=head_epochs))
 
     evaluate, calls = run_module.evaluate_items, []
 
@@ -31,14 +33,15 @@ def test_resume_after_an_epoch_repeats_the_uninterrupted_run(keyword_task: Path,
     monkeypatch.setattr(run_module, "evaluate_items", crash_in_epoch_2)
     torch.manual_seed(0)
     with pytest.raises(KeyboardInterrupt):  # a checkpoint after every epoch, however short
-        finetune(keyword_spec(keyword_task, tmp_path / "part", epochs=3, checkpoint_seconds=0))
+        finetune(keyword_spec(keyword_task, tmp_path / "part", epochs=3, checkpoint_seconds=0,
+                              head_epochs=head_epochs))
     monkeypatch.setattr(run_module, "evaluate_items", evaluate)
     part = tmp_path / "part"
     assert json.loads((part / "checkpoint" / "state.json").read_text())["trainer"]["epoch"] == 1
 
     with pytest.raises(UserError, match="other options.*lr"):
-        finetune(keyword_spec(keyword_task, part, lr=2e-3, resume=True, epochs=3))
-    resumed = finetune(keyword_spec(keyword_task, part, resume=True, epochs=3))
+        finetune(keyword_spec(keyword_task, part, lr=2e-3, resume=True, epochs=3, head_epochs=head_epochs))
+    resumed = finetune(keyword_spec(keyword_task, part, resume=True, epochs=3, head_epochs=head_epochs))
     assert resumed == full
     assert (part / "metrics.jsonl").read_text() == (tmp_path / "full" / "metrics.jsonl").read_text()
     assert (part / "model.safetensors").read_bytes() == (tmp_path / "full" / "model.safetensors").read_bytes()
