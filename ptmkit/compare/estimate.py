@@ -50,7 +50,8 @@ def estimate(cfg: CompareConfig, out: Path | None = None) -> list[tuple[str, flo
                     cfg, job.objective, vocab, seq_len)
             seconds = tokens / rates[job.objective, seq_len]
         plan.append((f"pretrain {job.name}", seconds))
-    epochs = cfg.finetune.get("epochs", 3)
+    # the head trained alone runs the backbone forward only: about a third of a training step
+    epochs = cfg.finetune.get("epochs", 3) + cfg.finetune.get("head_epochs", 0) / 3
     sizes = {task.name: _count_examples(task) for task in cfg.tasks}
     for cell in cells(cfg):
         # a learning-rate search fine-tunes once per rate (scratch may search its own rates)

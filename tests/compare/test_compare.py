@@ -831,9 +831,10 @@ def test_dry_run_estimate_follows_the_task_size_and_its_folds(task_file, tmp_pat
         cfg = parse_compare_config(values, "cmp.yaml", tmp_path)
         return dict(estimate(cfg))["finetune task/A-scratch/bfull-s0"]
 
-    def budget(n: int) -> float:
-        cfg = parse_compare_config(config(task_file, label_budgets=[n], seeds=[0]), "cmp.yaml", tmp_path)
-        return dict(estimate(cfg))[f"finetune task/A-scratch/b{n}-s0"]
+    def budget(n: int, **finetune) -> float:
+        values = config(task_file, label_budgets=[n], seeds=[0])
+        values["finetune"].update(finetune)
+        return dict(estimate(parse_compare_config(values, "cmp.yaml", tmp_path)))[f"finetune task/A-scratch/b{n}-s0"]
 
     # "full" on a 120-example file is 120 examples, not an assumed 10,000
     assert seconds() == pytest.approx(budget(120))
@@ -846,6 +847,8 @@ def test_dry_run_estimate_follows_the_task_size_and_its_folds(task_file, tmp_pat
     assert seconds(train=str(tmp_path / "task.parquet")) == pytest.approx(budget(120))
     (tmp_path / "task.json").write_text(json.dumps(rows))
     assert seconds(train=str(tmp_path / "task.json")) - 5 == pytest.approx((budget(120) - 5) * 10_000 / 120)
+    # 3 epochs of the head alone (forward passes only) cost about one epoch of the whole model
+    assert budget(120, head_epochs=3) - 5 == pytest.approx((budget(120) - 5) * 2)
 
 
 def test_cells_fine_tuned_by_parallel_workers_match_one_at_a_time(task_file, tmp_path) -> None:
