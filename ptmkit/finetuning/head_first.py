@@ -4,8 +4,9 @@ can Distort Pretrained Features and Underperform Out-of-Distribution").
 A freshly initialised head sends large, arbitrary gradients into the backbone during the first
 steps of full fine-tuning; with a few hundred labels those steps reshape the pre-trained features
 more than the labels justify, and how much depends on the seed. A head that already fits the
-fixed features asks the backbone only for corrections (EXPERIMENTS E10: on SST-2 at 1,000 labels
-the recipe encoder's three seeds scored 76.4 to 76.7 with it, 72.2 to 78.1 without).
+fixed features asks the backbone only for corrections. EXPERIMENTS E10, SST-2 at 1,000 labels:
+a pre-trained encoder's five seeds spread over 2.9 points with it and 5.9 without, 0.8 higher on
+average; a scratch model, whose features carry nothing yet, lost 0.6.
 """
 
 from __future__ import annotations
