@@ -345,7 +345,11 @@ def finetune(spec: FinetuneSpec) -> dict[str, Any]:
     model = TaskModel(prepared.backbone, prepared.task, freeze=spec.freeze,
                       freeze_embeddings=spec.freeze_embeddings).to(compute_device())
     head = None
-    if spec.head_epochs and not spec.resume:  # a resumed run's checkpoint holds the fitted head
+    has_head = any(p.requires_grad for p in model.head.parameters())
+    if spec.head_epochs and not has_head:  # in a compare, settings meant for its NLU tasks reach NLG ones too
+        warnings.warn(f"--head-epochs {spec.head_epochs} ignored: a {prepared.task.name} task has no head of "
+                      "its own (the backbone's LM head writes the output)", stacklevel=2)
+    elif spec.head_epochs and not spec.resume:  # a resumed run's checkpoint holds the fitted head
         loss = fit_head(model, prepared.task, prepared.train, epochs=spec.head_epochs, lr=spec.head_lr,
                         batch_size=spec.batch_size, weight_decay=spec.weight_decay,
                         precision=spec.precision, seed=spec.seed, progress=spec.progress)

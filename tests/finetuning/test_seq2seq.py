@@ -250,6 +250,20 @@ def test_scratch_is_a_random_encoder_decoder(data, tokenizer, tmp_path) -> None:
     assert result["objective"] == "bart" and result["init"] == "scratch"
 
 
+def test_head_epochs_leave_a_seq2seq_task_as_it_was(data, tokenizer, tmp_path) -> None:
+    """Its output layer is the backbone's LM head: there is no head to fit alone (a compare's
+    head_epochs, meant for its NLU tasks, reaches its NLG tasks too)."""
+    import torch
+    torch.manual_seed(0)
+    plain = finetune(spec(data, "scratch", tmp_path / "plain", tokenizer=tokenizer, epochs=1))
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="--head-epochs 3 ignored: a seq2seq task has no head of its own"):
+        headed = finetune(spec(data, "scratch", tmp_path / "headed", tokenizer=tokenizer, epochs=1, head_epochs=3))
+    assert headed == plain
+    assert ((tmp_path / "headed" / "metrics.jsonl").read_text()
+            == (tmp_path / "plain" / "metrics.jsonl").read_text())
+
+
 def run_cli(args: list) -> tuple[int, str]:
     import contextlib
     import io
