@@ -270,6 +270,9 @@ class Compare:
             scored += (f", so each score is the best of {recipe['epochs']} and reads high on a small dev set "
                        "(finetune.keep_epoch: last or select_fraction avoid it)")
         epochs = f"{recipe['epochs']} epoch" + ("s" if recipe["epochs"] != 1 else "")
+        if recipe.get("head_epochs"):
+            epochs = (f"the head alone for {recipe['head_epochs']} epochs at lr "
+                      f"{recipe.get('head_lr', FinetuneSpec.head_lr):g}, then the whole model {epochs}")
         return (f"Fine-tuning: {epochs}{steps}, {lr}{scratch}, batch {recipe['batch_size']}; "
                 f"each cell scores {scored}.")
 

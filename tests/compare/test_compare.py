@@ -901,6 +901,8 @@ def test_workers_divide_the_fine_tuning_estimate_and_must_be_positive(task_file,
      "held-out 20%"),
     ({"epochs": 4, "lr": 1e-3}, "each cell scores the epoch that scores best on dev itself, so each score is the "
      "best of 4 and reads high on a small dev set"),
+    ({"epochs": 5, "head_epochs": 5}, "Fine-tuning: the head alone for 5 epochs at lr 0.003, then the whole model "
+     "5 epochs, lr 5e-05"),
 ])
 def test_the_report_says_how_each_cell_was_fine_tuned_and_scored(task_file, tmp_path, finetune, scored) -> None:
     cfg = parse_compare_config(config(task_file, finetune=finetune), "cmp.yaml", tmp_path)
