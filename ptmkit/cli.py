@@ -166,9 +166,10 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pooling", choices=["auto", "first", "last", "mean"],
                    help="how classification/regression heads read the sequence (default auto: the "
                         "pre-training architecture's choice)")
-    p.add_argument("--head-epochs", type=int,
+    p.add_argument("--head-epochs", type=_counts,
                    help="first train only the task head this many epochs on the fixed pre-trained features, "
-                        "then the whole model (LP-FT; default 0: off)")
+                        "then the whole model (LP-FT; default 0: off); several comma-separated counts are "
+                        "each tried with each --lr and the best kept, e.g. 0,5")
     p.add_argument("--head-lr", type=float, help="the head's rate while it trains alone (default 3e-3)")
     p.add_argument("--layer-decay", type=float,
                    help="layer-wise learning-rate decay, e.g. 0.8 (default 1: off)")
@@ -463,9 +464,16 @@ def _rates(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"not a learning rate or comma-separated list: {text!r}") from None
 
 
+def _counts(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number or comma-separated list: {text!r}") from None
+
+
 def _run_finetune(args: argparse.Namespace) -> None:
     from ptmkit.finetuning.run import FinetuneSpec
-    from ptmkit.finetuning.search import as_rates, finetune_search
+    from ptmkit.finetuning.search import as_head_epochs, as_rates, finetune_search
     settings: dict[str, Any] = {}
     model = args.model or "tiny"
     if args.recipe:
@@ -473,6 +481,7 @@ def _run_finetune(args: argparse.Namespace) -> None:
         settings, model = dict(recipe.finetune), args.model or recipe.model
     settings.update({k: getattr(args, k) for k in RECIPE_FINETUNE_FLAGS if getattr(args, k, None) is not None})
     rates = as_rates(settings.pop("lr", FinetuneSpec.lr))
+    heads = as_head_epochs(settings.pop("head_epochs", FinetuneSpec.head_epochs))
     spec = FinetuneSpec(
         task=args.task, init=args.init, out=args.out, train=args.train, dev=args.dev,
         data_dir=args.data_dir, tokenizer=args.tokenizer, model=model,
@@ -483,11 +492,11 @@ def _run_finetune(args: argparse.Namespace) -> None:
         dev_fraction=args.dev_fraction, cv_folds=args.cv_folds, fold=args.fold,
         seed=args.seed, freeze=args.freeze, overwrite=args.overwrite,
         progress=not args.no_progress, resume=args.resume, negative_label=args.negative_label,
-        lr=rates[0], **settings)
-    if args.resume and len(rates) > 1:
-        raise UserError("--resume continues one fine-tuning, not a learning-rate search", "--lr",
-                        "resume with the single rate the run was started with")
-    result = finetune_search(spec, rates)
+        lr=rates[0], head_epochs=heads[0], **settings)
+    if args.resume and len(rates) * len(heads) > 1:
+        raise UserError("--resume continues one fine-tuning, not a search", "--lr/--head-epochs",
+                        "resume with the single rate (and head epochs) the run was started with")
+    result = finetune_search(spec, rates, heads)
     print(json.dumps(result))
 
 

@@ -66,6 +66,17 @@ def _number(ok: Callable[[float], bool], rule: str) -> Check:
     return check
 
 
+def _searched(check: Check) -> Check:
+    """`check`'s value, or a non-empty list of them that each cell searches on its held-out slice."""
+    def checked(value: Any, spot: str) -> Any:
+        if not isinstance(value, list):
+            return check(value, spot)
+        if not value:
+            _fail("an empty list", spot, "give one value, or a list of several to search")
+        return [check(item, spot) for item in value]
+    return checked
+
+
 def _choice(options: Iterable[str]) -> Check:
     def check(value: Any, spot: str) -> str:
         if not isinstance(value, str) or value not in options:
@@ -115,7 +126,7 @@ FINETUNE_VALUES: dict[str, Check] = {
     "layer_decay": _number(lambda v: 0 < v <= 1, "in (0, 1]"), "pooling": _choice(POOLINGS),
     "dropout": _number(lambda v: 0 <= v < 1, "in [0, 1)"),
     "weight_decay": _number(lambda v: v >= 0, ">= 0"), "freeze_embeddings": _flag,
-    "head_epochs": _whole(0), "head_lr": _number(lambda v: v > 0, "> 0")}
+    "head_epochs": _searched(_whole(0)), "head_lr": _number(lambda v: v > 0, "> 0")}
 """FinetuneSpec fields a cell's recipe sets (`scratch_lr`: path A's `lr`); FinetuneSpec itself
 checks only some of them, and only once the cell runs."""
 TOKENIZER_VALUES: dict[str, Check] = {

@@ -16,7 +16,7 @@ from ptmkit.data import hf_datasets
 from ptmkit.data.corpus import is_json_array, list_corpus_files, text_bytes
 from ptmkit.data.tokenizer import OWN_SPECIAL_IDS
 from ptmkit.errors import UserError
-from ptmkit.finetuning.search import as_rates
+from ptmkit.finetuning.search import as_head_epochs, as_rates
 from ptmkit.model.backbone import Transformer
 from ptmkit.model.config import resolve_model_config
 from ptmkit.objectives import get_objective
@@ -50,13 +50,14 @@ def estimate(cfg: CompareConfig, out: Path | None = None) -> list[tuple[str, flo
                     cfg, job.objective, vocab, seq_len)
             seconds = tokens / rates[job.objective, seq_len]
         plan.append((f"pretrain {job.name}", seconds))
+    heads = as_head_epochs(cfg.finetune.get("head_epochs", 0))
     # the head trained alone runs the backbone forward only: about a third of a training step
-    epochs = cfg.finetune.get("epochs", 3) + cfg.finetune.get("head_epochs", 0) / 3
+    epochs = cfg.finetune.get("epochs", 3) + sum(heads) / len(heads) / 3
     sizes = {task.name: _count_examples(task) for task in cfg.tasks}
     for cell in cells(cfg):
         # a learning-rate search fine-tunes once per rate (scratch may search its own rates)
         lr = cfg.finetune.get("scratch_lr" if cell.job is None and "scratch_lr" in cfg.finetune else "lr", 5e-5)
-        runs = len(as_rates(lr))
+        runs = len(as_rates(lr)) * len(heads)
         available = sizes[cell.task.name]
         examples = cell.budget or available or 10_000  # "full": the task's training examples
         if available:

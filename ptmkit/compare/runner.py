@@ -41,7 +41,7 @@ from ptmkit.data.shards import corpus_fingerprint, prepare
 from ptmkit.data.tokenizer import Tokenizer, train_tokenizer
 from ptmkit.errors import UserError
 from ptmkit.finetuning.run import FinetuneSpec, kept_model
-from ptmkit.finetuning.search import as_rates, finetune_search, select_fraction_for
+from ptmkit.finetuning.search import as_head_epochs, as_rates, finetune_search, select_fraction_for
 from ptmkit.objectives import get_objective
 from ptmkit.pretraining import PretrainSpec, pretrain
 from ptmkit.recipes import Recipe
@@ -255,8 +255,8 @@ class Compare:
         """How every cell was fine-tuned and which model it scored: a best-of-N dev score reads
         higher than the model is, so the report says when that is what it shows."""
         recipe = self._finetune_recipe(scratch=False)
-        rates = as_rates(recipe["lr"])
-        select = select_fraction_for(recipe.get("select_fraction"), rates)
+        rates, heads = as_rates(recipe["lr"]), as_head_epochs(recipe.get("head_epochs", 0))
+        select = select_fraction_for(recipe.get("select_fraction"), len(rates) * len(heads))
         steps = f" (at least {recipe['min_steps']} steps)" if recipe.get("min_steps") else ""
         lr = f"lr {rates[0]:g}" if len(rates) == 1 else f"lr picked among {', '.join(f'{r:g}' for r in rates)}"
         scratch = ", scratch lr " + ", ".join(f"{r:g}" for r in as_rates(recipe["scratch_lr"])) \
@@ -270,9 +270,10 @@ class Compare:
             scored += (f", so each score is the best of {recipe['epochs']} and reads high on a small dev set "
                        "(finetune.keep_epoch: last or select_fraction avoid it)")
         epochs = f"{recipe['epochs']} epoch" + ("s" if recipe["epochs"] != 1 else "")
-        if recipe.get("head_epochs"):
-            epochs = (f"the head alone for {recipe['head_epochs']} epochs at lr "
-                      f"{recipe.get('head_lr', FinetuneSpec.head_lr):g}, then the whole model {epochs}")
+        if heads != [0]:
+            picked = " (picked with the rate)" if len(heads) > 1 else ""
+            epochs = (f"the head alone for {' or '.join(map(str, heads))} epochs at lr "
+                      f"{recipe.get('head_lr', FinetuneSpec.head_lr):g}{picked}, then the whole model {epochs}")
         return (f"Fine-tuning: {epochs}{steps}, {lr}{scratch}, batch {recipe['batch_size']}; "
                 f"each cell scores {scored}.")
 
@@ -295,7 +296,7 @@ class Compare:
         run = self.out / "finetune" / cell.name
         init = SCRATCH if cell.job is None else str(self.out / "pretrain" / cell.job.name)
         recipe = self._finetune_recipe(cell.job is None)
-        rates = as_rates(recipe["lr"])
+        rates, heads = as_rates(recipe["lr"]), as_head_epochs(recipe.get("head_epochs", 0))
         key = self._cell_key(cell, tokenizer)
         if _done(run, "eval.json", key):
             return json.loads((run / "eval.json").read_text())
@@ -307,15 +308,15 @@ class Compare:
                             max_train_examples=cell.budget, dev_fraction=task.dev_fraction,
                             seed=cell.seed, overwrite=True, progress=False, **task.extra,
                             **{"max_length": task.max_length,
-                               **{k: v for k, v in recipe.items() if k not in ("scratch_lr", "lr")}},
-                            lr=rates[0])
+                               **{k: v for k, v in recipe.items() if k not in ("scratch_lr", "lr", "head_epochs")}},
+                            lr=rates[0], head_epochs=heads[0])
         if task.cv_folds:
             _claim(run, key)
             result = _pooled([_fold_result(replace(spec, cv_folds=task.cv_folds, fold=fold, out=run / f"fold-{fold}"),
-                                           rates) for fold in range(task.cv_folds)])
+                                           rates, heads) for fold in range(task.cv_folds)])
         else:
             started = time.perf_counter()
-            result = finetune_search(spec, rates)
+            result = finetune_search(spec, rates, heads)
             result["finetune_seconds"] = round(time.perf_counter() - started, 2)
         (run / "eval.json").write_text(json.dumps(result, indent=2))
         _stamp(run, key)
@@ -541,14 +542,14 @@ def _content(paths: list[str]) -> str:
     return h.hexdigest()
 
 
-def _fold_result(spec: FinetuneSpec, rates: list[float]) -> dict[str, Any]:
+def _fold_result(spec: FinetuneSpec, rates: list[float], heads: list[int]) -> dict[str, Any]:
     """One fold's eval.json, fine-tuning it unless an earlier (interrupted) run finished it; each
     fold keeps its own wall time, so a resumed cell still reports the time all folds took."""
     done = spec.out / "eval.json"
     if done.is_file():
         return json.loads(done.read_text())
     started = time.perf_counter()
-    result = {**finetune_search(spec, rates), "finetune_seconds": round(time.perf_counter() - started, 2)}
+    result = {**finetune_search(spec, rates, heads), "finetune_seconds": round(time.perf_counter() - started, 2)}
     done.write_text(json.dumps(result, indent=2))
     return result
 
@@ -564,4 +565,5 @@ def _pooled(folds: list[dict[str, Any]]) -> dict[str, Any]:
     return {**scores, "main_metric": main, "dev_examples": sum(sizes),
             "train_examples": folds[0]["train_examples"],
             "finetune_seconds": round(sum(fold["finetune_seconds"] for fold in folds), 2),
-            "folds": [{main: fold[main], "lr": fold.get("lr")} for fold in folds]}
+            "folds": [{main: fold[main], "lr": fold.get("lr"),
+                       **({"head_epochs": fold["head_epochs"]} if "head_epochs" in fold else {})} for fold in folds]}

@@ -1,7 +1,10 @@
 """Learning-rate search: one fine-tuning per rate, the winner picked on held-out training data.
+Given several --head-epochs too (e.g. 0 and 5: plain fine-tuning or the head first), every rate
+is tried with each, so that each model gets the protocol that suits it, chosen without dev.
 
-OUT/search/lr-<rate>/ holds each run; the winner's files are copied to OUT, so `evaluate --run
-OUT` and `generate` use it like any fine-tuned run, and OUT/eval.json lists every rate's scores.
+OUT/search/lr-<rate>/ (lr-<rate>-head-<n>/ when head epochs are searched) holds each run; the
+winner's files are copied to OUT, so `evaluate --run OUT` and `generate` use it like any
+fine-tuned run, and OUT/eval.json lists every run's scores.
 With a selection slice (`select_fraction` > 0) the dev set plays no part in any choice; a search
 that was given no `select_fraction` holds out SEARCH_SELECT_FRACTION (an explicit 0 lets dev pick,
 with a warning that its score is then optimistic).
@@ -27,24 +30,31 @@ select_fraction is given: the README's example and the `budget` recipe's value. 
 rate on dev would report the best of several dev scores as if it were one."""
 
 
-def select_fraction_for(select_fraction: float | None, rates: list[float]) -> float:
-    """The held-out share that picks the epoch (and rate) for `rates` when --select-fraction is
-    `select_fraction` (None: not set): none for one rate, SEARCH_SELECT_FRACTION for a search."""
+def select_fraction_for(select_fraction: float | None, choices: int) -> float:
+    """The held-out share that picks the epoch (and rate) among `choices` fine-tunings when
+    --select-fraction is `select_fraction` (None: not set): none for one, SEARCH_SELECT_FRACTION
+    for a search."""
     if select_fraction is not None:
         return select_fraction
-    return SEARCH_SELECT_FRACTION if len(rates) > 1 else 0.0
+    return SEARCH_SELECT_FRACTION if choices > 1 else 0.0
 
 
-def finetune_search(spec: FinetuneSpec, rates: list[float]) -> dict[str, Any]:
-    """Fine-tune at each learning rate; returns the winner's eval.json plus every rate's scores."""
+def finetune_search(spec: FinetuneSpec, rates: list[float], head_epochs: list[int] | None = None) -> dict[str, Any]:
+    """Fine-tune at each learning rate, with each of `head_epochs` when given (else the spec's);
+    returns the winner's eval.json plus every run's scores."""
     if not rates or any(r <= 0 for r in rates):
         raise UserError(f"learning rates must be positive, not {rates}", "--lr", "e.g. --lr 1e-4,5e-4")
-    if len(rates) == 1:
+    heads = head_epochs or [spec.head_epochs]
+    if any(h < 0 for h in heads):
+        raise UserError(f"head epochs must be 0 or more, not {heads}", "--head-epochs", "e.g. --head-epochs 0,5")
+    trials = [{"lr": rate, **({"head_epochs": h} if len(heads) > 1 else {})} for h in heads for rate in rates]
+    spec = dataclasses.replace(spec, head_epochs=heads[0])
+    if len(trials) == 1:
         return finetune(dataclasses.replace(spec, lr=rates[0]))
     explicit = spec.select_fraction is not None
-    spec = dataclasses.replace(spec, select_fraction=select_fraction_for(spec.select_fraction, rates))
+    spec = dataclasses.replace(spec, select_fraction=select_fraction_for(spec.select_fraction, len(trials)))
     if explicit and spec.select_fraction == 0:
-        warnings.warn(f"select_fraction 0: the dev set picks among {len(rates)} learning rates, so the "
+        warnings.warn(f"select_fraction 0: the dev set picks among {len(trials)} fine-tunings, so the "
                       "reported dev score is the best of several and optimistic", stacklevel=2)
     check_finetune_out(spec)
     if spec.overwrite and spec.out.is_dir() and any(spec.out.iterdir()):
@@ -53,33 +63,47 @@ def finetune_search(spec: FinetuneSpec, rates: list[float]) -> dict[str, Any]:
         check_finetune(dataclasses.replace(spec, lr=rates[0]))
         shutil.rmtree(spec.out)
     tried: list[dict[str, Any]] = []
-    for rate in rates:
-        run = spec.out / "search" / f"lr-{rate:g}"
+    for trial in trials:
+        run = spec.out / "search" / _run_name(trial)
         try:
-            result = finetune(dataclasses.replace(spec, lr=rate, out=run, overwrite=True, resume=False))
+            result = finetune(dataclasses.replace(spec, **trial, out=run, overwrite=True, resume=False))
         except RunStopped as err:  # e.g. a rate too high diverged: the others may still be good
-            warnings.warn(f"--lr {rate:g} left out of the search: {err}", stacklevel=2)
-            tried.append({"lr": rate, "stopped": str(err)})
+            warnings.warn(f"{_flags(trial)} left out of the search: {err}", stacklevel=2)
+            tried.append({**trial, "stopped": str(err)})
             continue
-        tried.append({"lr": rate, "result": result})
+        tried.append({**trial, "result": result})
     finished = [t for t in tried if "result" in t]
     if not finished:
-        raise RunStopped(f"every learning rate stopped, {rates[0]:g}: {tried[0]['stopped']}", str(spec.out),
+        raise RunStopped(f"every learning rate stopped, {_flags(tried[0])}: {tried[0]['stopped']}", str(spec.out),
                          "lower --lr, or check the data")
     key = selection_key(finished[0]["result"])
     best = max(finished, key=lambda t: t["result"][key])  # the first of equal scores: lists order ties
-    copy_items(spec.out / "search" / f"lr-{best['lr']:g}", spec.out, RUN_FILES)
-    result = {**best["result"], "lr": best["lr"], "selected_by": key,
-              "search": [{"lr": t["lr"], key: t["result"][key],
+    chosen = {k: v for k, v in best.items() if k != "result"}
+    copy_items(spec.out / "search" / _run_name(chosen), spec.out, RUN_FILES)
+    result = {**best["result"], **chosen, "selected_by": key,
+              "search": [{**{k: v for k, v in t.items() if k != "result"}, key: t["result"][key],
                           t["result"]["main_metric"]: t["result"][t["result"]["main_metric"]]}
                          if "result" in t else t for t in tried]}
     (spec.out / "eval.json").write_text(json.dumps(result, indent=2))
     return result
 
 
+def _run_name(trial: dict[str, Any]) -> str:
+    return f"lr-{trial['lr']:g}" + (f"-head-{trial['head_epochs']}" if "head_epochs" in trial else "")
+
+
+def _flags(trial: dict[str, Any]) -> str:
+    return f"--lr {trial['lr']:g}" + (f" --head-epochs {trial['head_epochs']}" if "head_epochs" in trial else "")
+
+
 def as_rates(value: float | str | list) -> list[float]:
     """A learning rate, or a list of them to search (a recipe's or compare config's `lr`)."""
     return [float(r) for r in (value if isinstance(value, list) else [value])]
+
+
+def as_head_epochs(value: int | list[int]) -> list[int]:
+    """Head epochs, or a list of them to search (a recipe's or compare config's `head_epochs`)."""
+    return list(value) if isinstance(value, list) else [value]
 
 
 def selection_key(result: dict[str, Any]) -> str:

@@ -282,6 +282,13 @@ CASES = [
     Case("finetune-init-other-tokenizer",
          ["finetune", "--no-progress", "--task", "classify", "--train", "train.tsv", "--init", "{run}",
           "--tokenizer", "{other_tok}", "--out", "ft"], ("other_tok", "--tokenizer"), [TRAIN_TSV]),
+    # --- fine-tuning searches
+    Case("finetune-resume-a-head-search",
+         ["finetune", "--no-progress", "--task", "classify", "--train", "train.tsv", "--init", "{run}",
+          "--head-epochs", "0,5", "--resume", "--out", "ft"], ("--lr/--head-epochs", "--resume"), [TRAIN_TSV]),
+    Case("finetune-negative-head-epochs",
+         ["finetune", "--no-progress", "--task", "classify", "--train", "train.tsv", "--init", "{run}",
+          "--head-epochs", "0,-2", "--out", "ft"], ("--head-epochs", "0 or more"), [TRAIN_TSV]),
     # --- export and generate
     Case("export-unknown-format", ["export", "--run", "{run}", "--format", "nosuch", "--out", "hf"],
          ("nosuch", "--format", "hf")),

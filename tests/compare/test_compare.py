@@ -189,7 +189,7 @@ def test_end_to_end_then_cached_then_report(task_file, tmp_path, monkeypatch) ->
     assert "Fine-tuning: 1 epoch, lr 0.001, batch 16; each cell scores the final model" in report
 
     monkeypatch.setattr(runner, "pretrain", lambda spec: pytest.fail("pre-trained again"))
-    monkeypatch.setattr(runner, "finetune_search", lambda spec, rates: pytest.fail("fine-tuned again"))
+    monkeypatch.setattr(runner, "finetune_search", lambda spec, rates, heads: pytest.fail("fine-tuned again"))
     monkeypatch.setattr(runner, "train_tokenizer", lambda *a, **k: pytest.fail("tokenizer trained again"))
     monkeypatch.setattr(runner, "prepare", lambda *a, **k: pytest.fail("data prepared again"))
     Compare(cfg, out, progress=False).run()  # everything cached: no training at all
@@ -215,7 +215,7 @@ def test_interrupted_compare_finishes_only_the_missing_cells(task_file, tmp_path
     calls = []
     real = runner.finetune_search
     monkeypatch.setattr(runner, "pretrain", lambda spec: pytest.fail("pre-trained again"))
-    monkeypatch.setattr(runner, "finetune_search", lambda spec, rates: calls.append(spec.out) or real(spec, rates))
+    monkeypatch.setattr(runner, "finetune_search", lambda spec, rates, heads: calls.append(spec.out) or real(spec, rates, heads))
     plan = estimate(cfg, out)  # what --dry-run prints: only the killed cell is left to do
     finished = Compare(cfg, out, progress=False).finished_runs()
     assert [what for what, _ in plan if what not in finished] == ["finetune task/B-mlm/b20-s0"]
@@ -399,7 +399,7 @@ def test_cross_validated_cells_pool_their_folds(task_file, tmp_path, monkeypatch
     (cell / "eval.json").unlink()  # killed during its last fold: the finished folds are kept
     (cell / "fold-2" / "eval.json").unlink()
     calls, real = [], runner.finetune_search
-    monkeypatch.setattr(runner, "finetune_search", lambda spec, rates: calls.append(spec.fold) or real(spec, rates))
+    monkeypatch.setattr(runner, "finetune_search", lambda spec, rates, heads: calls.append(spec.fold) or real(spec, rates, heads))
     Compare(cfg, out, progress=False).run()
     assert calls == [2] and (cell / "eval.json").is_file()
 
@@ -413,7 +413,7 @@ def _runs(monkeypatch) -> dict[str, list]:
     real_pretrain, real_finetune = runner.pretrain, runner.finetune_search
     monkeypatch.setattr(runner, "pretrain", lambda spec: calls["pretrain"].append(spec) or real_pretrain(spec))
     monkeypatch.setattr(runner, "finetune_search",
-                        lambda spec, rates: calls["finetune"].append(spec.out) or real_finetune(spec, rates))
+                        lambda spec, rates, heads: calls["finetune"].append(spec.out) or real_finetune(spec, rates, heads))
     return calls
 
 
@@ -686,10 +686,10 @@ def test_a_failing_cell_keeps_the_others_and_a_rerun_finishes_it(task_file, tmp_
     out = tmp_path / "out"
     real = runner.finetune_search
 
-    def diverges_once(spec, rates):
+    def diverges_once(spec, rates, heads):
         if spec.out.name == "b20-s0" and spec.out.parent.name == "B-mlm":
             raise RuntimeError("loss is NaN")
-        return real(spec, rates)
+        return real(spec, rates, heads)
 
     monkeypatch.setattr(runner, "finetune_search", diverges_once)
     with pytest.raises(CompareFailed, match=r"1 run\(s\) failed: finetune task/B-mlm/b20-s0: RuntimeError: loss is NaN"):
@@ -702,7 +702,7 @@ def test_a_failing_cell_keeps_the_others_and_a_rerun_finishes_it(task_file, tmp_
     assert "finetune task/B-mlm/b20-s0 (RuntimeError: loss is NaN)" in report
 
     calls = []
-    monkeypatch.setattr(runner, "finetune_search", lambda spec, rates: calls.append(spec.out) or real(spec, rates))
+    monkeypatch.setattr(runner, "finetune_search", lambda spec, rates, heads: calls.append(spec.out) or real(spec, rates, heads))
     Compare(cfg, out, progress=False).run()
     assert calls == [out / "finetune" / "task" / "B-mlm" / "b20-s0"]
     assert len(read_results(out / "results.csv")) == 4 and not (out / "failed.json").exists()
@@ -731,9 +731,9 @@ def test_results_hold_every_finished_cell_while_the_missing_ones_train(task_file
     (out / "finetune" / "task" / "B-mlm" / "b20-s0" / "eval.json").unlink()  # killed in this cell
     seen, real = [], runner.finetune_search
 
-    def look(spec, rates):
+    def look(spec, rates, heads):
         seen.append(sorted((r["path"], r["label_budget"]) for r in read_results(out / "results.csv")))
-        return real(spec, rates)
+        return real(spec, rates, heads)
 
     monkeypatch.setattr(runner, "finetune_search", look)
     Compare(cfg, out, progress=False).run()
@@ -849,6 +849,8 @@ def test_dry_run_estimate_follows_the_task_size_and_its_folds(task_file, tmp_pat
     assert seconds(train=str(tmp_path / "task.json")) - 5 == pytest.approx((budget(120) - 5) * 10_000 / 120)
     # 3 epochs of the head alone (forward passes only) cost about one epoch of the whole model
     assert budget(120, head_epochs=3) - 5 == pytest.approx((budget(120) - 5) * 2)
+    # searched: one fine-tuning per count, each with its own head epochs
+    assert budget(120, head_epochs=[0, 3]) == pytest.approx(budget(120) + budget(120, head_epochs=3))
 
 
 def test_cells_fine_tuned_by_parallel_workers_match_one_at_a_time(task_file, tmp_path) -> None:
@@ -903,6 +905,9 @@ def test_workers_divide_the_fine_tuning_estimate_and_must_be_positive(task_file,
      "best of 4 and reads high on a small dev set"),
     ({"epochs": 5, "head_epochs": 5}, "Fine-tuning: the head alone for 5 epochs at lr 0.003, then the whole model "
      "5 epochs, lr 5e-05"),
+    ({"epochs": 5, "head_epochs": [0, 5], "lr": [1e-4, 2e-4]}, "Fine-tuning: the head alone for 0 or 5 epochs at lr "
+     "0.003 (picked with the rate), then the whole model 5 epochs, lr picked among 0.0001, 0.0002, batch 32; each cell "
+     "scores the epoch that scores best on a held-out 10%"),
 ])
 def test_the_report_says_how_each_cell_was_fine_tuned_and_scored(task_file, tmp_path, finetune, scored) -> None:
     cfg = parse_compare_config(config(task_file, finetune=finetune), "cmp.yaml", tmp_path)

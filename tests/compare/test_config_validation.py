@@ -133,6 +133,8 @@ TASK = {"type": "classify", "train": "a/train.tsv"}
     ({"finetune": {"weight_decay": "x"}}, r"\(cmp.yaml: finetune.weight_decay\)"),
     ({"finetune": {"freeze_embeddings": "yes"}}, r"not true or false: 'yes' \(cmp.yaml: finetune.freeze_embeddings\)"),
     ({"finetune": {"head_epochs": -1}}, r"\(cmp.yaml: finetune.head_epochs\)"),
+    ({"finetune": {"head_epochs": []}}, r"an empty list \(cmp.yaml: finetune.head_epochs\)"),
+    ({"finetune": {"head_epochs": [0, 2.5]}}, r"not a whole number >= 0: 2.5 \(cmp.yaml: finetune.head_epochs\)"),
     ({"finetune": {"head_lr": 0}}, r"> 0.*\(cmp.yaml: finetune.head_lr\)"),
     # tokenizer: the keyword arguments train_tokenizer takes, or a trained tokenizer's directory
     ({"tokenizer": {"vocab": 8000}}, r"unknown key\(s\) vocab \(cmp.yaml: tokenizer\): use only: kind, "),

@@ -188,11 +188,31 @@ def test_a_search_holds_out_a_slice_by_default(keyword_task, keyword_spec, tmp_p
     config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert config["finetune"]["select_fraction"] == SEARCH_SELECT_FRACTION
     # asked for explicitly, dev picks, with a warning; one rate keeps picking its epoch on dev
-    with pytest.warns(UserWarning, match="dev set picks among 2 learning rates"):
+    with pytest.warns(UserWarning, match="dev set picks among 2 fine-tunings"):
         explicit = finetune_search(dataclasses.replace(spec, out=tmp_path / "dev", select_fraction=0.0), [1e-3, 3e-3])
     assert explicit["selected_by"] == "accuracy" and explicit["select_examples"] == 0
     single = finetune_search(dataclasses.replace(spec, out=tmp_path / "one"), [1e-3])
     assert single["select_examples"] == 0 and single["train_examples"] == 50
+
+
+def test_a_search_over_head_epochs_tries_each_with_each_rate(keyword_task, keyword_spec, tmp_path) -> None:
+    spec = keyword_spec(keyword_task, tmp_path / "run", epochs=1, max_train_examples=50)
+    result = finetune_search(spec, [1e-3, 3e-3], [0, 2])
+    runs = sorted(p.name for p in (tmp_path / "run" / "search").iterdir())
+    assert runs == ["lr-0.001-head-0", "lr-0.001-head-2", "lr-0.003-head-0", "lr-0.003-head-2"]
+    assert [(t["lr"], t["head_epochs"]) for t in result["search"]] == [(1e-3, 0), (3e-3, 0), (1e-3, 2), (3e-3, 2)]
+    best = max(result["search"], key=lambda t: t["select_accuracy"])  # the first of equal scores wins
+    assert (result["lr"], result["head_epochs"]) == (best["lr"], best["head_epochs"])
+    assert result["select_examples"] == 5  # a search holds out a slice, here of runs, not rates
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert config["finetune"]["head_epochs"] == best["head_epochs"] and config["finetune"]["lr"] == best["lr"]
+    headed = (tmp_path / "run" / "search" / "lr-0.001-head-2" / "metrics.jsonl").read_text().splitlines()
+    plain = (tmp_path / "run" / "search" / "lr-0.001-head-0" / "metrics.jsonl").read_text().splitlines()
+    assert '"phase": "head"' in headed[0] and all('"phase"' not in line for line in plain)
+    # one rate, one head count: a single fine-tuning with that count, no search directory
+    single = finetune_search(dataclasses.replace(spec, out=tmp_path / "one"), [1e-3], [2])
+    assert "search" not in single and not (tmp_path / "one" / "search").exists()
+    assert yaml.safe_load((tmp_path / "one" / "config.yaml").read_text())["finetune"]["head_epochs"] == 2
 
 
 # ---- 8 and 9. evaluate's --out and the flags its errors name --------------------------------
