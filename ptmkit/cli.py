@@ -166,7 +166,7 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pooling", choices=["auto", "first", "last", "mean"],
                    help="how classification/regression heads read the sequence (default auto: the "
                         "pre-training architecture's choice)")
-    p.add_argument("--head-epochs", type=_counts,
+    p.add_argument("--head-epochs", type=_comma_list(int, "a whole number"),
                    help="first train only the task head this many epochs on the fixed pre-trained features, "
                         "then the whole model (LP-FT; default 0: off); several comma-separated counts are "
                         "each tried with each --lr and the best kept, e.g. 0,5")
@@ -183,7 +183,7 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, help="default 3")
     p.add_argument("--min-steps", type=int, help="at least this many optimizer steps: more epochs "
                    "for small data, still scored about --epochs times (default 0)")
-    p.add_argument("--lr", type=_rates, help="default 5e-5; several comma-separated rates are "
+    p.add_argument("--lr", type=_comma_list(float, "a learning rate"), help="default 5e-5; several comma-separated rates are "
                    "each tried and the best kept (see --select-fraction)")
     p.add_argument("--batch-size", type=int, help="default 32")
     p.add_argument("--max-length", type=int, help="default 128")
@@ -457,18 +457,14 @@ RECIPE_FINETUNE_FLAGS = (*sorted(RECIPE_FINETUNE_KEYS), "checkpoint_seconds")
 about how to run rather than what to train."""
 
 
-def _rates(text: str) -> list[float]:
-    try:
-        return [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a learning rate or comma-separated list: {text!r}") from None
-
-
-def _counts(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number or comma-separated list: {text!r}") from None
+def _comma_list(kind: Callable[[str], Any], what: str) -> Callable[[str], list]:
+    """An argparse type: one `kind` value, or several comma-separated (a search)."""
+    def parse(text: str) -> list:
+        try:
+            return [kind(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {what} or comma-separated list: {text!r}") from None
+    return parse
 
 
 def _run_finetune(args: argparse.Namespace) -> None:

@@ -17,8 +17,8 @@ from tqdm import tqdm
 from ptmkit.finetuning.data import batches_of
 from ptmkit.finetuning.model import TaskModel
 from ptmkit.finetuning.tasks import Task
-from ptmkit.train.loop import TrainConfig, autocast, learning_rate, make_optimizer
-from ptmkit.train.host import device_of, to_device
+from ptmkit.finetuning.step import train_step
+from ptmkit.train.loop import TrainConfig, learning_rate, make_optimizer
 
 
 def fit_head(model: TaskModel, task: Task, train: list, *, epochs: int, lr: float, batch_size: int,
@@ -32,7 +32,7 @@ def fit_head(model: TaskModel, task: Task, train: list, *, epochs: int, lr: floa
     cfg = TrainConfig(steps=epochs * steps_per_epoch, lr=lr, batch_size=batch_size,
                       warmup=max(1, round(0.1 * epochs * steps_per_epoch)), weight_decay=weight_decay,
                       precision=precision, seed=seed)
-    device, rng = device_of(model), np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)
     bar = tqdm(total=cfg.steps, desc="head", unit="step", disable=not progress, mininterval=1.0)
     try:
         model.backbone.requires_grad_(False)
@@ -43,15 +43,8 @@ def fit_head(model: TaskModel, task: Task, train: list, *, epochs: int, lr: floa
         for _ in range(epochs):
             losses = []
             for items in batches_of(train, batch_size, rng):
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(cfg, step)
-                batch = to_device(task.collate(items), device)
-                with autocast(precision, device):
-                    loss = task.loss(model(batch), batch)
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                losses.append(float(loss.detach()))
+                losses.append(train_step(model, task, items, optimizer, learning_rate(cfg, step), precision,
+                                         clip_norm=None))
                 step += 1
                 bar.update(1)
     finally:

@@ -28,6 +28,7 @@ from ptmkit.finetuning.head_first import fit_head
 from ptmkit.finetuning.layer_decay import layerwise_scales
 from ptmkit.finetuning.model import Backbone, TaskModel, load_backbone, read_run_config
 from ptmkit.finetuning.registry import get_task
+from ptmkit.finetuning.step import train_step
 from ptmkit.finetuning.tasks import KEEP_EPOCHS, Task, TaskSpec, stratify_key
 from ptmkit.model.config import ModelConfig
 from ptmkit.objectives import get_objective
@@ -37,7 +38,7 @@ from ptmkit.pretraining import check_run_dir
 from ptmkit.train.checkpoint import (atomic_save_model, latest_checkpoint, load_checkpoint, load_extra,
                                      load_weights, remove_checkpoints, save_checkpoint)
 from ptmkit.train.host import compute_device, device_of, keep_freed_memory, to_device, warn_if_emulated_bf16
-from ptmkit.train.loop import TrainConfig, autocast, learning_rate, make_optimizer
+from ptmkit.train.loop import TrainConfig, learning_rate, make_optimizer
 
 
 @dataclass(kw_only=True)
@@ -423,16 +424,8 @@ def _train(model: TaskModel, prepared: _Prepared, spec: FinetuneSpec, head: dict
         model.train()
         losses = []
         for items in batches_of(prepared.train, spec.batch_size, rng):
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(cfg, step) * group["lr_scale"]
-            batch = to_device(task.collate(items), device)
-            with autocast(spec.precision, device):
-                loss = task.loss(model(batch), batch)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(float(loss.detach()))
+            losses.append(train_step(model, task, items, optimizer, learning_rate(cfg, step), spec.precision,
+                                     clip_norm=1.0))
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
