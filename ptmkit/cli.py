@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -269,8 +269,16 @@ def _parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> argpa
                           formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors in one line, as every other error: argparse's usage block before it hides the
+    message in the options of the whole command, which `--help` lists anyway."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ptmkit", description="Pre-train language models with "
+    parser = _OneLineParser(prog="ptmkit", description="Pre-train language models with "
                                      "every classic objective on one shared backbone.",
                                      epilog=EPILOGS["ptmkit"], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"ptmkit {_version()}")

@@ -382,19 +382,21 @@ def test_unknown_objective_lists_every_known_objective(prepared, tmp_path, run_c
     (["pretrain", "--objective", "mlm", "--data", "d"], "pretrain"),       # missing --out
     (["pretrain", "--out", "r", "--steps", "many"], "pretrain"),           # not an int
     (["tokenizer", "--corpus", "x.txt", "--out", "t", "--vocab-size", "1e3"], "tokenizer"),
+    (["finetune", "--task", "sst2", "--init", "scratch", "--out", "f", "--lr", "1e-3,x"], "finetune"),
 ])
-def test_usage_errors_are_argparse_lines(args, command, tmp_path, monkeypatch, run_cli, unchanged):
+def test_usage_errors_are_one_argparse_line(args, command, tmp_path, monkeypatch, run_cli, unchanged):
     monkeypatch.chdir(tmp_path)
     with unchanged(tmp_path):
         code, _, err = run_cli(args)
     assert code == 2
-    assert "Traceback" not in err
-    assert err.strip().splitlines()[-1].startswith(f"ptmkit {command}: error: "), err
+    [line] = err.strip().splitlines()  # no usage block before it
+    assert line.startswith(f"ptmkit {command}: error: ") and f"`ptmkit {command} --help`" in line, err
 
 
 def test_unknown_command_is_a_usage_error(run_cli):
     code, _, err = run_cli(["pretrian"])
-    assert code == 2 and "ptmkit: error:" in err and "Traceback" not in err
+    [line] = err.strip().splitlines()
+    assert code == 2 and line.startswith("ptmkit: error:") and "'pretrain'" in line
 
 
 # --- the real entry point: exit status and stderr of `python -m ptmkit` --------------------------
