@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -42,12 +43,20 @@ def check_writable(path: Path, flag: str) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write UTF-8 text through a temporary file of this process's own, so a reader (a browser
-    refreshing the report of a running compare, a compare reading its domain text) never sees
-    half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    """Write UTF-8 text through a temporary file beside `path`, flushed to disk before it is
+    renamed into place, so a reader (a browser refreshing the report of a running compare, a
+    tokenizer loaded after a crash) never sees half a file; the temporary file has the umask's
+    permissions (unlike mkstemp's 0600) and is removed if the write fails."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "x", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def copy_items(source: Path, dest: Path, names: Iterable[str]) -> None:

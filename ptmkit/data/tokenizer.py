@@ -36,9 +36,7 @@ import functools
 import hashlib
 import itertools
 import json
-import os
 import re
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +47,7 @@ from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, tra
 
 from ptmkit import __version__
 from ptmkit.errors import UserError
+from ptmkit.fileio import write_text_atomic
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<s>", "</s>")
 N_SENTINELS = 100
@@ -295,8 +294,8 @@ class Tokenizer:
             meta["borrowed"] = self.borrowed
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            _atomic_write(directory / TOKENIZER_FILE, self._json())
-            _atomic_write(directory / META_FILE, json.dumps(meta, indent=2) + "\n")
+            write_text_atomic(directory / TOKENIZER_FILE, self._json())
+            write_text_atomic(directory / META_FILE, json.dumps(meta, indent=2) + "\n")
         except OSError as exc:
             raise UserError(
                 f"cannot write the tokenizer: {exc.strerror or exc}",
@@ -476,23 +475,6 @@ def _infers_lowercase(config: dict) -> bool:
     normalizer = config.get("normalizer") or {}
     parts = normalizer.get("normalizers", [normalizer])
     return any(p.get("type") == "Lowercase" or (p.get("type") == "BertNormalizer" and p.get("lowercase")) for p in parts)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write to a temp file beside ``path`` (umask permissions, unlike mkstemp), then os.replace."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def _is_cjk(ch: str) -> bool:
