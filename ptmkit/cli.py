@@ -19,7 +19,7 @@ import yaml
 from ptmkit.errors import UserError
 from ptmkit.fileio import check_writable, read_yaml
 from ptmkit.recipes import FINETUNE_KEYS as RECIPE_FINETUNE_KEYS, load_recipe
-from ptmkit.train.loop import TrainConfig
+from ptmkit.train.loop import PRECISIONS, TrainConfig
 
 EPILOGS = {
     "ptmkit": ("example (each command has --help with its own examples):\n"
@@ -192,7 +192,7 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
                    help="best (default): the epoch that scores best on dev or --select-fraction's slice; "
                         "last: score only the final model (no choice made on the data scored)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", choices=("fp32", "bf16"), help="default fp32")
+    p.add_argument("--precision", choices=PRECISIONS, help="default fp32")
     p.add_argument("--freeze", action="store_true", help="train only the task head")
     p.add_argument("--freeze-embeddings", action="store_true", default=None,
                    help="keep the pre-trained token embeddings fixed (helps when few labels cover few words)")
@@ -469,9 +469,12 @@ def _comma_list(kind: Callable[[str], Any], what: str) -> Callable[[str], list]:
     """An argparse type: one `kind` value, or several comma-separated (a search)."""
     def parse(text: str) -> list:
         try:
-            return [kind(part) for part in text.split(",") if part.strip()]
+            values = [kind(part) for part in text.split(",") if part.strip()]
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not {what} or comma-separated list: {text!r}") from None
+            values = []
+        if not values:
+            raise argparse.ArgumentTypeError(f"not {what} or comma-separated list: {text!r}")
+        return values
     return parse
 
 

@@ -7,136 +7,38 @@ same recipe. Scratch (path A) is always added; a `domain_corpus` adds path C
 
 from __future__ import annotations
 
-import math
-import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ptmkit.checks import (FINETUNE_VALUES, TOKENIZER_VALUES, Check, check_keys, check_settings, choice, fail, label,
+                           number, plain_name, whole)
 from ptmkit.data.corpus import list_corpus_files
 from ptmkit.data.hf_datasets import data_name
 from ptmkit.data.segment import SEGMENTERS
-from ptmkit.data.tokenizer import KINDS, minimum_vocab_size
+from ptmkit.data.tokenizer import minimum_vocab_size
 from ptmkit.errors import UserError
 from ptmkit.fileio import read_yaml
 from ptmkit.finetuning.data import glue_spec
 from ptmkit.finetuning.registry import TASKS, get_task
-from ptmkit.finetuning.tasks import KEEP_EPOCHS, POOLINGS
 from ptmkit.model.config import SIZES, resolve_model_config
 from ptmkit.objectives import OBJECTIVES
 from ptmkit.recipes import Recipe, available, load_recipe
-
-Check = Callable[[Any, str], Any]
-"""Validates one config value (its second argument names it: `cmp.yaml: finetune.lr`) and returns
-it as the runner needs it; a bad value is a UserError before anything is trained."""
-
-_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-"""`5e-4`: a number to the user, a string to YAML 1.1 (which wants `5.0e-4`)."""
-
-
-def _number_or_none(value: Any) -> int | float | None:
-    """`value` as a finite number (`5e-4` text as the float it spells), else None. Quoted plain
-    numbers stay text: the runner would not convert them either."""
-    if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
-        value = float(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return value
-
-
-def _whole(least: int) -> Check:
-    """An integer (YAML `2`, not `"2"` or `2.0`) of at least `least`."""
-    def check(value: Any, spot: str) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            _fail(f"not a whole number >= {least}: {value!r}", spot, f"write an unquoted integer, {least} or more")
-        return value
-    return check
-
-
-def _number(ok: Callable[[float], bool], rule: str) -> Check:
-    """A number for which `ok` holds (`rule` says which in words); `5e-4` text becomes a float."""
-    def check(value: Any, spot: str) -> int | float:
-        number = _number_or_none(value)
-        if number is None or not ok(number):
-            _fail(f"not a number {rule}: {value!r}", spot, f"write an unquoted number {rule}")
-        return number  # type: ignore[return-value]
-    return check
-
-
-def _searched(check: Check) -> Check:
-    """`check`'s value, or a non-empty list of them that each cell searches on its held-out slice."""
-    def checked(value: Any, spot: str) -> Any:
-        if not isinstance(value, list):
-            return check(value, spot)
-        if not value:
-            _fail("an empty list", spot, "give one value, or a list of several to search")
-        return [check(item, spot) for item in value]
-    return checked
-
-
-def _choice(options: Iterable[str]) -> Check:
-    def check(value: Any, spot: str) -> str:
-        if not isinstance(value, str) or value not in options:
-            _fail(f"unknown value {value!r}", spot, f"use one of: {', '.join(options)}")
-        return value
-    return check
-
-
-def _flag(value: Any, spot: str) -> bool:
-    if not isinstance(value, bool):
-        _fail(f"not true or false: {value!r}", spot, "write true or false")
-    return value
-
-
-def _rates(value: Any, spot: str) -> Any:
-    """A learning rate or a list of them to search; kept as written (the runner's `as_rates`
-    reads quoted numbers too, and a resumed compare must see the same cache key)."""
-    for rate in value if isinstance(value, list) and value else [value]:
-        try:
-            ok = not isinstance(rate, bool) and math.isfinite(float(rate)) and float(rate) > 0
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            _fail(f"not a positive learning rate: {rate!r}", spot, "e.g. 5.0e-5, or a list [1.0e-4, 5.0e-4] to search")
-    return value
-
-
-def _label(value: Any, spot: str) -> str:
-    """A field or label name: text, or a number YAML read as one (`negative_label: 0`)."""
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        _fail(f"not a field or label name: {value!r}", spot, "write a name such as `label`")
-    return str(value)
-
+from ptmkit.train.loop import PRECISIONS
 
 PRETRAIN_VALUES: dict[str, Check] = {
-    "steps": _whole(1), "minutes": _number(lambda v: v > 0, "> 0"), "tokens": _whole(1),
-    "batch_size": _whole(1), "seq_len": _whole(1), "lr": _number(lambda v: v > 0, "> 0"),
-    "warmup": _whole(-1), "schedule": _choice(("linear", "cosine", "constant")),
-    "precision": _choice(("fp32", "bf16")), "weight_decay": _number(lambda v: v >= 0, ">= 0"),
-    "grad_accum": _whole(1), "workers": _whole(0)}
+    "steps": whole(1), "minutes": number(lambda v: v > 0, "> 0"), "tokens": whole(1),
+    "batch_size": whole(1), "seq_len": whole(1), "lr": number(lambda v: v > 0, "> 0"),
+    "warmup": whole(-1), "schedule": choice(("linear", "cosine", "constant")),
+    "precision": choice(PRECISIONS), "weight_decay": number(lambda v: v >= 0, ">= 0"),
+    "grad_accum": whole(1), "workers": whole(0)}
 """What `Compare.train_config` passes to TrainConfig, which checks ranges but not types."""
-FINETUNE_VALUES: dict[str, Check] = {
-    "epochs": _whole(1), "min_steps": _whole(0), "lr": _rates, "scratch_lr": _rates, "batch_size": _whole(1),
-    "patience": _whole(0), "keep_epoch": _choice(KEEP_EPOCHS),
-    "warmup_ratio": _number(lambda v: 0 <= v < 1, "in [0, 1)"), "max_length": _whole(1),
-    "precision": _choice(("fp32", "bf16")), "select_fraction": _number(lambda v: 0 <= v < 1, "in [0, 1)"),
-    "layer_decay": _number(lambda v: 0 < v <= 1, "in (0, 1]"), "pooling": _choice(POOLINGS),
-    "dropout": _number(lambda v: 0 <= v < 1, "in [0, 1)"),
-    "weight_decay": _number(lambda v: v >= 0, ">= 0"), "freeze_embeddings": _flag,
-    "head_epochs": _searched(_whole(0)), "head_lr": _number(lambda v: v > 0, "> 0")}
-"""FinetuneSpec fields a cell's recipe sets (`scratch_lr`: path A's `lr`); FinetuneSpec itself
-checks only some of them, and only once the cell runs."""
-TOKENIZER_VALUES: dict[str, Check] = {
-    "kind": _choice(KINDS), "vocab_size": _whole(1),
-    "lowercase": lambda value, spot: None if value is None else _flag(value, spot),
-    "min_frequency": _whole(1)}
-"""The keyword arguments of `train_tokenizer` (its texts and progress bar aside)."""
 TASK_VALUES: dict[str, Check] = {
-    "label_field": _label, "dev_fraction": _number(lambda v: 0 < v < 1, "in (0, 1)"), "cv_folds": _whole(0),
-    "max_length": _whole(1), "negative_label": _label, "source_field": _label, "target_field": _label}
+    "label_field": label, "dev_fraction": number(lambda v: 0 < v < 1, "in (0, 1)"), "cv_folds": whole(0),
+    "max_length": whole(1), "negative_label": label, "source_field": label, "target_field": label}
 """A task entry's plain values; type, name, files, text_fields and label_budgets have their own checks."""
 
 TOP_KEYS = {"corpus", "domain_corpus", "domain_objectives", "tokenizer", "model", "objectives", "objective_options",
@@ -227,30 +129,12 @@ class CompareConfig:
         return ["A", "B", "C"] if self.domain_corpus else ["A", "B"]
 
 
-def _fail(what: str, where: str, fix: str) -> None:
-    raise UserError(what, where, fix)
-
-
-def _check_keys(values: dict, allowed: set[str], where: str) -> None:
-    if not isinstance(values, dict):
-        _fail("must be a mapping", where, "write `key: value` lines")
-    unknown = sorted(set(values) - allowed, key=str)
-    if unknown:
-        _fail(f"unknown key(s) {', '.join(map(str, unknown))}", where, f"use only: {', '.join(sorted(allowed))}")
-
-
-def _settings(values: Any, checks: dict[str, Check], where: str) -> dict[str, Any]:
-    """A mapping of known keys, each value checked (and `5e-4` text made a float)."""
-    _check_keys(values, set(checks), where)
-    return {key: checks[key](value, f"{where}.{key}") for key, value in values.items()}
-
-
 def _unique(items: list, spot: str, fix: str, show: Callable[[Any], str] = repr) -> None:
     """A repeated seed, budget or objective would run (and report) the same cells twice."""
     seen: list = []
     for item in items:
         if item in seen:
-            _fail(f"{show(item)} is listed twice", spot, fix)
+            fail(f"{show(item)} is listed twice", spot, fix)
         seen.append(item)
 
 
@@ -261,7 +145,7 @@ def _paths(value: Any, where: str, base: Path) -> list[str]:
         path = Path(str(item)).expanduser()
         path = path if path.is_absolute() else base / path
         if not path.exists():
-            _fail("path not found", f"{where}: {item}", "fix the path (relative paths start at the config file)")
+            fail("path not found", f"{where}: {item}", "fix the path (relative paths start at the config file)")
         out.append(str(path))
     return out
 
@@ -274,7 +158,7 @@ def _corpus(value: Any, where: str, base: Path) -> list[str]:
         if paths:  # none is reported by the caller
             list_corpus_files(paths)
     except UserError as error:
-        _fail(error.what, f"{where}: {error.where}", error.fix)
+        fail(error.what, f"{where}: {error.where}", error.fix)
     return paths
 
 
@@ -283,13 +167,13 @@ def _budget(value: Any, where: str) -> int | None:
         return None
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
-    _fail(f"invalid label budget {value!r}", where, "use positive integers or `full`")
+    fail(f"invalid label budget {value!r}", where, "use positive integers or `full`")
     return None
 
 
 def _budgets(values: Any, where: str) -> list[int | None]:
     if not isinstance(values, list) or not values:
-        _fail("label budgets must be a list", where, "e.g. [100, 1000, full]")
+        fail("label budgets must be a list", where, "e.g. [100, 1000, full]")
     budgets = [_budget(b, where) for b in values]
     _unique(budgets, where, "list each label budget once (`full` and `all` are the same)",
             show=lambda b: "full" if b is None else repr(b))
@@ -299,7 +183,7 @@ def _budgets(values: Any, where: str) -> list[int | None]:
 def _seeds(values: Any, where: str, key: str) -> list[int]:
     if not (isinstance(values, list) and values
             and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in values)):
-        _fail(f"{key} must be a list of integers >= 0", where, "e.g. [0, 1, 2]")
+        fail(f"{key} must be a list of integers >= 0", where, "e.g. [0, 1, 2]")
     _unique(values, where, "list each seed once (a repeated seed repeats the same runs)")
     return values
 
@@ -314,57 +198,48 @@ def _task_type(kind: Any, spot: str) -> str:
         try:
             glue_spec(kind.split(":", 1)[1])
         except UserError as err:
-            _fail(err.what, spot, err.fix)
+            fail(err.what, spot, err.fix)
         return kind
     try:
         get_task(str(kind))
     except UserError:
-        _fail(f"unknown task type {kind!r}", spot, f"use one of {', '.join(TASKS)} or glue:<name>")
+        fail(f"unknown task type {kind!r}", spot, f"use one of {', '.join(TASKS)} or glue:<name>")
     return str(kind)
-
-
-def _task_name(name: Any, spot: str) -> str:
-    """The name is a directory under DIR/finetune and a file name in the report: one plain part."""
-    if isinstance(name, bool) or not isinstance(name, (str, int)):
-        _fail(f"task name {name!r} is not text", spot, "write `name: NAME`")
-    name = str(name)
-    if (not name.strip() or name in (".", "..") or any(c in name for c in "/\\\0")
-            or Path(name).is_absolute()):
-        _fail(f"task name {name!r} is not a plain name", spot,
-              "set `name:` to a name without / or \\ (it becomes a directory and file name), e.g. `name: sst2`")
-    return name
 
 
 def _text_fields(value: Any, spot: str) -> list[str]:
     fields = [value] if isinstance(value, str) else value
     if not (isinstance(fields, list) and fields and all(isinstance(f, str) and f for f in fields)):
-        _fail(f"text_fields must be a field name or a list of them, not {value!r}", spot, "e.g. [sentence1, sentence2]")
+        fail(f"text_fields must be a field name or a list of them, not {value!r}", spot, "e.g. [sentence1, sentence2]")
     return list(fields)
 
 
 def _task(values: dict, index: int, base: Path, where: str) -> TaskConfig:
     spot = f"{where}: tasks[{index}]"
-    _check_keys(values, TASK_KEYS, spot)
+    check_keys(values, TASK_KEYS, spot)
     kind = _task_type(values.get("type"), f"{spot}.type")
     glue = kind.startswith("glue:")
     default_name = kind.split(":", 1)[1] if glue else data_name(base / str(values.get("train", kind)))
-    task = TaskConfig(type=kind, name=_task_name(values.get("name") or default_name, f"{spot}.name"))
+    task = TaskConfig(type=kind, name=plain_name(values.get("name") or default_name, f"{spot}.name", "task name"))
     if glue:
         if "data_dir" not in values:
-            _fail("glue tasks need data_dir", spot, "add `data_dir: path/to/glue`")
+            fail("glue tasks need data_dir", spot, "add `data_dir: path/to/glue`")
+        for own in sorted({"train", "dev", "text_fields", "label_field", "cv_folds"} & set(values)):
+            fail(f"{kind} reads the files, fields and dev set of its GLUE folder", f"{spot}.{own}",
+                 f"drop `{own}`, or use `type: classify` (or regress) with your own files")
         task.data_dir = _paths(values["data_dir"], f"{spot}.data_dir", base)[0]
     else:
         if "train" not in values:
-            _fail("task has no training file", spot, "add `train: PATH`")
+            fail("task has no training file", spot, "add `train: PATH`")
         task.train = _data_path(values["train"], f"{spot}.train", base)
         task.dev = _data_path(values["dev"], f"{spot}.dev", base) if values.get("dev") else None
     task.text_fields = _text_fields(values.get("text_fields", ["text"]), f"{spot}.text_fields")
-    plain = _settings({k: v for k, v in values.items() if k in TASK_VALUES}, TASK_VALUES, spot)
+    plain = check_settings({k: v for k, v in values.items() if k in TASK_VALUES}, TASK_VALUES, spot)
     task.label_field = plain.get("label_field", task.label_field)
     task.dev_fraction = plain.get("dev_fraction", task.dev_fraction)
     task.cv_folds = plain.get("cv_folds", 0)
     if task.cv_folds == 1 or (task.cv_folds and task.dev):
-        _fail(f"cv_folds {task.cv_folds}: cross-validation needs 2 or more folds and no dev file",
+        fail(f"cv_folds {task.cv_folds}: cross-validation needs 2 or more folds and no dev file",
               f"{spot}.cv_folds", "use 0 (a held-out dev_fraction) or K >= 2 without `dev`")
     task.max_length = plain.get("max_length", task.max_length)
     task.extra = {k: plain[k] for k in ("negative_label", "source_field", "target_field") if k in plain}
@@ -375,12 +250,12 @@ def _task(values: dict, index: int, base: Path, where: str) -> TaskConfig:
 
 def _tasks(raw: Any, base: Path, where: str) -> list[TaskConfig]:
     if not isinstance(raw, list):
-        _fail("tasks must be a list", f"{where}: tasks", "write `tasks: [{type: classify, train: PATH}, ...]`")
+        fail("tasks must be a list", f"{where}: tasks", "write `tasks: [{type: classify, train: PATH}, ...]`")
     tasks = [_task(t, i, base, where) for i, t in enumerate(raw)]
     names = [t.name for t in tasks]
     for i, name in enumerate(names):
         if name in names[:i]:  # the report would merge the two tasks' rows as if they were seeds
-            _fail(f"two tasks are named {name!r}", f"{where}: tasks[{i}].name",
+            fail(f"two tasks are named {name!r}", f"{where}: tasks[{i}].name",
                   "give each task its own `name:` (a task is named after its train file or GLUE task otherwise)")
     return tasks
 
@@ -390,12 +265,12 @@ def _tokenizer(value: Any, spot: str, base: Path) -> dict[str, Any] | str:
     if isinstance(value, str):
         return _paths(value, spot, base)[0]
     if not isinstance(value, dict):
-        _fail(f"not a tokenizer: {value!r}", spot,
+        fail(f"not a tokenizer: {value!r}", spot,
               "give a tokenizer directory or e.g. {kind: wordpiece, vocab_size: 8192}")
-    settings = _settings(value, TOKENIZER_VALUES, spot)
+    settings = check_settings(value, TOKENIZER_VALUES, spot)
     kind = settings.get("kind", "bpe")  # train_tokenizer's default
     if "vocab_size" in settings and settings["vocab_size"] < minimum_vocab_size(kind):
-        _fail(f"vocab_size {settings['vocab_size']} is too small for a {kind} tokenizer", f"{spot}.vocab_size",
+        fail(f"vocab_size {settings['vocab_size']} is too small for a {kind} tokenizer", f"{spot}.vocab_size",
               f"use {minimum_vocab_size(kind)} or more")
     return settings
 
@@ -407,7 +282,7 @@ def _model(value: Any, spot: str, base: Path | None) -> str | dict:
     if isinstance(value, str) and value.endswith((".yaml", ".yml")):
         value = _paths(value, spot, base)[0] if base is not None else value
     elif not isinstance(value, dict) and not (isinstance(value, str) and value in SIZES):
-        _fail(f"unknown model {value!r}", spot, f"use a size ({', '.join(SIZES)}), a mapping of model fields "
+        fail(f"unknown model {value!r}", spot, f"use a size ({', '.join(SIZES)}), a mapping of model fields "
               "or a model YAML file")
     try:
         resolve_model_config(value, vocab_size=8000, layout="bert")
@@ -415,7 +290,7 @@ def _model(value: Any, spot: str, base: Path | None) -> str | dict:
         field_name = err.where.partition("model")[2] if err.where.startswith("model") else f" ({err.where})"
         raise UserError(err.what, err.where if isinstance(value, str) else spot + field_name, err.fix) from None
     except (TypeError, ValueError, yaml.YAMLError) as err:  # a quoted number, a file that is not YAML
-        _fail(f"invalid model: {str(err).splitlines()[0]}", spot,
+        fail(f"invalid model: {str(err).splitlines()[0]}", spot,
               "write fields as `hidden: 256` lines, numbers unquoted, in UTF-8")
     return value
 
@@ -426,16 +301,16 @@ def _recipe(value: Any, spot: str, base: Path) -> Recipe:
     if name.endswith((".yaml", ".yml")):
         return load_recipe(_paths(name, spot, base)[0])
     if name not in available():
-        _fail(f"unknown recipe {name!r}", spot, f"use one of {', '.join(available())} or a recipe YAML file")
+        fail(f"unknown recipe {name!r}", spot, f"use one of {', '.join(available())} or a recipe YAML file")
     return load_recipe(name)
 
 
 def _objectives(value: Any, spot: str) -> list[str]:
     if not isinstance(value, list):
-        _fail(f"objectives must be a list, not {value!r}", spot, "e.g. [mlm, clm] (or [] next to a recipe)")
+        fail(f"objectives must be a list, not {value!r}", spot, "e.g. [mlm, clm] (or [] next to a recipe)")
     for name in value:
         if not isinstance(name, str) or name not in OBJECTIVES:
-            _fail(f"unknown objective {name!r}", spot, f"use names from: {', '.join(sorted(OBJECTIVES))}")
+            fail(f"unknown objective {name!r}", spot, f"use names from: {', '.join(sorted(OBJECTIVES))}")
     _unique(value, spot, "list each objective once")
     return [o for o in value if o != "scratch"]
 
@@ -444,20 +319,20 @@ def _objective_options(value: Any, spot: str) -> dict[str, dict[str, Any]]:
     """Per objective, options its `Options` dataclass accepts (checked now, not after the data is
     prepared)."""
     if not isinstance(value, dict):
-        _fail("must be a mapping", spot, "write `objective_options: {mlm: {mask_prob: 0.15}}`")
+        fail("must be a mapping", spot, "write `objective_options: {mlm: {mask_prob: 0.15}}`")
     for name, options in value.items():
         here = f"{spot}.{name}"
         if name not in OBJECTIVES:
-            _fail(f"unknown objective {name!r}", here, f"use names from: {', '.join(sorted(OBJECTIVES))}")
+            fail(f"unknown objective {name!r}", here, f"use names from: {', '.join(sorted(OBJECTIVES))}")
         if not isinstance(options, dict):
-            _fail("must be a mapping", here, "write `option: value` pairs")
+            fail("must be a mapping", here, "write `option: value` pairs")
         try:
             OBJECTIVES[name].parse_options(dict(options))
         except UserError as err:  # its where is `objective_options[.OPTION]`: put the objective in
             option = err.where.partition("objective_options")[2]
             raise UserError(err.what, here + option, err.fix) from None
         except (TypeError, ValueError) as err:
-            _fail(f"invalid options: {err}", here, "write numbers unquoted")
+            fail(f"invalid options: {err}", here, "write numbers unquoted")
     return value
 
 
@@ -468,45 +343,45 @@ def load_compare_config(path: str | Path) -> CompareConfig:
 
 
 def parse_compare_config(values: dict, where: str, base: Path) -> CompareConfig:
-    _check_keys(values, TOP_KEYS, where)
+    check_keys(values, TOP_KEYS, where)
     if "corpus" not in values:
-        _fail("no corpus", where, "add `corpus: [PATH, ...]` (general unlabelled text)")
+        fail("no corpus", where, "add `corpus: [PATH, ...]` (general unlabelled text)")
     if "task" in values and "tasks" in values:
-        _fail("both task and tasks given", where, "use `tasks: [...]` for several")
+        fail("both task and tasks given", where, "use `tasks: [...]` for several")
     raw_tasks = values.get("tasks") or ([values["task"]] if "task" in values else [])
     if not raw_tasks:
-        _fail("no task", where, "add `task: {type: classify, train: PATH, ...}`")
+        fail("no task", where, "add `task: {type: classify, train: PATH, ...}`")
     cfg = CompareConfig(corpus=_corpus(values["corpus"], f"{where}: corpus", base),
                         tasks=_tasks(raw_tasks, base, where), source=where)
     if not cfg.corpus:
-        _fail("empty corpus", f"{where}: corpus", "list at least one file of unlabelled text")
+        fail("empty corpus", f"{where}: corpus", "list at least one file of unlabelled text")
     if values.get("domain_corpus"):
         cfg.domain_corpus = _corpus(values["domain_corpus"], f"{where}: domain_corpus", base)
     if "recipe" in values:
         cfg.recipe = _recipe(values["recipe"], f"{where}: recipe", base)
         if cfg.recipe.reads_domain and not cfg.domain_corpus:
-            _fail(f"recipe {cfg.recipe.name} has stages on the domain corpus", f"{where}: recipe",
+            fail(f"recipe {cfg.recipe.name} has stages on the domain corpus", f"{where}: recipe",
                   "add `domain_corpus: [PATH, ...]`, or choose a recipe of general text")
         # the recipe's settings are checked like the config's own, naming the recipe file
         cfg.tokenizer = _tokenizer(dict(cfg.recipe.tokenizer), f"{cfg.recipe.source}: tokenizer", base)
         cfg.model = _model(cfg.recipe.model, f"{cfg.recipe.source}: model", None)
-        cfg.finetune = _settings(dict(cfg.recipe.finetune), FINETUNE_VALUES, f"{cfg.recipe.source}: finetune")
+        cfg.finetune = check_settings(dict(cfg.recipe.finetune), FINETUNE_VALUES, f"{cfg.recipe.source}: finetune")
     cfg.objectives = _objectives(values.get("objectives", [] if cfg.recipe else cfg.objectives), f"{where}: objectives")
     if "domain_objectives" in values:
         spot = f"{where}: domain_objectives"
         if not cfg.domain_corpus:
-            _fail("domain_objectives without a domain_corpus", spot, "add `domain_corpus: [PATH, ...]` or drop it")
+            fail("domain_objectives without a domain_corpus", spot, "add `domain_corpus: [PATH, ...]` or drop it")
         chosen = _objectives(values["domain_objectives"], spot)
         if not chosen:
-            _fail("no objective continues on the domain corpus", spot, "name at least one, or drop domain_corpus")
+            fail("no objective continues on the domain corpus", spot, "name at least one, or drop domain_corpus")
         for name in chosen:
             if name not in cfg.objectives:
-                _fail(f"{name!r} is not one of the objectives", spot,
+                fail(f"{name!r} is not one of the objectives", spot,
                       f"choose from objectives: {', '.join(cfg.objectives)}")
         cfg.domain_objectives = chosen
     if values.get("segment") is not None:
         if not isinstance(values["segment"], str) or values["segment"] not in SEGMENTERS:
-            _fail(f"unknown word segmenter {values['segment']!r}", f"{where}: segment",
+            fail(f"unknown word segmenter {values['segment']!r}", f"{where}: segment",
                   f"use one of: {', '.join(SEGMENTERS)}")
         cfg.segment = str(values["segment"])
     if "tokenizer" in values:
@@ -517,22 +392,22 @@ def parse_compare_config(values: dict, where: str, base: Path) -> CompareConfig:
         cfg.objective_options = _objective_options(values["objective_options"], f"{where}: objective_options")
     if "text_field" in values:
         if not isinstance(values["text_field"], str) or not values["text_field"]:
-            _fail(f"not a field name: {values['text_field']!r}", f"{where}: text_field", "e.g. `text_field: text`")
+            fail(f"not a field name: {values['text_field']!r}", f"{where}: text_field", "e.g. `text_field: text`")
         cfg.text_field = values["text_field"]
     if "title" in values:
         if not isinstance(values["title"], str) or not values["title"].strip():
-            _fail(f"not a title: {values['title']!r}", f"{where}: title", "e.g. `title: SST-2 at three label budgets`")
+            fail(f"not a title: {values['title']!r}", f"{where}: title", "e.g. `title: SST-2 at three label budgets`")
         cfg.title = values["title"].strip()
     for key in ("pretrain", "domain_pretrain"):
         if key in values:
-            budget = _settings(values[key], PRETRAIN_VALUES, f"{where}: {key}")
+            budget = check_settings(values[key], PRETRAIN_VALUES, f"{where}: {key}")
             budgets = [k for k in ("steps", "minutes", "tokens") if k in budget]
             if len(budgets) > 1:
-                _fail(f"{key} has several budgets ({', '.join(budgets)})", f"{where}: {key}",
+                fail(f"{key} has several budgets ({', '.join(budgets)})", f"{where}: {key}",
                       "give exactly one of steps, minutes, tokens: the same for every objective")
             setattr(cfg, key, budget)
     if "finetune" in values:
-        cfg.finetune = {**cfg.finetune, **_settings(values["finetune"], FINETUNE_VALUES, f"{where}: finetune")}
+        cfg.finetune = {**cfg.finetune, **check_settings(values["finetune"], FINETUNE_VALUES, f"{where}: finetune")}
     cfg.label_budgets = _budgets(values.get("label_budgets", ["full"]), f"{where}: label_budgets")
     for key in ("seeds", "pretrain_seeds"):
         if key in values:

@@ -22,7 +22,7 @@ from ptmkit.train.loop import TrainConfig, learning_rate, make_optimizer
 
 
 def fit_head(model: TaskModel, task: Task, train: list, *, epochs: int, lr: float, batch_size: int,
-             weight_decay: float, precision: str, seed: int, progress: bool = False) -> float:
+             warmup_ratio: float, weight_decay: float, precision: str, seed: int, progress: bool = False) -> float:
     """Train only `model.head` for `epochs` passes over `train`, the backbone fixed and in eval
     mode (the features as pre-training left them, without dropout); warm-up then linear decay, as
     fine-tuning's own schedule. Returns the last epoch's mean loss. The backbone's parameters
@@ -30,7 +30,7 @@ def fit_head(model: TaskModel, task: Task, train: list, *, epochs: int, lr: floa
     trainable = [p for p in model.backbone.parameters() if p.requires_grad]
     steps_per_epoch = -(-len(train) // batch_size)
     cfg = TrainConfig(steps=epochs * steps_per_epoch, lr=lr, batch_size=batch_size,
-                      warmup=max(1, round(0.1 * epochs * steps_per_epoch)), weight_decay=weight_decay,
+                      warmup=max(1, round(warmup_ratio * epochs * steps_per_epoch)), weight_decay=weight_decay,
                       precision=precision, seed=seed)
     rng = np.random.default_rng(seed)
     bar = tqdm(total=cfg.steps, desc="head", unit="step", disable=not progress, mininterval=1.0)

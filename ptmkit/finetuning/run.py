@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import os
 import platform
 import re
@@ -38,7 +39,7 @@ from ptmkit.pretraining import check_run_dir
 from ptmkit.train.checkpoint import (atomic_save_model, latest_checkpoint, load_checkpoint, load_extra,
                                      load_weights, remove_checkpoints, save_checkpoint)
 from ptmkit.train.host import compute_device, device_of, keep_freed_memory, to_device, warn_if_emulated_bf16
-from ptmkit.train.loop import TrainConfig, learning_rate, make_optimizer
+from ptmkit.train.loop import PRECISIONS, TrainConfig, learning_rate, make_optimizer
 
 
 @dataclass(kw_only=True)
@@ -128,7 +129,6 @@ class _Prepared:
     train: list[dict[str, np.ndarray]]
     dev: list[dict[str, np.ndarray]]
     dev_targets: list[Any]
-    n_available: int
     select: list[dict[str, np.ndarray]] | None = None
     """The held-out training slice that picks the epoch (None: the dev set picks it)."""
 
@@ -199,7 +199,7 @@ def _prepare(spec: FinetuneSpec) -> _Prepared:
     if not train:  # e.g. a keyphrase archive whose documents all lack keys: nothing to take a step on
         raise UserError("no training examples", train_path, "check --train and the fields it is read with")
     dev = task.encode(dev_records, dev_paths[0] if dev_paths else train_path)
-    return _Prepared(task, backbone, train, dev, [item["target"].tolist() for item in dev], n_available, select)
+    return _Prepared(task, backbone, train, dev, [item["target"].tolist() for item in dev], select)
 
 
 def _hold_out(task: Task, records: list, path: str, spec: FinetuneSpec) -> tuple[list, list]:
@@ -226,6 +226,25 @@ def _fold(task: Task, records: list, path: str, spec: FinetuneSpec) -> tuple[lis
         raise UserError(f"{spec.cv_folds} folds of {len(records)} examples: {error}", "--cv-folds",
                         "use fewer folds (each class needs at least one example per fold)") from None
     return _partition(records, dev)
+
+
+_GLUE_OWN = {"train": "--train", "dev": "--dev", "text_fields": "--text-fields", "label_field": "--label-field",
+             "cv_folds": "--cv-folds"}
+"""What a glue:<name> task takes from its GLUE folder (files, fields, the dev set it scores)."""
+
+
+def _check_glue(spec: FinetuneSpec) -> None:
+    """A glue task reads its own files and fields: another one given would be silently ignored."""
+    if not spec.task.startswith("glue:"):
+        return
+    glue = glue_spec(spec.task.split(":", 1)[1])
+    defaults = {f.name: f.default_factory() if callable(f.default_factory) else f.default
+                for f in dataclasses.fields(FinetuneSpec) if f.name in _GLUE_OWN}
+    own = {"text_fields": list(glue.text_fields), "label_field": glue.label_field}
+    for name, flag in _GLUE_OWN.items():
+        if getattr(spec, name) not in (defaults[name], own.get(name, defaults[name])):
+            raise UserError(f"{flag} is not used by {spec.task}: it reads the files, fields and dev set of "
+                            "its GLUE folder", flag, f"drop {flag}, or use --task classify (or regress) with your own files")
 
 
 def _check_folds(spec: FinetuneSpec) -> None:
@@ -294,18 +313,29 @@ def check_options(spec: FinetuneSpec) -> None:
     if not 0 < spec.layer_decay <= 1:
         raise UserError(f"--layer-decay {spec.layer_decay} is not in (0, 1]", "--layer-decay",
                         "use e.g. 0.8 (lower layers learn slower) or 1 (off)")
-    if spec.head_epochs < 0 or spec.head_lr <= 0:
+    if spec.head_epochs < 0 or not _positive(spec.head_lr):
         raise UserError(f"--head-epochs {spec.head_epochs} / --head-lr {spec.head_lr}: epochs must be 0 or more, "
                         "the rate positive", "--head-epochs/--head-lr", "e.g. --head-epochs 5 --head-lr 3e-3 (0: off)")
-    if spec.epochs < 1 or spec.batch_size < 1 or spec.lr <= 0:
+    if spec.epochs < 1 or spec.batch_size < 1 or not _positive(spec.lr):
         raise UserError("epochs, batch size and learning rate must be positive", "--epochs/--batch-size/--lr",
                         "e.g. --epochs 3 --batch-size 32 --lr 5e-5")
+    if spec.precision not in PRECISIONS:
+        raise UserError(f"precision {spec.precision!r} is not one of {', '.join(PRECISIONS)}", "--precision",
+                        "use fp32, or bf16 on hardware with bf16 units")
+    if spec.min_steps < 0 or spec.patience < 0 or not (math.isfinite(spec.weight_decay) and spec.weight_decay >= 0):
+        raise UserError(f"min_steps {spec.min_steps}, patience {spec.patience} and weight_decay "
+                        f"{spec.weight_decay} must be 0 or more", "--min-steps/--patience/weight_decay",
+                        "e.g. min_steps 150, patience 2 (0: off), weight_decay 0.01")
+    if not 0 <= spec.warmup_ratio < 1:
+        raise UserError(f"warmup_ratio {spec.warmup_ratio} is not in [0, 1)", "warmup_ratio",
+                        "use a share of the steps, e.g. 0.1")
     if not 0 < spec.dev_fraction < 1:  # 0 or less used to hold out 1 example, 1 or more every one
         raise UserError(f"--dev-fraction {spec.dev_fraction} is not a share", "--dev-fraction",
                         "use a number between 0 and 1, e.g. 0.1")
     if spec.max_train_examples is not None and spec.max_train_examples < 1:
         raise UserError(f"--max-train-examples {spec.max_train_examples} leaves nothing to train on",
                         "--max-train-examples", "use 1 or more, or drop it to train on every example")
+    _check_glue(spec)
     if not spec.task.startswith("glue:") and not (
             spec.text_fields and all(isinstance(f, str) and f.strip() for f in spec.text_fields)):
         raise UserError(f"no text field named in {spec.text_fields!r}", "--text-fields",
@@ -320,6 +350,10 @@ def check_options(spec: FinetuneSpec) -> None:
         raise UserError(f"--select-fraction {spec.select_fraction} is not a share", "--select-fraction",
                         "use a number between 0 and 1, e.g. 0.1 (0: pick on dev)")
     _check_folds(spec)
+
+
+def _positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0
 
 
 def check_finetune(spec: FinetuneSpec) -> _Prepared:
@@ -346,13 +380,11 @@ def finetune(spec: FinetuneSpec) -> dict[str, Any]:
     model = TaskModel(prepared.backbone, prepared.task, freeze=spec.freeze,
                       freeze_embeddings=spec.freeze_embeddings).to(compute_device())
     head = None
-    has_head = any(p.requires_grad for p in model.head.parameters())
-    if spec.head_epochs and not has_head:  # in a compare, settings meant for its NLU tasks reach NLG ones too
-        warnings.warn(f"--head-epochs {spec.head_epochs} ignored: a {prepared.task.name} task has no head of "
-                      "its own (the backbone's LM head writes the output)", stacklevel=2)
+    if spec.head_epochs and not prepared.task.has_head:  # in a compare, settings meant for NLU tasks reach NLG ones
+        warn_headless(prepared.task.name, spec.head_epochs)
     elif spec.head_epochs and not spec.resume:  # a resumed run's checkpoint holds the fitted head
         loss = fit_head(model, prepared.task, prepared.train, epochs=spec.head_epochs, lr=spec.head_lr,
-                        batch_size=spec.batch_size, weight_decay=spec.weight_decay,
+                        batch_size=spec.batch_size, warmup_ratio=spec.warmup_ratio, weight_decay=spec.weight_decay,
                         precision=spec.precision, seed=spec.seed, progress=spec.progress)
         head = {"phase": "head", "epochs": spec.head_epochs, "loss": loss}
     best, history = _train(model, prepared, spec, head)
@@ -375,6 +407,14 @@ def finetune(spec: FinetuneSpec) -> dict[str, Any]:
     return result
 
 
+def warn_headless(task: str, head_epochs: int | list[int]) -> None:
+    """--head-epochs on a task without a head of its own: trained as without (a compare's setting
+    meant for its NLU tasks reaches its NLG ones too)."""
+    given = ",".join(map(str, head_epochs)) if isinstance(head_epochs, list) else head_epochs
+    warnings.warn(f"--head-epochs {given} ignored: a {task} task has no head of its own (the backbone's LM "
+                  "head writes the output)", stacklevel=3)
+
+
 def kept_model(keep_epoch: str, select_fraction: float | None) -> str:
     """Which model a fine-tuning scored, in words (the compare report, the exported model card)."""
     if keep_epoch == "last":
@@ -385,17 +425,18 @@ def kept_model(keep_epoch: str, select_fraction: float | None) -> str:
 
 
 def _no_finite_score(spec: FinetuneSpec, prepared: _Prepared, history: list[dict]) -> RunStopped:
-    """Every epoch scored NaN (or inf), so none can be kept: a diverged loss, or targets the
-    metric is undefined on (e.g. constant dev scores for pearson). The run directory stays, with
-    its metrics.jsonl to look at."""
+    """No epoch can be kept: the training loss diverged (the weights are NaN, whatever the
+    predictions still score), or every epoch scored NaN (or inf), e.g. on targets the metric is
+    undefined for (constant dev scores for pearson). The run directory stays, with its
+    metrics.jsonl to look at."""
     metric = prepared.task.main_metric
     scored = "the held-out --select-fraction slice" if prepared.select is not None else "the dev set"
     if not all(np.isfinite(line["loss"]) for line in history):
-        fix = "the training loss diverged: lower --lr"
-    else:
-        fix = f"check its targets ({metric} is undefined when, e.g., they are all equal), or lower --lr"
+        return RunStopped(f"the training loss diverged (NaN or inf), so no epoch scored on {scored} is fit to keep",
+                          str(spec.out), "lower --lr")
     return RunStopped(f"no epoch scored a finite {metric} on {scored}, so there is no best epoch to keep",
-                      str(spec.out), fix)
+                      str(spec.out), f"check its targets ({metric} is undefined when, e.g., they are all equal), "
+                      "or lower --lr")
 
 
 def _train(model: TaskModel, prepared: _Prepared, spec: FinetuneSpec, head: dict | None = None) -> tuple[dict, list]:
@@ -437,7 +478,9 @@ def _train(model: TaskModel, prepared: _Prepared, spec: FinetuneSpec, head: dict
                                      spec.batch_size)
             line.update({f"{prefix}_{k}": v for k, v in metrics.items()})
             score = metrics[task.main_metric]
-            if np.isfinite(score) and score > best["score"]:  # a NaN (or inf) epoch is never the best one
+            # a NaN score, or a diverged loss (NaN weights still argmax to class 0, a finite accuracy),
+            # is never the best epoch
+            if np.isfinite(score) and np.isfinite(line["loss"]) and score > best["score"]:
                 best = {"score": score, "epoch": epoch, "metrics": metrics,
                         "state": copy.deepcopy(model.state_dict())}
                 stale = 0
@@ -457,7 +500,9 @@ def _train(model: TaskModel, prepared: _Prepared, spec: FinetuneSpec, head: dict
     return best, history
 
 
-_NOT_RESUMED = ("resume", "overwrite", "progress", "epochs", "patience", "checkpoint_seconds")
+_NOT_RESUMED = ("resume", "overwrite", "progress", "checkpoint_seconds")
+"""How to run, not what: every other option shapes the schedule or the result (more --epochs
+stretch the learning-rate decay), so a resumed run must share it."""
 
 
 def _resume_key(spec: FinetuneSpec) -> dict[str, Any]:
@@ -481,7 +526,12 @@ def _restore(spec: FinetuneSpec, model: TaskModel, optimizer: torch.optim.Optimi
              rng: np.random.Generator) -> tuple[int, int, int, list, dict[str, Any]]:
     """Load the last epoch checkpoint; returns (next epoch, step, stale, history, best)."""
     path = latest_checkpoint(spec.out)
-    saved = json.loads((path / "state.json").read_text())["trainer"]
+    try:
+        saved = json.loads((path / "state.json").read_text())["trainer"]
+        saved["spec"]
+    except (OSError, ValueError, KeyError, TypeError) as err:  # a pre-training's checkpoint has no spec
+        raise UserError(f"not the checkpoint of an interrupted fine-tuning ({err.__class__.__name__})", str(path),
+                        "point --out at the fine-tuning run to resume, or drop --resume to start over") from None
     now = _resume_key(spec)
     changed = sorted(k for k in set(now) | set(saved["spec"]) if now.get(k) != saved["spec"].get(k))
     if changed:

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 import warnings
 from typing import Any
 
 from ptmkit.errors import RunStopped, UserError
 from ptmkit.fileio import copy_items
-from ptmkit.finetuning.run import FinetuneSpec, check_finetune, check_finetune_out, finetune
+from ptmkit.finetuning.registry import TASKS
+from ptmkit.finetuning.run import FinetuneSpec, check_finetune, check_finetune_out, finetune, warn_headless
 
 RUN_FILES = ("config.yaml", "model.safetensors", "tokenizer", "metrics.jsonl")
 
@@ -42,11 +44,14 @@ def select_fraction_for(select_fraction: float | None, choices: int) -> float:
 def finetune_search(spec: FinetuneSpec, rates: list[float], head_epochs: list[int] | None = None) -> dict[str, Any]:
     """Fine-tune at each learning rate, with each of `head_epochs` when given (else the spec's);
     returns the winner's eval.json plus every run's scores."""
-    if not rates or any(r <= 0 for r in rates):
+    if not rates or not all(math.isfinite(r) and r > 0 for r in rates):
         raise UserError(f"learning rates must be positive, not {rates}", "--lr", "e.g. --lr 1e-4,5e-4")
     heads = head_epochs or [spec.head_epochs]
     if any(h < 0 for h in heads):
         raise UserError(f"head epochs must be 0 or more, not {heads}", "--head-epochs", "e.g. --head-epochs 0,5")
+    if len(heads) > 1 and spec.task in TASKS and not TASKS[spec.task].has_head:  # each would train the same
+        warn_headless(spec.task, heads)
+        heads = [0]
     trials = [{"lr": rate, **({"head_epochs": h} if len(heads) > 1 else {})} for h in heads for rate in rates]
     spec = dataclasses.replace(spec, head_epochs=heads[0])
     if len(trials) == 1:

@@ -162,6 +162,7 @@ class Seq2Seq(Task):
     main_metric = "rougeL"
     scratch_objective = "bart"
     architectures = ("encoder_decoder", *DECODER_ONLY)
+    has_head = False
 
     objective: Seq2SeqObjective | Any
     architecture: str

@@ -69,6 +69,9 @@ class Task:
     """Whose architecture `--init scratch` builds, randomly initialised."""
     architectures: ClassVar[tuple[str, ...] | None] = None
     """The pre-training architectures this task can start from (None: every one)."""
+    has_head: ClassVar[bool] = True
+    """A layer of its own on the backbone (False: the backbone's LM head writes the output, so
+    --head-epochs has nothing to fit)."""
 
     @classmethod
     def accepts(cls, architecture: str) -> bool:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ptmkit.checks import FINETUNE_VALUES as COMPARE_FINETUNE_VALUES, TOKENIZER_VALUES, check_keys, check_settings, plain_name
 from ptmkit.errors import UserError
 from ptmkit.fileio import read_yaml
 
@@ -22,9 +23,9 @@ RECIPES_DIR = Path(__file__).parent
 TOP_KEYS = {"name", "summary", "tokenizer", "model", "minutes", "stages", "finetune"}
 STAGE_KEYS = {"objective", "objective_options", "train", "corpus"}
 CORPORA = ("general", "domain")
-FINETUNE_KEYS = {"epochs", "min_steps", "lr", "batch_size", "max_length", "warmup_ratio", "weight_decay", "patience",
-                 "keep_epoch", "select_fraction", "layer_decay", "dropout", "pooling", "precision", "freeze_embeddings",
-                 "head_epochs", "head_lr"}
+FINETUNE_VALUES = {key: check for key, check in COMPARE_FINETUNE_VALUES.items() if key != "scratch_lr"}
+"""A compare config's fine-tuning settings but path A's own rate (a recipe has no scratch cells)."""
+FINETUNE_KEYS = set(FINETUNE_VALUES)
 
 
 @dataclass(frozen=True)
@@ -70,14 +71,6 @@ def load_recipe(name: str) -> Recipe:
     return parse_recipe(read_yaml(path, "--recipe") or {}, str(path))
 
 
-def _check_keys(values: Any, allowed: set[str], where: str) -> None:
-    if not isinstance(values, dict):
-        raise UserError("must be a mapping", where, "write `key: value` lines")
-    unknown = sorted(set(values) - allowed)
-    if unknown:
-        raise UserError(f"unknown key(s) {', '.join(unknown)}", where, f"use only: {', '.join(sorted(allowed))}")
-
-
 def _check_stage(stage: Stage, spot: str) -> None:
     """A stage's options and training settings, checked when the recipe is read: a bad one in a
     later stage must not surface after the earlier stages have trained."""
@@ -101,14 +94,14 @@ def _check_stage(stage: Stage, spot: str) -> None:
 
 def parse_recipe(values: dict, where: str) -> Recipe:
     from ptmkit.objectives import OBJECTIVES
-    _check_keys(values, TOP_KEYS, where)
+    check_keys(values, TOP_KEYS, where)
     stages = values.get("stages")
     if not isinstance(stages, list) or not stages:
         raise UserError("a recipe needs stages", f"{where}: stages", "add `stages: [{objective: mlm}]`")
     parsed = []
     for i, stage in enumerate(stages):
         spot = f"{where}: stages[{i}]"
-        _check_keys(stage, STAGE_KEYS, spot)
+        check_keys(stage, STAGE_KEYS, spot)
         objective = stage.get("objective")
         if not isinstance(objective, str) or objective not in OBJECTIVES:
             raise UserError(f"unknown objective {objective!r}", f"{spot}.objective",
@@ -126,8 +119,10 @@ def parse_recipe(values: dict, where: str) -> Recipe:
     if not isinstance(minutes, (int, float)) or minutes <= 0:
         raise UserError(f"minutes must be a positive number, not {minutes!r}", f"{where}: minutes",
                         "e.g. `minutes: 30` (wall clock for all stages together)")
-    finetune = values.get("finetune") or {}
-    _check_keys(finetune, FINETUNE_KEYS, f"{where}: finetune")
+    finetune = check_settings(values.get("finetune") or {}, FINETUNE_VALUES, f"{where}: finetune")
     optional = {key: values[key] for key in ("tokenizer", "model") if values.get(key) is not None}
-    return Recipe(name=str(values.get("name") or Path(where).stem), stages=tuple(parsed), minutes=float(minutes),
-                  finetune=dict(finetune), summary=str(values.get("summary", "")), source=where, **optional)
+    if "tokenizer" in optional:
+        optional["tokenizer"] = check_settings(optional["tokenizer"], TOKENIZER_VALUES, f"{where}: tokenizer")
+    name = plain_name(values.get("name") or Path(where).stem, f"{where}: name", "recipe name")
+    return Recipe(name=name, stages=tuple(parsed), minutes=float(minutes), finetune=finetune,
+                  summary=str(values.get("summary", "")), source=where, **optional)

@@ -30,6 +30,8 @@ from ptmkit.train.host import to_device, warn_if_emulated_bf16
 
 LossFn = Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, dict[str, float]]]
 LossWeight = Callable[[dict[str, Tensor]], "int | None"]
+PRECISIONS = ("fp32", "bf16")
+"""No fp16: it needs loss scaling, which the loop does not do."""
 
 
 @dataclass(kw_only=True)
@@ -82,7 +84,7 @@ class TrainConfig:
                   ("lr", self.lr > 0, "use a positive learning rate"),
                   ("grad_accum", self.grad_accum >= 1, "use at least 1"),
                   ("keep_checkpoints", self.keep_checkpoints >= 1, "use at least 1"),
-                  ("precision", self.precision in ("fp32", "bf16"), "use fp32 or bf16"),
+                  ("precision", self.precision in PRECISIONS, "use fp32 or bf16"),
                   ("schedule", self.schedule in ("linear", "cosine", "constant"),
                    "use linear, cosine or constant")]
         check_values(self, checks, lambda name: "--" + name.replace("_", "-"))

@@ -383,6 +383,7 @@ def test_unknown_objective_lists_every_known_objective(prepared, tmp_path, run_c
     (["pretrain", "--out", "r", "--steps", "many"], "pretrain"),           # not an int
     (["tokenizer", "--corpus", "x.txt", "--out", "t", "--vocab-size", "1e3"], "tokenizer"),
     (["finetune", "--task", "sst2", "--init", "scratch", "--out", "f", "--lr", "1e-3,x"], "finetune"),
+    (["finetune", "--task", "sst2", "--init", "scratch", "--out", "f", "--head-epochs", ","], "finetune"),
 ])
 def test_usage_errors_are_one_argparse_line(args, command, tmp_path, monkeypatch, run_cli, unchanged):
     monkeypatch.chdir(tmp_path)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ptmkit.compare.config import (FINETUNE_VALUES, PRETRAIN_VALUES, TOKENIZER_VALUES, load_compare_config,
-                                   parse_compare_config)
+from ptmkit.checks import FINETUNE_VALUES, TOKENIZER_VALUES
+from ptmkit.compare.config import PRETRAIN_VALUES, load_compare_config, parse_compare_config
 from ptmkit.compare.runner import Compare
 from ptmkit.data.tokenizer import train_tokenizer
 from ptmkit.errors import UserError
@@ -111,6 +111,9 @@ TASK = {"type": "classify", "train": "a/train.tsv"}
     ({"task": {**TASK, "label_field": ["label"]}}, r"\(cmp.yaml: tasks\[0\].label_field\)"),
     ({"task": {**TASK, "negative_label": None}}, r"\(cmp.yaml: tasks\[0\].negative_label\)"),
     ({"task": {"type": "glue:nope", "data_dir": "."}}, r"unknown GLUE task 'nope' \(cmp.yaml: tasks\[0\].type\)"),
+    ({"task": {"type": "glue:sst2", "data_dir": ".", "dev": "x.tsv"}}, r"glue:sst2 reads .* \(cmp.yaml: tasks\[0\].dev\)"),
+    ({"task": {"type": "glue:sst2", "data_dir": ".", "text_fields": ["review"]}},
+     r"its GLUE folder \(cmp.yaml: tasks\[0\].text_fields\): drop `text_fields`"),
     # finetune: what FinetuneSpec gets
     ({"finetune": {"lr": "abc"}}, r"not a positive learning rate: 'abc' \(cmp.yaml: finetune.lr\)"),
     ({"finetune": {"lr": [1e-4, 0]}}, r"not a positive learning rate: 0 \(cmp.yaml: finetune.lr\)"),

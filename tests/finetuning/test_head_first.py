@@ -24,8 +24,8 @@ def test_only_the_head_moves_and_the_backbone_trains_again_after(keyword_task, k
     model, prepared = _model(keyword_task, keyword_spec, tmp_path)
     model.backbone.embed.tokens.weight.requires_grad_(False)  # as --freeze-embeddings leaves it
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    fit_head(model, prepared.task, prepared.train, epochs=2, lr=3e-3, batch_size=16, weight_decay=0.01,
-             precision="fp32", seed=0)
+    fit_head(model, prepared.task, prepared.train, epochs=2, lr=3e-3, batch_size=16, warmup_ratio=0.1,
+             weight_decay=0.01, precision="fp32", seed=0)
     for name, param in model.named_parameters():
         moved = not torch.equal(param, before[name])
         assert moved == name.startswith("head."), name
@@ -36,14 +36,16 @@ def test_only_the_head_moves_and_the_backbone_trains_again_after(keyword_task, k
 
 def test_a_fitted_head_reads_the_fixed_features(keyword_task, keyword_spec, tmp_path) -> None:
     """great/awful decides the label: even a random backbone's mean-pooled features carry which
-    word is present, and a head fitted alone on them learns it."""
+    word is present, and a head fitted alone on them learns it. (The bar is the majority class,
+    not the random head's own score: that moves with the fixture's WordPiece vocabulary, which the
+    tokenizers trainer does not make the same twice.)"""
     model, prepared = _model(keyword_task, keyword_spec, tmp_path)
     targets = [item["target"].tolist() for item in prepared.dev]
-    chance = evaluate_items(model, prepared.task, prepared.dev, targets, 32)["accuracy"]
-    loss = fit_head(model, prepared.task, prepared.train, epochs=30, lr=1e-2, batch_size=16, weight_decay=0.0,
-                    precision="fp32", seed=0)
+    majority = max(targets.count(label) for label in set(targets)) / len(targets)
+    loss = fit_head(model, prepared.task, prepared.train, epochs=30, lr=1e-2, batch_size=16, warmup_ratio=0.1,
+                    weight_decay=0.0, precision="fp32", seed=0)
     fitted = evaluate_items(model, prepared.task, prepared.dev, targets, 32)["accuracy"]
-    assert fitted >= 0.9 > chance + 0.2 and loss < 0.4
+    assert fitted >= 0.9 > majority + 0.2 and loss < 0.4
 
 
 def test_finetuning_records_the_head_phase_and_checks_its_options(keyword_task, keyword_spec, tmp_path) -> None:

@@ -41,6 +41,8 @@ def test_resume_after_an_epoch_repeats_the_uninterrupted_run(keyword_task: Path,
 
     with pytest.raises(UserError, match="other options.*lr"):
         finetune(keyword_spec(keyword_task, part, lr=2e-3, resume=True, epochs=3, head_epochs=head_epochs))
+    with pytest.raises(UserError, match="other options.*epochs"):  # more epochs: another lr schedule
+        finetune(keyword_spec(keyword_task, part, resume=True, epochs=6, head_epochs=head_epochs))
     resumed = finetune(keyword_spec(keyword_task, part, resume=True, epochs=3, head_epochs=head_epochs))
     assert resumed == full
     assert (part / "metrics.jsonl").read_text() == (tmp_path / "full" / "metrics.jsonl").read_text()
@@ -51,6 +53,15 @@ def test_resume_after_an_epoch_repeats_the_uninterrupted_run(keyword_task: Path,
 def test_resume_needs_a_checkpoint(keyword_task: Path, keyword_spec, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="nothing to resume"):
         finetune(keyword_spec(keyword_task, tmp_path / "none", resume=True, epochs=3))
+
+
+@pytest.mark.parametrize("state", ['{"trainer": {"step": 3}}', "{not json"], ids=["pretraining", "corrupt"])
+def test_resume_refuses_a_checkpoint_that_is_no_fine_tunings(keyword_task: Path, keyword_spec, tmp_path: Path,
+                                                             state: str) -> None:
+    (tmp_path / "run" / "checkpoint").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoint" / "state.json").write_text(state)
+    with pytest.raises(UserError, match="not the checkpoint of an interrupted fine-tuning"):
+        finetune(keyword_spec(keyword_task, tmp_path / "run", resume=True, epochs=3))
 
 
 def test_short_runs_write_no_checkpoint_and_the_last_epoch_never_does(keyword_task: Path, keyword_spec,

@@ -80,6 +80,18 @@ def test_a_nan_epoch_is_never_the_best(keyword_task, keyword_spec, tmp_path, mon
     assert result["epoch"] == 1 and result["accuracy"] == 0.25
 
 
+def test_a_diverged_run_is_never_kept_though_its_predictions_still_score(keyword_task, keyword_spec,
+                                                                          tmp_path) -> None:
+    """NaN weights argmax every example to class 0: a finite accuracy (the majority share), so only
+    the training loss tells; a search would otherwise keep such a rate where the others scored low."""
+    spec = keyword_spec(keyword_task, tmp_path / "run", epochs=2, lr=1e6, max_train_examples=64)
+    with pytest.raises(RunStopped, match="training loss diverged"):
+        finetune(spec)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isnan(line["loss"]) and math.isfinite(line["dev_accuracy"]) for line in lines)
+    assert not (tmp_path / "run" / "model.safetensors").exists() and not (tmp_path / "run" / "eval.json").exists()
+
+
 def test_a_search_leaves_out_a_rate_that_stopped(keyword_task, keyword_spec, tmp_path, monkeypatch) -> None:
     real = search_module.finetune
 
@@ -162,6 +174,42 @@ def test_overwrite_refuses_an_out_holding_the_inputs(keyword_task, keyword_spec,
     with pytest.raises(UserError, match="--overwrite would delete"):  # the search checks it too
         finetune_search(keyword_spec(keyword_task, data, train=str(data / "train.tsv"), overwrite=True), [1e-3, 1e-4])
     assert (data / "train.tsv").is_file()
+
+
+@pytest.mark.parametrize("options, flag", [
+    ({"dev": "mine.tsv"}, "--dev"), ({"train": "mine.tsv"}, "--train"), ({"text_fields": ["review"]}, "--text-fields"),
+    ({"label_field": "stars"}, "--label-field"), ({"cv_folds": 5}, "--cv-folds"),
+])
+def test_a_glue_task_refuses_files_and_fields_it_would_ignore(keyword_task, keyword_spec, tmp_path, options,
+                                                               flag) -> None:
+    spec = keyword_spec(keyword_task, tmp_path / "run", task="glue:sst2", data_dir=str(tmp_path), train=None, dev=None,
+                        text_fields=["text"])
+    with pytest.raises(UserError, match=f"{flag} is not used by glue:sst2") as caught:
+        finetune(dataclasses.replace(spec, **options))
+    assert caught.value.where == flag and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"lr": math.nan}, "learning rates? must be positive"),
+    ({"lr": math.inf}, "learning rates? must be positive"),
+    ({"head_epochs": 2, "head_lr": math.nan}, "the rate positive"),
+    ({"precision": "fp16"}, "precision 'fp16' is not one of fp32, bf16"),
+    ({"weight_decay": -0.01}, "must be 0 or more"),
+    ({"patience": -1}, "must be 0 or more"),
+    ({"min_steps": -5}, "must be 0 or more"),
+    ({"warmup_ratio": 1.0}, "warmup_ratio 1.0 is not in"),
+])
+def test_values_that_would_fail_mid_run_keep_the_earlier_run(keyword_task, keyword_spec, tmp_path, options,
+                                                             match) -> None:
+    """Checked with the options, not by the optimizer once --overwrite has removed the old run."""
+    out = tmp_path / "run"
+    _earlier_run(out)
+    with pytest.raises(UserError, match=match):
+        finetune(keyword_spec(keyword_task, out, overwrite=True, **options))
+    assert _untouched(out)
+    with pytest.raises(UserError, match=match):  # a searched rate is checked before the first trial
+        finetune_search(keyword_spec(keyword_task, out, overwrite=True, **options), [1e-3, options.get("lr", 1e-4)])
+    assert _untouched(out)
 
 
 # ---- 6. cross-validation and --select-fraction options --------------------------------------

@@ -18,6 +18,7 @@ from ptmkit.data.tokenizer import Tokenizer, train_tokenizer
 from ptmkit.errors import UserError
 from ptmkit.finetuning.model import load_backbone
 from ptmkit.finetuning.run import FinetuneSpec, evaluate, finetune
+from ptmkit.finetuning.search import finetune_search
 from ptmkit.finetuning.seq2seq_task import Seq2Seq, text_metrics
 from ptmkit.finetuning.tasks import TaskSpec
 from ptmkit.model.config import resolve_model_config
@@ -262,6 +263,15 @@ def test_head_epochs_leave_a_seq2seq_task_as_it_was(data, tokenizer, tmp_path) -
     assert headed == plain
     assert ((tmp_path / "headed" / "metrics.jsonl").read_text()
             == (tmp_path / "plain" / "metrics.jsonl").read_text())
+
+
+def test_a_head_epochs_search_on_a_seq2seq_task_trains_each_rate_once(data, tokenizer, tmp_path) -> None:
+    """--head-epochs 0,2 would train every rate twice the same way: the search keeps head 0."""
+    with pytest.warns(UserWarning, match="--head-epochs 0,2 ignored: a seq2seq task has no head"):
+        result = finetune_search(spec(data, "scratch", tmp_path / "s", tokenizer=tokenizer, epochs=1), [1e-3, 3e-3],
+                                 head_epochs=[0, 2])
+    assert [(t["lr"], t.get("head_epochs")) for t in result["search"]] == [(1e-3, None), (3e-3, None)]
+    assert sorted(p.name for p in (tmp_path / "s" / "search").iterdir()) == ["lr-0.001", "lr-0.003"]
 
 
 def run_cli(args: list) -> tuple[int, str]:

@@ -59,6 +59,14 @@ def test_a_recipe_without_tokenizer_or_model_takes_the_defaults() -> None:
     ({"stages": [{"objective": "mlm", "objective_options": {"mask_probb": 0.2}}]},
      r"mask_probb.*r.yaml: stages\[0\].objective_options"),
     ({"stages": [{"objective": "mlm", "corpus": "domian"}]}, r"unknown corpus 'domian' \(r.yaml: stages\[0\].corpus\)"),
+    # fine-tuning values are checked when the recipe is read, not by the first cell that uses them
+    ({"finetune": {"lr": "1e-4,5e-4"}}, r"not a positive learning rate: '1e-4,5e-4' \(r.yaml: finetune.lr\)"),
+    ({"finetune": {"head_epochs": "0,5"}}, r"not a whole number >= 0: '0,5' \(r.yaml: finetune.head_epochs\)"),
+    ({"finetune": {"precision": "fp16"}}, r"unknown value 'fp16' \(r.yaml: finetune.precision\)"),
+    ({"finetune": {"scratch_lr": 1e-3}}, r"unknown key\(s\) scratch_lr \(r.yaml: finetune\)"),
+    ({"tokenizer": "some/tok"}, r"must be a mapping \(r.yaml: tokenizer\)"),
+    ({"tokenizer": {"kind": "bpee"}}, r"unknown value 'bpee' \(r.yaml: tokenizer.kind\)"),
+    ({"name": "a/b"}, r"recipe name 'a/b' is not a plain name \(r.yaml: name\)"),
 ])
 def test_bad_recipes_name_the_key(change: dict, match: str) -> None:
     with pytest.raises(UserError, match=match):
