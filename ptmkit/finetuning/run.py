@@ -131,6 +131,8 @@ class _Prepared:
     dev_targets: list[Any]
     select: list[dict[str, np.ndarray]] | None = None
     """The held-out training slice that picks the epoch (None: the dev set picks it)."""
+    more_dev: dict[str, list[dict[str, np.ndarray]]] = field(default_factory=dict)
+    """Further dev sets scored once with the kept model, by name (MNLI's `mismatched`)."""
 
 
 def _task_spec(spec: FinetuneSpec) -> tuple[str, TaskSpec, str, list[str]]:
@@ -199,7 +201,8 @@ def _prepare(spec: FinetuneSpec) -> _Prepared:
     if not train:  # e.g. a keyphrase archive whose documents all lack keys: nothing to take a step on
         raise UserError("no training examples", train_path, "check --train and the fields it is read with")
     dev = task.encode(dev_records, dev_paths[0] if dev_paths else train_path)
-    return _Prepared(task, backbone, train, dev, [item["target"].tolist() for item in dev], select)
+    more_dev = {Path(path).stem.removeprefix("dev_"): task.encode(task.read(path), path) for path in dev_paths[1:]}
+    return _Prepared(task, backbone, train, dev, [item["target"].tolist() for item in dev], select, more_dev)
 
 
 def _hold_out(task: Task, records: list, path: str, spec: FinetuneSpec) -> tuple[list, list]:
@@ -395,6 +398,10 @@ def finetune(spec: FinetuneSpec) -> dict[str, Any]:
     if prepared.select is not None:  # the epoch was picked on held-out training data: score dev once
         metrics = {**evaluate_items(model, prepared.task, prepared.dev, prepared.dev_targets, spec.batch_size),
                    **{f"select_{k}": v for k, v in metrics.items()}}
+    for name, items in prepared.more_dev.items():
+        targets = [item["target"].tolist() for item in items]
+        metrics.update({f"{name}_{k}": v for k, v in
+                        evaluate_items(model, prepared.task, items, targets, spec.batch_size).items()})
     atomic_save_model(model, spec.out / "model.safetensors")
     prepared.backbone.tokenizer.save(spec.out / "tokenizer")
     _write_config(spec, prepared)

@@ -158,6 +158,25 @@ def test_glue_cola_picks_epochs_and_reports_by_mcc(keyword_task, keyword_spec, t
     assert result["epoch"] == max(lines, key=lambda l: l["dev_mcc"])["epoch"]
 
 
+def test_glue_mnli_scores_the_mismatched_dev_set_too(keyword_task, keyword_spec, tmp_path) -> None:
+    """MNLI's official scores are matched and mismatched accuracy: the epoch is picked on the
+    matched dev set, and the kept model scores the mismatched one once."""
+    glue = tmp_path / "MNLI"
+    glue.mkdir()
+    words = {"entailment": "great", "contradiction": "awful", "neutral": "plain"}
+    for name, n, topic in (("train.tsv", 90, "river"), ("dev_matched.tsv", 30, "river"),
+                           ("dev_mismatched.tsv", 21, "winter")):
+        rows = ["sentence1\tsentence2\tgold_label"]
+        rows += [f"{topic} market\t{words[label]} {topic}\t{label}" for label in list(words) * (n // 3)]
+        (glue / name).write_text("\n".join(rows) + "\n")
+    result = finetune(keyword_spec(keyword_task, tmp_path / "run", task="glue:mnli", data_dir=str(glue),
+                                   train=None, dev=None, text_fields=["text"], epochs=2))
+    assert result["dev_examples"] == 30
+    assert result["mismatched_accuracy"] == evaluate(tmp_path / "run", str(glue / "dev_mismatched.tsv"))["accuracy"]
+    line = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "dev_accuracy" in line and not any(key.startswith("mismatched") for key in line)
+
+
 def test_freeze_embeddings_keeps_token_vectors_and_trains_the_rest(keyword_task, keyword_spec, tmp_path) -> None:
     from safetensors.torch import load_file
     from ptmkit.finetuning.model import load_backbone
