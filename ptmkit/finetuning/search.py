@@ -55,6 +55,10 @@ def finetune_search(spec: FinetuneSpec, rates: list[float], head_epochs: list[in
     trials = [{"lr": rate, **({"head_epochs": h} if len(heads) > 1 else {})} for h in heads for rate in rates]
     spec = dataclasses.replace(spec, head_epochs=heads[0])
     if len(trials) == 1:
+        if spec.keep_epoch == "last" and spec.select_fraction:
+            warnings.warn(f"--select-fraction {spec.select_fraction} holds out labels that choose nothing: "
+                          "--keep-epoch last keeps the final model of the one rate; drop it to train on them",
+                          stacklevel=2)
         return finetune(dataclasses.replace(spec, lr=rates[0]))
     explicit = spec.select_fraction is not None
     spec = dataclasses.replace(spec, select_fraction=select_fraction_for(spec.select_fraction, len(trials)))

@@ -227,6 +227,12 @@ def test_fold_and_select_options_are_checked(keyword_task, keyword_spec, tmp_pat
     assert not (tmp_path / "run").exists()
 
 
+def test_a_held_out_slice_that_chooses_nothing_is_named(keyword_task, keyword_spec, tmp_path) -> None:
+    spec = keyword_spec(keyword_task, tmp_path / "run", epochs=1, keep_epoch="last", select_fraction=0.2)
+    with pytest.warns(UserWarning, match="--select-fraction 0.2 holds out labels that choose nothing"):
+        finetune_search(spec, [1e-3])
+
+
 # ---- 7. a search picks the rate on held-out training data, not on dev -----------------------
 def test_a_search_holds_out_a_slice_by_default(keyword_task, keyword_spec, tmp_path) -> None:
     spec = keyword_spec(keyword_task, tmp_path / "run", epochs=1, max_train_examples=50)
