@@ -49,6 +49,12 @@ RECIPE_PREFIX = "recipe:"
 """A recipe's rows in results.csv name it `recipe:<name>` in the objective column."""
 
 
+def max_length(task: TaskConfig, finetune: dict[str, Any]) -> int:
+    """What a task's cells truncate to: the task's own setting (a keyphrase task reads whole
+    documents) over the comparison's (or its recipe's) `finetune.max_length`, else 128."""
+    return task.max_length or finetune.get("max_length") or 128
+
+
 def job_name(objective: str, seed: int, domain: bool = False) -> str:
     """A pre-training run's directory under DIR/pretrain (`recipe:NAME` becomes `recipe-NAME`)."""
     return f"{objective.replace(':', '-')}-s{seed}" + ("-domain" if domain else "")
@@ -69,7 +75,8 @@ class TaskConfig:
     """No dev file: k-fold cross-validation, every cell fine-tunes once per fold and scores all
     of the training data (see `FinetuneSpec.cv_folds`); 0 holds out `dev_fraction`."""
     data_dir: str | None = None
-    max_length: int = 128
+    max_length: int | None = None
+    """Tokens per example; None: `finetune.max_length`, else 128 (see `max_length`)."""
     extra: dict[str, str] = field(default_factory=dict)
     """Task-specific fields passed to fine-tuning as they are (negative_label, source_field, ...)."""
     label_budgets: list[int | None] | None = None
@@ -366,6 +373,9 @@ def parse_compare_config(values: dict, where: str, base: Path) -> CompareConfig:
         cfg.tokenizer = _tokenizer(dict(cfg.recipe.tokenizer), f"{cfg.recipe.source}: tokenizer", base)
         cfg.model = _model(cfg.recipe.model, f"{cfg.recipe.source}: model", None)
         cfg.finetune = check_settings(dict(cfg.recipe.finetune), FINETUNE_VALUES, f"{cfg.recipe.source}: finetune")
+        if "model" in values:
+            fail(f"`model:` next to `recipe: {cfg.recipe.name}`", f"{where}: model",
+                 f"drop `model:`: the recipe's model ({cfg.recipe.model}) is every cell's, scratch included")
     cfg.objectives = _objectives(values.get("objectives", [] if cfg.recipe else cfg.objectives), f"{where}: objectives")
     if "domain_objectives" in values:
         spot = f"{where}: domain_objectives"
@@ -402,6 +412,8 @@ def parse_compare_config(values: dict, where: str, base: Path) -> CompareConfig:
         if key in values:
             budget = check_settings(values[key], PRETRAIN_VALUES, f"{where}: {key}")
             budgets = [k for k in ("steps", "minutes", "tokens") if k in budget]
+            if not budgets:  # TrainConfig would run 1,000 steps, not the 500 an absent domain_pretrain gets
+                fail(f"{key} has no budget", f"{where}: {key}", "give one of steps, minutes or tokens, e.g. `steps: 500`")
             if len(budgets) > 1:
                 fail(f"{key} has several budgets ({', '.join(budgets)})", f"{where}: {key}",
                       "give exactly one of steps, minutes, tokens: the same for every objective")
@@ -412,4 +424,7 @@ def parse_compare_config(values: dict, where: str, base: Path) -> CompareConfig:
     for key in ("seeds", "pretrain_seeds"):
         if key in values:
             setattr(cfg, key, _seeds(values[key], f"{where}: {key}", key))
+    if len(cfg.pretrain_seeds) > len(cfg.seeds):  # fine-tuning seed i starts from pre-training seed i
+        fail(f"{len(cfg.pretrain_seeds)} pretrain_seeds for {len(cfg.seeds)} seeds: the extra pre-trainings "
+             "would start no cell", f"{where}: pretrain_seeds", "list at most as many pretrain_seeds as seeds")
     return cfg

@@ -6,11 +6,12 @@ from __future__ import annotations
 import bz2
 import gzip
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 
-from ptmkit.compare.config import RECIPE_PREFIX, CompareConfig, TaskConfig
+from ptmkit.compare.config import RECIPE_PREFIX, CompareConfig, TaskConfig, max_length
 from ptmkit.compare.plan import cells, pretrain_jobs
 from ptmkit.data import hf_datasets
 from ptmkit.data.corpus import is_json_array, list_corpus_files, text_bytes
@@ -52,7 +53,8 @@ def estimate(cfg: CompareConfig, out: Path | None = None) -> list[tuple[str, flo
         plan.append((f"pretrain {job.name}", seconds))
     heads = as_head_epochs(cfg.finetune.get("head_epochs", 0))
     # the head trained alone runs the backbone forward only: about a third of a training step
-    epochs = cfg.finetune.get("epochs", 3) + sum(heads) / len(heads) / 3
+    head_epochs = sum(heads) / len(heads) / 3
+    batch, min_steps = cfg.finetune.get("batch_size", 32), cfg.finetune.get("min_steps", 0)
     sizes = {task.name: _count_examples(task) for task in cfg.tasks}
     for cell in cells(cfg):
         # a learning-rate search fine-tunes once per rate (scratch may search its own rates)
@@ -63,10 +65,12 @@ def estimate(cfg: CompareConfig, out: Path | None = None) -> list[tuple[str, flo
         if available:
             examples = min(examples, available)
         folds = cell.task.cv_folds or 1  # cross-validation: one fine-tuning per fold, on (K-1)/K of the data
-        examples_trained = examples * (folds - 1) if cell.task.cv_folds else examples
-        length = cell.task.max_length
-        seconds = runs * (5 * folds + examples_trained * epochs * length * model.flops_per_token(length, 0)
-                          / ASSUMED_FLOPS)
+        per_fold = examples * (folds - 1) / folds if cell.task.cv_folds else examples
+        # --min-steps adds epochs to a small budget: 150 steps of 90 examples are 50 epochs
+        epochs = max(cfg.finetune.get("epochs", 3), math.ceil(min_steps / math.ceil(per_fold / batch)))
+        length = max_length(cell.task, cfg.finetune)
+        seconds = runs * folds * (5 + per_fold * (epochs + head_epochs) * length * model.flops_per_token(length, 0)
+                                  / ASSUMED_FLOPS)
         plan.append((f"finetune {cell.name}", seconds))
     return plan
 

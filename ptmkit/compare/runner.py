@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from ptmkit.compare.config import RECIPE_PREFIX, CompareConfig, TaskConfig
+from ptmkit.compare.config import RECIPE_PREFIX, CompareConfig, TaskConfig, max_length
 from ptmkit.compare.estimate import batch_tokens, budget_steps, estimate, train_tokens
 from ptmkit.compare.plan import SCRATCH, Cell, PretrainJob, cells, pretrain_jobs, skipped_pairs
 from ptmkit.compare.report import FAILED_FILE, write_report
@@ -185,15 +185,18 @@ class Compare:
         the general run it starts from."""
         budget = self.cfg.domain_pretrain if job.domain else self.cfg.pretrain
         init = self.out / "pretrain" / job.continues.name if job.continues else None
-        is_recipe = job.objective.startswith(RECIPE_PREFIX)
-        revision = 0 if is_recipe else get_objective(job.objective).revision
+        if job.objective.startswith(RECIPE_PREFIX):  # its own stages, budget and model, on each corpus it reads
+            assert self.cfg.recipe is not None
+            read = [False, True] if self.cfg.recipe.reads_domain else [False]
+            return _key({"job": asdict(job), "recipe": _pretraining_part(self.cfg.recipe),
+                         "data": [_fingerprint(data[domain]) for domain in read]})
+        revision = get_objective(job.objective).revision
         # a revision of 0 adds nothing, so the keys of runs made before revisions existed still hold
         return _key({**({"revision": revision} if revision else {}),
                      "job": asdict(job), "budget": budget, "model": self._model_key(),
                      "options": self.cfg.objective_options.get(job.objective, {}),
-                     "data": json.loads((data[job.domain] / "manifest.json").read_text())["fingerprint"],
-                     "init": _read_key(init) if init else None,
-                     "recipe": _pretraining_part(self.cfg.recipe) if is_recipe else None})
+                     "data": _fingerprint(data[job.domain]),
+                     "init": _read_key(init) if init else None, "recipe": None})
 
     def pretrain_done(self, job: PretrainJob, data: dict[bool, Path]) -> bool:
         """`job` finished with the inputs it has now (a domain run: so did its general run)."""
@@ -247,6 +250,11 @@ class Compare:
     # ---- fine-tuning --------------------------------------------------------------------
     def _finetune_recipe(self, scratch: bool) -> dict[str, Any]:
         recipe = {"epochs": 3, "lr": 5e-5, "batch_size": 32, **self.cfg.finetune}
+        if "scratch_lr" in recipe and "select_fraction" not in recipe:
+            # scratch and the pre-trained cells may try different numbers of rates: both hold out the
+            # share the larger search needs, so that they pick their epochs the same way
+            runs = max(len(as_rates(recipe["lr"])), len(as_rates(recipe["scratch_lr"])))
+            recipe["select_fraction"] = select_fraction_for(None, runs * len(as_head_epochs(recipe.get("head_epochs", 0))))
         if scratch and "scratch_lr" in recipe:
             recipe["lr"] = recipe["scratch_lr"]
         return recipe
@@ -280,7 +288,8 @@ class Compare:
     def _cell_key(self, cell: Cell, tokenizer: Tokenizer) -> str:
         # a pre-trained init's key covers its tokenizer; scratch's is the tokenizer itself
         init = None if cell.job is None else self.out / "pretrain" / cell.job.name
-        return _key({"cell": cell.name, "task": _task_key(cell.task), "recipe": self._finetune_recipe(cell.job is None),
+        recipe = self._finetune_recipe(cell.job is None)
+        return _key({"cell": cell.name, "task": _task_key(cell.task, max_length(cell.task, recipe)), "recipe": recipe,
                      "model": self._model_key(),
                      "init": _read_key(init) if init is not None else {"scratch": tokenizer.sha256()}})
 
@@ -307,9 +316,8 @@ class Compare:
                             model=self.cfg.model,
                             max_train_examples=cell.budget, dev_fraction=task.dev_fraction,
                             seed=cell.seed, overwrite=True, progress=False, **task.extra,
-                            **{"max_length": task.max_length,
-                               **{k: v for k, v in recipe.items() if k not in ("scratch_lr", "lr", "head_epochs")}},
-                            lr=rates[0], head_epochs=heads[0])
+                            **{k: v for k, v in recipe.items() if k not in ("scratch_lr", "lr", "head_epochs", "max_length")},
+                            max_length=max_length(task, recipe), lr=rates[0], head_epochs=heads[0])
         if task.cv_folds:
             _claim(run, key)
             result = _pooled([_fold_result(replace(spec, cv_folds=task.cv_folds, fold=fold, out=run / f"fold-{fold}"),
@@ -412,6 +420,9 @@ class Compare:
                 notes.append(one_class)
                 tqdm.write(f"compare: {one_class}", file=sys.stderr)
             _, page = write_report(self.out, title=self.cfg.title, notes=notes, runs=[job.name for job in jobs])
+        else:  # an earlier run's report would describe results this results.csv no longer holds
+            for name in ("report.md", "report.html"):
+                (self.out / name).unlink(missing_ok=True)
         if failures:
             raise CompareFailed(failures, len(results), len(todo), self.out)
         return page
@@ -519,17 +530,22 @@ def _weights(cfg: CompareConfig, out: Path) -> dict[str, float]:
         return {}
 
 
+def _fingerprint(data: Path) -> str:
+    """The prepared corpus's content and tokenizer, as `ptmkit prepare` recorded them."""
+    return json.loads((data / "manifest.json").read_text())["fingerprint"]
+
+
 def _pretraining_part(recipe: Recipe | None) -> dict[str, Any]:
     """What a recipe's pre-training depends on (its fine-tuning settings do not invalidate it)."""
     assert recipe is not None
     return {k: v for k, v in asdict(recipe).items() if k not in ("finetune", "summary", "source")}
 
 
-def _task_key(task: TaskConfig) -> dict[str, Any]:
+def _task_key(task: TaskConfig, length: int) -> dict[str, Any]:
     """The task's settings and the content of its files, not how their paths are spelled (a
     config given by a relative or an absolute path, or data moved elsewhere, keeps its cells; a
     seq2seq pair is two files). A GLUE `data_dir` is keyed by its resolved path."""
-    settings = {k: v for k, v in asdict(task).items() if k not in ("train", "dev", "data_dir")}
+    settings = {**{k: v for k, v in asdict(task).items() if k not in ("train", "dev", "data_dir")}, "max_length": length}
     content = {split: _content(spec.split(",")) for split, spec in (("train", task.train), ("dev", task.dev)) if spec}
     data_dir = str(Path(task.data_dir).resolve()) if task.data_dir else None
     return {**settings, "content": content, "data_dir": data_dir}
@@ -546,8 +562,10 @@ def _fold_result(spec: FinetuneSpec, rates: list[float], heads: list[int]) -> di
     """One fold's eval.json, fine-tuning it unless an earlier (interrupted) run finished it; each
     fold keeps its own wall time, so a resumed cell still reports the time all folds took."""
     done = spec.out / "eval.json"
-    if done.is_file():
-        return json.loads(done.read_text())
+    if done.is_file():  # without its seconds: killed between the fine-tuning's write and this one's
+        result = json.loads(done.read_text())
+        if "finetune_seconds" in result:
+            return result
     started = time.perf_counter()
     result = {**finetune_search(spec, rates, heads), "finetune_seconds": round(time.perf_counter() - started, 2)}
     done.write_text(json.dumps(result, indent=2))

@@ -8,6 +8,7 @@ import json
 import math
 import shutil
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import datasets
@@ -17,7 +18,7 @@ import pytest
 import yaml
 
 import ptmkit.compare.runner as runner
-from ptmkit.compare.config import CompareConfig, parse_compare_config
+from ptmkit.compare.config import CompareConfig, max_length, parse_compare_config
 from ptmkit.compare.estimate import estimate
 from ptmkit.compare.plan import cells, pretrain_jobs, skipped_pairs
 from ptmkit.compare.report import aggregate, read_results, summary_lines, write_report
@@ -61,6 +62,7 @@ def config(task_file: Path, **extra) -> dict:
     ({"objectives": ["mlm", "nope"]}, "unknown objective 'nope'"),
     ({"pretrain": {"steps": 5, "minutes": 1}}, "several budgets"),
     ({"pretrain": {"stepz": 5}}, "unknown key.*stepz"),
+    ({"domain_corpus": [str(LEE)], "domain_pretrain": {"batch_size": 8}}, r"domain_pretrain has no budget"),
     ({"label_budgets": [0]}, "invalid label budget 0"),
     ({"seeds": "0"}, "seeds must be a list"),
     ({"task": {"type": "translate", "train": "x"}}, "unknown task type 'translate'"),
@@ -73,6 +75,8 @@ def config(task_file: Path, **extra) -> dict:
     ({"task": {"type": "classify", "train": str(LEE), "label_budgets": [-5]}}, "invalid label budget -5"),
     ({"task": {"type": "classify", "train": str(LEE), "cv_folds": 1}}, "cv_folds 1.*tasks\\[0\\].cv_folds"),
     ({"task": {"type": "classify", "train": str(LEE), "dev": str(LEE), "cv_folds": 5}}, "no dev file"),
+    ({"recipe": "budget", "model": "mini"}, r"`model:` next to `recipe: budget` \(cmp.yaml: model\)"),
+    ({"seeds": [0], "pretrain_seeds": [0, 1]}, r"2 pretrain_seeds for 1 seeds.*\(cmp.yaml: pretrain_seeds\)"),
 ])
 def test_every_bad_key_or_value_is_named(task_file, tmp_path, patch, message) -> None:
     with pytest.raises(UserError, match=message):
@@ -402,6 +406,13 @@ def test_cross_validated_cells_pool_their_folds(task_file, tmp_path, monkeypatch
     monkeypatch.setattr(runner, "finetune_search", lambda spec, rates, heads: calls.append(spec.fold) or real(spec, rates, heads))
     Compare(cfg, out, progress=False).run()
     assert calls == [2] and (cell / "eval.json").is_file()
+
+    # killed after the fine-tuning wrote the fold's eval.json, before the runner added its seconds
+    (cell / "eval.json").unlink()
+    fold = json.loads((cell / "fold-1" / "eval.json").read_text())
+    (cell / "fold-1" / "eval.json").write_text(json.dumps({k: v for k, v in fold.items() if k != "finetune_seconds"}))
+    Compare(cfg, out, progress=False).run()
+    assert calls == [2, 1] and "finetune_seconds" in json.loads((cell / "fold-1" / "eval.json").read_text())
 
 
 # --- cache keys follow what the inputs hold ----------------------------------------------------
@@ -851,6 +862,10 @@ def test_dry_run_estimate_follows_the_task_size_and_its_folds(task_file, tmp_pat
     assert budget(120, head_epochs=3) - 5 == pytest.approx((budget(120) - 5) * 2)
     # searched: one fine-tuning per count, each with its own head epochs
     assert budget(120, head_epochs=[0, 3]) == pytest.approx(budget(120) + budget(120, head_epochs=3))
+    # min_steps: 20 examples in batches of 16 are 2 steps an epoch, so 30 steps are 15 epochs
+    assert budget(20, min_steps=30) - 5 == pytest.approx((budget(20) - 5) * 15)
+    # the task's own max_length wins over finetune's
+    assert seconds(max_length=32) == pytest.approx(budget(120, max_length=32)) != pytest.approx(budget(120))
 
 
 def test_cells_fine_tuned_by_parallel_workers_match_one_at_a_time(task_file, tmp_path) -> None:
@@ -912,3 +927,67 @@ def test_workers_divide_the_fine_tuning_estimate_and_must_be_positive(task_file,
 def test_the_report_says_how_each_cell_was_fine_tuned_and_scored(task_file, tmp_path, finetune, scored) -> None:
     cfg = parse_compare_config(config(task_file, finetune=finetune), "cmp.yaml", tmp_path)
     assert scored in Compare(cfg, tmp_path / "out", progress=False).fine_tuning_note()
+
+
+def test_a_task_truncates_to_its_own_max_length_over_finetunes(task_file, tmp_path) -> None:
+    values = config(task_file)
+    cfg = parse_compare_config(values, "cmp.yaml", tmp_path)
+    assert max_length(cfg.tasks[0], cfg.finetune) == 16  # finetune.max_length
+    values["task"] = {**values["task"], "max_length": 48}  # e.g. a keyphrase task reading whole documents
+    cfg = parse_compare_config(values, "cmp.yaml", tmp_path)
+    assert max_length(cfg.tasks[0], cfg.finetune) == 48
+    assert max_length(cfg.tasks[0], {}) == 48 and max_length(replace(cfg.tasks[0], max_length=None), {}) == 128
+
+
+def test_scratch_and_pretrained_cells_hold_out_the_same_share_when_one_searches(task_file, tmp_path) -> None:
+    """lr searched for the pre-trained cells but one scratch_lr: both pick their epoch on the same
+    held-out 10%, not scratch on dev (optimistic) while the others hold labels back."""
+    for finetune in ({"lr": [1e-3, 3e-3], "scratch_lr": 1e-3}, {"lr": 1e-3, "scratch_lr": [1e-3, 3e-3]}):
+        finetune["epochs"] = 3
+        values = config(task_file)
+        values["finetune"].update(finetune)
+        compare = Compare(parse_compare_config(values, "cmp.yaml", tmp_path), tmp_path / "out", progress=False)
+        assert compare._finetune_recipe(scratch=True)["select_fraction"] == 0.1
+        assert compare._finetune_recipe(scratch=False)["select_fraction"] == 0.1
+        assert "held-out 10%" in compare.fine_tuning_note()
+
+
+def test_a_recipe_run_is_keyed_on_every_corpus_it_reads_and_nothing_it_does_not(task_file, tmp_path) -> None:
+    """A recipe with domain stages trains on the general text first: a new general corpus makes a
+    new run; the objectives' pretrain/domain_pretrain budgets and `model` are not the recipe's."""
+    import yaml
+    recipe = {"name": "pairs", "minutes": 0.1, "stages": [{"objective": "mlm"}, {"objective": "mlm", "corpus": "domain"}]}
+    (tmp_path / "pairs.yaml").write_text(yaml.safe_dump(recipe))
+    values = {k: v for k, v in config(task_file).items() if k not in ("tokenizer", "model", "finetune")}
+    values.update(recipe=str(tmp_path / "pairs.yaml"), domain_corpus=[str(LEE)])
+    data = {}
+    for domain, fingerprint in ((False, "general-1"), (True, "domain-1")):
+        data[domain] = tmp_path / f"data-{domain}"
+        data[domain].mkdir()
+        (data[domain] / "manifest.json").write_text(json.dumps({"fingerprint": fingerprint}))
+
+    def key(**changes) -> str:
+        cfg = parse_compare_config({**values, **changes}, "cmp.yaml", tmp_path)
+        job = next(job for job in pretrain_jobs(cfg) if job.objective == "recipe:pairs")
+        return Compare(cfg, tmp_path / "out", progress=False)._pretrain_key(job, data)
+
+    before = key()
+    assert key(domain_pretrain={"steps": 7}) == key(pretrain={"steps": 9}) == before
+    (data[False] / "manifest.json").write_text(json.dumps({"fingerprint": "general-2"}))
+    assert key() != before
+
+
+def test_a_compare_whose_every_run_fails_leaves_no_earlier_report(task_file, tmp_path, monkeypatch) -> None:
+    cfg = parse_compare_config(config(task_file, label_budgets=[20], seeds=[0]), "cmp.yaml", tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.md").write_text("# the results of other settings\n")
+
+    def crash(*args):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(runner, "pretrain", crash)
+    monkeypatch.setattr(runner, "finetune_search", crash)
+    with pytest.raises(CompareFailed):
+        Compare(cfg, out, progress=False).run()
+    assert read_results(out / "results.csv") == [] and not (out / "report.md").exists()
