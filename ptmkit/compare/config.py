@@ -316,10 +316,10 @@ def _objectives(value: Any, spot: str) -> list[str]:
     if not isinstance(value, list):
         fail(f"objectives must be a list, not {value!r}", spot, "e.g. [mlm, clm] (or [] next to a recipe)")
     for name in value:
-        if not isinstance(name, str) or name not in OBJECTIVES:
+        if not isinstance(name, str) or name not in (*OBJECTIVES, "scratch"):
             fail(f"unknown objective {name!r}", spot, f"use names from: {', '.join(sorted(OBJECTIVES))}")
     _unique(value, spot, "list each objective once")
-    return [o for o in value if o != "scratch"]
+    return [o for o in value if o != "scratch"]  # path A: always there, so naming it changes nothing
 
 
 def _objective_options(value: Any, spot: str) -> dict[str, dict[str, Any]]:

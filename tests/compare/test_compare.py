@@ -91,6 +91,12 @@ def test_seq2seq_file_pairs_resolve_from_the_config_directory(task_file, tmp_pat
     assert cfg.tasks[0].train == f"{tmp_path / 'train.en'},{tmp_path / 'train.de'}"
 
 
+def test_scratch_among_the_objectives_is_path_a_as_always(task_file, tmp_path) -> None:
+    named = parse_compare_config(config(task_file, objectives=["scratch", "mlm"]), "cmp.yaml", tmp_path)
+    assert named.objectives == ["mlm"] and cells(named) == cells(parse_compare_config(config(task_file), "cmp.yaml",
+                                                                                       tmp_path))
+
+
 def test_cells_cover_paths_objectives_budgets_seeds(task_file, tmp_path) -> None:
     domain = tmp_path / "domain.txt"
     domain.write_text("Cardiac arrest is treated quickly.\n\nStrokes need care.\n")
