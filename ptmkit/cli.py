@@ -89,7 +89,8 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", required=True, type=Path,
                    help="directory of `ptmkit tokenizer`, or hf:DIR (a Hugging Face model's)")
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--seq-len", type=int, default=128,
+                   help="the window `pretrain --data` trains on unless given its own --seq-len")
     p.add_argument("--val-fraction", type=float, default=0.01,
                    help="share of documents held out for validation, by a hash of their index; a corpus "
                         "of 10 or more documents keeps at least its last one there (0: none)")
@@ -320,7 +321,8 @@ def _run_prepare(args: argparse.Namespace) -> None:
     check_corpus(args.corpus, args.text_field)  # a wrong --text-field fails before the progress bar
     manifest = prepare(args.corpus, tokenizer, args.out, val_fraction=args.val_fraction,
                        seq_len=args.seq_len, text_field=args.text_field, overwrite=args.overwrite,
-                       segment=args.segment, progress=not args.no_progress)
+                       segment=args.segment, progress=not args.no_progress,
+                       inputs=[Path(str(args.tokenizer).removeprefix("hf:"))])
     train, val = manifest["splits"]["train"], manifest["splits"]["val"]
     print(f"prepared {train['tokens']:,} train / {val['tokens']:,} validation tokens "
           f"({train['documents'] + val['documents']:,} documents) in {args.out}")
@@ -384,6 +386,8 @@ def _run_pretrain(args: argparse.Namespace) -> None:
     if objective is None:
         raise UserError("no objective given", "--objective", "pass e.g. --objective mlm")
     train_values = {f.name: pick(f.name) for f in fields(TrainConfig) if pick(f.name) is not None}
+    if "seq_len" not in train_values and pick("data"):  # the window `prepare --seq-len` was asked for
+        train_values["seq_len"] = _prepared_seq_len(Path(pick("data")))
     spec = PretrainSpec(
         objective=objective, out=args.out,
         data=Path(pick("data")) if pick("data") else None,
@@ -400,6 +404,16 @@ def _run_pretrain(args: argparse.Namespace) -> None:
         return
     print(f"pre-trained {summary['steps']} steps, {summary['tokens']:,} tokens at "
           f"{summary['tokens_per_s']:,.0f} tokens/s; run in {args.out}")
+
+
+def _prepared_seq_len(data: Path) -> int:
+    """The --seq-len a prepared directory was made for (TrainConfig's default where it records
+    none, or is not one: pretrain then reports what is wrong with it)."""
+    try:
+        seq_len = json.loads((data / "manifest.json").read_text()).get("seq_len")
+    except (OSError, ValueError, AttributeError):
+        seq_len = None
+    return seq_len if isinstance(seq_len, int) and seq_len >= 1 else TrainConfig.seq_len
 
 
 RECIPE_CONFLICTS = ("objective", "config", "model", "init", "noise", "distributed")

@@ -42,6 +42,14 @@ def check_writable(path: Path, flag: str) -> None:
                         f"choose a writable {flag}, or give yourself write permission")
 
 
+def is_within(path: Path, directory: Path) -> bool:
+    """`path` is `directory` or lies under it, as written (a symlink inside would be deleted) or
+    resolved (the same place reached through another name): what --overwrite of `directory`
+    would remove."""
+    return (Path(os.path.abspath(path)).is_relative_to(os.path.abspath(directory))
+            or Path(path).resolve().is_relative_to(Path(directory).resolve()))
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write UTF-8 text through a temporary file beside `path`, flushed to disk before it is
     renamed into place, so a reader (a browser refreshing the report of a running compare, a

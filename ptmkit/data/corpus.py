@@ -168,14 +168,30 @@ def _as_list(paths: CorpusPaths) -> list[PathArg]:
 
 
 def _walk_corpus_dir(root: Path) -> list[Path]:
-    """Corpus files under ``root`` sorted by path, never descending into hidden directories."""
-    found = []
-    for directory, subdirs, names in os.walk(root):
+    """Corpus files under ``root`` sorted by path, never descending into hidden directories;
+    linked directories are followed (`corpus/wiki -> /data/wiki`), each real one read once."""
+    found, seen = [], set()
+    for directory, subdirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(directory)
+        if real in seen:  # a link back up the tree, or a second link to one place
+            subdirs[:] = []
+            continue
+        seen.add(real)
+        broken = next((name for name in names if not os.path.exists(os.path.join(directory, name))), None)
+        if broken is not None:
+            raise UserError("broken link in the corpus directory", os.path.join(directory, broken),
+                            "fix the link or remove it")
         subdirs[:] = [name for name in subdirs if not name.startswith(".")]
         found += [Path(directory, name) for name in subdirs if hf_datasets.is_dataset(Path(directory, name))]
         subdirs[:] = [name for name in subdirs if not hf_datasets.is_dataset(Path(directory, name))]
         found += [Path(directory, name) for name in names if not name.startswith(".")]
     return sorted(path for path in found if not _is_binary(path))
+
+
+def suffix_layout(path: Path) -> str | None:
+    """The layout a file's name decides (``.tsv``: a table), or None where its content does: the
+    same bytes named ``r.txt`` and ``r.tsv`` are different documents."""
+    return _SUFFIX_LAYOUTS.get(_name_suffix(path))
 
 
 def _name_suffix(path: Path) -> str:
@@ -231,7 +247,7 @@ def _read_file(path: Path, text_field: str) -> Iterator[list[str]]:
         if not head:
             return
         _check_utf8(head, path)
-        layout = _SUFFIX_LAYOUTS.get(_name_suffix(path)) or _sniff_layout(path)
+        layout = suffix_layout(path) or _sniff_layout(path)
         if layout == "jsonl":
             yield from _json_lines_documents(path, text_field)
         elif layout in ("csv", "tsv"):
@@ -300,6 +316,8 @@ def _json_text(line: str, text_field: str, where: str) -> str:
         record = json.loads(line)
     except json.JSONDecodeError as error:
         raise UserError(f"malformed JSON line ({error.msg})", where, _JSON_LINES_FIX) from None
+    except RecursionError:  # thousands of nested brackets: not a record of text
+        raise UserError("JSON line nested too deeply", where, _JSON_LINES_FIX) from None
     if not isinstance(record, dict):
         raise UserError("JSON line is not an object", where, _JSON_LINES_FIX)
     return _record_text(record, text_field, where)

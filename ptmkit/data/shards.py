@@ -25,15 +25,17 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from ptmkit.data.corpus import Document, file_digests, list_corpus_files, read_documents, text_bytes
+from ptmkit.data.corpus import (Document, file_digests, list_corpus_files, read_documents, suffix_layout,
+                                text_bytes)
 from ptmkit.data.segment import SEGMENTERS, segment_word_starts
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.errors import UserError
-from ptmkit.fileio import share
+from ptmkit.fileio import is_within, share
 
 FORMAT = 1
 SPLITS = ("train", "val")
@@ -179,8 +181,10 @@ def corpus_fingerprint(paths: Sequence[str | os.PathLike], tokenizer: Tokenizer,
     path or mtime: a corpus re-mounted, copied or checked out again must not invalidate the
     prepared data and with it every pre-training keyed on it (hashing reads ~1 GB/s)."""
     h = hashlib.sha256(tokenizer.sha256().encode())
-    for digest in file_digests(paths):
+    for path, digest in zip(list_corpus_files(paths), file_digests(paths)):
         h.update(digest)
+        if not path.is_dir() and suffix_layout(path):  # text files keep the keys they always had
+            h.update(suffix_layout(path).encode())
     h.update(json.dumps(options, sort_keys=True).encode())
     return h.hexdigest()
 
@@ -188,12 +192,15 @@ def corpus_fingerprint(paths: Sequence[str | os.PathLike], tokenizer: Tokenizer,
 def prepare(paths: Sequence[str | os.PathLike], tokenizer: Tokenizer, out: Path, *,
             val_fraction: float = 0.01, seq_len: int = 128, text_field: str = "text",
             seed: int = 0, batch_documents: int = 256, overwrite: bool = False,
-            progress: bool = True, segment: str | None = None) -> dict:
+            progress: bool = True, segment: str | None = None, inputs: Sequence[Path] = ()) -> dict:
     """Tokenize a corpus into shards under `out`. Returns the manifest.
 
     `segment` ("jieba") also stores which tokens start a word of that word segmenter, for
-    Chinese whole-word masking (see `ptmkit.data.segment`).
+    Chinese whole-word masking (see `ptmkit.data.segment`). `inputs`: further paths the run reads
+    (the tokenizer's directory), which --overwrite of `out` must not delete, as the corpus files.
     """
+    if seq_len < 1:
+        raise UserError(f"--seq-len {seq_len} holds no token", "--seq-len", "use e.g. 128 (pretrain's default window)")
     if not 0 <= val_fraction < 1:
         raise UserError(f"val fraction {val_fraction} out of range", "--val-fraction",
                         "use a value in [0, 1), e.g. 0.01")
@@ -201,7 +208,7 @@ def prepare(paths: Sequence[str | os.PathLike], tokenizer: Tokenizer, out: Path,
         raise UserError(f"unknown word segmenter {segment!r}", "--segment",
                         f"use one of: {', '.join(SEGMENTERS)}")
     files = list_corpus_files(paths)
-    _check_output(out, overwrite)
+    _check_output(out, overwrite, [*files, *map(Path, inputs)])
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -264,33 +271,52 @@ def prepare(paths: Sequence[str | os.PathLike], tokenizer: Tokenizer, out: Path,
     return manifest
 
 
-def _check_output(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError("output path is a file", str(out), "choose a directory path")
+def _check_output(out: Path, overwrite: bool, inputs: Sequence[Path]) -> None:
+    above = out.parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if (out.exists() and not out.is_dir()) or not above.is_dir():
+        raise UserError("output path is, or lies under, a file", str(out), "choose a directory path")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise UserError("output directory is not empty", str(out),
                         "choose a new directory or pass --overwrite")
+    inside = [path for path in inputs if path.exists() and is_within(path, out)]
+    if inside and out.exists():
+        raise UserError(f"--overwrite would delete {inside[0]}, which this run reads", str(out),
+                        "choose an --out that holds none of the corpus files or the tokenizer")
 
 
 class TokenShards:
     """Read side: one split of a prepared directory, memory-mapped."""
 
     def __init__(self, directory: str | os.PathLike, split: str = "train") -> None:
-        self.directory = Path(directory)
+        self.directory, self.split = Path(directory), split
         manifest_path = self.directory / "manifest.json"
         if not manifest_path.is_file():
             raise UserError("not a prepared data directory (no manifest.json)", str(self.directory),
                             "create it with `ptmkit prepare --corpus ... --tokenizer ... --out DIR`")
-        self.manifest = json.loads(manifest_path.read_text())
-        if self.manifest.get("format") != FORMAT:
-            raise UserError(f"prepared data format {self.manifest.get('format')} is not {FORMAT}",
-                            str(manifest_path), "re-run `ptmkit prepare` with this version")
-        self.tokens = _memmap(self.directory / f"{split}.bin", self.manifest["dtype"])
-        self.word_starts = (_memmap(self.directory / f"{split}.word_starts.bin", np.uint8)
-                            if self.manifest.get("segment") else None)
-        # memory-mapped: a huge corpus's boundary index is paged in only where windows look
-        self.sentence_offsets = np.load(self.directory / f"{split}.sentences.npy", mmap_mode="r")
-        self.document_offsets = np.load(self.directory / f"{split}.documents.npy", mmap_mode="r")
+        try:
+            self.manifest = json.loads(manifest_path.read_text())
+            if self.manifest.get("format") != FORMAT:
+                raise UserError(f"prepared data format {self.manifest.get('format')} is not {FORMAT}",
+                                str(manifest_path), "re-run `ptmkit prepare` with this version")
+            self.tokens = _memmap(self.directory / f"{split}.bin", self.manifest["dtype"])
+            self.word_starts = (_memmap(self.directory / f"{split}.word_starts.bin", np.uint8)
+                                if self.manifest.get("segment") else None)
+            # memory-mapped: a huge corpus's boundary index is paged in only where windows look
+            self.sentence_offsets = np.load(self.directory / f"{split}.sentences.npy", mmap_mode="r")
+            self.document_offsets = np.load(self.directory / f"{split}.documents.npy", mmap_mode="r")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise UserError(f"damaged prepared data ({err.__class__.__name__}: {err})", str(self.directory),
+                            "run `ptmkit prepare` again into an empty directory") from None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Where the shards are, not their tokens: pickling a memmap copies the whole file into
+        each DataLoader worker that spawn or forkserver starts (macOS, Python 3.14's Linux)."""
+        return {"directory": self.directory, "split": self.split}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["directory"], state["split"])  # type: ignore[misc]
 
     def tokenizer(self) -> Tokenizer:
         return Tokenizer.load(self.directory / "tokenizer")

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 import ptmkit
 from ptmkit.errors import RunStopped, UserError
+from ptmkit.fileio import is_within
 from ptmkit.finetuning.data import batches_of, glue_files, glue_spec, label_budget
 from ptmkit.finetuning.head_first import fit_head
 from ptmkit.finetuning.layer_decay import layerwise_scales
@@ -286,7 +287,7 @@ def check_finetune_out(spec: FinetuneSpec) -> None:
         return
     check_run_dir(spec.out, resume=False, overwrite=spec.overwrite)
     if spec.overwrite and spec.out.is_dir():
-        inside = [path for path in _input_paths(spec) if path.exists() and _within(path, spec.out)]
+        inside = [path for path in _input_paths(spec) if path.exists() and is_within(path, spec.out)]
         if inside:
             raise UserError(f"--overwrite would delete {inside[0]}, which this run reads", str(spec.out),
                             "choose an --out that holds none of --init, --tokenizer and the data files")
@@ -300,13 +301,6 @@ def _input_paths(spec: FinetuneSpec) -> list[Path]:
         for part in (data.split(",") if data else []):
             values += [part, part.rsplit(":", 1)[0]]
     return [Path(value) for value in values if value]
-
-
-def _within(path: Path, directory: Path) -> bool:
-    """`path` is `directory` or lies under it, as written (a symlink inside would be deleted) or
-    resolved (the same place reached through another name)."""
-    return (Path(os.path.abspath(path)).is_relative_to(os.path.abspath(directory))
-            or path.resolve().is_relative_to(directory.resolve()))
 
 
 def check_options(spec: FinetuneSpec) -> None:
@@ -329,6 +323,8 @@ def check_options(spec: FinetuneSpec) -> None:
         raise UserError(f"min_steps {spec.min_steps}, patience {spec.patience} and weight_decay "
                         f"{spec.weight_decay} must be 0 or more", "--min-steps/--patience/weight_decay",
                         "e.g. min_steps 150, patience 2 (0: off), weight_decay 0.01")
+    if spec.seed < 0:
+        raise UserError(f"--seed {spec.seed} is negative", "--seed", "use 0 or more")
     if not 0 <= spec.warmup_ratio < 1:
         raise UserError(f"warmup_ratio {spec.warmup_ratio} is not in [0, 1)", "warmup_ratio",
                         "use a share of the steps, e.g. 0.1")

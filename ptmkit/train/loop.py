@@ -83,6 +83,7 @@ class TrainConfig:
                   ("batch_size", self.batch_size >= 1, "use at least 1"),
                   ("lr", self.lr > 0, "use a positive learning rate"),
                   ("grad_accum", self.grad_accum >= 1, "use at least 1"),
+                  ("seed", self.seed >= 0, "use 0 or more (numpy seeds the data order with it)"),
                   ("keep_checkpoints", self.keep_checkpoints >= 1, "use at least 1"),
                   ("precision", self.precision in PRECISIONS, "use fp32 or bf16"),
                   ("schedule", self.schedule in ("linear", "cosine", "constant"),

@@ -155,3 +155,22 @@ def test_a_config_corpus_may_be_one_path(lee, tmp_path, run_cli):
     cfg.write_text(f"objective: clm\ncorpus: {lee}\nsteps: 2\nbatch_size: 2\nseq_len: 32\nval_fraction: 0\n")
     code, _, err = run_cli(["pretrain", "--config", cfg, "--out", tmp_path / "run", "--no-progress"])
     assert code == 0, err
+
+
+def test_pretrain_trains_on_the_window_prepare_was_given(prepared, tmp_path, run_cli):
+    """`prepare --seq-len 64` then `pretrain --data D` without --seq-len: windows of 64, not 128."""
+    run = tmp_path / "run"
+    code, _, err = run_cli(["pretrain", "--objective", "clm", "--data", prepared.data, "--steps", "1",
+                            "--batch-size", "2", "--model", "tiny", "--out", run, "--no-progress"])
+    assert code == 0, err
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["seq_len"] == 64
+    code, _, err = run_cli(["pretrain", "--objective", "clm", "--data", prepared.data, "--steps", "1",
+                            "--batch-size", "2", "--seq-len", "32", "--out", tmp_path / "own", "--no-progress"])
+    assert code == 0 and yaml.safe_load((tmp_path / "own" / "config.yaml").read_text())["train"]["seq_len"] == 32
+
+
+def test_a_negative_seed_is_a_one_line_error_before_the_run_directory(prepared, tmp_path, run_cli, user_error):
+    code, _, err = run_cli(["pretrain", "--objective", "clm", "--data", prepared.data, "--seed", "-1",
+                            "--out", tmp_path / "run", "--no-progress"])
+    user_error(code, err, "--seed")
+    assert not (tmp_path / "run").exists()

@@ -150,6 +150,18 @@ def test_directory_is_walked_sorted_skipping_hidden_and_binary(tmp_path: Path) -
     assert sentences_of(root) == [("AX.",), ("AZ.",), ("B.",)]
 
 
+def test_linked_directories_are_read_once_and_a_broken_link_is_named(tmp_path: Path) -> None:
+    root = tmp_path / "corpus"
+    write(root / "b.txt", "B.\n")
+    write(tmp_path / "elsewhere" / "w.txt", "W.\n")
+    (root / "wiki").symlink_to(tmp_path / "elsewhere")  # corpus/wiki -> /data/wiki
+    (root / "again").symlink_to(root)  # a loop: read once
+    assert list_corpus_files([root]) == [root / "b.txt", root / "wiki" / "w.txt"]
+    (root / "gone.txt").symlink_to(tmp_path / "nothing.txt")
+    with pytest.raises(UserError, match="broken link in the corpus directory.*gone.txt"):
+        list_corpus_files([root])
+
+
 # --- JSON lines -------------------------------------------------------------------------------
 
 
@@ -301,6 +313,7 @@ def test_missing_json_field_names_line_and_keys(tmp_path: Path) -> None:
         ('["a", "b"]', "JSON line is not an object"),
         ('{"text": ["a", 2]}', "field 'text' holds list, not text"),
         ('{"text": {"a": "b"}}', "field 'text' holds dict, not text"),
+        ("[" * 100_000 + "]" * 100_000, "JSON line nested too deeply"),
     ],
 )
 def test_bad_json_line_names_file_and_line(tmp_path: Path, line: str, expected: str) -> None:

@@ -126,6 +126,50 @@ def test_output_is_atomic_and_protected(corpus, tokenizer, tmp_path) -> None:
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporary left behind"
 
 
+def test_overwrite_never_deletes_what_the_run_reads(corpus, tokenizer, tmp_path) -> None:
+    """`prepare --corpus d/e.txt --tokenizer d/tok --out d --overwrite` used to replace d, corpus
+    and tokenizer included, by the shards."""
+    data = tmp_path / "d"
+    (data / "tok").mkdir(parents=True)
+    shutil.copyfile(corpus, data / "e.txt")
+    with pytest.raises(UserError, match="--overwrite would delete .*e.txt"):
+        prepare([data / "e.txt"], tokenizer, data, overwrite=True, progress=False)
+    with pytest.raises(UserError, match="--overwrite would delete .*tok"):
+        prepare([corpus], tokenizer, data, overwrite=True, progress=False, inputs=[data / "tok"])
+    assert sorted(p.name for p in data.iterdir()) == ["e.txt", "tok"]
+
+
+def test_bad_windows_and_outputs_under_a_file_are_user_errors(corpus, tokenizer, tmp_path) -> None:
+    with pytest.raises(UserError, match="--seq-len 0 holds no token"):
+        prepare([corpus], tokenizer, tmp_path / "d", seq_len=0, progress=False)
+    with pytest.raises(UserError, match="output path is, or lies under, a file"):
+        prepare([corpus], tokenizer, corpus / "data", progress=False)
+    assert not (tmp_path / "d").exists()
+
+
+def test_shards_pickle_as_their_place_not_their_tokens(corpus, tokenizer, tmp_path) -> None:
+    """A DataLoader worker started by spawn (macOS) gets the shards pickled: it re-maps the files
+    instead of receiving a copy of every token."""
+    import pickle
+    prepare([corpus], tokenizer, tmp_path / "d", val_fraction=0.0, progress=False)
+    shards = TokenShards(tmp_path / "d")
+    copy = pickle.loads(pickle.dumps(shards))
+    assert len(pickle.dumps(shards)) < 500 < shards.tokens.nbytes
+    for got, want in zip(vars(copy.window(2, 16)).values(), vars(shards.window(2, 16)).values()):
+        assert np.array_equal(got, want)
+    assert isinstance(copy.tokens, np.memmap)
+
+
+def test_damaged_prepared_data_is_a_user_error(corpus, tokenizer, tmp_path) -> None:
+    prepare([corpus], tokenizer, tmp_path / "d", progress=False)
+    (tmp_path / "d" / "train.bin").unlink()
+    with pytest.raises(UserError, match="damaged prepared data .*run `ptmkit prepare` again"):
+        TokenShards(tmp_path / "d")
+    (tmp_path / "d" / "manifest.json").write_text('{"format": ')
+    with pytest.raises(UserError, match="damaged prepared data"):
+        TokenShards(tmp_path / "d")
+
+
 def test_manifest_records_tokenizer_and_counts(corpus, tokenizer, tmp_path) -> None:
     prepare([corpus], tokenizer, tmp_path / "d", progress=False)
     manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
@@ -202,6 +246,10 @@ def test_fingerprint_follows_content_not_path_or_mtime(corpus, tokenizer, tmp_pa
     copy.write_bytes(copy.read_bytes().replace(b"e", b"E", 1))
     assert corpus_fingerprint([copy], tokenizer) != corpus_fingerprint([corpus], tokenizer)
     assert corpus_fingerprint([corpus], tokenizer, seq_len=64) != corpus_fingerprint([corpus], tokenizer)
+    # the same bytes named .tsv are a table: other documents, so other prepared data
+    table = tmp_path / "moved" / "corpus.tsv"
+    shutil.copyfile(corpus, table)
+    assert corpus_fingerprint([table], tokenizer) != corpus_fingerprint([corpus], tokenizer)
 
 
 def test_sentences_and_documents_that_encode_to_nothing_are_dropped(tmp_path) -> None:

@@ -198,6 +198,7 @@ def test_a_glue_task_refuses_files_and_fields_it_would_ignore(keyword_task, keyw
     ({"patience": -1}, "must be 0 or more"),
     ({"min_steps": -5}, "must be 0 or more"),
     ({"warmup_ratio": 1.0}, "warmup_ratio 1.0 is not in"),
+    ({"seed": -1}, "--seed -1 is negative"),
 ])
 def test_values_that_would_fail_mid_run_keep_the_earlier_run(keyword_task, keyword_spec, tmp_path, options,
                                                              match) -> None:
