@@ -23,6 +23,7 @@ from ptmkit.finetuning.run import FinetuneSpec, finetune as run_finetune, load_f
 from ptmkit.finetuning.seq2seq_task import Seq2Seq
 from ptmkit.finetuning.tagging import Tag
 from ptmkit.finetuning.tasks import Classify, Regress, TaskSpec, pad_batch
+from ptmkit.model.backbone import Transformer
 from ptmkit.model.config import ModelConfig
 from ptmkit.objectives import get_objective
 from ptmkit.objectives.base import Vocab
@@ -110,7 +111,7 @@ class RunModel:
         architecture, model = self.architecture, self.network
         if self.objective == "electra":
             return model.discriminate(ids).float()
-        if model is None or architecture in ("lstm", "shallow"):
+        if model is None or architecture in ("lstm", "shallow") or not isinstance(model, Transformer):
             raise UserError(f"a {self.objective} run has no Transformer language-model logits", str(self.run),
                             "use .encode(texts) for its representations")
         if architecture == "encoder_decoder":

@@ -37,7 +37,10 @@ class Backbone:
     @property
     def pooling(self) -> str:
         """How a sequence becomes one vector: the last token of decoder-only models, the mean
-        of context-free or LSTM features, else the first ([CLS]) token."""
+        of context-free or LSTM features, what the objective pooled (contrastive's mean), else the
+        first ([CLS]) token."""
+        if self.objective.pooling:
+            return self.objective.pooling
         architecture = self.objective.architecture
         if architecture in ("decoder", "prefix"):
             return "last"

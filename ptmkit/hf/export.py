@@ -30,6 +30,7 @@ compared with `ptmkit.load_run(run).logits`; the directory is written only if th
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -101,6 +102,11 @@ def _pretrain_target(run: RunModel, where: str) -> str:
     architecture = run.architecture
     if run.objective == "electra":
         return "electra"
+    if architecture == "encoder" and not isinstance(run.network, Transformer):  # contrastive's pair encoder
+        raise UserError(f"objective {run.objective} trains no language-model head, nothing to export as a "
+                        "transformers masked LM", f"{where}: objective",
+                        "fine-tune the run and export that (a BERT-layout classifier exports as "
+                        "BertForSequenceClassification), or use it through ptmkit.load_run")
     if architecture == "encoder":
         return "bert_mlm"
     if architecture in ("decoder", "prefix"):
@@ -141,6 +147,11 @@ def _finetune_target(run: RunModel, where: str) -> str:
     causal = run.architecture in ("decoder", "prefix")
     if token_level:
         return "gpt2_tokcls" if causal else "bert_tokcls"
+    if causal:  # BERT would read its features bidirectionally, GPT-2's classifier has no pooler
+        raise UserError(f"the {task} run on {run.objective} is decoder-only: its features are causal, and "
+                        "GPT2ForSequenceClassification reads the last token without ptmkit's pooler",
+                        f"{where}: objective", "fine-tune an encoder (mlm, wwm, electra) with --pooling first "
+                        "to export a classifier, or use this one through ptmkit.load_run")
     pooling = run.pooling  # what the fine-tuning pooled (--pooling, or the backbone's default)
     if pooling != "first":
         kind = "the last token" if pooling == "last" else "the mean of the tokens"
@@ -154,7 +165,7 @@ def _finetune_target(run: RunModel, where: str) -> str:
 def _check_layout(cfg: ModelConfig, target: str, where: str) -> None:
     family, layout = ("GPT-2", "gpt2") if target in GPT2_FAMILIES else (
         ("BART", "bart") if target == "bart" else ("BERT", "bert"))
-    fix = f"pre-train with the {layout} layout (the objective's default) to export"
+    fix = f"pre-train with the {layout} layout (a model file with `layout: {layout}`) to export"
     if target == "bert2bert":
         fix = ("warm-start the seq2seq run from an encoder pre-trained with the bert layout (the default "
                "of mlm, wwm and electra; a model file with `layout: bert` for others) to export")
@@ -191,7 +202,7 @@ def hf_config(run: RunModel, target: Target, transformers: Any) -> Any:
     # Encoder-decoders keep the stand-in: they build their decoder input with pad_token_id.
     unset = {"pad"} & set(run.tokenizer.borrowed) if target.family not in SEQ2SEQ_FAMILIES else set()
     common = {"vocab_size": cfg.vocab_size, "tie_word_embeddings": True,
-              **{f"{role}_token_id": None if role in unset else getattr(special, role)
+              **{f"{role}_token_id": None if role in unset else getattr(special, _role(role, target))
                  for role in ("pad", "bos", "eos")}}
     if run.kind == "finetune" and target.family not in SEQ2SEQ_FAMILIES:
         labels = run.task.spec.labels if run.task.spec.name != "regress" else ["score"]
@@ -379,8 +390,8 @@ def hf_tokenizer(run: RunModel, target: Target, transformers: Any) -> Any:
     tok = run.tokenizer
     hf = tokenizers.Tokenizer.from_str(tok.hf.to_str())
     special = tok.special
-    text = {role: hf.id_to_token(getattr(special, role)) for role in ("pad", "unk", "cls", "sep", "mask", "bos", "eos")
-            if role not in tok.borrowed}
+    text = {role: hf.id_to_token(getattr(special, _role(role, target)))
+            for role in ("pad", "unk", "cls", "sep", "mask", "bos", "eos") if role not in tok.borrowed}
     frame = _frame(run, target)
     if frame is not None:
         first, last = frame
@@ -389,10 +400,22 @@ def hf_tokenizer(run: RunModel, target: Target, transformers: Any) -> Any:
         pair = " ".join(x for x in (first, "$A:0", last, "$B:0", last) if x)
         hf.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=pieces)
     sentinels = [hf.id_to_token(i) for i in special.sentinels]
-    # split_special_tokens: "[MASK]" or "</s>" written in a text stays text, as in ptmkit
+    # what a fine-tuned run was trained and scored on; a pre-trained one takes any length it has positions for
+    length = run.task.spec.max_length if run.kind == "finetune" else run.cfg.max_positions
+    # split_special_tokens: "[MASK]" or "</s>" written in a text stays text, as in ptmkit; no
+    # token_type_ids (transformers 4.x adds them by default: GPT-2 would add a type embedding to
+    # every position, BART's forward refuses them), since ptmkit's networks take none
     return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=hf, model_max_length=run.cfg.max_positions, split_special_tokens=True,
-        additional_special_tokens=sentinels, **{f"{role}_token": value for role, value in text.items()})
+        tokenizer_object=hf, model_max_length=min(length, run.cfg.max_positions), split_special_tokens=True,
+        model_input_names=["input_ids", "attention_mask"], additional_special_tokens=sentinels,
+        **{f"{role}_token": value for role, value in text.items()})
+
+
+def _role(role: str, target: Target) -> str:
+    """The ptmkit role whose token plays `role` in the exported model: a GPT-2 model starts from
+    the end-of-text token, which clm and prefixlm put between documents (GPT-2's convention), so
+    generation from nothing starts where training did."""
+    return "eos" if role == "bos" and target.family in GPT2_FAMILIES else role
 
 
 def _frame(run: RunModel, target: Target) -> tuple[str | None, str | None] | None:
@@ -508,6 +531,14 @@ def _json(path: Path) -> dict[str, Any]:
 
 # ---- the command ------------------------------------------------------------------------------
 
+_RUN_FILES = ("ptmkit_tokenizer.json", "state.json", "summary.json", "eval.json", "metrics.jsonl", "config.yaml")
+
+
+def _earlier_export(directory: Path) -> bool:
+    """A transformers model directory (config.json) holding none of a run's own files."""
+    return (directory / "config.json").is_file() and not any((directory / name).exists() for name in _RUN_FILES)
+
+
 def export_run(run: str | Path, out: str | Path, *, format: str = "hf", overwrite: bool = False) -> dict[str, Any]:
     """Export a run directory; returns what was written (class, directory, logit difference)."""
     if format not in FORMATS:
@@ -524,11 +555,16 @@ def export_run(run: str | Path, out: str | Path, *, format: str = "hf", overwrit
         raise UserError("output path is a file", str(out), "choose a directory path for --out")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise UserError("output directory is not empty", str(out), "choose a new --out or pass --overwrite")
+    if out.is_dir() and any(out.iterdir()) and source in resolved.parents and not _earlier_export(out):
+        raise UserError("--out is a part of the run (its tokenizer, checkpoints, ...), which --overwrite would "
+                        "replace", str(out), "choose a new --out, e.g. RUN/hf")
     loaded = load_run(run)
     target = plan_export(loaded)
     transformers = require_transformers("--format hf")
     model = build_hf_model(loaded, target, transformers)
     difference = max_logit_difference(loaded, target, model, probe_ids(loaded))
+    if math.isnan(difference):  # a diverged run: NaN weights give NaN logits on both sides
+        raise UserError("the run's logits are NaN on the probe", str(run), "export a run that trained without diverging")
     if difference > TOLERANCE:
         raise RuntimeError(f"exported {target.hf_class} differs from ptmkit by {difference:.2e} on the probe")
     tokenizer = hf_tokenizer(loaded, target, transformers)

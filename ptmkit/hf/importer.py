@@ -149,7 +149,15 @@ def model_config(family: str, c: dict[str, Any], tokenizer: Tokenizer, where: st
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{key}={value!r} is not a number", f"{where}: {key}",
                             f"write {key} as a number in config.json (save_pretrained does)")
+        if key not in _MAY_BE_ZERO and value < 1:  # a size or count: 0 heads divide by zero, -32 wide is no tensor
+            raise UserError(f"{key}={value!r} is not a positive size", f"{where}: {key}",
+                            "fix config.json (or save the model again with save_pretrained)")
     return _model_config(family, c, tokenizer, where)
+
+
+_MAY_BE_ZERO = {"layer_norm_eps", "layer_norm_epsilon", "hidden_dropout_prob", "attention_probs_dropout_prob",
+                "resid_pdrop", "attn_pdrop", "dropout", "attention_dropout", "pad_token_id", "type_vocab_size"}
+"""NUMERIC's fields that are rates, ids or may be 0; the others are sizes and counts."""
 
 
 def _model_config(family: str, c: dict[str, Any], tokenizer: Tokenizer, where: str) -> ModelConfig:

@@ -76,6 +76,9 @@ class Objective:
     """Backbone family: encoder, decoder, prefix, two_stream, encoder_decoder."""
     layout: ClassVar[str] = "prenorm"
     """Default layout (see `ptmkit.model.config.LAYOUTS`) so that export maps onto HF exactly."""
+    pooling: ClassVar[str | None] = None
+    """How fine-tuning reads a sequence by default when the objective trained one pooled state
+    (None: what the architecture suggests, see `Backbone.pooling`)."""
     family: ClassVar[str] = ""
     """AR (autoregressive), AE (autoencoding), permuted, denoising or shallow: the survey's axis."""
     standalone: ClassVar[bool] = False

@@ -93,6 +93,7 @@ class PairEncoder(nn.Module):
 class DocumentContrastive(Objective):
     name = "contrastive"
     architecture = "encoder"
+    pooling = "mean"  # the state its loss compared: [CLS] was never trained to summarise
     layout = "prenorm"  # word2vec's downstream encoder's, so a word2vec run continues exactly
     family = "contrastive"
 

@@ -47,7 +47,7 @@ def test_any_run_fine_tunes_and_reloads(objective: str, data: Path, tmp_path: Pa
 
 def test_downstream_networks_keep_what_each_paper_keeps(data: Path, tmp_path: Path) -> None:
     runs = {}
-    for objective in ("word2vec", "elmo", "electra"):
+    for objective in ("word2vec", "elmo", "electra", "contrastive"):
         runs[objective] = tmp_path / objective
         pretrain(PretrainSpec(objective=objective, data=data / "d", out=runs[objective], progress=False,
                               train=TrainConfig(steps=2, batch_size=4, seq_len=32, workers=0)))
@@ -61,6 +61,7 @@ def test_downstream_networks_keep_what_each_paper_keeps(data: Path, tmp_path: Pa
     assert all(p.requires_grad for p in elmo.network.mix.parameters())
     electra = load_backbone(str(runs["electra"]))
     assert type(electra.network).__name__ == "Transformer"  # the discriminator alone
+    assert load_backbone(str(runs["contrastive"])).pooling == "mean"  # the state its loss compared
 
 
 def _dropout_rates(network: torch.nn.Module) -> set[float]:

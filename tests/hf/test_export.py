@@ -121,6 +121,7 @@ def test_finetuned_classifier_exports_with_id2label(data, tmp_path, tiny, train,
     ours = torch.cat([loaded.logits(tok(t, return_tensors="pt")["input_ids"])
                       for t in ["the fire spread today", "the fire ended"]])
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)  # padding masked away in HF
+    assert tok.model_max_length == 16 and tok.model_input_names == ["input_ids", "attention_mask"]
     card = (tmp_path / "hf" / "README.md").read_text()
     assert "| task | classify (labels: negative, neutral, positive) |" in card
     assert "| epochs | 1 of 1, scored: the epoch that scores best on dev itself |" in card  # what it was scored as
@@ -176,12 +177,30 @@ def test_prenorm_run_is_refused_naming_the_option(data, tmp_path, tiny, train, c
     assert not (tmp_path / "hf").exists()
 
 
-@pytest.mark.parametrize("objective, mention", [("plm", "relative positions"), ("elmo", "no Transformer")])
+@pytest.mark.parametrize("objective, mention", [("plm", "relative positions"), ("elmo", "no Transformer"),
+                                               ("contrastive", "no language-model head")])
 def test_objectives_without_an_hf_equivalent_are_refused(objective, mention, data, tmp_path, tiny, train):
     run = _pretrain(data, tmp_path / "run", objective, tiny, train)
     with pytest.raises(UserError, match=mention) as err:
         export_run(run, tmp_path / "hf")
     assert "objective" in err.value.where
+    if objective == "contrastive":  # a pair encoder: no LM logits through the API either
+        with pytest.raises(UserError, match="no Transformer language-model logits"):
+            ptmkit.load_run(run).logits([[5, 6, 7]])
+
+
+def test_a_run_with_nan_weights_is_not_exported(data, tmp_path, tiny, train):
+    """NaN > tolerance is False: the logit check let a diverged model through, its card saying
+    "logits equal ptmkit's within nan"."""
+    from safetensors.torch import load_file, save_file
+    run = _pretrain(data, tmp_path / "run", "mlm", tiny, train)
+    weights = load_file(run / "model.safetensors")
+    name = next(k for k in weights if k.endswith("fc_in.weight"))
+    weights[name][0, 0] = float("nan")
+    save_file(weights, run / "model.safetensors")
+    with pytest.raises(UserError, match="logits are NaN"):
+        export_run(run, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
 
 
 def test_gpt2_layout_with_an_lm_head_bias_is_refused(data, tmp_path, tiny, train):
@@ -190,11 +209,14 @@ def test_gpt2_layout_with_an_lm_head_bias_is_refused(data, tmp_path, tiny, train
         export_run(run, tmp_path / "hf")
 
 
-def test_decoder_classifier_is_refused(data, tmp_path, tiny, train):
-    run = _pretrain(data, tmp_path / "run", "clm", tiny, train)
+@pytest.mark.parametrize("pooling", ["auto", "first"])
+def test_decoder_classifier_is_refused(data, tmp_path, tiny, train, pooling):
+    """Pooling the first token of a causal model does not make BERT's bidirectional reading of it
+    the same model: refused whatever the pooling (it used to export and fail the logit check)."""
+    run = _pretrain(data, tmp_path / "run", "clm", {**tiny, "layout": "bert"}, train)
     ptmkit.finetune(task="classify", init=run, out=tmp_path / "ft", train=_classify_file(tmp_path / "t.tsv"),
-                    text_fields="sentence", epochs=1, batch_size=8, max_length=16, progress=False)
-    with pytest.raises(UserError, match="pools the last token"):
+                    text_fields="sentence", epochs=1, batch_size=8, max_length=16, progress=False, pooling=pooling)
+    with pytest.raises(UserError, match="is decoder-only: its features are causal"):
         export_run(tmp_path / "ft", tmp_path / "hf")
 
 
@@ -296,6 +318,14 @@ def test_out_at_or_above_the_run_is_refused_and_the_run_kept(data, tmp_path, tin
     assert "current directory" in _cli_error(["export", "--run", run, "--out", "."], capsys)
     assert main(["export", "--run", str(run), "--out", "hf/mlm"]) == 0  # relative, below the cwd
     assert (empty / "hf" / "mlm" / "config.json").is_file()
+    # inside the run: a new directory, or an earlier export, but never one of the run's own parts
+    tokenizer_files = sorted(p.name for p in (run / "tokenizer").iterdir())
+    capsys.readouterr()  # the export's progress bars above
+    line = _cli_error(["export", "--run", run, "--out", run / "tokenizer", "--overwrite"], capsys)
+    assert "--out is a part of the run" in line
+    assert sorted(p.name for p in (run / "tokenizer").iterdir()) == tokenizer_files
+    assert main(["export", "--run", str(run), "--out", str(run / "hf")]) == 0
+    assert main(["export", "--run", str(run), "--out", str(run / "hf"), "--overwrite"]) == 0
 
 
 def test_overwrite_keeps_the_old_export_when_the_new_one_cannot_be_put_in_place(data, tmp_path, tiny, train,
