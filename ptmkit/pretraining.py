@@ -250,6 +250,8 @@ def pretrain(spec: PretrainSpec) -> dict[str, Any]:
                 shutil.rmtree(spec.out)
             created = not spec.out.exists()
             spec.out.mkdir(parents=True, exist_ok=True)
+        if dist is not None:
+            dist.barrier()  # no rank looks for an old checkpoint before rank 0 has removed the old run
         try:
             return _pretrain_into(spec, objective_cls, plan, dist)
         except UserError as err:

@@ -32,7 +32,7 @@ from ptmkit.data.corpus import read_texts
 from ptmkit.data.shards import TokenShards, prepare
 from ptmkit.data.tokenizer import Tokenizer, train_tokenizer
 from ptmkit.errors import UserError
-from ptmkit.fileio import copy_items
+from ptmkit.fileio import copy_items, write_text_atomic
 from ptmkit.pretraining import PretrainSpec, check_corpus, check_run_dir, pretrain
 from ptmkit.recipes import Recipe
 from ptmkit.train.checkpoint import latest_checkpoint
@@ -109,13 +109,15 @@ def pretrain_recipe(run: RecipeRun) -> dict[str, Any]:
                                   model=run.recipe.model,
                                   objective_options=dict(stage.objective_options),
                                   train=_train_config(stage.train, run.seed, left, last), init=init,
-                                  resume=(stage_dir / "checkpoint").exists(), overwrite=True,
+                                  resume=latest_checkpoint(stage_dir) is not None, overwrite=True,
                                   progress=run.progress))
             stage_summary = json.loads(summary_path.read_text())
             stage_summary["wall_seconds"] = round(time.perf_counter() - started, 2)
-            summary_path.write_text(json.dumps(stage_summary, indent=2))
+            write_text_atomic(summary_path, json.dumps(stage_summary, indent=2))
         stage_summary = json.loads(summary_path.read_text())
-        spent += stage_summary["wall_seconds"]
+        # the transformer trainer reports a validation loss, word2vec its own epoch loss
+        stage_summary.setdefault("final_loss", stage_summary.get("final_val_loss"))
+        spent += stage_summary.get("wall_seconds", stage_summary.get("train_seconds", 0.0))
         stages.append({"objective": stage.objective, "corpus": stage.corpus, "run": str(stage_dir.relative_to(run.out)),
                        **{k: stage_summary.get(k) for k in ("wall_seconds", "steps", "tokens", "tokens_per_s",
                                                             "final_loss", "stopped_by")}})

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ptmkit.errors import RunStopped, check_values
+from ptmkit.errors import RunStopped, UserError, check_values
 from ptmkit.train.checkpoint import (atomic_save_model, atomic_save_state, latest_checkpoint, load_checkpoint,
                                      remove_partial_checkpoints, save_checkpoint)
 from ptmkit.train.host import to_device, warn_if_emulated_bf16
@@ -85,10 +85,19 @@ class TrainConfig:
                   ("grad_accum", self.grad_accum >= 1, "use at least 1"),
                   ("seed", self.seed >= 0, "use 0 or more (numpy seeds the data order with it)"),
                   ("keep_checkpoints", self.keep_checkpoints >= 1, "use at least 1"),
+                  ("seq_len", self.seq_len >= 1, "use at least 1"),
+                  ("max_minutes", self.max_minutes >= 0, "use minutes > 0, or 0 for no limit"),
+                  ("workers", self.workers >= 0, "use 0 (in the main process) or more"),
+                  ("eval_batches", self.eval_batches >= 1, "use at least 1"),
+                  ("save_every", self.save_every >= 0, "use steps between checkpoints, or 0 (at the end)"),
+                  ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "use a share of the peak rate in [0, 1]"),
                   ("precision", self.precision in PRECISIONS, "use fp32 or bf16"),
                   ("schedule", self.schedule in ("linear", "cosine", "constant"),
                    "use linear, cosine or constant")]
         check_values(self, checks, lambda name: "--" + name.replace("_", "-"))
+        if self.warmup > self.steps and not self.time_bound:  # the rate would never reach its peak or decay
+            raise UserError(f"--warmup {self.warmup} is longer than the run's {self.steps} steps", "--warmup",
+                            f"use fewer warm-up steps than --steps (or -1: 6% of them, {max(1, round(0.06 * self.steps))})")
         if self.warmup < 0:  # a pure time budget has no step count to take 6% of
             self.warmup = 100 if self.time_bound else max(1, round(0.06 * self.steps))
         # a time budget has no meaningful step count to divide: log and evaluate at fixed steps
@@ -393,9 +402,14 @@ class Trainer:
         bar = tqdm(total=None if cfg.time_bound else cfg.steps, initial=self.step, desc="train", unit="step",
                    disable=not self.progress, dynamic_ncols=True, mininterval=1.0)
         window = self.window
-        stopped_by = "steps"
+
+        def out_of_time() -> bool:
+            return bool(cfg.max_minutes) and self.elapsed >= cfg.max_minutes * 60
+
+        # a resumed run that its clock had already stopped trains no further step
+        stopped_by = "time" if out_of_time() else "steps"
         with _StopRequest() as stop:
-            while self.step < cfg.steps:
+            while self.step < cfg.steps and not out_of_time():
                 start = time.perf_counter()
                 loss, extras, tokens = self.train_step(iterator)
                 took = time.perf_counter() - start
@@ -431,7 +445,7 @@ class Trainer:
                 bar.update(1)
                 if cfg.save_every and self.step % cfg.save_every == 0:
                     self.save()
-                if cfg.max_minutes and self.elapsed >= cfg.max_minutes * 60:
+                if out_of_time():
                     stopped_by = "time"
                     break
                 if stop_requested:

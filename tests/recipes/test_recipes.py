@@ -89,6 +89,8 @@ def test_stages_run_in_order_within_one_budget(recipe_run) -> None:
     assert summary["stages"][0]["steps"] == 2 and summary["stages"][1]["stopped_by"] == "time"
     assert summary["train_seconds"] == pytest.approx(sum(s["wall_seconds"] for s in summary["stages"]), abs=0.05)
     assert summary["budget_seconds"] == 15.0
+    # each stage's loss: word2vec's epoch loss, the transformer's validation loss (was null)
+    assert all(isinstance(s["final_loss"], float) for s in summary["stages"]) and summary["final_loss"] > 0
     mlm = yaml.safe_load((out / "stages" / "1-mlm" / "config.yaml").read_text())
     assert mlm["init"] == str(out / "stages" / "0-word2vec")  # each stage starts from the last
     assert mlm["train"]["max_minutes"] < 0.25  # the last stage gets what the first one left

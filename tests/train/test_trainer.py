@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 from ptmkit.data.shards import prepare
 from ptmkit.data.tokenizer import train_tokenizer
 from ptmkit.data.corpus import read_texts
+from ptmkit.errors import UserError
 from ptmkit.pretraining import PretrainSpec, pretrain
 from ptmkit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from ptmkit.train.loop import TrainConfig, Trainer, learning_rate, make_optimizer
@@ -122,6 +124,27 @@ def test_time_budget_stops_and_saves(data: Path, tmp_path: Path) -> None:
     assert summary["stopped_by"] == "time" and 0 < summary["steps"] < 10_000
     assert (tmp_path / "r" / "model.safetensors").is_file()
     assert latest_checkpoint(tmp_path / "r") is not None
+
+
+def test_a_run_its_clock_stopped_trains_no_further_step_when_resumed(data: Path, tmp_path: Path) -> None:
+    first = pretrain(small_spec("mlm", data, tmp_path / "r", steps=10_000, max_minutes=0.02))
+    weights = (tmp_path / "r" / "model.safetensors").read_bytes()
+    spec = small_spec("mlm", data, tmp_path / "r", steps=10_000, max_minutes=0.02)
+    again = pretrain(dataclasses.replace(spec, resume=True))
+    assert again["steps"] == first["steps"] and again["stopped_by"] == "time"
+    assert (tmp_path / "r" / "model.safetensors").read_bytes() == weights
+
+
+@pytest.mark.parametrize("values, flag", [
+    ({"steps": 10, "warmup": 20}, "--warmup"), ({"seq_len": 0}, "--seq-len"), ({"max_minutes": -1}, "--max-minutes"),
+    ({"workers": -2}, "--workers"), ({"eval_batches": 0}, "--eval-batches"), ({"save_every": -1}, "--save-every"),
+    ({"min_lr_ratio": 1.5}, "--min-lr-ratio"),
+])
+def test_settings_that_would_fail_or_mislead_mid_run_are_refused(values: dict, flag: str) -> None:
+    with pytest.raises(UserError) as caught:
+        TrainConfig(**values)
+    assert caught.value.where == flag
+    assert TrainConfig(steps=10, warmup=10).warmup == 10 and TrainConfig(max_minutes=1, warmup=500).time_bound
 
 
 def test_non_finite_steps_are_skipped_then_the_run_stops(data: Path, tmp_path: Path) -> None:
