@@ -48,8 +48,27 @@ def test_sentences_are_framed_and_labels_point_both_ways(vocab: Vocab) -> None:
     ex = objective.make_example(window, np.random.default_rng(0))
     bos, eos = vocab.special.bos, vocab.special.eos
     assert ex["input_ids"].tolist() == [bos, *range(100, 105), eos, bos, *range(105, 112), eos]
-    assert ex["forward_labels"].tolist() == [*ex["input_ids"][1:], IGNORE]
+    # the cut falls mid-sentence (token 112 follows): the final </s> is not a label
+    assert ex["forward_labels"].tolist() == [*ex["input_ids"][1:-1], IGNORE, IGNORE]
     assert ex["backward_labels"].tolist() == [IGNORE, *ex["input_ids"][:-1]]
+
+
+@pytest.mark.parametrize("starts", [[0, 5], [3], [0, 12], [2, 12], [0]])
+def test_window_edges_are_labels_only_on_true_boundaries(vocab: Vocab, starts: list[int]) -> None:
+    """A window cut mid-sentence has an outer <s> (or </s>) that no sentence put there."""
+    objective = get_objective("elmo")(vocab, 16)
+    window = Window(tokens=np.arange(100, 114), sentence_starts=np.array(starts),
+                    document_starts=np.array([0]))
+    ex = objective.make_example(window, np.random.default_rng(0))
+    tokens = ex["input_ids"].tolist()
+    bos, eos = vocab.special.bos, vocab.special.eos
+    starts_a_sentence = ex["backward_labels"][1] == bos
+    assert starts_a_sentence == (0 in starts)
+    last_kept = tokens[-2] - 100  # the stream position of the last token before the final </s>
+    assert ex["forward_labels"][-2] == (eos if last_kept + 1 in starts else IGNORE)
+    inner = [i for i in range(1, len(tokens) - 1) if tokens[i] in (bos, eos)]
+    assert all(ex["forward_labels"][i - 1] == tokens[i] for i in inner)  # inner boundaries stay labels
+    assert all(ex["backward_labels"][i + 1] == tokens[i] for i in inner)
 
 
 @pytest.mark.parametrize("start", range(1, 14))
@@ -98,7 +117,7 @@ def test_fresh_model_loss_is_near_uniform(vocab: Vocab, random_window) -> None:
     batch = objective.collate([objective.make_example(random_window(rng, 30, vocab), rng) for _ in range(4)])
     loss, metrics = objective.loss(model, batch)
     assert abs(float(loss.detach()) - math.log(vocab.size)) < 0.05 * math.log(vocab.size)
-    assert metrics["predicted"] == 2 * 4 * 31
+    assert metrics["predicted"] == 2 * 4 * 31 - 4  # each window's cut is mid-sentence
 
 
 def test_feature_layers_duplicate_the_token_layer(vocab: Vocab) -> None:
