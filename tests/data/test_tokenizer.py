@@ -13,6 +13,7 @@ import tokenizers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ptmkit.data import tokenizer as tokenizer_module
 from ptmkit.data.tokenizer import (
     ALL_SPECIAL_TOKENS,
     KINDS,
@@ -340,11 +341,48 @@ def test_bpe_training_is_deterministic_and_streams_from_a_generator(trained):
     assert again.sha256() == trained("bpe", "en").sha256()
 
 
-def test_wordpiece_training_is_deterministic():
-    """The Rust trainer numbers its alphabet and tied merges in hash order; ptmkit renumbers."""
-    trainings = {train_tokenizer(LEE, kind="wordpiece", vocab_size=2000, show_progress=False).hf.to_str()
+@pytest.mark.parametrize("texts, vocab_size", [(LEE, 2000), (ZH, 107 + 150)])
+def test_wordpiece_training_is_deterministic(texts, vocab_size):
+    """The Rust trainer numbers its alphabet and tied merges in hash order, and would pick among
+    equally frequent characters in hash order when the alphabet is cut (ZH's 325 characters in
+    150 ids); ptmkit chooses the alphabet itself and renumbers."""
+    trainings = {train_tokenizer(texts, kind="wordpiece", vocab_size=vocab_size, min_frequency=1,
+                                 show_progress=False).hf.to_str()
                  for _ in range(3)}
     assert len(trainings) == 1
+
+
+def _unk_share(tok: Tokenizer, texts: list[str]) -> float:
+    ids = [i for text in texts for i in tok.encode(text)]
+    return sum(i == tok.special.unk for i in ids) / len(ids)
+
+
+def test_wordpiece_keeps_every_chinese_character_the_vocabulary_has_room_for():
+    """Han characters and punctuation never continue a word, so each costs one id: a vocabulary
+    with room for all of ZH's characters keeps them all (a flat half-the-budget alphabet left
+    about half of them out, and each one missing makes its word [UNK])."""
+    characters = {c for line in ZH for c in line}
+    vocab_size = 107 + len(characters) + 10
+    tok = train_tokenizer(ZH, kind="wordpiece", vocab_size=vocab_size, min_frequency=1, show_progress=False)
+    assert tok.vocab_size <= vocab_size
+    assert _unk_share(tok, ZH) == 0
+
+
+def test_wordpiece_alphabet_leaves_room_for_characters_after_its_sample(monkeypatch):
+    """The alphabet is chosen on the corpus's first texts (Chinese here); ids it leaves over go
+    to characters seen later (English letters, each with its "##" twin), and the vocabulary
+    still stays within its size, the same whether the texts come as a list or a stream."""
+    monkeypatch.setattr(tokenizer_module, "ALPHABET_SAMPLE_CHARS", sum(map(len, ZH)))
+    texts = ZH + LEE[:100]
+    vocab_size = 107 + len({c for line in ZH for c in line}) + 200
+    streamed = train_tokenizer(iter(texts), kind="wordpiece", vocab_size=vocab_size, min_frequency=1,
+                               show_progress=False)
+    assert streamed.vocab_size <= vocab_size
+    vocab = streamed.hf.get_vocab()
+    assert {"的", "e", "##e", "t", "##t"} <= vocab.keys()
+    assert _unk_share(streamed, ZH) == 0 and _unk_share(streamed, LEE[:100]) < 0.01
+    listed = train_tokenizer(texts, kind="wordpiece", vocab_size=vocab_size, min_frequency=1, show_progress=False)
+    assert listed.sha256() == streamed.sha256()  # the sample went back in front of the stream
 
 
 def test_lowercase_defaults_and_override():
