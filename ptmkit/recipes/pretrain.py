@@ -153,7 +153,7 @@ def _with_saved_settings(run: RecipeRun) -> RecipeRun:
 
 def _check_text(run: RecipeRun) -> None:
     """Each corpus the stages read is given once, prepared or raw (or was prepared by the run
-    being resumed), and raw text reads: a typo fails before anything is written."""
+    being resumed), and both read: a typo fails before anything is written."""
     sources = [("data", "--data", "--corpus", run.data, run.corpus)]
     if run.recipe.reads_domain:
         sources.append((DOMAIN_DATA, "--domain-data", "--domain-corpus", run.domain_data, run.domain_corpus))
@@ -161,7 +161,9 @@ def _check_text(run: RecipeRun) -> None:
         if directory is not None and corpus:
             raise UserError(f"both {data_flag} and {corpus_flag} given", f"{data_flag}/{corpus_flag}",
                             "pass only one of them")
-        if directory is None and not (run.resume and (run.out / folder / "manifest.json").is_file()):
+        if directory is not None:
+            TokenShards(directory)  # a missing or damaged directory is a one-line error
+        elif not (run.resume and (run.out / folder / "manifest.json").is_file()):
             if not corpus:
                 raise UserError("no training text", f"{data_flag}/{corpus_flag}",
                                 f"pass {corpus_flag} FILE ... or {data_flag} DIR")

@@ -199,6 +199,18 @@ DOMAIN_STAGES = {
 }
 
 
+@pytest.mark.parametrize("recipe", [TWO_STAGES, DOMAIN_STAGES])
+def test_cli_recipe_with_a_missing_prepared_directory_writes_nothing(recipe: dict, tmp_path: Path, capsys) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    domain = ["--domain-data", str(tmp_path / "missing")] if recipe is DOMAIN_STAGES else []
+    code = main(["pretrain", "--recipe", str(path), "--data", str(tmp_path / "missing"), *domain,
+                 "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "not a prepared data directory" in err and str(tmp_path / "missing") in err
+    assert "Traceback" not in err and not (tmp_path / "o").exists()
+
+
 @pytest.fixture(scope="module")
 def lee_test(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """gensim's 50 Lee test documents (a second news text; the file is latin-1) as UTF-8."""
