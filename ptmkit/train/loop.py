@@ -47,7 +47,8 @@ class TrainConfig:
     seq_len: int = 128
     lr: float = 5e-4
     warmup: int = -1
-    """Linear warm-up steps; -1 means 6% of the steps."""
+    """Linear warm-up steps; -1 means 6% of the steps (100 under a pure time budget). Under a
+    time budget warm-up also ends at 6% of the clock."""
     schedule: str = "linear"
     """Decay after warm-up: linear, cosine or constant."""
     min_lr_ratio: float = 0.0
@@ -119,19 +120,30 @@ UNBOUNDED_STEPS = 10**8
 """`steps` at or above this with `max_minutes` means "as many steps as the time allows"."""
 
 
+WARMUP_CLOCK_SHARE = 0.06
+"""Under a time budget, warm-up ends after this share of the clock if its steps have not: at a
+few seconds a step on a slow machine, 100 warm-up steps were a 5-minute budget's whole run."""
+
+
 def learning_rate(cfg: TrainConfig, step: int, elapsed_s: float = 0.0) -> float:
     """Warm-up then linear/cosine decay to lr * min_lr_ratio.
 
-    A function of the step alone (so resuming is exact), except under a time budget, where the
-    decay follows whichever of steps and wall clock is further along.
+    A function of the step alone (so resuming is exact), except under a time budget, where
+    warm-up ends after `warmup` steps or WARMUP_CLOCK_SHARE of the clock, whichever comes first,
+    and the decay follows whichever of steps and wall clock is further along past warm-up.
     """
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
+    clock = elapsed_s / (cfg.max_minutes * 60) if cfg.max_minutes > 0 else 0.0
+    warm = (step + 1) / cfg.warmup if cfg.warmup > 0 else 1.0
+    if cfg.max_minutes > 0:
+        warm = max(warm, clock / WARMUP_CLOCK_SHARE)
+    if warm < 1:
+        return cfg.lr * warm
     if cfg.schedule == "constant":
         return cfg.lr
-    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
     if cfg.max_minutes > 0:
-        progress = min(1.0, max(progress, elapsed_s / (cfg.max_minutes * 60)))
+        progress = max(progress, (clock - WARMUP_CLOCK_SHARE) / (1 - WARMUP_CLOCK_SHARE))
+    progress = min(1.0, max(0.0, progress))
     shape = 1 - progress if cfg.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape)
 

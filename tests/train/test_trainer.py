@@ -54,6 +54,25 @@ def test_schedule_warms_up_then_decays() -> None:
     assert timed.time_bound and (timed.warmup, timed.log_every, timed.eval_every) == (100, 10, 500)
 
 
+def test_under_a_time_budget_warm_up_ends_on_the_clock_and_decay_follows_it() -> None:
+    """A slow machine (60 s a step in a 10-minute budget) still reaches the peak rate and decays
+    over the rest of the clock; a fast one warms up over its 100 steps and holds the peak until
+    the clock's warm-up share has passed; the rate never jumps."""
+    cfg = TrainConfig(max_minutes=10, lr=1.0, schedule="linear")
+    assert cfg.warmup == 100
+    slow = [learning_rate(cfg, step, elapsed_s=60.0 * step) for step in range(11)]
+    assert slow[0] == pytest.approx(0.01)
+    assert slow[1] == pytest.approx(1 - (0.1 - 0.06) / 0.94)  # warm-up ended at 6% of the clock
+    assert slow[10] == pytest.approx(0.0)
+    assert all(a >= b for a, b in zip(slow[1:], slow[2:]))
+    fast = [learning_rate(cfg, step, elapsed_s=0.01 * step) for step in range(200)]
+    assert fast[99] == pytest.approx(1.0) and fast[150] == pytest.approx(1.0)
+    rates = [learning_rate(cfg, step, elapsed_s=3.0 * step) for step in range(200)]
+    peak = rates.index(max(rates))
+    assert rates[peak] == pytest.approx(1.0) and rates[-1] < 0.05
+    assert all(0 <= a - b < 0.006 for a, b in zip(rates[peak:], rates[peak + 1:]))  # no jump down
+
+
 def test_a_time_budget_alone_leaves_the_step_count_open() -> None:
     assert TrainConfig().steps == 1000 and not TrainConfig().time_bound
     assert TrainConfig(max_minutes=30).time_bound  # the clock ends the run, not 1000 steps
