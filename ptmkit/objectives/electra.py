@@ -126,10 +126,11 @@ def replace_with_samples(input_ids: Tensor, labels: Tensor, logits: Tensor,
     selected = labels != IGNORE
     with torch.no_grad():
         scores = logits.float() / temperature
+        scores = scores - torch.empty_like(scores).exponential_().log()  # -log(Exp(1)) ~ Gumbel(0, 1)
+        # after the noise: an Exp(1) sample of 0 gives +inf, and -inf + inf would be NaN, which argmax picks
         scores[:, forbidden] = float("-inf")
-        gumbel = -torch.empty_like(scores).exponential_().log()  # -log(Exp(1)) ~ Gumbel(0, 1)
         corrupted = input_ids.clone()
-        corrupted[selected] = (scores + gumbel).argmax(-1)
+        corrupted[selected] = scores.argmax(-1)
         original = torch.where(selected, labels, input_ids)
     return corrupted, (corrupted != original).float()
 

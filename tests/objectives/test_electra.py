@@ -75,6 +75,17 @@ def test_samples_follow_the_generator_and_avoid_special_ids(vocab) -> None:
     assert torch.equal(replaced.bool(), corrupted != 200)
 
 
+def test_an_exponential_sample_of_zero_never_picks_a_special_id(vocab, monkeypatch) -> None:
+    """Exp(1) can return 0, whose Gumbel noise is +inf: on a forbidden id already at -inf that
+    made NaN, and argmax takes NaN for the largest value."""
+    monkeypatch.setattr(torch.Tensor, "exponential_", lambda self, *args, **kwargs: self.zero_())
+    inputs = torch.full((1, 8), vocab.special.mask)
+    labels = torch.full_like(inputs, 200)
+    special = sorted(vocab.special.all())
+    corrupted, _ = replace_with_samples(inputs, labels, torch.zeros(8, vocab.size), special)
+    assert not torch.isin(corrupted, torch.tensor(special)).any()
+
+
 def test_generator_is_a_quarter_wide_same_depth_and_shares_the_embeddings(vocab) -> None:
     objective = get_objective("electra")(vocab, 64)
     model = tiny(objective, vocab)
