@@ -23,6 +23,11 @@ _EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 """`5e-4`: a number to the user, a string to YAML 1.1 (which wants `5.0e-4`)."""
 
 
+def positive(value: float) -> bool:
+    """A finite number above zero (`value > 0` alone lets inf through)."""
+    return math.isfinite(value) and value > 0
+
+
 def number_or_none(value: Any) -> int | float | None:
     """`value` as a finite number (`5e-4` text as the float it spells), else None. Quoted plain
     numbers stay text: the runner would not convert them either."""
@@ -82,7 +87,7 @@ def rates(value: Any, spot: str) -> Any:
     reads quoted numbers too, and a resumed compare must see the same cache key)."""
     for rate in value if isinstance(value, list) and value else [value]:
         try:
-            ok = not isinstance(rate, bool) and math.isfinite(float(rate)) and float(rate) > 0
+            ok = not isinstance(rate, bool) and positive(float(rate))
         except (TypeError, ValueError):
             ok = False
         if not ok:

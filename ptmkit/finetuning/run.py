@@ -23,6 +23,7 @@ import yaml
 from tqdm import tqdm
 
 import ptmkit
+from ptmkit.checks import positive
 from ptmkit.errors import RunStopped, UserError
 from ptmkit.fileio import is_within
 from ptmkit.finetuning.data import batches_of, glue_files, glue_spec, label_budget
@@ -310,10 +311,10 @@ def check_options(spec: FinetuneSpec) -> None:
     if not 0 < spec.layer_decay <= 1:
         raise UserError(f"--layer-decay {spec.layer_decay} is not in (0, 1]", "--layer-decay",
                         "use e.g. 0.8 (lower layers learn slower) or 1 (off)")
-    if spec.head_epochs < 0 or not _positive(spec.head_lr):
+    if spec.head_epochs < 0 or not positive(spec.head_lr):
         raise UserError(f"--head-epochs {spec.head_epochs} / --head-lr {spec.head_lr}: epochs must be 0 or more, "
                         "the rate positive", "--head-epochs/--head-lr", "e.g. --head-epochs 5 --head-lr 3e-3 (0: off)")
-    if spec.epochs < 1 or spec.batch_size < 1 or not _positive(spec.lr):
+    if spec.epochs < 1 or spec.batch_size < 1 or not positive(spec.lr):
         raise UserError("epochs, batch size and learning rate must be positive", "--epochs/--batch-size/--lr",
                         "e.g. --epochs 3 --batch-size 32 --lr 5e-5")
     if spec.precision not in PRECISIONS:
@@ -349,10 +350,6 @@ def check_options(spec: FinetuneSpec) -> None:
         raise UserError(f"--select-fraction {spec.select_fraction} is not a share", "--select-fraction",
                         "use a number between 0 and 1, e.g. 0.1 (0: pick on dev)")
     _check_folds(spec)
-
-
-def _positive(value: float) -> bool:
-    return math.isfinite(value) and value > 0
 
 
 def check_finetune(spec: FinetuneSpec) -> _Prepared:

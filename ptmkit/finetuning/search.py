@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import shutil
 import warnings
 from typing import Any
 
+from ptmkit.checks import positive
 from ptmkit.errors import RunStopped, UserError
 from ptmkit.fileio import copy_items
 from ptmkit.finetuning.registry import TASKS
@@ -44,7 +44,7 @@ def select_fraction_for(select_fraction: float | None, choices: int) -> float:
 def finetune_search(spec: FinetuneSpec, rates: list[float], head_epochs: list[int] | None = None) -> dict[str, Any]:
     """Fine-tune at each learning rate, with each of `head_epochs` when given (else the spec's);
     returns the winner's eval.json plus every run's scores."""
-    if not rates or not all(math.isfinite(r) and r > 0 for r in rates):
+    if not rates or not all(positive(r) for r in rates):
         raise UserError(f"learning rates must be positive, not {rates}", "--lr", "e.g. --lr 1e-4,5e-4")
     heads = head_epochs or [spec.head_epochs]
     if any(h < 0 for h in heads):
