@@ -71,15 +71,19 @@ def load_recipe(name: str) -> Recipe:
     return parse_recipe(read_yaml(path, "--recipe") or {}, str(path))
 
 
-def _check_stage(stage: Stage, spot: str) -> None:
+def _check_stage(stage: Stage, spot: str, last: bool) -> None:
     """A stage's options and training settings, checked when the recipe is read: a bad one in a
-    later stage must not surface after the earlier stages have trained."""
+    later stage must not surface after the earlier stages have trained. An earlier stage needs a
+    length of its own: without one it trained until only the last stage's share was left."""
     from ptmkit.objectives import OBJECTIVES
     from ptmkit.train.loop import TrainConfig
     try:
-        OBJECTIVES[stage.objective].parse_options(dict(stage.objective_options))
+        options = OBJECTIVES[stage.objective].parse_options(dict(stage.objective_options))
     except UserError as err:  # its where is `objective_options[.OPTION]`
         raise UserError(err.what, f"{spot}.{err.where}", err.fix) from None
+    if not last and not ({"steps", "max_minutes"} & stage.train.keys() or getattr(options, "epochs", 0)):
+        raise UserError(f"stage {stage.objective} comes before the last one but has no length", f"{spot}.train",
+                        "give it `steps` or `max_minutes` (the last stage trains for what the budget leaves)")
     unknown = sorted(set(stage.train) - {f.name for f in dataclasses.fields(TrainConfig)})
     if unknown:
         raise UserError(f"unknown training option(s) {', '.join(unknown)}", f"{spot}.train",
@@ -114,7 +118,7 @@ def parse_recipe(values: dict, where: str) -> Recipe:
             raise UserError(f"unknown corpus {corpus!r}", f"{spot}.corpus", "use general or domain")
         parsed.append(Stage(objective, dict(stage.get("objective_options") or {}), dict(stage.get("train") or {}),
                             corpus))
-        _check_stage(parsed[-1], spot)
+        _check_stage(parsed[-1], spot, last=i == len(stages) - 1)
     minutes = values.get("minutes")
     if not isinstance(minutes, (int, float)) or minutes <= 0:
         raise UserError(f"minutes must be a positive number, not {minutes!r}", f"{where}: minutes",
