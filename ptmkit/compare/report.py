@@ -10,6 +10,7 @@ import csv
 import html
 import json
 import re
+import urllib.parse
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -90,8 +91,9 @@ def _cell_text(values: dict[int, float], base: dict[int, float] | None, seeds: i
     finite = _finite(values)
     text = _fmt(*_mean_std(list(finite.values())), scale=100)
     gain = paired_gain(values, base) if base is not None else None
-    if gain is not None:
-        text += f" ({gain[0] * 100:+.1f}{'*' if gain[1] else ''})"
+    if gain is not None:  # on fewer seeds than the mean (a seed NaN or missing on one side): say so
+        fewer = f", {gain[2]} seed{'s' * (gain[2] > 1)}" if gain[2] < len(finite) else ""
+        text += f" ({gain[0] * 100:+.1f}{'*' if gain[1] else ''}{fewer})"
     notes = []
     if len(finite) < seeds:
         notes.append(f"{len(finite)}/{seeds} seeds")
@@ -165,14 +167,17 @@ def survey_table(rows: list[dict[str, Any]], out: Path) -> tuple[list[str], list
         path = "A" if objective == "scratch" else _survey_path(objective, rows)
         scores: dict[bool, list[float]] = {False: [], True: []}
         tried: dict[bool, int] = {False: 0, True: 0}
+        nan_only: dict[bool, int] = {False: 0, True: 0}
         gains = []
         for task, budget in points.items():
             if not any(k[0] == task and k[1] == path and k[2] == objective for k in values):
                 continue  # the objective has no cell on this task (its network cannot do it)
             nlg = metric[task] in NLG_METRICS
             tried[nlg] += 1
-            cell = _finite(values.get((task, path, objective, budget), {}))
+            measured = values.get((task, path, objective, budget), {})
+            cell = _finite(measured)
             if not cell:
+                nan_only[nlg] += bool(measured)
                 continue
             scores[nlg].append(float(np.mean(list(cell.values()))))
             base = values.get((task, "A", "scratch", budget))
@@ -181,8 +186,8 @@ def survey_table(rows: list[dict[str, Any]], out: Path) -> tuple[list[str], list
                 gains.append(gain[0])
 
         def score(nlg: bool) -> str:
-            if not scores[nlg]:
-                return "–"
+            if not scores[nlg]:  # nothing yet, or only NaN (a diverged run is not "not measured")
+                return f"NaN [0/{tried[nlg]} tasks]" if nan_only[nlg] else "–"
             partial = f" [{len(scores[nlg])}/{tried[nlg]} tasks]" if len(scores[nlg]) < tried[nlg] else ""
             return f"{np.mean(scores[nlg]) * 100:.1f}{partial}"
 
@@ -292,8 +297,7 @@ def plots(rows: list[dict[str, Any]], out: Path, runs: Sequence[str] | None = No
     if curves:
         fig, ax = plt.subplots(figsize=(6, 4))
         for path in curves:
-            points = [json.loads(line) for line in path.read_text().splitlines()]
-            points = [(p["tokens"], p["loss"]) for p in points if "loss" in p and "tokens" in p]
+            points = [(p["tokens"], p["loss"]) for p in _records(path) if "loss" in p and "tokens" in p]
             if points:
                 ax.plot(*zip(*points), label=path.parent.name)
         ax.set_xlabel("tokens seen")
@@ -318,6 +322,17 @@ def plots(rows: list[dict[str, Any]], out: Path, runs: Sequence[str] | None = No
     return written
 
 
+def _records(metrics: Path) -> list[dict[str, Any]]:
+    """The whole lines of a metrics.jsonl: a run killed mid-write leaves its last one cut off."""
+    records = []
+    for line in metrics.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
 def _save(fig: Any, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -336,8 +351,9 @@ def write_report(out: Path, title: str = "ptmkit compare", notes: Sequence[str] 
     tables = task_tables(rows)
     images = plots(rows, out, runs)
     intro = ("Scores on dev (×100), mean ± sample std over seeds; in brackets the gain over scratch (path A) "
-             "at the same label budget on the seeds both have, * where it is larger than the seed-to-seed "
-             "spread (the larger std of the two). [k/m seeds]: k of the task's m seeds finished so far; "
+             "at the same label budget on the seeds both have (', k seeds' when they are fewer than the "
+             "mean's), * where it is larger than the seed-to-seed spread (the larger std of the two). "
+             "[k/m seeds]: k of the task's m seeds finished so far; "
              "[k NaN]: k seeds scored NaN, left out. Paths: A = scratch, B = general pre-training, "
              "C = general then domain pre-training.")
     notes = [*notes, *failure_notes(out)]
@@ -348,7 +364,7 @@ def write_report(out: Path, title: str = "ptmkit compare", notes: Sequence[str] 
     md += ["## Objectives side by side", "", caption, "", _markdown_table(*survey), ""]
     for task, table in tables.items():
         md += [f"## {task}", "", _markdown_table(*table), ""]
-    md += [f"![{p.stem}]({p.name})" for p in images]
+    md += [f"![{p.stem}]({urllib.parse.quote(p.name)})" for p in images]  # a task name may hold spaces
     write_text_atomic(out / "report.md", "\n".join(md) + "\n")
     body = [f"<h1>{html.escape(title)}</h1>", "<p>" + html.escape(intro) + "</p>",
             *("<p>" + html.escape(note) + "</p>" for note in notes),
@@ -357,7 +373,7 @@ def write_report(out: Path, title: str = "ptmkit compare", notes: Sequence[str] 
         body += [f"<h2>{html.escape(task)}</h2>", _html_table(*table)]
     for image in images:
         data = base64.b64encode(image.read_bytes()).decode()
-        body.append(f'<p><img alt="{image.stem}" src="data:image/png;base64,{data}"></p>')
+        body.append(f'<p><img alt="{html.escape(image.stem)}" src="data:image/png;base64,{data}"></p>')
     style = ("<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
              "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:.3em .6em}</style>")
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>{style}</head>" \

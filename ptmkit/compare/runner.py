@@ -367,7 +367,7 @@ class Compare:
             bar.update(seconds)
             bar.set_postfix_str(f"{runs_left} runs left; last: {what}")
 
-        failures: list[dict[str, str]] = []
+        failures: list[dict[str, Any]] = []
         failed_jobs: set[PretrainJob] = set()
         for job in pending_jobs:  # domain runs start from the general ones
             bar.set_postfix_str(f"{runs_left} runs left; pretrain {job.name}")
@@ -486,10 +486,13 @@ class Compare:
 
 
 class CompareFailed(UserError):
-    """Some runs of a compare failed; the others finished and are in results.csv and the report."""
+    """Some runs of a compare failed; the others finished and are in results.csv and the report.
+    Exit code 1 (the error contract's "unexpected failure") when a run failed on something other
+    than a UserError: a bug, whose traceback was printed when it happened."""
 
-    def __init__(self, failures: list[dict[str, str]], finished: int, total: int, out: Path) -> None:
+    def __init__(self, failures: list[dict[str, Any]], finished: int, total: int, out: Path) -> None:
         self.failures = failures
+        self.exit_code = 1 if any(f.get("unexpected") for f in failures) else 2
         names = "; ".join(f"{f['run']}: {f['error']}" for f in failures[:5])
         more = f" (and {len(failures) - 5} more)" if len(failures) > 5 else ""
         super().__init__(f"{len(failures)} run(s) failed: {names}{more}",
@@ -514,11 +517,11 @@ def _one_class_note(finished: list[Cell], out: Path) -> str | None:
             f"fine-tuning more steps or a higher rate (finetune.min_steps, finetune.epochs, finetune.lr).")
 
 
-def _failure(what: str, err: Exception) -> dict[str, str]:
+def _failure(what: str, err: Exception) -> dict[str, Any]:
     """Report a failed run now (with its traceback, a worker's included) and keep a line for the end."""
     detail = str(err) if isinstance(err, UserError) else "".join(traceback.format_exception(err))  # a bug keeps its traceback
     tqdm.write(f"compare: {what} failed: {detail}", file=sys.stderr)
-    return {"run": what, "error": f"{type(err).__name__}: {err}"}
+    return {"run": what, "error": f"{type(err).__name__}: {err}", "unexpected": not isinstance(err, UserError)}
 
 
 def _weights(cfg: CompareConfig, out: Path) -> dict[str, float]:

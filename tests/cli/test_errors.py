@@ -324,6 +324,13 @@ CASES = [
     Case("generate-beam-and-top-p", ["generate", "--run", "{run}", "--input", "in.txt", "--beam", "4",
                                      "--top-p", "0.9"], ("--beam", "--top-p"), [_file("in.txt", "The river\n")]),
     Case("demo-no-tokens", ["demo", "--out", "d", "--tokens", "0"], ("--tokens",)),
+    Case("demo-no-workers", ["demo", "--out", "d", "--workers", "0"], ("--workers",)),
+    Case("demo-out-is-a-file", ["demo", "--out", "afile"], ("afile", "--out"), [_file("afile", KEEP)]),
+    Case("compare-out-is-a-file", ["compare", "--config", "cmp.yaml", "--out", "afile", "--dry-run"],
+         ("afile", "--out"), [_file("afile", KEEP), _file("cmp.yaml", "corpus: [{lee}]\nobjectives: [mlm]\n"
+                                                        "task: {{type: classify, train: t.csv}}\n")]),
+    Case("finetune-out-under-a-file", ["finetune", "--task", "sst2", "--init", "scratch", "--out", "afile/run"],
+         ("afile", "not under a file"), [_file("afile", KEEP)]),
     *(Case(f"generate-temperature-{value}", ["generate", "--run", "{run}", "--input", "in.txt",
                                                "--temperature", value], ("--temperature",),
            [_file("in.txt", "The river\n")]) for value in ("0", "nan")),

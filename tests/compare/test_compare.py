@@ -25,7 +25,7 @@ from ptmkit.compare.report import aggregate, read_results, summary_lines, write_
 from ptmkit.compare.runner import RESULT_COLUMNS, Compare, CompareFailed
 from ptmkit.data.shards import TokenShards
 from ptmkit.data.tokenizer import Tokenizer
-from ptmkit.errors import UserError
+from ptmkit.errors import RunStopped, UserError
 from ptmkit.finetuning.registry import task_accepts
 from ptmkit.objectives import get_objective
 
@@ -282,7 +282,7 @@ def test_the_demo_domain_text_leaves_out_the_task_sentences(tmp_path, monkeypatc
     task = tmp_path / "task.cor"
     task.write_text("__label__neg simplistic , silly and tedious . \n"
                     "__label__neg it's so laddish and juvenile , only teenage boys could possibly find it funny . \n")
-    text = demo.write_review_text(tmp_path / "out", task).read_text()
+    text = demo.write_review_text(tmp_path / "out" / "reviews.txt", task).read_text()
     assert text == "A warm, funny film. Worth it.\nA banker plans a robbery.\n"
 
 
@@ -674,7 +674,27 @@ def test_nan_scores_are_left_out_of_means_and_flagged(tmp_path) -> None:
     assert "| 70.0 (+8.0) [1/2 seeds, 1 NaN] |" in table_line(text, "| B | mlm |")
     assert "| NaN [0/2 seeds, 2 NaN] |" in table_line(text, "| B | clm |")
     assert table_line(text, "| mlm |").split(" | ")[3] == "70.0"  # survey NLU score, not nan
+    assert table_line(text, "| clm |").split(" | ")[3] == "NaN [0/1 tasks]"  # diverged, not "not measured"
     assert (tmp_path / "budget_sst2.png").stat().st_size > 1000  # the plot skips what has no score
+
+
+def test_a_gain_on_fewer_seeds_than_its_mean_says_how_many(tmp_path) -> None:
+    out = write_results(tmp_path, [("scratch", "A", 100, 0, 0.51), ("scratch", "A", 100, 2, math.nan),
+                                   ("mlm", "B", 100, 0, 0.60), ("mlm", "B", 100, 2, 0.70)])
+    text = write_report(out)[0].read_text()
+    assert "| 65.0 ± 7.1 (+9.0, 1 seed) |" in table_line(text, "| B | mlm |")  # seed 0 alone is paired
+
+
+def test_a_loss_curve_cut_off_mid_line_still_plots(tmp_path) -> None:
+    """A pre-training killed while writing metrics.jsonl leaves half a line: the report of the
+    partial compare still draws what was whole."""
+    out = write_results(tmp_path, [("scratch", "A", 100, 0, 0.51), ("mlm", "B", 100, 0, 0.60)])
+    run = out / "pretrain" / "mlm-s0"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"step": 1, "tokens": 64, "loss": 9.1}\n'
+                                       '{"step": 2, "tokens": 128, "loss": 8.7}\n{"step": 3, "tok')
+    write_report(out)
+    assert (out / "pretrain_loss.png").stat().st_size > 1000
 
 
 def test_the_survey_reads_one_stated_budget_per_task(tmp_path) -> None:
@@ -727,17 +747,20 @@ def test_a_failing_cell_keeps_the_others_and_a_rerun_finishes_it(task_file, tmp_
     assert report.startswith("# Rivers and markets\n") and "failed" not in report
 
 
-def test_a_failing_pretraining_fails_only_its_cells(task_file, tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("error, exit_code", [(RuntimeError("out of memory"), 1),
+                                               (RunStopped("loss is NaN", "run", "lower the rate"), 2)])
+def test_a_failing_pretraining_fails_only_its_cells(error, exit_code, task_file, tmp_path, monkeypatch) -> None:
     cfg = parse_compare_config(config(task_file, label_budgets=[20], seeds=[0]), "cmp.yaml", tmp_path)
     out = tmp_path / "out"
 
     def crash(spec):
-        raise RuntimeError("out of memory")
+        raise error
 
     monkeypatch.setattr(runner, "pretrain", crash)
     with pytest.raises(CompareFailed) as failed:
         Compare(cfg, out, progress=False).run()
     assert [f["run"] for f in failed.value.failures] == ["pretrain mlm-s0", "finetune task/B-mlm/b20-s0"]
+    assert failed.value.exit_code == exit_code  # a crash is the error contract's "unexpected failure"
     assert [(r["objective"], r["label_budget"]) for r in read_results(out / "results.csv")] == [("scratch", "20")]
 
 
