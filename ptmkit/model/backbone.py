@@ -139,14 +139,16 @@ def past_mask(attn_mask: Tensor | None, is_causal: bool, past: int, length: int,
 
     SDPA's `is_causal` aligns the triangle top-left, which is wrong once keys outnumber queries,
     so a causal step past the first becomes an explicit bottom-right triangle (no mask at all for
-    a single row, which may see every key). An explicit mask is the caller's, full key width.
+    a single row, which may see every key). A causal call with a mask of its own (padding) gets
+    the triangle ANDed into it: SDPA ignores `is_causal` beside a mask, and the rows would have
+    seen the future. An explicit mask is the caller's, full key width.
     """
-    if past == 0 or attn_mask is not None or not is_causal:
+    if not is_causal or (attn_mask is None and past == 0):
         return attn_mask, is_causal
-    if length == 1:
+    if attn_mask is None and length == 1:
         return None, False
-    rows = torch.ones(length, past + length, dtype=torch.bool, device=device)
-    return rows.tril(diagonal=past), False
+    triangle = torch.ones(length, past + length, dtype=torch.bool, device=device).tril(diagonal=past)
+    return (triangle if attn_mask is None else attn_mask & triangle), False
 
 
 @dataclass

@@ -109,14 +109,15 @@ def _loss_and_gradients(hidden: Tensor, weight: Tensor, bias: Tensor | None, tar
             torch.mm(grad, weight, out=grad_hidden[group][part])  # straight into the gradient
             if grad_bias is not None:
                 grad_bias += grad.sum(0, dtype=torch.float32)
-        if grad_weight is None:
-            grad_weight = grad_logits.t() @ h_group
-        elif grad_weight.dtype == grad_logits.dtype:
+        if grad_weight is None:  # the groups' products are summed in fp32 (a no-op cast in fp32)
+            grad_weight = (grad_logits.t() @ h_group).float()
+        elif hidden.dtype == torch.float32:
             grad_weight.addmm_(grad_logits.t(), h_group)
         else:
-            grad_weight = grad_weight.float() + grad_logits.t() @ h_group
+            grad_weight += grad_logits.t() @ h_group
     if grad_weight is None:  # no rows
         grad_weight = torch.zeros_like(weight)
+    rows = max(rows, 1)  # no rows: a loss of 0, as without gradients, not 0/0
     return loss / rows, correct / rows, (grad_hidden, grad_weight, grad_bias)
 
 

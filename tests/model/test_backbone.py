@@ -47,6 +47,24 @@ def test_explicit_causal_mask_equals_is_causal_flag() -> None:
         torch.testing.assert_close(model.encode(x, attn_mask=mask), model.encode(x, is_causal=True))
 
 
+@pytest.mark.parametrize("length", [L, 200])  # explicit CPU attention, and SDPA past 128 keys
+def test_causal_with_a_padding_mask_still_hides_the_future(length: int) -> None:
+    """`is_causal` beside a mask was dropped (SDPA takes one or the other): right-padded causal
+    input read every later token."""
+    model, x = make(max_positions=256), ids(length=length)
+    valid = torch.ones(2, length, dtype=torch.bool)
+    valid[1, length - 3:] = False
+    y = x.clone()
+    y[:, 7] = (y[:, 7] + 1) % V
+    with torch.no_grad():
+        a = model.encode(x, attn_mask=key_padding_mask(valid), is_causal=True)
+        b = model.encode(y, attn_mask=key_padding_mask(valid), is_causal=True)
+        plain = model.encode(x, is_causal=True)
+    assert changed_rows(a, b) == list(range(7, length))
+    torch.testing.assert_close(a[0], plain[0])  # the unpadded row: exactly the causal encoding
+    torch.testing.assert_close(a[1, :length - 3], plain[1, :length - 3])  # padding only follows
+
+
 def test_prefix_mask_prefix_is_bidirectional_and_blind_to_the_target() -> None:
     model, x, P = make(), ids(), 5
     mask = torch.from_numpy(masks.prefix(L, P)).expand(2, L, L)

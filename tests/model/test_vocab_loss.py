@@ -75,6 +75,28 @@ def test_bf16_autocast_matches_plain_autocast(monkeypatch, group_elements) -> No
         torch.testing.assert_close(ours, ref, atol=2e-2, rtol=5e-2)
 
 
+def test_bf16_weight_gradient_is_summed_over_groups_in_fp32(monkeypatch) -> None:
+    """64 groups of rows: summing their bf16 products in bf16 lost four times the precision of
+    one group (0.98% against 0.25% of the fp32 gradient's norm)."""
+    monkeypatch.setattr(vocab_loss, "CHUNK_ELEMENTS", 64 * 1024)
+    monkeypatch.setattr(vocab_loss, "GROUP_ELEMENTS", 64 * 1024)
+    hidden, weight, b, targets = inputs(4096, width=64, vocab=1024)
+    reference = grads(plain(hidden, weight, b, targets)[0], weight)[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = linear_cross_entropy(hidden, weight, b, targets)
+    ours = grads(loss, weight)[0]
+    assert float((ours - reference).norm() / reference.norm()) < 0.005
+
+
+def test_no_rows_is_a_zero_loss_with_zero_gradients() -> None:
+    """A batch whose windows select no token (all special, or too short to mask) must not turn
+    the loss and every gradient into NaN."""
+    hidden, weight, b, targets = inputs(0)
+    loss, accuracy = linear_cross_entropy(hidden, weight, b, targets)
+    assert float(loss.detach()) == 0.0 and float(accuracy) == 0.0
+    assert all(float(g.abs().sum()) == 0.0 for g in grads(loss + hidden.sum(), weight, b))
+
+
 def test_without_gradients_only_the_loss_is_computed() -> None:
     hidden, weight, b, targets = inputs(40)
     with torch.no_grad():
