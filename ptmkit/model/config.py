@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from ptmkit.errors import UserError
+from ptmkit.errors import UserError, check_values
 
 SIZES: dict[str, dict[str, int]] = {
     "tiny": {"n_layers": 2, "hidden": 128, "heads": 2},
@@ -75,6 +75,29 @@ class ModelConfig:
     layout: str = "prenorm"
 
     def __post_init__(self) -> None:
+        # a YAML model file reaches here unchecked: a wrong type or a 0 would otherwise surface
+        # as a ZeroDivisionError or a negative-dimension error inside torch
+        def whole(name: str, least: int) -> tuple[str, bool, str]:
+            value = getattr(self, name)
+            return name, isinstance(value, int) and not isinstance(value, bool) and value >= least, \
+                f"use a whole number >= {least}"
+
+        def rate(name: str) -> tuple[str, bool, str]:
+            value = getattr(self, name)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
+            return name, ok, "use a number in [0, 1)"
+
+        flags = ("layernorm_embedding", "final_norm", "lm_head_transform", "lm_head_bias", "tie_embeddings")
+        check_values(self, [
+            *(whole(name, 1) for name in ("vocab_size", "n_layers", "hidden", "heads", "max_positions")),
+            *(whole(name, 0) for name in ("n_decoder_layers", "ffn", "position_offset", "type_vocab_size", "pad_id")),
+            *((name, isinstance(getattr(self, name), bool), "use true or false") for name in flags),
+            rate("dropout"), rate("attention_dropout"),
+            ("norm_eps", isinstance(self.norm_eps, (int, float)) and not isinstance(self.norm_eps, bool)
+             and self.norm_eps > 0, "use a small positive number, e.g. 1.0e-5"),
+            ("pad_id", not isinstance(self.pad_id, int) or not isinstance(self.vocab_size, int)
+             or self.pad_id < self.vocab_size, f"use an id below vocab_size={self.vocab_size}"),
+        ], lambda name: f"model.{name}")
         if self.ffn == 0:
             self.ffn = 4 * self.hidden
         if self.hidden % self.heads:
@@ -105,7 +128,11 @@ class ModelConfig:
         if unknown:
             raise UserError(f"unknown model field(s) {', '.join(unknown)}", where,
                             f"use only: {', '.join(sorted(known))}")
-        return cls(**values)
+        try:
+            return cls(**values)
+        except UserError as err:  # name the file the bad field came from
+            raise UserError(err.what, err.where if where == "model" else f"{where}: {err.where.removeprefix('model.')}",
+                            err.fix) from None
 
 
 def resolve_model_config(spec: str | Path | dict[str, Any], *, vocab_size: int, layout: str,
@@ -138,7 +165,7 @@ def resolve_model_config(spec: str | Path | dict[str, Any], *, vocab_size: int, 
         raise UserError(f"unknown model size {spec!r}", "--model",
                         f"use one of {', '.join(SIZES)} or a YAML file")
     layout = values.pop("layout", layout)
-    if layout not in LAYOUTS:
+    if not isinstance(layout, str) or layout not in LAYOUTS:
         raise UserError(f"unknown layout {layout!r}", where, f"use one of {', '.join(LAYOUTS)}")
     merged = {**LAYOUTS[layout], "layout": layout, "vocab_size": vocab_size, **values, **overrides}
     if encoder_decoder and not merged.get("n_decoder_layers"):
@@ -147,7 +174,7 @@ def resolve_model_config(spec: str | Path | dict[str, Any], *, vocab_size: int, 
     return ModelConfig.from_dict(merged, where)
 
 
-def _check_size(name: str, where: str) -> str:
-    if name not in SIZES:
+def _check_size(name: Any, where: str) -> str:
+    if not isinstance(name, str) or name not in SIZES:
         raise UserError(f"unknown model size {name!r}", where, f"use one of {', '.join(SIZES)}")
     return name

@@ -185,6 +185,11 @@ CASES = [
          ("model.yaml", "width"), [_file("model.yaml", "n_layers: 1\nhidden: 64\nheads: 2\nwidth: 3\n")]),
     Case("pretrain-model-unknown-size-in-file", [*PRETRAIN_DATA, "--model", "model.yaml", "--out", "run"],
          ("model.yaml", "huge"), [_file("model.yaml", "size: huge\n")]),
+    *(Case(f"pretrain-model-file-{field}", [*PRETRAIN_DATA, "--model", "model.yaml", "--out", "run"],
+           ("model.yaml", field), [_file("model.yaml", f"size: tiny\n{field}: {value}\n")])
+      for field, value in [("heads", "0"), ("hidden", "'256'"), ("n_layers", "2.5"), ("ffn", "-5"),
+                           ("dropout", "1.5"), ("norm_eps", "-1"), ("tie_embeddings", "'no'"), ("size", "[1]"),
+                           ("layout", "[1]"), ("n_decoder_layers", "-2")]),
     Case("pretrain-seq-len-too-long", [*PRETRAIN_DATA, "--seq-len", "1000", "--out", "run"],
          ("--seq-len", "512")),
     Case("pretrain-seq-len-too-long-overwrite",
