@@ -102,15 +102,17 @@ def _cell_text(values: dict[int, float], base: dict[int, float] | None, seeds: i
     return text + (f" [{', '.join(notes)}]" if notes else "")
 
 
-def task_tables(rows: list[dict[str, Any]]) -> dict[str, tuple[list[str], list[list[str]]]]:
-    """Per task: header and rows of 'mean ± std (gain over scratch)' for every budget."""
+def task_tables(rows: list[dict[str, Any]], seeds: Sequence[int] = ()
+                ) -> dict[str, tuple[list[str], list[list[str]]]]:
+    """Per task: header and rows of 'mean ± std (gain over scratch)' for every budget. `seeds`:
+    the compare's seeds, so that a seed none of whose cells finished still counts as missing."""
     values = seed_values(rows)
     metric = {row["task"]: row["metric"] for row in rows}
     tables = {}
     for task in sorted({r["task"] for r in rows}):
         budgets = sorted({k[3] for k in values if k[0] == task}, key=_budget_sort)
         systems = sorted({(k[1], k[2]) for k in values if k[0] == task})
-        seeds = len({r["seed"] for r in rows if r["task"] == task})
+        n_seeds = len({r["seed"] for r in rows if r["task"] == task} | set(seeds))
         header = ["path", "objective"] + [f"{metric[task]} @ {b}" for b in budgets]
         body = []
         for path, objective in systems:
@@ -118,7 +120,7 @@ def task_tables(rows: list[dict[str, Any]]) -> dict[str, tuple[list[str], list[l
             for b in budgets:
                 cell = values.get((task, path, objective, b))
                 base = values.get((task, "A", "scratch", b)) if path != "A" else None
-                line.append("–" if cell is None else _cell_text(cell, base, seeds))
+                line.append("–" if cell is None else _cell_text(cell, base, n_seeds))
             body.append(line)
         tables[task] = (header, body)
     return tables
@@ -342,13 +344,14 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def write_report(out: Path, title: str = "ptmkit compare", notes: Sequence[str] = (),
-                 runs: Sequence[str] | None = None) -> tuple[Path, Path]:
+                 runs: Sequence[str] | None = None, seeds: Sequence[int] = ()) -> tuple[Path, Path]:
     """report.md and a self-contained report.html (plots embedded) from out/results.csv; each
     of `notes` is one paragraph under the introduction. `runs`: the pre-training runs (names
-    under out/pretrain) whose loss curves are plotted; None plots every run there."""
+    under out/pretrain) whose loss curves are plotted; None plots every run there. `seeds`: the
+    compare's (see `task_tables`)."""
     rows = read_results(out / "results.csv")
     survey = survey_table(rows, out)
-    tables = task_tables(rows)
+    tables = task_tables(rows, seeds)
     images = plots(rows, out, runs)
     intro = ("Scores on dev (×100), mean ± sample std over seeds; in brackets the gain over scratch (path A) "
              "at the same label budget on the seeds both have (', k seeds' when they are fewer than the "

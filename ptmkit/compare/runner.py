@@ -419,7 +419,8 @@ class Compare:
             if one_class:
                 notes.append(one_class)
                 tqdm.write(f"compare: {one_class}", file=sys.stderr)
-            _, page = write_report(self.out, title=self.cfg.title, notes=notes, runs=[job.name for job in jobs])
+            _, page = write_report(self.out, title=self.cfg.title, notes=notes, runs=[job.name for job in jobs],
+                                   seeds=self.cfg.seeds)
         else:  # an earlier run's report would describe results this results.csv no longer holds
             for name in ("report.md", "report.html"):
                 (self.out / name).unlink(missing_ok=True)

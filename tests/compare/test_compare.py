@@ -657,6 +657,13 @@ def test_gain_over_scratch_compares_the_same_seeds_while_a_compare_runs(tmp_path
     assert "(+0.4) [2/3 seeds]" in page.read_text() and "(+0.4) [2/3 seeds]" in summary_lines(out)
 
 
+def test_a_seed_whose_every_cell_failed_still_counts_as_missing(tmp_path) -> None:
+    out = write_results(tmp_path, [("scratch", "A", 100, 0, 0.60), ("scratch", "A", 100, 1, 0.62),
+                                   ("mlm", "B", 100, 0, 0.70), ("mlm", "B", 100, 1, 0.72)])
+    text = write_report(out, seeds=[0, 1, 2])[0].read_text()  # seed 2 failed everywhere
+    assert "| 71.0 ± 1.4 (+10.0*) [2/3 seeds] |" in table_line(text, "| B | mlm |")
+
+
 def test_a_single_common_seed_gives_a_gain_but_never_a_star(tmp_path) -> None:
     out = write_results(tmp_path, [("scratch", "A", 100, 0, 0.60), ("scratch", "A", 100, 1, 0.61),
                                    ("mlm", "B", 100, 1, 0.80)])
