@@ -218,7 +218,8 @@ def pretrain(*, objective: str, out: str | Path, **options: Any) -> dict[str, An
 
     Keyword arguments are `PretrainSpec` fields (data, corpus, tokenizer, text_field, model,
     objective_options, init -- a run or "hf:DIR" --, resume, overwrite, val_fraction, progress)
-    and `TrainConfig` fields (steps, batch_size, seq_len, lr, ...), or `train=TrainConfig(...)`.
+    and `TrainConfig` fields (steps, batch_size, seq_len, lr, ...), or `train=TrainConfig(...)`
+    instead of them.
     """
     spec_fields = {f.name for f in dataclasses.fields(PretrainSpec)}
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -229,9 +230,14 @@ def pretrain(*, objective: str, out: str | Path, **options: Any) -> dict[str, An
     train_values = {k: v for k, v in options.items() if k in train_fields and k not in spec_fields}
     spec_values = {k: v for k, v in options.items() if k in spec_fields}
     train = spec_values.pop("train", None)
+    if train is not None and train_values:
+        # a built TrainConfig has resolved its warm-up, logging and step count for its own steps:
+        # changing `steps` in it would keep them (and 60 warm-up steps would refuse steps=50)
+        raise UserError(f"train=TrainConfig(...) given with {', '.join(sorted(train_values))}", "ptmkit.pretrain()",
+                        "put those fields into the TrainConfig, or pass them all without train=")
     # built from the values, not replaced into a default: `max_minutes` alone must leave the
     # step count open (TrainConfig resolves it), as `--max-minutes` does on the command line
-    train = dataclasses.replace(train, **train_values) if train is not None else TrainConfig(**train_values)
+    train = train if train is not None else TrainConfig(**train_values)
     for key in ("data", "tokenizer"):
         if spec_values.get(key) is not None:
             spec_values[key] = Path(spec_values[key])

@@ -16,6 +16,7 @@ from ptmkit.data.corpus import read_texts
 from ptmkit.data.shards import prepare
 from ptmkit.data.tokenizer import train_tokenizer
 from ptmkit.errors import UserError
+from ptmkit.train.loop import TrainConfig
 
 LEE = Path(gensim.__file__).parent / "test" / "test_data" / "lee_background.cor"
 TINY = {"n_layers": 2, "hidden": 32, "heads": 2, "max_positions": 64}
@@ -107,6 +108,10 @@ def test_unknown_options_and_bad_inputs(runs, tmp_path):
         ptmkit.pretrain(objective="mlm", out=tmp_path / "x", stepz=3)
     with pytest.raises(UserError, match="unknown option"):
         ptmkit.finetune(task="classify", init="scratch", out=tmp_path / "y", epochz=1)
+    # a built TrainConfig resolved its 60 warm-up steps for 1,000 steps: steps=50 beside it is refused
+    with pytest.raises(UserError, match=r"train=TrainConfig\(...\) given with steps"):
+        ptmkit.pretrain(objective="mlm", out=tmp_path / "z", train=TrainConfig(lr=1e-3), steps=50)
+    assert not (tmp_path / "z").exists()
     with pytest.raises(UserError, match="input_ids"):
         ptmkit.load_run(runs["mlm"]).logits(torch.zeros(2, 3))
     with pytest.raises(UserError, match="not a ptmkit run"):

@@ -116,6 +116,11 @@ class TrainConfig:
         return asdict(self)
 
 
+COUNT_METRICS = frozenset({"predicted"})
+"""Metrics a loss reports that are counts (the objectives' labelled positions): a step sums them
+over its micro-batches and processes, where the others are averaged, so that 2 processes x 4
+examples log what 1 x 8 does."""
+
 UNBOUNDED_STEPS = 10**8
 """`steps` at or above this with `max_minutes` means "as many steps as the time allows"."""
 
@@ -351,12 +356,14 @@ class Trainer:
             detached = loss.detach().double()
             total += detached / accum if weights is None else detached * share
             for key, value in metrics.items():
-                extras[key] = extras.get(key, 0.0) + (value / accum if weights is None else value * share)
+                part = value if key in COUNT_METRICS else value / accum if weights is None else value * share
+                extras[key] = extras.get(key, 0.0) + part
         self.examples += accum * self.world * self.cfg.batch_size
         if self.dist is not None:  # the global batch's numbers, the same on every process
             reduced = self.dist.sum([total, *extras.values(), float(tokens)])
             total = reduced[0] / self.world
-            extras = {key: value / self.world for key, value in zip(extras, reduced[1:-1])}
+            extras = {key: value if key in COUNT_METRICS else value / self.world
+                      for key, value in zip(extras, reduced[1:-1])}
             tokens = int(reduced[-1])
         else:
             total = float(total)

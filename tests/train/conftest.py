@@ -64,10 +64,10 @@ def ptmkit_process(child_env: dict[str, str], torchrun: list[str]):
 
 @pytest.fixture
 def metrics():
-    """`losses(run)` -> {step: loss} from RUN/metrics.jsonl."""
+    """`losses(run)` -> {step: loss} from RUN/metrics.jsonl (or another logged `key`)."""
 
-    def losses(run: Path) -> dict[int, float]:
+    def losses(run: Path, key: str = "loss") -> dict[int, float]:
         lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        return {m["step"]: m["loss"] for m in lines if "loss" in m}
+        return {m["step"]: m[key] for m in lines if key in m}
 
     return losses

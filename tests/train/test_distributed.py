@@ -64,6 +64,7 @@ def test_two_processes_follow_one_process_then_resume_on_one(mode: str, lee_data
     expected, got = metrics(reference), metrics(run)
     assert sorted(got) == list(range(1, 7))
     _close(expected, got, range(1, 7))
+    assert metrics(run, "predicted") == metrics(reference, "predicted")  # a count: summed over processes
     assert (run / "model.safetensors").is_file() and (run / "summary.json").is_file()
     checkpoint = latest_checkpoint(run)
     assert checkpoint == run / "checkpoint" and checkpoint.resolve().name == "step-000006"

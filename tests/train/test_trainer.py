@@ -208,6 +208,23 @@ def test_resume_before_the_first_checkpoint_starts_over_without_doubling_metrics
     assert steps == [1, 2, 3] and losses(killed) == losses(fresh)
 
 
+@pytest.mark.parametrize("batch_size, grad_accum", [(8, 1), (4, 2), (2, 4)])
+def test_count_metrics_are_summed_over_micro_batches(batch_size: int, grad_accum: int, tmp_path: Path) -> None:
+    """An objective's `predicted` (labelled positions) is the step's total whatever the
+    micro-batching, and its accuracy the mean: 4 x 2 examples log what 1 x 8 does."""
+    def loss_fn(model: torch.nn.Module, batch: dict) -> tuple:
+        loss = model(batch["x"]).sum() * 0
+        return loss, {"predicted": float(batch["x"].shape[0]), "accuracy": 0.5}
+
+    batches = ({"x": torch.randn(batch_size, 4)} for _ in range(100))
+    cfg = TrainConfig(steps=1, batch_size=batch_size, grad_accum=grad_accum, warmup=1, log_every=1,
+                      eval_every=100, workers=0)
+    Trainer(torch.nn.Linear(4, 1), loss_fn, cfg, tmp_path, count_tokens=lambda batch: batch["x"].shape[0],
+            progress=False).fit(batches)
+    [line] = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert line["predicted"] == 8 and line["accuracy"] == 0.5
+
+
 class _DeviceCopy(torch.Tensor):
     """Marks the tensors `to_device` made (the device's, on a GPU) and counts the host's reads of
     them and of what is computed from them: on a GPU each read waits for the device."""
