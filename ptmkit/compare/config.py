@@ -296,7 +296,7 @@ def _model(value: Any, spot: str, base: Path | None) -> str | dict:
     except UserError as err:  # a file's errors name that file; a mapping's, `model[.FIELD]` in it
         field_name = err.where.partition("model")[2] if err.where.startswith("model") else f" ({err.where})"
         raise UserError(err.what, err.where if isinstance(value, str) else spot + field_name, err.fix) from None
-    except (TypeError, ValueError, yaml.YAMLError) as err:  # a quoted number, a file that is not YAML
+    except (TypeError, ValueError, yaml.YAMLError) as err:  # a file that is not YAML (or not UTF-8)
         fail(f"invalid model: {str(err).splitlines()[0]}", spot,
               "write fields as `hidden: 256` lines, numbers unquoted, in UTF-8")
     return value

@@ -992,7 +992,8 @@ def test_a_recipe_run_is_keyed_on_every_corpus_it_reads_and_nothing_it_does_not(
     """A recipe with domain stages trains on the general text first: a new general corpus makes a
     new run; the objectives' pretrain/domain_pretrain budgets and `model` are not the recipe's."""
     import yaml
-    recipe = {"name": "pairs", "minutes": 0.1, "stages": [{"objective": "mlm"}, {"objective": "mlm", "corpus": "domain"}]}
+    recipe = {"name": "pairs", "minutes": 0.1, "stages": [{"objective": "mlm", "train": {"steps": 2}},
+                                                       {"objective": "mlm", "corpus": "domain"}]}
     (tmp_path / "pairs.yaml").write_text(yaml.safe_dump(recipe))
     values = {k: v for k, v in config(task_file).items() if k not in ("tokenizer", "model", "finetune")}
     values.update(recipe=str(tmp_path / "pairs.yaml"), domain_corpus=[str(LEE)])

@@ -78,7 +78,7 @@ TASK = {"type": "classify", "train": "a/train.tsv"}
     ({"model": "missing.yaml"}, r"path not found \(cmp.yaml: model: missing.yaml\)"),
     ({"model": {"size": "tiny", "hidden": 10, "heads": 3}}, r"not a multiple of heads=3 \(cmp.yaml: model\)"),
     ({"model": {"size": "tiny", "hiden": 64}}, r"unknown model field\(s\) hiden \(cmp.yaml: model\)"),
-    ({"model": {"size": "tiny", "hidden": "64"}}, r"invalid model.*\(cmp.yaml: model\)"),
+    ({"model": {"size": "tiny", "hidden": "64"}}, r"invalid hidden='64' \(cmp.yaml: model.hidden\)"),
     ({"recipe": "nope"}, r"unknown recipe 'nope' \(cmp.yaml: recipe\)"),
     ({"recipe": "missing.yaml"}, r"path not found \(cmp.yaml: recipe: missing.yaml\)"),
     # pretrain / domain_pretrain: what TrainConfig gets
