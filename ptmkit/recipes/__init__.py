@@ -81,9 +81,6 @@ def _check_stage(stage: Stage, spot: str, last: bool) -> None:
         options = OBJECTIVES[stage.objective].parse_options(dict(stage.objective_options))
     except UserError as err:  # its where is `objective_options[.OPTION]`
         raise UserError(err.what, f"{spot}.{err.where}", err.fix) from None
-    if not last and not ({"steps", "max_minutes"} & stage.train.keys() or getattr(options, "epochs", 0)):
-        raise UserError(f"stage {stage.objective} comes before the last one but has no length", f"{spot}.train",
-                        "give it `steps` or `max_minutes` (the last stage trains for what the budget leaves)")
     unknown = sorted(set(stage.train) - {f.name for f in dataclasses.fields(TrainConfig)})
     if unknown:
         raise UserError(f"unknown training option(s) {', '.join(unknown)}", f"{spot}.train",
@@ -94,6 +91,9 @@ def _check_stage(stage: Stage, spot: str, last: bool) -> None:
         raise UserError(err.what, f"{spot}.train.{err.where.lstrip('-').replace('-', '_')}", err.fix) from None
     except (TypeError, ValueError) as err:
         raise UserError(f"bad training option: {err}", f"{spot}.train", "write numbers unquoted") from None
+    if not last and not ({"steps", "max_minutes"} & stage.train.keys() or getattr(options, "epochs", 0)):
+        raise UserError(f"stage {stage.objective} comes before the last one but has no length", f"{spot}.train",
+                        "give it `steps` or `max_minutes` (the last stage trains for what the budget leaves)")
 
 
 def parse_recipe(values: dict, where: str) -> Recipe:
