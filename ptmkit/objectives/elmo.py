@@ -51,26 +51,27 @@ class ELMo(Objective):
         window; the body is cut so the framed example is exactly seq_len long. A start that the
         cut would leave without a token of its sentence gets no pair (no `</s> </s>` or empty
         `<s> </s>` at the end)."""
-        special = self.vocab.special
-        starts = self._inner_starts(window)
-        body = np.insert(window.tokens, np.repeat(starts, 2), np.tile([special.eos, special.bos], len(starts)))
-        return np.concatenate([[special.bos], body[: self.seq_len - 2], [special.eos]]).astype(np.int64)
+        return self._frame(window)[0]
 
-    def _inner_starts(self, window: Window) -> np.ndarray:
+    def _frame(self, window: Window) -> tuple[np.ndarray, int]:
+        """The framed example and how many of the window's tokens it kept before the cut."""
+        special = self.vocab.special
         starts = window.sentence_starts[window.sentence_starts > 0]
         # the k-th pair lands at start + 2k; its sentence's first token must stay inside the cut
-        return starts[starts + 2 * np.arange(len(starts)) + 2 < self.seq_len - 2]
+        starts = starts[starts + 2 * np.arange(len(starts)) + 2 < self.seq_len - 2]
+        body = np.insert(window.tokens, np.repeat(starts, 2), np.tile([special.eos, special.bos], len(starts)))
+        framed = np.concatenate([[special.bos], body[: self.seq_len - 2], [special.eos]]).astype(np.int64)
+        return framed, len(window.tokens) - 2 * len(starts)
 
     def make_example(self, window: Window, rng: np.random.Generator) -> Example:
         """Forward predicts the next token, backward the previous one. The outer <s> and </s>
         are true boundaries only where the window starts a sentence and where the cut falls
         just before one; elsewhere they sit mid-sentence, and predicting them would teach the
         model sentences that end at every window edge, so those two labels are ignored."""
-        tokens = self.frame(window)
+        tokens, kept = self._frame(window)
         ignore = np.array([IGNORE])
         forward = np.concatenate([tokens[1:], ignore])
         backward = np.concatenate([ignore, tokens[:-1]])
-        kept = len(window.tokens) - 2 * len(self._inner_starts(window))  # stream tokens left after the cut
         if not np.isin(0, window.sentence_starts):
             backward[1] = IGNORE
         if not np.isin(kept, window.sentence_starts):  # the end of the window itself is unknown: ignored too
