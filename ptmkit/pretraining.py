@@ -30,7 +30,7 @@ from ptmkit.model.config import ModelConfig, resolve_model_config
 from ptmkit.objectives import get_objective
 from ptmkit.objectives.base import Objective, Vocab
 from ptmkit.train.checkpoint import check_weights_file, latest_checkpoint
-from ptmkit.train.distributed import Distributed, resolve_mode
+from ptmkit.train.distributed import Distributed, resolve_mode, world_size
 from ptmkit.train.feature_rank import collapse_warning, feature_rank
 from ptmkit.train.loop import TrainConfig, Trainer
 from ptmkit.train.host import compute_device, keep_freed_memory
@@ -209,7 +209,7 @@ def _plan(spec: PretrainSpec, objective_cls: type, data_dir: Path) -> _Plan:
     model_cfg = _model_config(spec, objective_cls, tokenizer.vocab_size)
     length = objective.window_length()
     dataset = WindowDataset(train_shards, length, objective.make_example, cfg.seed)
-    world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's processes share each global batch
+    world = world_size()  # the processes share each global batch
     if len(dataset) < cfg.batch_size * world:
         batch = f"{cfg.batch_size}" if world == 1 else f"{cfg.batch_size} x {world} processes"
         raise UserError(f"the training split has {len(dataset)} windows of {length} tokens, fewer "

@@ -13,8 +13,10 @@ Objectives compute their loss through model *methods* (``model.encode``, ``model
 would bypass the forward hooks DDP and FSDP rely on, so the wrapped module is `ObjectiveForward`:
 its ``forward(batch)`` runs ``loss_fn(model, batch)``, and the trainer calls ``wrapped(batch)``.
 
-Without torchrun (``--distributed`` given in a plain process) the group has one process, which
-exercises the same code paths.
+A process group the caller started (e.g. under ``torch.multiprocessing.spawn``) is joined as it
+is: its size decides the mode and each process takes GPU ``rank % GPUs`` unless LOCAL_RANK says
+otherwise. Without either (``--distributed`` given in a plain process) the group has one process,
+which exercises the same code paths.
 """
 
 from __future__ import annotations
@@ -56,14 +58,28 @@ def launched_by_torchrun() -> bool:
 
 
 def resolve_mode(flag: str | None) -> str | None:
-    """`--distributed` as given; else ddp when torchrun started several processes; else None."""
+    """`--distributed` as given; else ddp when several processes run (torchrun's, or a process
+    group the caller started); else None."""
     if flag is not None:
         if flag not in MODES:
             raise UserError(f"unknown --distributed mode {flag!r}", "--distributed", "use ddp or fsdp")
         return flag
-    if launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
-        return "ddp"
-    return None
+    return "ddp" if world_size() > 1 else None
+
+
+def world_size() -> int:
+    """How many processes share the training: the caller's process group, else torchrun's."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ["WORLD_SIZE"]) if launched_by_torchrun() else 1
+
+
+def _local_rank(rank: int) -> int:
+    """This process's GPU on its node: torchrun's LOCAL_RANK, else (a group started without it) the
+    global rank modulo the GPUs here, so that processes on one node do not all share cuda:0."""
+    if "LOCAL_RANK" in os.environ:
+        return int(os.environ["LOCAL_RANK"])
+    return rank % torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 class ObjectiveForward(nn.Module):
@@ -89,9 +105,13 @@ class Distributed:
                             "install a torch build with distributed support or drop --distributed")
         self.mode = mode
         torchrun = launched_by_torchrun()
-        self.rank = int(os.environ["RANK"]) if torchrun else 0
-        self.world = int(os.environ["WORLD_SIZE"]) if torchrun else 1
-        self.local_rank = int(os.environ["LOCAL_RANK"]) if torchrun else 0
+        self.owns_group = not dist.is_initialized()
+        if not self.owns_group:  # the caller's group (e.g. mp.spawn), maybe with no torchrun variables
+            self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        else:
+            self.rank = int(os.environ["RANK"]) if torchrun else 0
+            self.world = int(os.environ["WORLD_SIZE"]) if torchrun else 1
+        self.local_rank = _local_rank(self.rank)
         if torch.cuda.is_available():
             if self.local_rank >= torch.cuda.device_count():
                 raise UserError(f"LOCAL_RANK {self.local_rank} but only {torch.cuda.device_count()} GPUs",
@@ -105,8 +125,7 @@ class Distributed:
                                 "install a torch build with gloo, or train on GPUs")
             self.device = torch.device("cpu")
             backend = "gloo"
-        self.backend = backend
-        self.owns_group = not dist.is_initialized()
+        self.backend = backend if self.owns_group else str(dist.get_backend())
         if self.owns_group:
             if torchrun:
                 dist.init_process_group(backend, device_id=self.device if backend == "nccl" else None)

@@ -184,3 +184,39 @@ def test_processes_wait_for_a_corpus_preparation_longer_than_a_collective_may(
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(metrics(run)) == [1, 2] and (run / "model.safetensors").is_file()
+
+
+SPAWNED_GROUP = '''
+import json, sys
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import ptmkit
+
+def work(rank, port, data, model, out):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:  # no --distributed and no torchrun variables: the caller's group decides
+        summary = ptmkit.pretrain(objective="mlm", data=data, model=model, seq_len=64, batch_size=4,
+                                  steps=2, workers=0, progress=False, out=out)
+        if rank == 0:
+            print(json.dumps(summary["distributed"]))
+    finally:
+        dist.destroy_process_group()
+
+if __name__ == "__main__":
+    mp.spawn(work, args=tuple(sys.argv[1:]), nprocs=2)
+'''
+
+
+def test_a_process_group_the_caller_started_trains_as_one_run(lee_data: Path, tmp_path: Path,
+                                                               child_env: dict[str, str], metrics) -> None:
+    """mp.spawn sets neither RANK nor WORLD_SIZE nor LOCAL_RANK: the group itself says there are
+    two processes, so they share one DDP run (they used to train two runs into one directory)."""
+    import json
+    script, run = tmp_path / "spawned.py", tmp_path / "run"
+    script.write_text(SPAWNED_GROUP)
+    proc = subprocess.run([sys.executable, str(script), str(_free_port()), str(lee_data),
+                           str(lee_data.parent / "nodrop.yaml"), str(run)],
+                          env=child_env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"mode": "ddp", "processes": 2, "global_batch": 8}
+    assert sorted(metrics(run)) == [1, 2]
