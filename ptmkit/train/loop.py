@@ -245,7 +245,7 @@ class Trainer:
     # ---- state --------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         return {"step": self.step, "tokens": self.tokens, "elapsed_s": self.elapsed,
-                "batches_consumed": self.step * self.cfg.grad_accum, "examples": self.examples,
+                "examples": self.examples,
                 "world_size": self.world, "metrics_window": self.window}
 
     def skip_batches(self) -> int:
@@ -269,7 +269,10 @@ class Trainer:
             return False
         state = load_checkpoint(path, self.model, self.optimizer, self.dist)
         self.step, self.tokens, self.elapsed = state["step"], state["tokens"], state["elapsed_s"]
-        self.examples = state.get("examples", state.get("batches_consumed", 0) * self.cfg.batch_size)
+        if "examples" not in state:  # written since the first release: older ones knew batches, not their size
+            raise UserError("the checkpoint does not record how much data the run has consumed", str(path),
+                            "start the run again (--overwrite) or resume it with the ptmkit that wrote it")
+        self.examples = state["examples"]
         self.window = state.get("metrics_window", self.window)
         self._saved_step = self.step
         if self.is_main:

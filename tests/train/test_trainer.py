@@ -110,6 +110,22 @@ def test_a_run_resumed_between_metrics_lines_logs_what_it_would_have(data: Path,
     assert losses(crashed) == losses(full) and sorted(losses(full)) == [3, 6, 9, 12]
 
 
+def test_a_checkpoint_without_its_data_position_is_refused_not_resumed_elsewhere(data: Path, tmp_path: Path) -> None:
+    """Before `examples`, a checkpoint counted batches of a size it did not record: resuming it
+    with another batch size would silently replay or skip data."""
+    run = tmp_path / "run"
+    pretrain(small_spec("mlm", data, run, steps=3))
+    state_file = latest_checkpoint(run) / "state.json"
+    state = json.loads(state_file.read_text())
+    del state["trainer"]["examples"]
+    state_file.write_text(json.dumps(state))
+    spec = small_spec("mlm", data, run, steps=6, batch_size=8)
+    spec.resume = True
+    with pytest.raises(UserError, match="how much data the run has consumed") as err:
+        pretrain(spec)
+    assert str(latest_checkpoint(run).parent.parent) in str(err.value)
+
+
 def test_checkpoint_round_trip_restores_optimizer_and_rng(tmp_path: Path) -> None:
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
     opt = make_optimizer(model, TrainConfig())
