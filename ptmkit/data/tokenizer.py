@@ -10,9 +10,12 @@ Kinds:
 
 * ``bpe`` -- byte-level BPE (GPT-2 / RoBERTa). The 256-byte alphabet means no ``[UNK]`` ever, and
   ``decode(encode(x)) == x`` exactly for every string. The leading space GPT-2 style tokenizers add
-  is put there by a ``Prepend(" ")`` normalizer (ByteLevel's own ``add_prefix_space`` skips texts
-  that already start with a space, which makes decoding ambiguous) and taken off again by a
-  ``Strip`` decoder, so ``"hello"`` encodes like ``" hello"`` in GPT-2 and round-trips exactly.
+  (so a text's first word is tokenized like the words inside it) is put there by a normalizer
+  (ByteLevel's own ``add_prefix_space`` skips texts that already start with a space, which makes
+  decoding ambiguous) and taken off again by a ``Strip`` decoder, so ``"hello"`` encodes like
+  ``" hello"`` in GPT-2 and round-trips exactly. A text that starts in a script written without
+  spaces (Chinese, Japanese, Thai, ...; see ``_NO_SPACE_BEFORE``) gets none: inside such text no
+  word follows a space, and the space would cost a token per sentence.
 * ``wordpiece`` -- BERT (BertNormalizer, lowercased by default, CJK characters split apart;
   BertPreTokenizer; ``##`` continuation pieces); its alphabet is chosen first, within the
   vocabulary size, so that Chinese keeps its characters (see ``_alphabet``).
@@ -530,6 +533,12 @@ def _char_word_starts(text: str, offsets: list[tuple[int, int]]) -> list[bool]:
 # -- training -------------------------------------------------------------------------------------
 
 
+_NO_SPACE_BEFORE = (r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}"
+                    r"\x{3000}-\x{303F}\x{FF00}-\x{FFEF}]")
+"""A first character that takes no leading space (bpe): scripts written without spaces between
+words, CJK punctuation and full-width forms (an Oniguruma class)."""
+
+
 def _lowercased(first: normalizers.Normalizer, lowercase: bool) -> normalizers.Normalizer:
     return normalizers.Sequence([first, normalizers.Lowercase()]) if lowercase else first
 
@@ -539,9 +548,9 @@ def _build(kind: str, vocab_size: int, lowercase: bool, min_frequency: int, show
     if kind == "bpe":
         hf = tokenizers.Tokenizer(models.BPE())
         # Lowercase first, then the GPT-2 leading space (see the module docstring).
-        hf.normalizer = normalizers.Sequence(
-            ([normalizers.Lowercase()] if lowercase else []) + [normalizers.Prepend(" ")]
-        )
+        # (a Replace that inserts at an empty match panics in tokenizers: prepend, then take back)
+        leading_space = [normalizers.Prepend(" "), normalizers.Replace(Regex(rf"\A (?={_NO_SPACE_BEFORE})"), "")]
+        hf.normalizer = normalizers.Sequence(([normalizers.Lowercase()] if lowercase else []) + leading_space)
         hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         hf.decoder = decoders.Sequence([decoders.ByteLevel(), decoders.Strip(" ", 1, 0)])
         trainer = trainers.BpeTrainer(

@@ -210,6 +210,18 @@ def test_bpe_round_trip_is_exact(trained, lang):
         assert tok.decode(tok.encode(text)) == text
 
 
+def test_bpe_adds_the_leading_space_only_before_text_written_with_spaces(trained):
+    """A Chinese sentence starts like Chinese inside a sentence (no space token in front), an
+    English one like a word after a space."""
+    tok = trained("bpe", "zh")
+    for text in ZH[:5]:
+        assert tok.encode(text) == tok.encode("。" + text)[len(tok.encode("。")):]
+        assert not tok.decode(tok.encode(text)[:1]).startswith(" ")
+    en = trained("bpe", "en")
+    assert en.encode("court") == en.encode("the court")[len(en.encode("the")):]
+    assert en.hf.id_to_token(en.encode("court")[0]).startswith("Ġ")
+
+
 _BPE = train_tokenizer(LEE[:60], kind="bpe", vocab_size=minimum_vocab_size("bpe") + 100, show_progress=False)
 
 
