@@ -53,22 +53,27 @@ class ELMo(Objective):
         `<s> </s>` at the end)."""
         return self._frame(window)[0]
 
-    def _frame(self, window: Window) -> tuple[np.ndarray, int]:
-        """The framed example and how many of the window's tokens it kept before the cut."""
+    def _frame(self, window: Window) -> tuple[np.ndarray, int, np.ndarray]:
+        """The framed example, how many of the window's tokens it kept before the cut, and where
+        (framed index) the kept tokens sit that start a sentence the cut left without its pair."""
         special = self.vocab.special
         starts = window.sentence_starts[window.sentence_starts > 0]
         # the k-th pair lands at start + 2k; its sentence's first token must stay inside the cut
-        starts = starts[starts + 2 * np.arange(len(starts)) + 2 < self.seq_len - 2]
-        body = np.insert(window.tokens, np.repeat(starts, 2), np.tile([special.eos, special.bos], len(starts)))
+        paired = starts[starts + 2 * np.arange(len(starts)) + 2 < self.seq_len - 2]
+        body = np.insert(window.tokens, np.repeat(paired, 2), np.tile([special.eos, special.bos], len(paired)))
         framed = np.concatenate([[special.bos], body[: self.seq_len - 2], [special.eos]]).astype(np.int64)
-        return framed, len(window.tokens) - 2 * len(starts)
+        kept = len(window.tokens) - 2 * len(paired)
+        unpaired = starts[len(paired):]  # the condition above fails from some start on
+        return framed, kept, unpaired[unpaired < kept] + 1 + 2 * len(paired)
 
     def make_example(self, window: Window, rng: np.random.Generator) -> Example:
         """Forward predicts the next token, backward the previous one. The outer <s> and </s>
         are true boundaries only where the window starts a sentence and where the cut falls
         just before one; elsewhere they sit mid-sentence, and predicting them would teach the
-        model sentences that end at every window edge, so those two labels are ignored."""
-        tokens, kept = self._frame(window)
+        model sentences that end at every window edge, so those two labels are ignored. So are
+        the labels across a sentence start left without its pair near the cut: they would
+        teach one sentence running into the next."""
+        tokens, kept, unpaired = self._frame(window)
         ignore = np.array([IGNORE])
         forward = np.concatenate([tokens[1:], ignore])
         backward = np.concatenate([ignore, tokens[:-1]])
@@ -76,6 +81,8 @@ class ELMo(Objective):
             backward[1] = IGNORE
         if not np.isin(kept, window.sentence_starts):  # the end of the window itself is unknown: ignored too
             forward[-2] = IGNORE
+        forward[unpaired - 1] = IGNORE
+        backward[unpaired] = IGNORE
         return {"input_ids": tokens, "forward_labels": forward, "backward_labels": backward}
 
     def build_model(self, cfg: ModelConfig) -> nn.Module:

@@ -85,6 +85,23 @@ def test_a_sentence_start_near_the_cut_leaves_no_empty_frame(vocab: Vocab, start
         assert framed[start + 1:start + 3] == [eos, bos] and framed[start + 3] == 100 + start
 
 
+@pytest.mark.parametrize("start", range(1, 14))
+def test_no_label_runs_from_one_sentence_into_the_next(vocab: Vocab, start: int) -> None:
+    """Also where the cut leaves a sentence start without its </s> <s> pair (starts 12, 13 of
+    a 14-token body): the labels across it are ignored, not taught as one sentence."""
+    objective = get_objective("elmo")(vocab, 16)
+    window = Window(tokens=np.arange(100, 114), sentence_starts=np.array([0, start]),
+                    document_starts=np.array([0]))
+    ex = objective.make_example(window, np.random.default_rng(0))
+    sentence = {token: int(token - 100 >= start) for token in range(100, 114)}
+    tokens = ex["input_ids"].tolist()
+    for i, token in enumerate(tokens):
+        for label in (ex["forward_labels"][i], ex["backward_labels"][i]):
+            if token in sentence and label in sentence:
+                assert sentence[token] == sentence[label], (i, token, label)
+    assert (ex["forward_labels"] != IGNORE).sum() >= 11  # the labels inside each sentence stay
+
+
 @pytest.mark.parametrize("m", [0, 5, L - 1])
 def test_each_direction_sees_only_its_side(m: int) -> None:
     """Forward position k predicts token k+1, so it may depend on tokens <= k only; backward
