@@ -8,9 +8,10 @@ empty one) can be neither trained on nor scored and are skipped, with a warning.
 Splits: these archives ship no train/test split, so ptmkit makes a fixed one: a document is dev
 when the CRC-32 of its id is divisible by DEV_EVERY (one in five, independent of --seed, so every
 run and every objective is scored on the same documents). `ZIP:train`, `ZIP:dev` and `ZIP:all`
-(= plain `ZIP`) name the parts. `--train ZIP` without `--dev` (or with `--dev ZIP`, the same
-file) trains on `ZIP:train` and selects the epoch on `ZIP:dev`; `ptmkit evaluate --data ZIP:dev`
-re-scores that dev part, `--data ZIP` scores every document.
+(= plain `ZIP`) name the parts. `--train ZIP` without `--dev` (or with `--dev ZIP` or
+`--dev ZIP:dev`) trains on `ZIP:train` and selects the epoch on `ZIP:dev`; a --dev part that
+shares documents with the --train part of the same zip is refused. `ptmkit evaluate --data
+ZIP:dev` re-scores that dev part, `--data ZIP` scores every document.
 
 Words are nltk's `wordpunct_tokenize` tokens; a word matches a gold word when both are equal after
 lowercasing and Porter stemming (nltk's PorterStemmer). Every occurrence of a gold phrase is
@@ -109,6 +110,10 @@ def split_path(path: str) -> tuple[str, str]:
     return (base, split) if sep and split in SPLITS else (path, "all")
 
 
+def _same_file(a: str, b: str) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
+
+
 def in_split(doc_id: str, split: str) -> bool:
     if split == "all":
         return True
@@ -168,8 +173,19 @@ class Keyphrase(Tag):
     main_metric = "f1@M"
 
     def resolve_files(self, train: str, devs: list[str]) -> tuple[str, list[str]]:
-        if split_path(train)[1] == "all" and (not devs or devs == [train]):
-            return f"{train}:train", [f"{train}:dev"]
+        """The whole zip to train on, with no --dev or with its own dev part (or itself) as
+        --dev, means its fixed split; any other dev part of the training zip that shares
+        documents with the training part is refused (its scores would be inflated)."""
+        zip_path, part = split_path(train)
+        same_zip = [_same_file(split_path(dev)[0], zip_path) for dev in devs]
+        if part == "all" and all(same_zip) and all(split_path(dev)[1] in ("all", "dev") for dev in devs):
+            return f"{zip_path}:train", [f"{zip_path}:dev"]
+        for dev, same in zip(devs, same_zip):
+            dev_part = split_path(dev)[1]
+            if same and (dev_part == part or "all" in (dev_part, part)):
+                raise UserError(f"--dev {dev} shares documents with --train {train}", dev,
+                                f"train on {zip_path}:train and select on {zip_path}:dev "
+                                f"(or pass --train {zip_path} alone)")
         return train, devs
 
     def read(self, path: str) -> list[dict[str, Any]]:

@@ -55,6 +55,11 @@ def test_fixed_split_is_disjoint_and_complete(tmp_path) -> None:
     train, devs = task.resolve_files(str(path), [])
     assert (train, devs) == (f"{path}:train", [f"{path}:dev"])
     assert task.resolve_files(str(path), [str(path)]) == (train, devs)
+    assert task.resolve_files(str(path), [f"{path}:dev"]) == (train, devs)  # trained on dev before
+    assert task.resolve_files(f"{path}:train", [f"{path}:dev"]) == (train, devs)
+    for overlapping in ([f"{path}:train"], [str(path)], [f"{path}:dev", f"{path}:all"]):
+        with pytest.raises(UserError, match="shares documents with --train"):
+            task.resolve_files(f"{path}:train", overlapping)
     ids = {split: {r["id"] for r in task.read(f"{path}:{split}")} for split in ("train", "dev", "all")}
     assert ids["train"].isdisjoint(ids["dev"]) and ids["train"] | ids["dev"] == ids["all"]
     assert 2 <= len(ids["dev"]) <= 16  # about one in five
