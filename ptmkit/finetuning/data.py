@@ -82,6 +82,8 @@ def read_records(path: str | Path, *, columns: Sequence[str] | None = None) -> l
             # line_num is read after the reader produced `row`: the (last) line of that row
             rows = [(reader.line_num, row) for row in reader if row]
             header = list(columns) if columns else (rows.pop(0)[1] if rows else [])
+            for n, row in rows:
+                _check_width(row, header, f"{path}:{n}", kind)
             records = [Row(zip(header, row), n) for n, row in rows]
         else:
             lines = [(n, line.strip()) for n, line in enumerate(f, 1) if line.strip()]
@@ -92,6 +94,15 @@ def read_records(path: str | Path, *, columns: Sequence[str] | None = None) -> l
     if not records:
         raise UserError("no examples in the file", str(path), "check that the file is not empty")
     return records
+
+
+def _check_width(row: list[str], header: list[str], where: str, kind: str) -> None:
+    """More fields than the header names (trailing empty ones aside): a tab or comma inside a
+    text cut it, and the label column would silently read a piece of the text."""
+    if len(row) > len(header) and any(row[len(header):]):
+        fix = ("replace the tab inside the text (TSV is read without quoting)" if kind == "tsv"
+               else "put the text that holds a comma in double quotes")
+        raise UserError(f"row has {len(row)} fields, the header {len(header)}", where, fix)
 
 
 FASTTEXT_LABEL = "__label__"

@@ -24,6 +24,20 @@ def test_headerless_tsv_with_columns(tmp_path) -> None:
     assert [r["label"] for r in records] == ["1", "0"] and records[1]["sentence"] == "Bad sentence."
 
 
+def test_a_row_wider_than_its_header_is_refused_not_relabelled(tmp_path) -> None:
+    """A tab inside the text used to make the label column read a piece of the text (a new class)."""
+    tsv = tmp_path / "t.tsv"
+    tsv.write_text("sentence\tlabel\ngood film\tpos\nbad\tmovie\tneg\nfine\tpos\t\n")
+    with pytest.raises(UserError, match=r"row has 3 fields, the header 2 \(.*t.tsv:3\): replace the tab"):
+        read_records(tsv)
+    csv_file = tmp_path / "t.csv"
+    csv_file.write_text('text,label\n"a, quoted",pos\nfine,pos,\n')  # a trailing empty field is no text
+    assert [r["label"] for r in read_records(csv_file)] == ["pos", "pos"]
+    csv_file.write_text("text,label\nbad, movie,neg\n")
+    with pytest.raises(UserError, match="double quotes"):
+        read_records(csv_file)
+
+
 def test_jsonl_gz_and_errors(tmp_path) -> None:
     import gzip
     path = tmp_path / "d.jsonl.gz"
