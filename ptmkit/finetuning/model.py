@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from torch import Tensor, nn
 
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.errors import UserError
+from ptmkit.fileio import read_yaml
 from ptmkit.hf.importer import finetune_objective, is_hf, load_hf_network
 from ptmkit.model.config import ModelConfig, resolve_model_config
 from ptmkit.model.word_vectors import token_embedding_weights
@@ -57,7 +57,10 @@ def read_run_config(run: Path, flag: str = "--run") -> dict[str, Any]:
         fix = ("point --init at a directory written by `ptmkit pretrain`, or use scratch" if flag == "--init"
                else f"point {flag} at a directory written by `ptmkit finetune` or `ptmkit pretrain`")
         raise UserError("not a ptmkit run (no config.yaml)", str(run), fix)
-    return yaml.safe_load(path.read_text())
+    config = read_yaml(path, flag)
+    if not isinstance(config, dict) or "kind" not in config:
+        raise UserError("damaged run config (no kind:)", str(path), f"point {flag} at a complete run")
+    return config
 
 
 def check_max_length(max_length: int, cfg: ModelConfig, architecture: str) -> None:

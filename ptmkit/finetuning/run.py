@@ -583,10 +583,14 @@ def load_finetuned(run: Path) -> tuple[TaskModel, Task, dict[str, Any]]:
     if config.get("kind") != "finetune":
         raise UserError("not a fine-tuned run", str(run), "point --run at a `ptmkit finetune` output")
     tokenizer = Tokenizer.load(run / "tokenizer")
-    task_spec = TaskSpec(**config["task"])
-    objective = get_objective(config["objective"])(Vocab.of(tokenizer),
-                                                   task_spec.max_length, config["objective_options"])
-    cfg = ModelConfig.from_dict(config["model"])
+    try:
+        task_spec = TaskSpec(**config["task"])
+        objective_cls, options, model_dict = get_objective(config["objective"]), config["objective_options"], config["model"]
+    except (KeyError, TypeError) as err:  # a key gone, or one TaskSpec does not know
+        raise UserError(f"damaged run config ({type(err).__name__}: {err})", str(run / "config.yaml"),
+                        "point --run at a complete `ptmkit finetune` run") from None
+    objective = objective_cls(Vocab.of(tokenizer), task_spec.max_length, options)
+    cfg = ModelConfig.from_dict(model_dict)
     backbone = Backbone(objective.downstream_network(cfg), objective, config["objective"], cfg, tokenizer,
                         config["init"])
     task = get_task(task_spec.name)(task_spec, tokenizer, backbone.pooling, token_types=False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -314,3 +315,18 @@ def test_evaluate_errors_name_evaluates_flags(finished_run, tmp_path, capsys) ->
     code, err = _cli(["finetune", "--task", "classify", "--init", tmp_path / "nonexist", "--train", scores,
                       "--out", tmp_path / "ft"], capsys)
     assert code == 2 and "point --init at" in err  # finetune still names its own flag
+
+
+@pytest.mark.parametrize(("damage", "match"), [
+    (lambda text: text + "\n  : [unclosed", "invalid YAML"),
+    (lambda text: "", "no kind"),
+    (lambda text: text.replace("task:", "lost_task:"), "KeyError"),
+    (lambda text: text.replace("task:\n", "task:\n  colour: red\n", 1), "TypeError"),
+])
+def test_a_damaged_run_config_is_one_line_not_a_traceback(finished_run, keyword_task, tmp_path, capsys,
+                                                           damage, match) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "config.yaml").write_text(damage((finished_run / "config.yaml").read_text()))
+    code, err = _cli(["evaluate", "--run", run, "--data", keyword_task / "dev.tsv"], capsys)
+    assert code == 2 and match in err and "config.yaml" in err and "Traceback" not in err
