@@ -10,14 +10,20 @@ import re
 from torch import nn
 
 _LAYER = re.compile(r"\blayers\.(\d+)\.")
+_EMBEDDINGS = re.compile(r"(^|[._])embed\.|embedding")
 
 
-def layer_depth(name: str, n_layers: int) -> int:
-    """0 for embeddings, i + 1 for layer i, n_layers + 1 for everything above the layers."""
+def layer_depth(name: str, n_encoder_layers: int, n_layers: int) -> int:
+    """0 for embeddings (a decoder's too), i + 1 for encoder layer i, then the decoder's layers
+    above the encoder's (a decoder reads the encoder's top), n_layers + 1 for everything above."""
     match = _LAYER.search(name)
     if match:
-        return int(match.group(1)) + 1
-    return 0 if ".embed." in f".{name}" or "embedding" in name else n_layers + 1
+        return int(match.group(1)) + 1 + (n_encoder_layers if _in_decoder(name) else 0)
+    return 0 if _EMBEDDINGS.search(name) else n_layers + 1
+
+
+def _in_decoder(name: str) -> bool:
+    return ".decoder." in f".{name}"
 
 
 def layerwise_scales(model: nn.Module, decay: float) -> dict[str, float]:
@@ -25,6 +31,8 @@ def layerwise_scales(model: nn.Module, decay: float) -> dict[str, float]:
     if decay == 1.0:
         return {}
     names = [name for name, _ in model.named_parameters()]
-    n_layers = 1 + max((int(m.group(1)) for n in names if (m := _LAYER.search(n))), default=-1)
-    return {name: decay ** (n_layers + 1 - layer_depth(name, n_layers)) if name.startswith("backbone.") else 1.0
-            for name in names}
+    layers = [(int(m.group(1)), _in_decoder(n)) for n in names if (m := _LAYER.search(n))]
+    n_encoder = 1 + max((i for i, decoder in layers if not decoder), default=-1)
+    n_layers = n_encoder + 1 + max((i for i, decoder in layers if decoder), default=-1)
+    return {name: decay ** (n_layers + 1 - layer_depth(name, n_encoder, n_layers)) if name.startswith("backbone.")
+            else 1.0 for name in names}

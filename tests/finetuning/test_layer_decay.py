@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from ptmkit.errors import UserError
 from ptmkit.finetuning.layer_decay import layer_depth, layerwise_scales
@@ -13,10 +14,27 @@ from ptmkit.train.loop import TrainConfig, make_optimizer
 
 
 def test_depths_of_backbone_parameters() -> None:
-    assert layer_depth("backbone.embed.tokens.weight", 4) == 0
-    assert layer_depth("backbone.encoder.layers.0.fc_in.weight", 4) == 1
-    assert layer_depth("backbone.encoder.layers.3.attn.qkv.bias", 4) == 4
-    assert layer_depth("backbone.final_norm.weight", 4) == 5
+    assert layer_depth("backbone.embed.tokens.weight", 4, 4) == 0
+    assert layer_depth("backbone.encoder.layers.0.fc_in.weight", 4, 4) == 1
+    assert layer_depth("backbone.encoder.layers.3.attn.qkv.bias", 4, 4) == 4
+    assert layer_depth("backbone.final_norm.weight", 4, 4) == 5
+
+
+def test_a_decoder_sits_above_the_encoder_and_its_embeddings_at_the_bottom() -> None:
+    """BART-style: the decoder's position embeddings trained at the full rate, and its layer i
+    at the rate of encoder layer i."""
+    from ptmkit.model.backbone import Transformer
+    from ptmkit.model.config import resolve_model_config
+    cfg = resolve_model_config("tiny", vocab_size=300, layout="bart", encoder_decoder=True, n_layers=2,
+                               n_decoder_layers=2)
+    model = torch.nn.ModuleDict({"backbone": Transformer(cfg), "head": torch.nn.Linear(2, 2)})
+    scales = layerwise_scales(model, 0.5)
+    assert scales["head.weight"] == 1.0
+    assert scales["backbone.decoder.layers.1.fc_in.weight"] == 0.5
+    assert scales["backbone.decoder.layers.0.fc_in.weight"] == 0.25
+    assert scales["backbone.encoder.layers.1.fc_in.weight"] == 0.125
+    assert scales["backbone.encoder.layers.0.fc_in.weight"] == 0.0625
+    assert scales["backbone.decoder_embed.positions.weight"] == scales["backbone.embed.tokens.weight"] == 0.5 ** 5
 
 
 def test_head_trains_fastest_and_each_layer_below_decays(keyword_task, keyword_spec, tmp_path) -> None:
@@ -39,9 +57,14 @@ def test_head_trains_fastest_and_each_layer_below_decays(keyword_task, keyword_s
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
 
 
-def test_finetuning_applies_the_scaled_rates(keyword_task, keyword_spec, tmp_path) -> None:
+def test_finetuning_applies_the_scaled_rates(keyword_task, keyword_spec, tmp_path, monkeypatch) -> None:
+    import ptmkit.finetuning.run as run_module
+    given = []
+    monkeypatch.setattr(run_module, "make_optimizer",
+                        lambda model, cfg, scales: given.append(scales) or make_optimizer(model, cfg, scales))
     result = finetune(keyword_spec(keyword_task, tmp_path / "run", layer_decay=0.5, epochs=2))
     assert result["accuracy"] > 0.5
+    assert given and given[-1]["backbone.embed.tokens.weight"] == 0.125 and given[-1]["head.out.weight"] == 1.0
     lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 2
     with pytest.raises(UserError, match="--layer-decay"):
