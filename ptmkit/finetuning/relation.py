@@ -11,7 +11,8 @@ holding both markers (or, when they are farther apart than that, half a window a
 
 Metrics: `accuracy`, and `f1` = micro-averaged F1 over every class except the negative one
 ("no relation"), the usual ChemProt / TACRED score. The negative class is `negative_label` when
-given, otherwise the first training label that is, case-insensitively, one of NEGATIVE_NAMES.
+given, otherwise the first training label that is, case-insensitively, one of NEGATIVE_NAMES or
+ends in "-false" (DDI's `DDI-false`).
 Without a negative class (the 13-class ChemProt in /work/shared has none), `f1` equals accuracy.
 """
 
@@ -29,7 +30,7 @@ from ptmkit.finetuning.tasks import Classify, Encoded, PooledHead
 
 MARKERS = ("<<", "[[")
 """Start markers of the head and tail entities."""
-NEGATIVE_NAMES = ("false", "none", "other", "no_relation")
+NEGATIVE_NAMES = ("false", "none", "other", "no_relation", "no-relation", "norel", "na", "n/a")
 
 
 def marker_start(text: str, marker: str) -> int:
@@ -96,7 +97,8 @@ class Relation(Classify):
         """The "no relation" class (given, or detected among the training labels), if any."""
         if self.spec.negative_label is not None:
             return self.spec.negative_label
-        return next((label for label in self.spec.labels if label.lower() in NEGATIVE_NAMES), None)
+        return next((label for label in self.spec.labels
+                     if label.lower() in NEGATIVE_NAMES or label.lower().endswith("-false")), None)
 
     def encode_texts(self, records: list[Record]) -> list[Encoded]:
         """[CLS] text [SEP] plus `head_at` / `tail_at`: where the two start markers are."""

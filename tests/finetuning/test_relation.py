@@ -93,6 +93,8 @@ def test_f1_leaves_out_the_detected_negative_class() -> None:
     assert m["f1"] == pytest.approx(2 / 3) and m["accuracy"] == pytest.approx(0.5)
     plain = relation(labels=["A", "B", "C"])
     assert plain.negative() is None
+    assert relation(labels=["DDI-advise", "DDI-false"]).negative() == "DDI-false"  # DDI 2013
+    assert relation(labels=["/people/person/place_lived", "NA"]).negative() == "NA"  # NYT
     m = plain.metrics([0, 0, 2, 0], [0, 2, 1, 0])
     assert m["f1"] == pytest.approx(m["accuracy"])
 
