@@ -506,9 +506,26 @@ stretch the learning-rate decay), so a resumed run must share it."""
 
 
 def _resume_key(spec: FinetuneSpec) -> dict[str, Any]:
-    """The options a resumed run must share with the interrupted one."""
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(spec).items()
-            if k not in _NOT_RESUMED}
+    """The options a resumed run must share with the interrupted one; files by their absolute
+    path, so a run started with relative paths resumes with absolute ones (or from elsewhere)."""
+    return _absolute_paths({k: v for k, v in dataclasses.asdict(spec).items() if k not in _NOT_RESUMED})
+
+
+def _absolute_paths(key: dict[str, Any]) -> dict[str, Any]:
+    # also applied to a saved key: one written with relative paths (or by an older ptmkit) still matches
+    return {k: (_absolute(str(v)) if isinstance(v, (str, Path)) else v) for k, v in key.items()}
+
+
+def _absolute(value: str) -> str:
+    """`value` with each comma-separated part that names an existing file (or a `ZIP:part`
+    of one) made absolute; other text (scratch, hf:DIR, a field name) unchanged."""
+    def part(text: str) -> str:
+        base, sep, suffix = text.rpartition(":")
+        for path, rest in ((text, ""), (base, sep + suffix)):
+            if path and Path(path).exists():
+                return str(Path(path).resolve()) + rest
+        return text
+    return ",".join(map(part, value.split(",")))
 
 
 def _save_epoch(spec: FinetuneSpec, model: TaskModel, optimizer: torch.optim.Optimizer,
@@ -532,11 +549,11 @@ def _restore(spec: FinetuneSpec, model: TaskModel, optimizer: torch.optim.Optimi
     except (OSError, ValueError, KeyError, TypeError) as err:  # a pre-training's checkpoint has no spec
         raise UserError(f"not the checkpoint of an interrupted fine-tuning ({err.__class__.__name__})", str(path),
                         "point --out at the fine-tuning run to resume, or drop --resume to start over") from None
-    now = _resume_key(spec)
-    changed = sorted(k for k in set(now) | set(saved["spec"]) if now.get(k) != saved["spec"].get(k))
+    now, before = _resume_key(spec), _absolute_paths(saved["spec"])
+    changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
     if changed:
         first = changed[0]
-        raise UserError(f"the interrupted run used other options ({first}: {saved['spec'].get(first)!r}, "
+        raise UserError(f"the interrupted run used other options ({first}: {before.get(first)!r}, "
                         f"now {now.get(first)!r})", str(spec.out), "resume with the options it was started with")
     load_checkpoint(path, model, optimizer)
     rng.bit_generator.state = saved["shuffle_rng"]

@@ -43,7 +43,8 @@ def test_resume_after_an_epoch_repeats_the_uninterrupted_run(keyword_task: Path,
         finetune(keyword_spec(keyword_task, part, lr=2e-3, resume=True, epochs=3, head_epochs=head_epochs))
     with pytest.raises(UserError, match="other options.*epochs"):  # more epochs: another lr schedule
         finetune(keyword_spec(keyword_task, part, resume=True, epochs=6, head_epochs=head_epochs))
-    resumed = finetune(keyword_spec(keyword_task, part, resume=True, epochs=3, head_epochs=head_epochs))
+    monkeypatch.chdir(tmp_path)  # started with an absolute --out, resumed with a relative one
+    resumed = finetune(keyword_spec(keyword_task, Path("part"), resume=True, epochs=3, head_epochs=head_epochs))
     assert resumed == full
     assert (part / "metrics.jsonl").read_text() == (tmp_path / "full" / "metrics.jsonl").read_text()
     assert (part / "model.safetensors").read_bytes() == (tmp_path / "full" / "model.safetensors").read_bytes()
