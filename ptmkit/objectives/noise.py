@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -181,6 +182,17 @@ def choose_whole_words(words: np.ndarray, fraction: float, rng: np.random.Genera
             chosen.append(word)
             covered += sizes[word]
     return np.flatnonzero(np.isin(words, chosen))
+
+
+_FLAG_FRAME = SpecialIds(*[1] * 7, sentinels=())
+"""Framing per-token flags with `bert_frame` through these "special ids" lays them out exactly
+like the tokens, with [CLS] and [SEP] counted as word starts."""
+
+
+def bert_frame_word_starts(window: Window, vocab: Vocab, seq_len: int) -> np.ndarray:
+    """`token_word_starts` laid out like `bert_frame(window, ...)`: bool per framed position."""
+    flags = dataclasses.replace(window, tokens=token_word_starts(window, vocab).astype(np.int64))
+    return bert_frame(flags, _FLAG_FRAME, seq_len).astype(bool)
 
 
 def token_word_starts(window: Window, vocab: Vocab) -> np.ndarray:

@@ -21,8 +21,9 @@ instead of Transformer-XL relative encodings, and no memory, segment recurrence,
 encoding or `bi_data`; the query stream starts from [MASK] + position instead of XLNet's
 `mask_emb`; the frame is `[CLS] tokens [SEP]` (XLNet: `A [SEP] B [SEP] [CLS]`), the frame
 downstream tasks use. Span lengths count tokens from a word start, as XLNet's released
-`_sample_mask` does (the PR #16 bug the authors kept); without word boundaries in the vocabulary
-(`Vocab.word_start`) every token counts as a word start.
+`_sample_mask` does (the PR #16 bug the authors kept). Word starts are WWM's: the window's
+segmenter flags (`prepare --segment jieba`), else the vocabulary's (`Vocab.word_start`), else
+every token.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import numpy as np
 from ptmkit.errors import UserError
 from ptmkit.model import masks
 from ptmkit.objectives.base import Example, Window
+from ptmkit.objectives.noise import bert_frame_word_starts
 from ptmkit.objectives.two_stream import (TwoStreamObjective, draw, fill_rows, target_count,
                                           two_stream_example)
 
@@ -103,18 +105,17 @@ class PermutationLM(TwoStreamObjective):
     def num_targets(self) -> int:
         return target_count(self.seq_len, 1 / self.options.k)
 
-    def choose_targets(self, tokens: np.ndarray, eligible: np.ndarray,
+    def choose_targets(self, is_start: np.ndarray, eligible: np.ndarray,
                        rng: np.random.Generator) -> np.ndarray:
-        """(L,) bool: exactly min(num_targets(), #eligible - 1) eligible targets.
+        """(L,) bool: exactly min(num_targets(), #eligible - 1) eligible targets; spans begin
+        where `is_start` (a word start) says.
 
         One eligible token always stays context: without memory (XLNet's Transformer-XL cache)
         the first target of an order with no context would have nothing to attend to.
         """
         goal, o = min(self.num_targets(), int(eligible.sum()) - 1), self.options
-        chosen = np.zeros(len(tokens), dtype=bool)
+        chosen = np.zeros(len(eligible), dtype=bool)
         if o.max_span > 1:
-            word_start = self.vocab.word_start
-            is_start = word_start[tokens] if word_start is not None else np.ones(len(tokens), bool)
             chosen = xlnet_spans(is_start, eligible, goal, o.k, o.max_span, rng)
         chosen[draw(eligible & ~chosen, goal - int(chosen.sum()), rng)] = True  # XLNet's top-up
         return chosen
@@ -122,7 +123,8 @@ class PermutationLM(TwoStreamObjective):
     def make_example(self, window: Window, rng: np.random.Generator) -> Example:
         tokens = self.frame(window)
         eligible = self.eligible(tokens)
-        target = self.choose_targets(tokens, eligible, rng)
+        # the window's segmenter flags (Chinese words) first, else the vocabulary's
+        target = self.choose_targets(bert_frame_word_starts(window, self.vocab, self.seq_len), eligible, rng)
         content, query = masks.from_ranks(factorisation_ranks(target, ~eligible, rng))
         rows = fill_rows(np.flatnonzero(target), len(tokens), self.num_targets())
         # A fill row may have nothing to see (NaN); its output is ignored, so any key will do.

@@ -18,18 +18,11 @@ Where words come from, first match wins:
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
-from ptmkit.data.tokenizer import SpecialIds
 from ptmkit.objectives.base import Window
 from ptmkit.objectives.mlm import MaskedLM
-from ptmkit.objectives.noise import bert_frame, choose_whole_words, token_word_starts, word_groups
-
-_FLAG_FRAME = SpecialIds(*[1] * 7, sentinels=())
-"""Framing per-token flags with `bert_frame` through these "special ids" lays them out exactly
-like the tokens, with [CLS] and [SEP] counted as word starts."""
+from ptmkit.objectives.noise import bert_frame_word_starts, choose_whole_words, word_groups
 
 
 class WholeWordMaskedLM(MaskedLM):
@@ -38,9 +31,7 @@ class WholeWordMaskedLM(MaskedLM):
 
     def word_starts(self, window: Window) -> np.ndarray:
         """Bool per framed position: True where a word starts (see the module docstring)."""
-        starts = token_word_starts(window, self.vocab)
-        flags = dataclasses.replace(window, tokens=starts.astype(np.int64))
-        return bert_frame(flags, _FLAG_FRAME, self.seq_len).astype(bool)
+        return bert_frame_word_starts(window, self.vocab, self.seq_len)
 
     def select(self, window: Window, eligible: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         words = word_groups(self.word_starts(window), eligible)

@@ -144,6 +144,22 @@ def test_spans_start_at_word_starts(vocab, random_window) -> None:
     assert at_start[5] > 0.6 and abs(at_start[1] - 1 / 3) < 0.1, at_start
 
 
+def test_spans_follow_a_segmenters_word_starts_over_the_vocabularys(vocab, random_window) -> None:
+    """Chinese data prepared with jieba carries its words in the window; the vocabulary (one id
+    per character) says every token starts a word."""
+    objective = plm(dataclasses.replace(vocab, word_start=np.ones(vocab.size, bool)), 128, max_span=5)
+    at_start = []
+    for seed in range(100):
+        rng = np.random.default_rng(seed)
+        window = random_window(rng, objective.window_length(), objective.vocab)
+        flags = np.arange(len(window.tokens)) % 4 == 0  # four-token words
+        ex = objective.make_example(dataclasses.replace(window, word_starts=flags), rng)
+        framed = np.concatenate([[True], flags, [True]])  # [CLS] ... [SEP]
+        targets = np.isin(np.arange(128), ex["query_position_ids"][ex["labels"] != IGNORE])
+        at_start += [framed[start] for start, _ in runs(targets)]
+    assert np.mean(at_start) > 0.6  # a quarter if the segmenter were ignored
+
+
 def test_model_query_rows_see_exactly_the_earlier_tokens(vocab, random_window) -> None:
     objective = plm(vocab, 16, k=3, max_span=1)
     _, ex = sample(objective, random_window, seed=4)
