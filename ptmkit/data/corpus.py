@@ -14,6 +14,7 @@ import codecs
 import csv
 import gzip
 import hashlib
+import itertools
 import json
 import lzma
 import os
@@ -46,6 +47,9 @@ _SUFFIX_LAYOUTS = {
     ".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".xml": "mediawiki"
 }
 _TEXT_FIELD_FIX = "pass --text-field with the one that holds the text"
+# JSON can escape half of a surrogate pair ("\ud83d" alone, an emoji cut in two): json.loads keeps
+# it, and no UTF-8 encoder (the sentence splitter, the tokenizer trainer) takes it.
+_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _JSON_LINES_FIX = ("each line must be one JSON object (or a .json file one array of them); "
                    "make lines of a JSON array with `jq -c '.[]'`")
 
@@ -57,6 +61,10 @@ _EMPTY_PARENS = re.compile(r" ?[(（][\s,;，；、]*[)）]")
 _WIKI_EMPHASIS = re.compile(r"'{2,}")
 _WIKI_NON_PROSE_START = frozenset("=*#;|!{}+")
 _PROSE_END = re.compile(r"[.!?…。！？\"”’」』]$")
+# How much of a file without a telling name _sniff_layout reads, and how many text lines per
+# blank-line gap (an average document's length) still make documents separated by blank lines.
+_SNIFF_LINES = 100_000
+_LINES_PER_GAP = 100
 
 
 @dataclass(frozen=True)
@@ -75,7 +83,9 @@ def list_corpus_files(paths: CorpusPaths) -> list[Path]:
     """Expand the corpus paths into files, checking them now so a typo fails before training starts.
 
     Directories are walked recursively in sorted order (stable corpus order across machines),
-    skipping hidden entries and binary files such as ``.pyc`` or ``.zip``.
+    skipping hidden entries and binary files such as ``.pyc`` or ``.zip``. A file named twice
+    (``dd dd/lines.txt``, or two links to it) is kept once, where it first comes: read twice, its
+    documents would be trained on twice and could land in both splits.
     """
     paths = _as_list(paths)
     if not paths:
@@ -106,7 +116,10 @@ def list_corpus_files(paths: CorpusPaths) -> list[Path]:
             )
         else:
             files.append(path)
-    return files
+    unique: dict[Path, Path] = {}
+    for path in files:
+        unique.setdefault(path.resolve(), path)
+    return list(unique.values())
 
 
 def file_digests(paths: CorpusPaths) -> Iterator[bytes]:
@@ -325,7 +338,8 @@ def _json_text(line: str, text_field: str, where: str) -> str:
 
 def _record_text(record: dict, text_field: str, where: str) -> str:
     """The text of a JSON line or dataset row: a string, or a list of strings (one paragraph
-    each); a null is an empty document."""
+    each); a null is an empty document. A lone surrogate becomes U+FFFD, as a bad byte of a text
+    file does."""
     if text_field not in record:
         keys = ", ".join(map(repr, record)) or "none"
         raise UserError(f"no field {text_field!r}", where,
@@ -334,11 +348,11 @@ def _record_text(record: dict, text_field: str, where: str) -> str:
     if text is None:
         return ""
     if isinstance(text, list) and all(isinstance(part, str) for part in text):
-        return "\n".join(text)  # a document stored as its sentences (SciTLDR's `source`)
-    if not isinstance(text, str):
+        text = "\n".join(text)  # a document stored as its sentences (SciTLDR's `source`)
+    elif not isinstance(text, str):
         raise UserError(f"field {text_field!r} holds {type(text).__name__}, not text", where,
                         _TEXT_FIELD_FIX)
-    return text
+    return _LONE_SURROGATE.sub("\ufffd", text)  # the text itself when there is none: no copy
 
 
 def _dataset_documents(path: Path, text_field: str) -> Iterator[list[str]]:
@@ -419,29 +433,46 @@ def _plain_documents(path: Path, layout: str) -> Iterator[list[str]]:
 
 
 def _sniff_layout(path: Path) -> str:
-    """Tell the layout of a file whose name does not: by its first line, else by its blank lines.
+    """Tell the layout of a file whose name does not: by its first text line, else by its blank
+    lines.
 
     ``mediawiki`` (split dumps are named ``…-pages-articles1.xml-p1p41242.bz2``),
-    ``wikiextractor`` (``<doc …>`` blocks), ``blocks`` (documents separated by blank lines) or
-    ``lines`` (one document per line). The last two need a pass over the whole file before the
-    real one: only the absence of any blank line between two text lines makes a
-    one-document-per-line file. Blank lines at the very start or end do not count, so a trailing
-    empty line does not merge a whole file into one document.
+    ``wikiextractor`` (``<doc …>`` blocks), ``jsonl`` (a JSON object: WikiExtractor's ``--json``
+    output, ``AA/wiki_00``), ``blocks`` (documents separated by blank lines) or ``lines`` (one
+    document per line). Only the first ``_SNIFF_LINES`` lines are read: a multi-GB archive is not
+    decompressed an extra time. They make blocks when blank-line gaps between text lines are not
+    rare, one at least per ``_LINES_PER_GAP`` text lines, so a stray empty record does not merge
+    a thousand one-per-line reviews into two documents. Blank lines at the very start or end are
+    no gaps.
     """
-    seen_text = blank_after_text = False
+    text_lines = gaps = 0
+    after_blank = False
     with _open_text(path) as lines:
-        for line in lines:
+        for line in itertools.islice(lines, _SNIFF_LINES):
             if not line.strip():
-                blank_after_text = seen_text
-            elif not seen_text:
-                if line.lstrip().startswith("<doc "):
+                after_blank = text_lines > 0
+                continue
+            if text_lines == 0:
+                first = line.lstrip()
+                if first.startswith("<doc "):
                     return "wikiextractor"
-                if line.lstrip().startswith("<mediawiki"):
+                if first.startswith("<mediawiki"):
                     return "mediawiki"
-                seen_text = True
-            elif blank_after_text:
-                return "blocks"
-    return "lines"
+                if _is_json_object(first):
+                    return "jsonl"
+            text_lines += 1
+            gaps += after_blank
+            after_blank = False
+    return "blocks" if gaps and text_lines <= _LINES_PER_GAP * gaps else "lines"
+
+
+def _is_json_object(line: str) -> bool:
+    if not line.startswith("{"):  # the common case, decided without parsing a long line
+        return False
+    try:
+        return isinstance(json.loads(line), dict)
+    except (ValueError, RecursionError):
+        return False
 
 
 def _blank_line_blocks(lines: Iterable[str]) -> Iterator[list[str]]:

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ptmkit.data import corpus
 from ptmkit.data.corpus import Document, list_corpus_files, read_documents, read_texts, text_bytes
 from ptmkit.data.sentences import blingfire_sentences, split_sentences
 from ptmkit.errors import UserError
@@ -109,6 +110,23 @@ def test_plain_text_with_blank_lines_is_blank_line_separated(tmp_path: Path) -> 
     assert sentences_of(path, split=False) == unsplit
 
 
+@pytest.mark.parametrize("text_lines, documents", [(100, 2), (101, 101), (999, 999)])
+def test_blank_lines_make_documents_only_when_they_are_not_rare(tmp_path: Path, text_lines: int,
+                                                                documents: int) -> None:
+    """One gap per 100 text lines at least: a stray empty record among 999 one-per-line reviews
+    used to merge them into two documents."""
+    lines = [f"Review {number} was fine." for number in range(text_lines)]
+    lines.insert(text_lines // 2, "")
+    path = write(tmp_path / "reviews.txt", "\n".join(lines) + "\n")
+    assert len(sentences_of(path, split=False)) == documents
+
+
+def test_the_layout_is_judged_by_the_head_of_the_file(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(corpus, "_SNIFF_LINES", 5)  # 100,000: not a pass over a whole .xz first
+    path = write(tmp_path / "t.txt", "One.\nTwo.\nThree.\nFour.\nFive.\n\nSix.\n")
+    assert len(sentences_of(path)) == 6  # the whole file would have made blocks: 2 documents
+
+
 @pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz"])
 def test_compressed_files_read_like_plain_ones(tmp_path: Path, suffix: str) -> None:
     text = "\ufeffOne. Two.\nThree.\n"
@@ -150,6 +168,14 @@ def test_directory_is_walked_sorted_skipping_hidden_and_binary(tmp_path: Path) -
     assert sentences_of(root) == [("AX.",), ("AZ.",), ("B.",)]
 
 
+def test_a_file_named_twice_is_read_once_where_it_first_comes(tmp_path: Path) -> None:
+    root = tmp_path / "dd"
+    lines, other = write(root / "lines.txt", "A.\n"), write(root / "other.txt", "B.\n")
+    (tmp_path / "link.txt").symlink_to(lines)
+    assert list_corpus_files([root, lines, tmp_path / "link.txt"]) == [lines, other]
+    assert sentences_of([other, root]) == [("B.",), ("A.",)]
+
+
 def test_linked_directories_are_read_once_and_a_broken_link_is_named(tmp_path: Path) -> None:
     root = tmp_path / "corpus"
     write(root / "b.txt", "B.\n")
@@ -178,6 +204,27 @@ def test_json_lines_read_the_text_field(tmp_path: Path) -> None:
         ("First para.", "Second sentence.", "Second para."),
         ("Last.",),
     ]
+
+
+def test_a_lone_surrogate_becomes_a_replacement_character(tmp_path: Path) -> None:
+    """`\\ud83d` alone (an emoji cut in two) used to stop the sentence splitter and the tokenizer
+    trainer with a UnicodeEncodeError."""
+    records = ['{"text": "broken emoji \\ud83d here."}', '{"text": ["whole \\ud83d\\ude00 emoji.", "\\udc00"]}']
+    path = write(tmp_path / "s.jsonl", "\n".join(records) + "\n")
+    assert sentences_of(path) == [("broken emoji \ufffd here.",), ("whole \U0001f600 emoji.", "\ufffd")]
+
+
+def test_extensionless_json_lines_are_sniffed(tmp_path: Path) -> None:
+    """WikiExtractor --json writes AA/wiki_00 with one article object per line."""
+    articles = [{"id": "12", "url": "https://en.wikipedia.org/wiki?curid=12", "title": "Anarchism",
+                 "text": "Anarchism is a philosophy. It rejects hierarchy."},
+                {"id": "25", "url": "https://en.wikipedia.org/wiki?curid=25", "title": "Autism",
+                 "text": "It is a condition."}]
+    path = write(tmp_path / "AA" / "wiki_00", "\n" + "".join(json.dumps(a) + "\n" for a in articles))
+    assert sentences_of(path) == [("Anarchism is a philosophy.", "It rejects hierarchy."), ("It is a condition.",)]
+    assert sentences_of(path, text_field="title") == [("Anarchism",), ("Autism",)]
+    braces = write(tmp_path / "AA" / "wiki_01", "{{Infobox}} is markup.\n{}\n")
+    assert sentences_of(braces) == [("{{Infobox}} is markup.",), ("{}",)]
 
 
 # --- CSV / TSV --------------------------------------------------------------------------------
