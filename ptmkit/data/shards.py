@@ -10,8 +10,9 @@ Layout of a prepared directory::
     {train,val}.word_starts.bin uint8 per token, 1 where a word starts (only with `segment`)
 
 Writing streams (a corpus larger than RAM works: only the boundary offsets stay in memory, as
-compact int64 chunks) and is atomic: everything goes to a temporary sibling that is renamed to
-the output only when complete.
+compact int64 chunks) and is atomic: everything goes to a temporary folder in the nearest existing
+directory above the output, renamed to the output only when complete (its missing parents are made
+then, so failed input leaves nothing behind). An output that is a link is written where it points.
 """
 
 from __future__ import annotations
@@ -210,8 +211,8 @@ def prepare(paths: Sequence[str | os.PathLike], tokenizer: Tokenizer, out: Path,
     files = list_corpus_files(paths)
     _check_output(out, overwrite, [*files, *map(Path, inputs)])
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    target = Path(os.path.realpath(out))  # a link to the output directory stays a link
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=_existing_ancestor(target)))
     bar = None
     try:
         writers = {split: _SplitWriter(tmp / split, dtype, segment is not None) for split in SPLITS}
@@ -260,9 +261,8 @@ def prepare(paths: Sequence[str | os.PathLike], tokenizer: Tokenizer, out: Path,
             "corpus": [str(f) for f in files], "splits": counts, "segment": segment,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(share(tmp), out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _swap_in(share(tmp), target)
     except BaseException:
         if bar is not None:
             bar.close()
@@ -271,10 +271,31 @@ def prepare(paths: Sequence[str | os.PathLike], tokenizer: Tokenizer, out: Path,
     return manifest
 
 
-def _check_output(out: Path, overwrite: bool, inputs: Sequence[Path]) -> None:
-    above = out.parent
+def _swap_in(new: Path, target: Path) -> None:
+    """Rename `new` to `target`; an old `target` is set aside first and deleted only once `new` is
+    in place, so that an interruption (Ctrl-C) at any point leaves one of the two."""
+    old, replacing = new.with_name(f"{new.name}.old"), target.exists()
+    try:
+        if replacing:
+            os.replace(target, old)
+        os.replace(new, target)
+    except BaseException:
+        if old.exists() and not target.exists():
+            os.replace(old, target)
+        raise
+    if replacing:
+        shutil.rmtree(old)
+
+
+def _existing_ancestor(path: Path) -> Path:
+    above = path.parent
     while not above.exists() and above != above.parent:
         above = above.parent
+    return above
+
+
+def _check_output(out: Path, overwrite: bool, inputs: Sequence[Path]) -> None:
+    above = _existing_ancestor(out)
     if (out.exists() and not out.is_dir()) or not above.is_dir():
         raise UserError("output path is, or lies under, a file", str(out), "choose a directory path")
     if out.is_dir() and any(out.iterdir()) and not overwrite:

@@ -126,6 +126,50 @@ def test_output_is_atomic_and_protected(corpus, tokenizer, tmp_path) -> None:
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporary left behind"
 
 
+def test_an_output_linked_to_a_directory_is_written_where_it_points(corpus, tokenizer, tmp_path) -> None:
+    """Replacing it used to stop, after all the tokenization, on rmtree of a link."""
+    real, link = tmp_path / "real", tmp_path / "link"
+    real.mkdir()
+    link.symlink_to(real)
+    for overwrite in (False, True):
+        prepare([corpus], tokenizer, link, overwrite=overwrite, progress=False)
+        assert link.is_symlink() and (real / "manifest.json").is_file()
+    assert len(TokenShards(link)) > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"], "nothing left aside"
+
+
+def test_failed_input_leaves_no_new_parent_directories(corpus, tokenizer, tmp_path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "Fine."}\n{broken\n')
+    with pytest.raises(UserError, match="malformed JSON line"):
+        prepare([bad], tokenizer, tmp_path / "new" / "deep" / "d", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]
+    prepare([corpus], tokenizer, tmp_path / "new" / "deep" / "d", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "new"]
+    assert [p.name for p in (tmp_path / "new" / "deep").iterdir()] == ["d"]
+
+
+def test_an_interrupted_overwrite_keeps_the_old_output(corpus, tokenizer, tmp_path, monkeypatch) -> None:
+    """The old output used to be deleted before the new one was renamed in."""
+    out = tmp_path / "d"
+    prepare([corpus], tokenizer, out, val_fraction=0.2, progress=False)
+    before = (out / "manifest.json").read_text()
+    replace, interrupted = os.replace, []
+
+    def ctrl_c_before_the_new_output_is_in(source, destination) -> None:
+        if os.path.realpath(destination) == os.path.realpath(out) and not interrupted:
+            interrupted.append(source)
+            raise KeyboardInterrupt
+        replace(source, destination)
+
+    monkeypatch.setattr(os, "replace", ctrl_c_before_the_new_output_is_in)
+    with pytest.raises(KeyboardInterrupt):
+        prepare([corpus], tokenizer, out, val_fraction=0.3, overwrite=True, progress=False)
+    monkeypatch.undo()
+    assert interrupted and (out / "manifest.json").read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["d"], "no temporary left behind"
+
+
 def test_overwrite_never_deletes_what_the_run_reads(corpus, tokenizer, tmp_path) -> None:
     """`prepare --corpus d/e.txt --tokenizer d/tok --out d --overwrite` used to replace d, corpus
     and tokenizer included, by the shards."""
