@@ -25,6 +25,7 @@ from ptmkit.data.shards import TokenShards, corpus_fingerprint, prepare
 from ptmkit.data.tokenizer import Tokenizer, train_tokenizer
 from ptmkit.data.corpus import read_documents, read_texts
 from ptmkit.errors import RunStopped, UserError
+from ptmkit.fileio import write_text_atomic
 from ptmkit.hf.importer import check_objective, check_weights, hf_directory, is_hf, load_into, read_hf
 from ptmkit.model.config import ModelConfig, resolve_model_config
 from ptmkit.objectives import get_objective
@@ -92,13 +93,31 @@ def _resolve_data(spec: PretrainSpec) -> Path:
     key = corpus_fingerprint(spec.corpus, tokenizer, text_field=spec.text_field,
                              val_fraction=spec.val_fraction)
     manifest = data_dir / "manifest.json"
-    if not (manifest.is_file() and json.loads(manifest.read_text()).get("fingerprint") == key):
-        prepare(spec.corpus, tokenizer, data_dir, val_fraction=spec.val_fraction,
-                seq_len=spec.train.seq_len, text_field=spec.text_field, overwrite=True,
-                progress=spec.progress)
-        stamped = json.loads(manifest.read_text())
-        manifest.write_text(json.dumps({**stamped, "fingerprint": key}, indent=2))
+    stamped = _read_manifest(manifest) if manifest.is_file() else {}
+    if stamped.get("fingerprint") == key:
+        return data_dir
+    if spec.resume and "fingerprint" in stamped:
+        # the checkpoint's data position counts windows of the old data: on other windows the
+        # run would not continue exactly, and validation could hold documents already trained on
+        raise UserError("the corpus changed since the run started (its files, --tokenizer, --text-field "
+                        "or --val-fraction)", str(spec.out),
+                        "resume with the same corpus, or start a new run (--overwrite)")
+    prepared = prepare(spec.corpus, tokenizer, data_dir, val_fraction=spec.val_fraction,
+                       seq_len=spec.train.seq_len, text_field=spec.text_field, overwrite=True,
+                       progress=spec.progress)
+    write_text_atomic(manifest, json.dumps({**prepared, "fingerprint": key}, indent=2))
     return data_dir
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    fix = f"delete {path.parent} to prepare the corpus again, or start a new run (--overwrite)"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # ValueError: bad JSON or bad UTF-8
+        raise UserError(f"damaged prepared data ({err.__class__.__name__}: {err})", str(path), fix) from None
+    if not isinstance(manifest, dict):
+        raise UserError("damaged prepared data (the manifest is not a JSON object)", str(path), fix)
+    return manifest
 
 
 def check_corpus(paths: list[str], text_field: str) -> None:

@@ -179,3 +179,22 @@ def test_pretrain_takes_init_as_a_path(runs, data, tmp_path):
     summary = ptmkit.pretrain(objective="mlm", data=data, init=runs["mlm"], out=out, model=TINY, **TRAIN)
     assert summary["steps"] == 2
     assert yaml.safe_load((out / "config.yaml").read_text())["init"] == str(runs["mlm"])
+
+
+def test_resume_refuses_a_corpus_changed_since_the_run_started(tmp_path):
+    """It used to prepare the changed corpus again and go on at the old data position: other
+    windows, and validation documents possibly trained on already."""
+    corpus, run = tmp_path / "corpus.txt", tmp_path / "run"
+    corpus.write_text(LEE.read_text()[:20_000])
+    options = {"objective": "clm", "corpus": corpus, "out": run, "model": TINY, **TRAIN}
+    ptmkit.pretrain(**options)
+    before = (run / "data" / "manifest.json").read_text()
+    assert ptmkit.pretrain(**options, resume=True)["steps"] == 2  # the same corpus resumes
+    with corpus.open("a") as text:
+        text.write("One more document.\n")
+    with pytest.raises(UserError, match=f"the corpus changed since the run started.*{run}"):
+        ptmkit.pretrain(**options, resume=True)
+    assert (run / "data" / "manifest.json").read_text() == before
+    (run / "data" / "manifest.json").write_text("{")
+    with pytest.raises(UserError, match="damaged prepared data"):
+        ptmkit.pretrain(**options, resume=True)
