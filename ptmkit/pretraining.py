@@ -25,7 +25,6 @@ from ptmkit.data.shards import TokenShards, corpus_fingerprint, prepare
 from ptmkit.data.tokenizer import Tokenizer, train_tokenizer
 from ptmkit.data.corpus import read_documents, read_texts
 from ptmkit.errors import RunStopped, UserError
-from ptmkit.fileio import write_text_atomic
 from ptmkit.hf.importer import check_objective, check_weights, hf_directory, is_hf, load_into, read_hf
 from ptmkit.model.config import ModelConfig, resolve_model_config
 from ptmkit.objectives import get_objective
@@ -102,10 +101,8 @@ def _resolve_data(spec: PretrainSpec) -> Path:
         raise UserError("the corpus changed since the run started (its files, --tokenizer, --text-field "
                         "or --val-fraction)", str(spec.out),
                         "resume with the same corpus, or start a new run (--overwrite)")
-    prepared = prepare(spec.corpus, tokenizer, data_dir, val_fraction=spec.val_fraction,
-                       seq_len=spec.train.seq_len, text_field=spec.text_field, overwrite=True,
-                       progress=spec.progress)
-    write_text_atomic(manifest, json.dumps({**prepared, "fingerprint": key}, indent=2))
+    prepare(spec.corpus, tokenizer, data_dir, val_fraction=spec.val_fraction, seq_len=spec.train.seq_len,
+            text_field=spec.text_field, overwrite=True, progress=spec.progress, fingerprint=key)
     return data_dir
 
 

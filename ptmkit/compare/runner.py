@@ -40,6 +40,7 @@ from ptmkit.data.corpus import file_digests, read_texts
 from ptmkit.data.shards import corpus_fingerprint, prepare
 from ptmkit.data.tokenizer import Tokenizer, train_tokenizer
 from ptmkit.errors import UserError
+from ptmkit.fileio import write_text_atomic
 from ptmkit.finetuning.run import FinetuneSpec, kept_model
 from ptmkit.finetuning.search import as_head_epochs, as_rates, finetune_search, select_fraction_for
 from ptmkit.objectives import get_objective
@@ -63,8 +64,15 @@ def _done(run: Path, marker: str, key: str) -> bool:
 
 
 def _prepared_for(directory: Path, key: str) -> bool:
-    manifest = directory / "manifest.json"
-    return manifest.is_file() and json.loads(manifest.read_text()).get("fingerprint") == key
+    return (_read_json(directory / "manifest.json") or {}).get("fingerprint") == key
+
+
+def _read_json(path: Path) -> Any:
+    """A cache file's content, or None when it is missing or damaged (then its work is redone)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def _claim(run: Path, key: str) -> None:
@@ -83,14 +91,15 @@ def _stamp_path(run: Path) -> Path:
 
 
 def _stamp(run: Path, key: str) -> None:
-    _stamp_path(run).write_text(json.dumps({"key": key}))
+    write_text_atomic(_stamp_path(run), json.dumps({"key": key}))
     (run / "compare_key.json").unlink(missing_ok=True)  # where earlier versions kept it
 
 
 def _read_key(run: Path) -> str | None:
     for stamp in (_stamp_path(run), run / "compare_key.json"):
         if stamp.is_file():
-            return json.loads(stamp.read_text())["key"]
+            saved = _read_json(stamp)
+            return saved.get("key") if isinstance(saved, dict) else None
     return None
 
 
@@ -144,11 +153,9 @@ class Compare:
 
     def data(self, tokenizer: Tokenizer, domain: bool) -> Path:
         directory, key, options = self._data_directory(tokenizer, domain)
-        manifest = directory / "manifest.json"
         if not _prepared_for(directory, key):
             prepare(self.cfg.domain_corpus if domain else self.cfg.corpus, tokenizer, directory, overwrite=True,
-                    progress=self.progress, **options)
-            manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "fingerprint": key}, indent=2))
+                    progress=self.progress, fingerprint=key, **options)
         return directory
 
     def finished_runs(self) -> set[str]:
@@ -326,7 +333,7 @@ class Compare:
             started = time.perf_counter()
             result = finetune_search(spec, rates, heads)
             result["finetune_seconds"] = round(time.perf_counter() - started, 2)
-        (run / "eval.json").write_text(json.dumps(result, indent=2))
+        write_text_atomic(run / "eval.json", json.dumps(result, indent=2))
         _stamp(run, key)
         return result
 

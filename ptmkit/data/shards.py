@@ -193,12 +193,15 @@ def corpus_fingerprint(paths: Sequence[str | os.PathLike], tokenizer: Tokenizer,
 def prepare(paths: Sequence[str | os.PathLike], tokenizer: Tokenizer, out: Path, *,
             val_fraction: float = 0.01, seq_len: int = 128, text_field: str = "text",
             seed: int = 0, batch_documents: int = 256, overwrite: bool = False,
-            progress: bool = True, segment: str | None = None, inputs: Sequence[Path] = ()) -> dict:
+            progress: bool = True, segment: str | None = None, inputs: Sequence[Path] = (),
+            fingerprint: str | None = None) -> dict:
     """Tokenize a corpus into shards under `out`. Returns the manifest.
 
     `segment` ("jieba") also stores which tokens start a word of that word segmenter, for
     Chinese whole-word masking (see `ptmkit.data.segment`). `inputs`: further paths the run reads
     (the tokenizer's directory), which --overwrite of `out` must not delete, as the corpus files.
+    `fingerprint` (a cache key, see `corpus_fingerprint`) is recorded in the manifest, so the
+    shards and the key that says what made them appear together.
     """
     if seq_len < 1:
         raise UserError(f"--seq-len {seq_len} holds no token", "--seq-len", "use e.g. 128 (pretrain's default window)")
@@ -259,6 +262,7 @@ def prepare(paths: Sequence[str | os.PathLike], tokenizer: Tokenizer, out: Path,
             "format": FORMAT, "tokenizer_sha256": tokenizer.sha256(), "vocab_size": tokenizer.vocab_size,
             "dtype": dtype.name, "seq_len": seq_len, "val_fraction": val_fraction, "seed": seed,
             "corpus": [str(f) for f in files], "splits": counts, "segment": segment,
+            **({"fingerprint": fingerprint} if fingerprint is not None else {}),
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
         target.parent.mkdir(parents=True, exist_ok=True)

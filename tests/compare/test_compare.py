@@ -236,6 +236,25 @@ def test_interrupted_compare_finishes_only_the_missing_cells(task_file, tmp_path
     assert Compare(cfg, tmp_path / "elsewhere", progress=False).finished_runs() == set()
 
 
+def test_a_cache_stamp_cut_off_by_a_kill_reruns_its_cell(task_file, tmp_path, monkeypatch) -> None:
+    """A key file or data manifest left half-written is a cache miss, not a traceback."""
+    cfg = parse_compare_config(config(task_file, label_budgets=[20], seeds=[0]), "cmp.yaml", tmp_path)
+    out = tmp_path / "out"
+    Compare(cfg, out, progress=False).run()
+    cell = out / "finetune" / "task" / "A-scratch" / "b20-s0"
+    cell.with_name(cell.name + ".compare_key.json").write_text('{"key": "3f')
+    calls, real = [], runner.finetune_search
+    monkeypatch.setattr(runner, "pretrain", lambda spec: pytest.fail("pre-trained again"))
+    monkeypatch.setattr(runner, "finetune_search", lambda spec, rates, heads: calls.append(spec.out) or real(spec, rates, heads))
+    Compare(cfg, out, progress=False).run()
+    assert calls == [cell]
+    manifest = out / "data" / "general" / "manifest.json"
+    key = json.loads(manifest.read_text())["fingerprint"]  # written with the shards, not after them
+    assert runner._prepared_for(manifest.parent, key)
+    manifest.write_text("{")
+    assert not runner._prepared_for(manifest.parent, key)
+
+
 def test_report_statistics_from_synthetic_results(tmp_path) -> None:
     rows = [("scratch", "A", 100, s, v) for s, v in enumerate([0.60, 0.62, 0.64])] + \
            [("mlm", "B", 100, s, v) for s, v in enumerate([0.70, 0.72, 0.74])] + \
