@@ -110,6 +110,21 @@ def test_whole_word_mask_properties(vocab, length, ratio, replace_length, random
         assert is_subsequence(out[out != vocab.special.mask], tokens)
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_a_zero_length_span_inserts_one_mask_and_a_span_becomes_one(vocab, seed) -> None:
+    """Text infilling (fairseq `add_insertion_noise`): each 0-length span adds a <mask> and
+    removes nothing; a 2-word span becomes a single <mask>."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(vocab.first_normal_id, vocab.size, size=30)
+    words = np.ones(30, dtype=bool)
+    mask = vocab.special.mask
+    out = whole_word_mask(tokens, words, np.array([0, 0, 0]), 1, 0.0, vocab, rng)
+    assert (out == mask).sum() == 3 and (out[out != mask] == tokens).all()
+    out = whole_word_mask(tokens, words, np.array([2, 0]), 1, 0.0, vocab, rng)
+    assert (out == mask).sum() == 2 and len(out) == 30 - 2 + 1 + 1
+    assert is_subsequence(out[out != mask], tokens)
+
+
 def test_spans_cover_whole_words_and_about_the_budget() -> None:
     # Spans are placed independently, so overlaps (and cuts at the end of the text) make the
     # union smaller than the budget: ~11% at 30% density over 62 tokens (measured: 0.89 on
