@@ -203,11 +203,14 @@ def glue_files(name: str, data_dir: str | Path) -> tuple[Path, list[Path]]:
     return train, devs
 
 
-def label_budget(labels: Sequence, n: int | None, seed: int, stratified: bool = True) -> np.ndarray:
+def label_budget(labels: Sequence, n: int | None, seed: int, stratified: bool = True, *,
+                 held_out: bool = False) -> np.ndarray:
     """Indices of a deterministic subset of `n` examples (all when n is None or too large).
 
     Stratified: each class keeps its share (largest-remainder rounding, at least one example per
-    class when n allows), so small budgets do not lose a class by chance.
+    class when n allows), so small budgets do not lose a class by chance. `held_out`: the subset
+    is taken out of the training data (a dev or selection slice), which never takes a class's
+    last example (a class seen once would leave training altogether); it may then hold fewer.
     """
     total = len(labels)
     if n is None or n >= total:
@@ -219,15 +222,17 @@ def label_budget(labels: Sequence, n: int | None, seed: int, stratified: bool = 
     for i, label in enumerate(labels):
         by_class[label].append(i)
     classes = sorted(by_class, key=str)
-    share = np.array([len(by_class[c]) for c in classes], dtype=float) * n / total
-    counts = np.floor(share).astype(int)
+    sizes = np.array([len(by_class[c]) for c in classes])
+    caps = sizes - 1 if held_out else sizes
+    share = sizes * n / total
+    counts = np.floor(share).astype(int)  # below each class's size, as n < total
     if n >= len(classes):
-        counts = np.maximum(counts, 1)
+        counts = np.maximum(counts, np.minimum(1, caps))
     order = np.argsort(-(share - np.floor(share)), kind="stable")
     i = 0
-    while counts.sum() < n:
+    while counts.sum() < n and (counts < caps).any():
         c = order[i % len(classes)]
-        if counts[c] < len(by_class[classes[c]]):
+        if counts[c] < caps[c]:
             counts[c] += 1
         i += 1
     while counts.sum() > n:

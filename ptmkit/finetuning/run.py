@@ -268,7 +268,7 @@ def _check_folds(spec: FinetuneSpec) -> None:
 def _split_off(task: Task, records: list, path: str, n: int, seed: int) -> tuple[list, list]:
     """(rest, slice): `n` records, stratified by class where the task has classes, seeded."""
     keys, stratified = stratify_key(task, task.targets(records, path))
-    return _partition(records, label_budget(keys, n, seed, stratified))
+    return _partition(records, label_budget(keys, n, seed, stratified, held_out=True))
 
 
 def _partition(records: list, indices: np.ndarray) -> tuple[list, list]:

@@ -79,6 +79,18 @@ def test_budget_is_stratified_deterministic_and_complete() -> None:
     assert len(label_budget(labels, 5000, seed=0)) == 1000
 
 
+def test_a_held_out_slice_never_takes_a_class_s_last_example() -> None:
+    """A dev or selection slice used to take the one example of a class seen once, which then
+    left training altogether; a training budget still keeps every class."""
+    labels = ["a"] * 95 + ["b"] + ["c"] * 4
+    for seed in range(20):
+        held = label_budget(labels, 10, seed, held_out=True)
+        assert len(held) == 10 and 95 not in held.tolist()
+        assert Counter(labels[i] for i in held)["c"] >= 1
+    assert 95 in label_budget(labels, 10, 0).tolist()
+    assert len(label_budget(["a", "b", "b"], 2, 0, held_out=True)) == 1  # only one can go
+
+
 def test_budget_keeps_rare_classes_and_exact_size() -> None:
     labels = ["a"] * 990 + ["b"] * 7 + ["c"] * 3
     for n in (3, 10, 37):
