@@ -196,9 +196,12 @@ class Tag(Task):
         return 3, "[CLS] word [SEP]"
 
     def fit_labels(self, records: list[Sentence]) -> None:
-        """O first (id 0), then the entity tags sorted by type, B before I."""
+        """O first (id 0), then the entity tags sorted by type, B before I. A type's B and I
+        both, even when the training data has one only (single-word entities: no I-), so that
+        a dev entity of two words is scored, not refused as an unseen tag."""
         if not self.spec.labels:
             tags = {t for r in records for t in r["tags"]} - {OUTSIDE}
+            tags |= {f"{prefix}-{t[2:]}" for t in tags if t[:2] in ("B-", "I-") for prefix in "BI"}
             self.spec.labels = [OUTSIDE] + sorted(tags, key=lambda t: (t[2:], t[:2]))
 
     def targets(self, records: list[Sentence], path: str) -> list[list[int]]:

@@ -114,10 +114,12 @@ def test_seqeval_metrics_by_hand() -> None:
     assert m["f1"] == pytest.approx(0.8)
 
 
-def test_tags_unseen_in_training_are_rejected() -> None:
+def test_types_unseen_in_training_are_rejected_but_a_two_word_entity_is_scored() -> None:
+    """Training with one-word persons only (no I-PER) still scores a dev person of two words."""
     task = tag_task()
     task.fit_labels([{"words": ["a"], "tags": ["B-PER"]}])
-    assert task.spec.labels == ["O", "B-PER"]
+    assert task.spec.labels == ["O", "B-PER", "I-PER"]
+    assert task.targets([{"words": ["dr", "a"], "tags": ["B-PER", "I-PER"]}], "dev.conll") == [[1, 2]]
     with pytest.raises(UserError, match="'B-LOC'"):
         task.targets([{"words": ["a"], "tags": ["B-LOC"]}], "dev.conll")
 
