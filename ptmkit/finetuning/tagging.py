@@ -54,10 +54,12 @@ def read_conll(path: str | Path) -> list[Sentence]:
     with _open(path) as f:
         for number, line in enumerate(f, 1):
             columns = line.rstrip("\r\n").split("\t") if "\t" in line else line.split()
-            if not columns or not columns[0].strip() or columns[0] == DOCSTART:
+            if not line.strip() or columns[0] == DOCSTART:
                 if words:
                     sentences.append({"words": words, "tags": repair_iob2(tags)})
                 words, tags = [], []
+                continue
+            if not columns[0].strip():  # a token of whitespace only (a no-break space): no text to tag
                 continue
             words.append(columns[0].strip())
             tags.append(_tag(columns, f"{path}:{number}"))

@@ -44,6 +44,13 @@ def test_conll_reading_breaks_sentences_at_blank_lines_and_docstart(tmp_path) ->
     assert sentences[2]["tags"] == ["B-LOC"]  # an IOB1 start is repaired to IOB2
 
 
+def test_a_whitespace_token_does_not_split_its_sentence(tmp_path) -> None:
+    path = tmp_path / "nbsp.conll"
+    path.write_text("New\tB-LOC\n\u00a0\tO\nYork\tI-LOC\n\nOslo\tB-LOC\n", encoding="utf-8")
+    assert read_conll(path) == [{"words": ["New", "York"], "tags": ["B-LOC", "I-LOC"]},
+                                {"words": ["Oslo"], "tags": ["B-LOC"]}]
+
+
 @pytest.mark.parametrize("text, match", [("", "no sentences"), ("-DOCSTART- O\n\n", "no sentences"),
                                          ("word\n", "token and its tag"), ("word S-PER\n", "not BIO")])
 def test_conll_errors_are_the_users(tmp_path, text, match) -> None:
