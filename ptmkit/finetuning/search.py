@@ -20,7 +20,7 @@ from typing import Any
 
 from ptmkit.checks import positive
 from ptmkit.errors import RunStopped, UserError
-from ptmkit.fileio import copy_items
+from ptmkit.fileio import copy_items, write_text_atomic
 from ptmkit.finetuning.registry import TASKS
 from ptmkit.finetuning.run import FinetuneSpec, check_finetune, check_finetune_out, finetune, warn_headless
 
@@ -93,7 +93,8 @@ def finetune_search(spec: FinetuneSpec, rates: list[float], head_epochs: list[in
               "search": [{**{k: v for k, v in t.items() if k != "result"}, key: t["result"][key],
                           t["result"]["main_metric"]: t["result"][t["result"]["main_metric"]]}
                          if "result" in t else t for t in tried]}
-    (spec.out / "eval.json").write_text(json.dumps(result, indent=2))
+    # last and whole: the winner's files are all in place once eval.json is there
+    write_text_atomic(spec.out / "eval.json", json.dumps(result, indent=2))
     return result
 
 
