@@ -79,19 +79,34 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.steps is None:
-            self.steps = UNBOUNDED_STEPS if self.max_minutes > 0 else 1000
-        checks = [("steps", self.steps >= 1, "use at least 1"),
-                  ("batch_size", self.batch_size >= 1, "use at least 1"),
-                  ("lr", self.lr > 0, "use a positive learning rate"),
-                  ("grad_accum", self.grad_accum >= 1, "use at least 1"),
-                  ("seed", self.seed >= 0, "use 0 or more (numpy seeds the data order with it)"),
-                  ("keep_checkpoints", self.keep_checkpoints >= 1, "use at least 1"),
-                  ("seq_len", self.seq_len >= 1, "use at least 1"),
-                  ("max_minutes", self.max_minutes >= 0, "use minutes > 0, or 0 for no limit"),
-                  ("workers", self.workers >= 0, "use 0 (in the main process) or more"),
-                  ("eval_batches", self.eval_batches >= 1, "use at least 1"),
-                  ("save_every", self.save_every >= 0, "use steps between checkpoints, or 0 (at the end)"),
-                  ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "use a share of the peak rate in [0, 1]"),
+            self.steps = UNBOUNDED_STEPS if _number(self.max_minutes) and self.max_minutes > 0 else 1000
+
+        def whole(name: str, least: int, fix: str) -> tuple[str, bool, str]:
+            value = getattr(self, name)  # a quoted "4" (Python API, YAML) is refused, not compared
+            return name, isinstance(value, int) and not isinstance(value, bool) and value >= least, fix
+
+        def number(name: str, ok: Callable[[float], bool], fix: str) -> tuple[str, bool, str]:
+            value = getattr(self, name)
+            return name, _number(value) and ok(value), fix
+
+        checks = [whole("steps", 1, "use at least 1"), whole("batch_size", 1, "use at least 1"),
+                  number("lr", lambda v: v > 0, "use a positive learning rate"),
+                  whole("warmup", -1, "use warm-up steps, or -1 (6% of the steps)"),
+                  whole("grad_accum", 1, "use at least 1"),
+                  whole("seed", 0, "use 0 or more (numpy seeds the data order with it)"),
+                  whole("keep_checkpoints", 1, "use at least 1"), whole("seq_len", 1, "use at least 1"),
+                  number("max_minutes", lambda v: v >= 0, "use minutes > 0, or 0 for no limit"),
+                  whole("workers", 0, "use 0 (in the main process) or more"),
+                  whole("eval_batches", 1, "use at least 1"),
+                  whole("save_every", 0, "use steps between checkpoints, or 0 (at the end)"),
+                  whole("log_every", 0, "use steps between metrics lines, or 0 (about 100 lines)"),
+                  whole("eval_every", 0, "use steps between validations, or 0 (ten per run)"),
+                  whole("max_bad_steps", 1, "use at least 1"),
+                  number("min_lr_ratio", lambda v: 0 <= v <= 1, "use a share of the peak rate in [0, 1]"),
+                  *(number(name, lambda v: v >= 0, "use a number >= 0")
+                    for name in ("weight_decay", "eps", "grad_clip")),
+                  *(number(name, lambda v: 0 <= v < 1, "use a number in [0, 1)") for name in ("beta1", "beta2")),
+                  ("compile", isinstance(self.compile, bool), "use true or false"),
                   ("precision", self.precision in PRECISIONS, "use fp32 or bf16"),
                   ("schedule", self.schedule in ("linear", "cosine", "constant"),
                    "use linear, cosine or constant")]
@@ -114,6 +129,10 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 COUNT_METRICS = frozenset({"predicted"})

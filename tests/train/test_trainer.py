@@ -174,6 +174,10 @@ def test_a_run_its_clock_stopped_trains_no_further_step_when_resumed(data: Path,
     ({"steps": 10, "warmup": 20}, "--warmup"), ({"seq_len": 0}, "--seq-len"), ({"max_minutes": -1}, "--max-minutes"),
     ({"workers": -2}, "--workers"), ({"eval_batches": 0}, "--eval-batches"), ({"save_every": -1}, "--save-every"),
     ({"min_lr_ratio": 1.5}, "--min-lr-ratio"),
+    # the Python API and YAML hand over what they were given: a quoted number is named, not compared
+    ({"lr": "1e-3"}, "--lr"), ({"steps": "50"}, "--steps"), ({"max_minutes": "5"}, "--max-minutes"),
+    ({"batch_size": 8.0}, "--batch-size"), ({"compile": "no"}, "--compile"), ({"beta2": 1.0}, "--beta2"),
+    ({"warmup": True}, "--warmup"),
 ])
 def test_settings_that_would_fail_or_mislead_mid_run_are_refused(values: dict, flag: str) -> None:
     with pytest.raises(UserError) as caught:
