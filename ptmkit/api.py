@@ -19,7 +19,8 @@ from torch import Tensor, nn
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.errors import UserError
 from ptmkit.finetuning.model import Backbone, read_run_config
-from ptmkit.finetuning.run import FinetuneSpec, finetune as run_finetune, load_finetuned
+from ptmkit.finetuning.run import FinetuneSpec, load_finetuned
+from ptmkit.finetuning.search import as_head_epochs, as_rates, finetune_search
 from ptmkit.finetuning.seq2seq_task import Seq2Seq
 from ptmkit.finetuning.tagging import Tag
 from ptmkit.finetuning.tasks import Classify, Regress, TaskSpec, pad_batch
@@ -27,7 +28,7 @@ from ptmkit.model.backbone import Transformer
 from ptmkit.model.config import ModelConfig
 from ptmkit.objectives import get_objective
 from ptmkit.objectives.base import Vocab
-from ptmkit.pretraining import PretrainSpec, pretrain as run_pretrain
+from ptmkit.pretraining import PretrainSpec, check_run_dir, prepared_seq_len, pretrain as run_pretrain, resume_settings
 from ptmkit.train.checkpoint import load_weights
 from ptmkit.train.loop import TrainConfig
 
@@ -213,13 +214,15 @@ def load_run(path: str | Path) -> RunModel:
 
 # ---- training, mirroring the CLI ---------------------------------------------------------------
 
-def pretrain(*, objective: str, out: str | Path, **options: Any) -> dict[str, Any]:
+def pretrain(*, objective: str | None = None, out: str | Path, **options: Any) -> dict[str, Any]:
     """`ptmkit pretrain` as a function; returns the run's summary.
 
     Keyword arguments are `PretrainSpec` fields (data, corpus, tokenizer, text_field, model,
     objective_options, init -- a run or "hf:DIR" --, resume, overwrite, val_fraction, progress)
     and `TrainConfig` fields (steps, batch_size, seq_len, lr, ...), or `train=TrainConfig(...)`
-    instead of them.
+    instead of them. As on the command line, `seq_len` defaults to the one `data` was prepared
+    for, and `resume=True` continues with the run's own settings (objective included) under the
+    ones given again.
     """
     spec_fields = {f.name for f in dataclasses.fields(PretrainSpec)}
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -235,12 +238,25 @@ def pretrain(*, objective: str, out: str | Path, **options: Any) -> dict[str, An
         # changing `steps` in it would keep them (and 60 warm-up steps would refuse steps=50)
         raise UserError(f"train=TrainConfig(...) given with {', '.join(sorted(train_values))}", "ptmkit.pretrain()",
                         "put those fields into the TrainConfig, or pass them all without train=")
-    # built from the values, not replaced into a default: `max_minutes` alone must leave the
-    # step count open (TrainConfig resolves it), as `--max-minutes` does on the command line
-    train = train if train is not None else TrainConfig(**train_values)
+    if spec_values.get("resume"):
+        check_run_dir(Path(out), resume=True, overwrite=bool(spec_values.get("overwrite")))
+        saved = {k: v for k, v in resume_settings(Path(out), corpus_given=bool(spec_values.get("corpus"))).items()
+                 if v is not None}
+        saved_objective = saved.pop("objective", None)
+        objective = objective or saved_objective
+        spec_values = {**{k: v for k, v in saved.items() if k in spec_fields}, **spec_values}
+        if train is None:
+            train_values = {**{k: v for k, v in saved.items() if k in train_fields}, **train_values}
+    if objective is None:
+        raise UserError("no objective given", "ptmkit.pretrain()", "pass objective=, e.g. objective=\"mlm\"")
     for key in ("data", "tokenizer"):
         if spec_values.get(key) is not None:
             spec_values[key] = Path(spec_values[key])
+    if train is None and "seq_len" not in train_values and spec_values.get("data") is not None:
+        train_values["seq_len"] = prepared_seq_len(spec_values["data"])  # the window prepare was asked for
+    # built from the values, not replaced into a default: `max_minutes` alone must leave the
+    # step count open (TrainConfig resolves it), as `--max-minutes` does on the command line
+    train = train if train is not None else TrainConfig(**train_values)
     if spec_values.get("init") is not None:  # a run directory as a Path, or "hf:DIR" (config.yaml keeps a str)
         spec_values["init"] = str(spec_values["init"])
     if "corpus" in spec_values:
@@ -252,7 +268,8 @@ def pretrain(*, objective: str, out: str | Path, **options: Any) -> dict[str, An
 def finetune(*, task: str, init: str | Path, out: str | Path, **options: Any) -> dict[str, Any]:
     """`ptmkit finetune` as a function (keyword arguments are `FinetuneSpec` fields: train, dev,
     data_dir, tokenizer, text_fields, label_field, epochs, lr, batch_size, max_length, ...);
-    returns eval.json's content. `init` is a pre-training run, "scratch" or "hf:DIR"."""
+    returns eval.json's content. `init` is a pre-training run, "scratch" or "hf:DIR". `lr` and
+    `head_epochs` may be lists: a search, as `--lr 1e-4,5e-4` on the command line."""
     known = {f.name for f in dataclasses.fields(FinetuneSpec)}
     unknown = sorted(set(options) - known)
     if unknown:
@@ -266,4 +283,8 @@ def finetune(*, task: str, init: str | Path, out: str | Path, **options: Any) ->
         values["tokenizer"] = Path(values["tokenizer"])
     if isinstance(values.get("text_fields"), str):
         values["text_fields"] = [f.strip() for f in values["text_fields"].split(",") if f.strip()]
-    return run_finetune(FinetuneSpec(task=task, init=str(init), out=Path(out), **values))
+    # a list of rates or of head epochs is a search, as `--lr 1e-4,5e-4` is
+    rates = as_rates(values.pop("lr", FinetuneSpec.lr))
+    heads = as_head_epochs(values.pop("head_epochs", FinetuneSpec.head_epochs))
+    spec = FinetuneSpec(task=task, init=str(init), out=Path(out), lr=rates[0], head_epochs=heads[0], **values)
+    return finetune_search(spec, rates, heads)

@@ -25,6 +25,7 @@ from ptmkit.data.shards import TokenShards, corpus_fingerprint, prepare
 from ptmkit.data.tokenizer import Tokenizer, train_tokenizer
 from ptmkit.data.corpus import read_documents, read_texts
 from ptmkit.errors import RunStopped, UserError
+from ptmkit.fileio import read_yaml
 from ptmkit.hf.importer import check_objective, check_weights, hf_directory, is_hf, load_into, read_hf
 from ptmkit.model.config import ModelConfig, resolve_model_config
 from ptmkit.objectives import get_objective
@@ -68,11 +69,36 @@ def check_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise UserError("output path is a file", str(out), "choose a directory path for --out")
     busy = out.is_dir() and any(out.iterdir())
+    if resume and (out / "recipe.yaml").is_file():  # its stages resume, each in its own directory
+        raise UserError("the run is a recipe's", str(out), f"resume it with `ptmkit pretrain --out {out} --resume`")
     if resume and not (out / "config.yaml").is_file():
         raise UserError("nothing to resume", str(out), "drop --resume or point --out at an earlier run")
     if busy and not (resume or overwrite):
         raise UserError("run directory is not empty", str(out),
                         "choose a new --out, pass --resume to continue it or --overwrite to replace it")
+
+
+def resume_settings(out: Path, *, corpus_given: bool = False) -> dict[str, Any]:
+    """What a resumed run keeps from its config.yaml: objective, objective_options, model, data and
+    the training settings, flat; the settings given again on resuming go on top of them. A corpus
+    given again replaces the data prepared from it (which is checked against it, see
+    `_resolve_data`)."""
+    path = out / "config.yaml"
+    saved = read_yaml(path, "--out") if path.is_file() else {}
+    if not isinstance(saved, dict):
+        raise UserError("damaged run config (not a mapping)", str(path), "point --out at a complete run")
+    kept = ("objective", "objective_options", "model") + (() if corpus_given else ("data",))
+    return {**{key: saved.get(key) for key in kept}, **(saved.get("train") or {})}
+
+
+def prepared_seq_len(data: Path) -> int:
+    """The --seq-len a prepared directory was made for (TrainConfig's default where it records
+    none, or is not one: pretrain then reports what is wrong with it)."""
+    try:
+        seq_len = json.loads((data / "manifest.json").read_text()).get("seq_len")
+    except (OSError, ValueError, AttributeError):
+        seq_len = None
+    return seq_len if isinstance(seq_len, int) and seq_len >= 1 else TrainConfig.seq_len
 
 
 def _resolve_data(spec: PretrainSpec) -> Path:
@@ -291,10 +317,13 @@ def _pretrain_into(spec: PretrainSpec, objective_cls: type, plan: _Plan | None,
     objective, model_cfg, length, dataset = plan.objective, plan.model_cfg, plan.length, plan.dataset
     cfg = spec.train
 
-    if main:
-        tokenizer.save(spec.out / "tokenizer")
-        _write_config(spec, model_cfg.to_dict(), data_dir, dataclasses.asdict(objective.options))
+    def publish_settings() -> None:  # only once they are known to fit: a failed resume keeps the run's own
+        if main:
+            tokenizer.save(spec.out / "tokenizer")
+            _write_config(spec, model_cfg.to_dict(), data_dir, dataclasses.asdict(objective.options))
+
     if objective.standalone:
+        publish_settings()
         summary = objective.train_standalone(plan.train_shards, tokenizer, spec.out, cfg, spec.progress,
                                              Path(spec.init) if spec.init else None)  # a resume starts over
         (spec.out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -318,6 +347,7 @@ def _pretrain_into(spec: PretrainSpec, objective_cls: type, plan: _Plan | None,
         trainer.resume()
     elif latest_checkpoint(spec.out) is not None:
         raise UserError("run already has a checkpoint", str(spec.out), "pass --resume to continue it")
+    publish_settings()
     loader = make_loader(dataset, objective.collate, cfg.batch_size, cfg.seed,
                          skip_batches=trainer.skip_batches(), workers=cfg.workers,
                          rank=dist.rank if dist is not None else 0, world=dist.world if dist is not None else 1)

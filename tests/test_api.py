@@ -198,3 +198,42 @@ def test_resume_refuses_a_corpus_changed_since_the_run_started(tmp_path):
     (run / "data" / "manifest.json").write_text("{")
     with pytest.raises(UserError, match="damaged prepared data"):
         ptmkit.pretrain(**options, resume=True)
+
+
+def test_resume_keeps_the_runs_own_settings_and_a_failed_one_changes_nothing(data, tmp_path):
+    """As `ptmkit pretrain --out RUN --resume`: the run's model, rate and objective, not the API's
+    defaults (it rebuilt a default model and rewrote config.yaml before failing to load)."""
+    run = tmp_path / "run"
+    ptmkit.pretrain(objective="clm", data=data, out=run, model=TINY, lr=1e-3, **{**TRAIN, "steps": 2})
+    config = (run / "config.yaml").read_text()
+    with pytest.raises(UserError):
+        ptmkit.pretrain(objective="clm", data=data, out=run, model="tiny", resume=True, progress=False)
+    assert (run / "config.yaml").read_text() == config
+    summary = ptmkit.pretrain(out=run, resume=True, steps=4, progress=False, workers=0)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert summary["steps"] == 4 and saved["objective"] == "clm"
+    assert saved["model"]["hidden"] == 32 and saved["train"]["lr"] == 1e-3 and saved["train"]["batch_size"] == 4
+    (tmp_path / "recipe").mkdir()
+    (tmp_path / "recipe" / "recipe.yaml").write_text("stages: []\n")
+    with pytest.raises(UserError, match="recipe"):  # its stages resume through `pretrain --recipe`
+        ptmkit.pretrain(out=tmp_path / "recipe", resume=True)
+
+
+def test_the_window_defaults_to_the_one_the_data_was_prepared_for(tmp_path):
+    tokenizer = train_tokenizer(read_texts([LEE]), kind="bpe", vocab_size=600, show_progress=False)
+    prepare([LEE], tokenizer, tmp_path / "d48", seq_len=48, val_fraction=0.02, progress=False)
+    ptmkit.pretrain(objective="mlm", data=tmp_path / "d48", out=tmp_path / "run", model=TINY,
+                    **{k: v for k, v in TRAIN.items() if k != "seq_len"})
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["seq_len"] == 48
+
+
+def test_finetune_takes_a_list_of_rates_as_a_search(runs, tmp_path):
+    task = tmp_path / "task.tsv"
+    task.write_text("sentence\tlabel\n" + "".join(f"the fire {'spread' if i % 2 else 'ended'} today\t{i % 2}\n"
+                                                  for i in range(24)))
+    result = ptmkit.finetune(task="classify", init=runs["mlm"], out=tmp_path / "ft", train=task, lr=[1e-3, 3e-3],
+                             text_fields="sentence", epochs=1, batch_size=8, max_length=16, progress=False)
+    assert [trial["lr"] for trial in result["search"]] == [1e-3, 3e-3] and result["lr"] in (1e-3, 3e-3)
+    with pytest.raises(UserError, match="not a search"):
+        ptmkit.finetune(task="classify", init=runs["mlm"], out=tmp_path / "ft", train=task, lr=[1e-3, 3e-3],
+                        text_fields="sentence", resume=True, progress=False)

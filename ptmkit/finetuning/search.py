@@ -53,6 +53,9 @@ def finetune_search(spec: FinetuneSpec, rates: list[float], head_epochs: list[in
         warn_headless(spec.task, heads)
         heads = [0]
     trials = [{"lr": rate, **({"head_epochs": h} if len(heads) > 1 else {})} for h in heads for rate in rates]
+    if spec.resume and len(trials) > 1:
+        raise UserError("--resume continues one fine-tuning, not a search", "--lr/--head-epochs",
+                        "resume with the single rate (and head epochs) the run was started with")
     spec = dataclasses.replace(spec, head_epochs=heads[0])
     if len(trials) == 1:
         if spec.keep_epoch == "last" and spec.select_fraction:
