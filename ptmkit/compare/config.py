@@ -24,6 +24,7 @@ from ptmkit.errors import UserError
 from ptmkit.fileio import read_yaml
 from ptmkit.finetuning.data import glue_spec
 from ptmkit.finetuning.registry import TASKS, get_task
+from ptmkit.finetuning.run import FinetuneSpec, check_task_data
 from ptmkit.model.config import SIZES, resolve_model_config
 from ptmkit.objectives import OBJECTIVES
 from ptmkit.recipes import Recipe, available, load_recipe
@@ -344,9 +345,26 @@ def _objective_options(value: Any, spot: str) -> dict[str, dict[str, Any]]:
 
 
 def load_compare_config(path: str | Path) -> CompareConfig:
-    """Read and validate a compare YAML; every problem is one UserError naming the key."""
+    """Read and validate a compare YAML; every problem is one UserError naming the key. Each
+    task's files are read too (a misnamed field would otherwise fail every cell, after the
+    pre-trainings)."""
     path = Path(path)
-    return parse_compare_config(read_yaml(path, "--config") or {}, str(path), path.parent)
+    cfg = parse_compare_config(read_yaml(path, "--config") or {}, str(path), path.parent)
+    check_task_files(cfg)
+    return cfg
+
+
+def check_task_files(cfg: CompareConfig) -> None:
+    for task in cfg.tasks:
+        spec = FinetuneSpec(task=task.type, init="scratch", out=Path(), train=task.train, dev=task.dev,
+                            data_dir=task.data_dir, text_fields=task.text_fields, label_field=task.label_field,
+                            **task.extra)
+        try:
+            check_task_data(spec)
+        except UserError as err:  # the fix names CLI flags; here they are the task's keys
+            raise UserError(f"task {task.name}: {err.what}", err.where,
+                            err.fix.replace("--text-fields", "text_fields").replace("--label-field", "label_field")
+                            ) from None
 
 
 def parse_compare_config(values: dict, where: str, base: Path) -> CompareConfig:

@@ -278,6 +278,16 @@ def _partition(records: list, indices: np.ndarray) -> tuple[list, list]:
             [r for i, r in enumerate(records) if i in chosen])
 
 
+def check_task_data(spec: FinetuneSpec) -> None:
+    """The task's data files read and their fields checked, without a model or a tokenizer: what
+    a compare checks of each task before anything trains."""
+    task_name, task_spec, train_path, dev_paths = _task_spec(spec)
+    task = get_task(task_name)(task_spec, None, "first", token_types=False)
+    train_path, dev_paths = task.resolve_files(train_path, dev_paths)
+    for path in (train_path, *dev_paths):
+        task.read(path)
+
+
 def check_finetune_out(spec: FinetuneSpec) -> None:
     """--out must be new or empty, or an interrupted run with --resume, or replaced on purpose
     (and then hold none of the run's own inputs, which --overwrite would delete)."""

@@ -271,3 +271,19 @@ def test_datasets_are_corpora_and_tasks_named_after_their_dataset_dict(base) -> 
     assert cfg.tasks[0].name == "reviews"
     with pytest.raises(UserError, match=r"DatasetDict holds several splits \(cmp.yaml: corpus: .*reviews\)"):
         parse_compare_config(config(corpus=["reviews"]), "cmp.yaml", base)
+
+
+@pytest.mark.parametrize(("task", "match"), [
+    ({"text_fields": ["text"]}, "task reviews: field 'text' not found .*use text_fields with one of: sentence, label"),
+    ({"label_field": "lab"}, "task reviews: field 'lab' not found .*use label_field"),
+    ({"train": "missing.tsv"}, "path not found"),
+])
+def test_a_task_whose_file_or_fields_are_wrong_fails_before_anything_trains(tmp_path, task, match) -> None:
+    """It used to pass --dry-run, then fail every cell after the tokenizer and the pre-trainings."""
+    (tmp_path / "reviews.tsv").write_text("sentence\tlabel\nfine film\t1\ndull film\t0\n")
+    (tmp_path / "text.txt").write_text("some general text\n")
+    config = {"corpus": ["text.txt"], "objectives": ["mlm"], "pretrain": {"steps": 2},
+              "task": {"type": "classify", "train": "reviews.tsv", "text_fields": ["sentence"], **task}}
+    (tmp_path / "cmp.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(UserError, match=match):
+        load_compare_config(tmp_path / "cmp.yaml")
