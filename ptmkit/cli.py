@@ -417,28 +417,41 @@ def _prepared_seq_len(data: Path) -> int:
     return seq_len if isinstance(seq_len, int) and seq_len >= 1 else TrainConfig.seq_len
 
 
-RECIPE_CONFLICTS = ("objective", "config", "model", "init", "noise", "distributed")
+RECIPE_CONFLICTS = {  # pretrain flags a recipe run refuses, and why
+    **dict.fromkeys(("objective", "config", "model", "init", "noise", "distributed"),
+                    "drop it: the recipe sets the objectives and model"),
+    **dict.fromkeys(("steps", "batch_size", "seq_len", "lr", "warmup", "schedule", "grad_accum"),
+                    "a recipe sets each stage's length and training; edit the recipe, or use --max-minutes"),
+}
+RECIPE_RUN_FLAGS = ("precision", "compile", "workers", "save_every", "eval_every", "log_every", "keep_checkpoints")
+"""pretrain flags about how the stages run, not what they train: each one given applies to every stage."""
 
 
 def _run_recipe(args: argparse.Namespace) -> None:
     """`pretrain --recipe NAME`: the recipe's stages in its time budget (--max-minutes overrides it)."""
     from ptmkit.recipes import load_recipe, parse_recipe
     from ptmkit.recipes.pretrain import RecipeRun, pretrain_recipe
-    given = [name for name in RECIPE_CONFLICTS if getattr(args, name, None)]
+    given = [name for name in RECIPE_CONFLICTS if getattr(args, name, None) is not None]  # argparse's default: None
     if given:
         flag = "--" + given[0].replace("_", "-")
-        raise UserError(f"{flag} conflicts with --recipe", flag, "drop it: the recipe sets the objectives and model")
+        raise UserError(f"{flag} conflicts with {'--recipe' if args.recipe else '--resume of a recipe run'}", flag,
+                        RECIPE_CONFLICTS[given[0]])
     if args.resume and not (args.out / "recipe.yaml").is_file():
         raise UserError("nothing to resume with --recipe (no recipe.yaml)", str(args.out),
                         "drop --resume, or point --out at an interrupted recipe run")
     if args.resume:  # the recipe as it was started
-        recipe = parse_recipe(yaml.safe_load((args.out / "recipe.yaml").read_text()), str(args.out / "recipe.yaml"))
+        saved = args.out / "recipe.yaml"
+        recipe = parse_recipe(read_yaml(saved, "--out") or {}, str(saved))
+        if args.recipe and load_recipe(args.recipe) != recipe:
+            raise UserError("--recipe differs from the recipe the run started with", "--recipe",
+                            f"drop --recipe: --resume continues the run's own {saved}")
     else:
         recipe = load_recipe(args.recipe)
     summary = pretrain_recipe(RecipeRun(
         recipe=recipe, out=args.out, data=args.data, corpus=list(args.corpus or []), domain_data=args.domain_data,
         domain_corpus=list(args.domain_corpus or []), tokenizer=args.tokenizer,
         text_field=args.text_field or "text", minutes=args.max_minutes, seed=args.seed,
+        train={name: getattr(args, name) for name in RECIPE_RUN_FLAGS if getattr(args, name) is not None},
         progress=not args.no_progress, overwrite=args.overwrite, resume=args.resume))
     stages = ", ".join(f"{s['objective']} {s['wall_seconds']:.0f}s" for s in summary["stages"])
     print(f"recipe {recipe.name}: {stages} ({summary['train_seconds']:.0f}s of {summary['budget_seconds']:.0f}s); "

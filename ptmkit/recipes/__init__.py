@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptmkit.checks import FINETUNE_VALUES as COMPARE_FINETUNE_VALUES, TOKENIZER_VALUES, check_keys, check_settings, plain_name
+from ptmkit.checks import (FINETUNE_VALUES as COMPARE_FINETUNE_VALUES, TOKENIZER_VALUES, check_keys, check_settings,
+                           number_or_none, plain_name)
 from ptmkit.errors import UserError
 from ptmkit.fileio import read_yaml
 
@@ -48,7 +49,8 @@ class Recipe:
     finetune: dict[str, Any] = field(default_factory=dict)
     """FinetuneSpec defaults; `lr` may be a list, searched on held-out training data."""
     summary: str = ""
-    source: str = ""
+    source: str = field(default="", compare=False)
+    """Where it was read from: the same recipe read from another path is the same recipe."""
 
     @property
     def reads_domain(self) -> bool:
@@ -71,14 +73,27 @@ def load_recipe(name: str) -> Recipe:
     return parse_recipe(read_yaml(path, "--recipe") or {}, str(path))
 
 
+def _numbers(values: dict[str, Any]) -> dict[str, Any]:
+    """`1e-3` text as the float it spells: YAML 1.1 reads it as a string (as in a compare config)."""
+    return {key: value if (number := number_or_none(value)) is None else number for key, value in values.items()}
+
+
 def _check_stage(stage: Stage, spot: str, last: bool) -> None:
     """A stage's options and training settings, checked when the recipe is read: a bad one in a
     later stage must not surface after the earlier stages have trained. An earlier stage needs a
-    length of its own: without one it trained until only the last stage's share was left."""
+    length of its own: without one it trained until only the later stages' shares were left."""
     from ptmkit.objectives import OBJECTIVES
     from ptmkit.train.loop import TrainConfig
+    objective = OBJECTIVES[stage.objective]
+    # text for a number would pass an Options class without checks of its own, and fail inside the stage
+    defaults = {option.name: option.default for option in dataclasses.fields(objective.Options)}
+    for key, value in stage.objective_options.items():
+        default = defaults.get(key)  # an unknown key: parse_options names it
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and number_or_none(value) is None:
+            raise UserError(f"objective option {key} must be a number, not {value!r}",
+                            f"{spot}.objective_options.{key}", f"write an unquoted number, e.g. `{key}: {default}`")
     try:
-        options = OBJECTIVES[stage.objective].parse_options(dict(stage.objective_options))
+        options = objective.parse_options(dict(stage.objective_options))
     except UserError as err:  # its where is `objective_options[.OPTION]`
         raise UserError(err.what, f"{spot}.{err.where}", err.fix) from None
     unknown = sorted(set(stage.train) - {f.name for f in dataclasses.fields(TrainConfig)})
@@ -91,7 +106,11 @@ def _check_stage(stage: Stage, spot: str, last: bool) -> None:
         raise UserError(err.what, f"{spot}.train.{err.where.lstrip('-').replace('-', '_')}", err.fix) from None
     except (TypeError, ValueError) as err:
         raise UserError(f"bad training option: {err}", f"{spot}.train", "write numbers unquoted") from None
-    if not last and not ({"steps", "max_minutes"} & stage.train.keys() or getattr(options, "epochs", 0)):
+    length = [key for key in ("steps", "max_minutes") if key in stage.train]
+    if last and length:
+        raise UserError(f"the last stage sets its own {length[0]}", f"{spot}.train.{length[0]}",
+                        "drop it: the last stage trains for whatever the budget leaves (set the recipe's `minutes`)")
+    if not last and not (length or getattr(options, "epochs", 0)):
         raise UserError(f"stage {stage.objective} comes before the last one but has no length", f"{spot}.train",
                         "give it `steps` or `max_minutes` (the last stage trains for what the budget leaves)")
 
@@ -116,7 +135,7 @@ def parse_recipe(values: dict, where: str) -> Recipe:
         corpus = stage.get("corpus", "general")
         if corpus not in CORPORA:
             raise UserError(f"unknown corpus {corpus!r}", f"{spot}.corpus", "use general or domain")
-        parsed.append(Stage(objective, dict(stage.get("objective_options") or {}), dict(stage.get("train") or {}),
+        parsed.append(Stage(objective, _numbers(stage.get("objective_options") or {}), _numbers(stage.get("train") or {}),
                             corpus))
         _check_stage(parsed[-1], spot, last=i == len(stages) - 1)
     minutes = values.get("minutes")
