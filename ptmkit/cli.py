@@ -14,7 +14,6 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, NoReturn
 
-import yaml
 
 from ptmkit.errors import UserError
 from ptmkit.fileio import check_writable, read_yaml
@@ -339,7 +338,7 @@ def _load_config_file(path: Path | None) -> dict[str, Any]:
 
 
 def _run_pretrain(args: argparse.Namespace) -> None:
-    from ptmkit.pretraining import PretrainSpec, check_run_dir, pretrain
+    from ptmkit.pretraining import PretrainSpec, check_run_dir, prepared_seq_len, pretrain, resume_settings
     if args.recipe or (args.resume and (args.out / "recipe.yaml").is_file()):
         _run_recipe(args)
         return
@@ -379,16 +378,14 @@ def _run_pretrain(args: argparse.Namespace) -> None:
         return value if value is not None else file_values.get(name, default)
 
     if args.resume:  # the run's own settings, under whatever the command line and --config give
-        saved = yaml.safe_load((args.out / "config.yaml").read_text()) if (args.out / "config.yaml").is_file() else {}
-        file_values = {**{k: saved.get(k) for k in ("objective", "objective_options")},
-                       "model": saved.get("model"), "data": saved.get("data"),
-                       **saved.get("train", {}), **file_values}
+        saved = resume_settings(args.out, corpus_given=bool(pick("corpus")))
+        file_values = {**{k: v for k, v in saved.items() if v is not None}, **file_values}
     objective = pick("objective")
     if objective is None:
         raise UserError("no objective given", "--objective", "pass e.g. --objective mlm")
     train_values = {f.name: pick(f.name) for f in fields(TrainConfig) if pick(f.name) is not None}
     if "seq_len" not in train_values and pick("data"):  # the window `prepare --seq-len` was asked for
-        train_values["seq_len"] = _prepared_seq_len(Path(pick("data")))
+        train_values["seq_len"] = prepared_seq_len(Path(pick("data")))
     spec = PretrainSpec(
         objective=objective, out=args.out,
         data=Path(pick("data")) if pick("data") else None,
@@ -405,16 +402,6 @@ def _run_pretrain(args: argparse.Namespace) -> None:
         return
     print(f"pre-trained {summary['steps']} steps, {summary['tokens']:,} tokens at "
           f"{summary['tokens_per_s']:,.0f} tokens/s; run in {args.out}")
-
-
-def _prepared_seq_len(data: Path) -> int:
-    """The --seq-len a prepared directory was made for (TrainConfig's default where it records
-    none, or is not one: pretrain then reports what is wrong with it)."""
-    try:
-        seq_len = json.loads((data / "manifest.json").read_text()).get("seq_len")
-    except (OSError, ValueError, AttributeError):
-        seq_len = None
-    return seq_len if isinstance(seq_len, int) and seq_len >= 1 else TrainConfig.seq_len
 
 
 RECIPE_CONFLICTS = {  # pretrain flags a recipe run refuses, and why
@@ -528,9 +515,6 @@ def _run_finetune(args: argparse.Namespace) -> None:
         seed=args.seed, freeze=args.freeze, overwrite=args.overwrite,
         progress=not args.no_progress, resume=args.resume, negative_label=args.negative_label,
         lr=rates[0], head_epochs=heads[0], **settings)
-    if args.resume and len(rates) * len(heads) > 1:
-        raise UserError("--resume continues one fine-tuning, not a search", "--lr/--head-epochs",
-                        "resume with the single rate (and head epochs) the run was started with")
     result = finetune_search(spec, rates, heads)
     print(json.dumps(result))
 

@@ -138,6 +138,19 @@ def test_resume_with_part_of_the_original_command_keeps_the_runs_settings(prepar
     assert [line["step"] for line in _loss_lines(run)][-1] == 5
 
 
+def test_a_corpus_run_resumes_with_its_command_repeated(lee, tmp_path, run_cli):
+    """The natural retry, the same command plus --resume, used to fail as "both --data and
+    --corpus": the run's saved data (prepared from that corpus) joined the corpus given again."""
+    corpus, run = tmp_path / "c.txt", tmp_path / "run"
+    corpus.write_text(lee.read_text(encoding="utf-8", errors="replace")[:20_000])
+    base = ["pretrain", "--objective", "mlm", "--corpus", corpus, "--model", "tiny", "--seq-len", "32",
+            "--batch-size", "4", "--workers", "0", "--out", run, "--no-progress"]
+    assert run_cli([*base, "--steps", "2"])[0] == 0
+    code, _, err = run_cli([*base, "--steps", "4", "--resume"])
+    assert code == 0, err
+    assert [line["step"] for line in _loss_lines(run)][-1] == 4
+
+
 def test_every_long_command_can_run_without_progress_bars(lee, tmp_path, run_cli):
     for command in ("tokenizer", "prepare", "pretrain", "finetune", "compare", "demo"):
         code, out, _ = run_cli([command, "--help"])
