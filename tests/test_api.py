@@ -237,3 +237,12 @@ def test_finetune_takes_a_list_of_rates_as_a_search(runs, tmp_path):
     with pytest.raises(UserError, match="not a search"):
         ptmkit.finetune(task="classify", init=runs["mlm"], out=tmp_path / "ft", train=task, lr=[1e-3, 3e-3],
                         text_fields="sentence", resume=True, progress=False)
+
+
+def test_an_init_run_of_another_network_is_named_as_such(runs, data, tmp_path):
+    """It used to print torch's state-dict error and advise the same --model size."""
+    with pytest.raises(UserError, match="clm cannot start from a mlm run.*start clm from a run of clm, prefixlm"):
+        ptmkit.pretrain(objective="clm", data=data, init=runs["mlm"], out=tmp_path / "clm", model=TINY, **TRAIN)
+    assert not (tmp_path / "clm").exists()
+    assert ptmkit.pretrain(objective="wwm", data=data, init=runs["mlm"], out=tmp_path / "wwm", model=TINY,
+                           **TRAIN)["steps"] == 2  # the same network continues

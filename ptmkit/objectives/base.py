@@ -160,7 +160,17 @@ class Objective:
         if config.get("objective") == "word2vec":
             init_token_embeddings(model, load_file(str(run / "model.safetensors"))["embedding"], str(run))
             return
-        load_weights(model, run / "model.safetensors")
+        try:
+            load_weights(model, run / "model.safetensors")
+        except UserError:
+            other = config.get("objective")
+            if other in (None, self.name):  # the same network: the size or the tokenizer differs
+                raise
+            from ptmkit.objectives import OBJECTIVES
+            kin = sorted(name for name, cls in OBJECTIVES.items() if cls.layout == self.layout and name != "word2vec")
+            raise UserError(f"{self.name} cannot start from a {other} run: its network is another one", str(run),
+                            f"start {self.name} from a run of {', '.join(kin)} (or word2vec, whose vectors seed "
+                            "the embeddings), with the same --model size and tokenizer") from None
 
     def to_downstream(self, network: nn.Module, cfg: ModelConfig) -> nn.Module:
         """The network fine-tuning builds on, made from the pre-training network (by default
