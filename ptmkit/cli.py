@@ -60,6 +60,14 @@ TRAIN_FLAGS = {  # CLI flag -> TrainConfig field (flags default to None so a --c
     "grad_accum": int, "workers": int, "schedule": str, "log_every": int, "keep_checkpoints": int,
 }
 
+TRAIN_FLAG_HELP = {  # the defaults TrainConfig resolves (the others are its field defaults)
+    "steps": "default 1000, or as many as --max-minutes allows when it is given",
+    "warmup": "default 6%% of the steps (100 under a time budget)", "max_minutes": "default 0: no time limit",
+    "seq_len": "default: the one the --data was prepared for, else 128",
+    "log_every": "default: about 100 lines per run", "eval_every": "default: ten validations per run",
+    "save_every": "default 0: only at the end (and on Ctrl-C / SIGTERM)",
+}
+
 
 FILE_OPTION_TYPES = {  # --config keys outside TrainConfig: accepted types, an example value
     "objective": (str, "mlm"), "data": (str, "data/"), "corpus": ((str, list), "[wiki.txt.gz]"),
@@ -72,7 +80,7 @@ def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
     p = _parser(sub, "tokenizer", "train a tokenizer (bpe, wordpiece, unigram, char) on a corpus")
     p.add_argument("--corpus", nargs="+", required=True, metavar="PATH")
     p.add_argument("--kind", default="bpe", help="bpe | wordpiece | unigram | char (default bpe)")
-    p.add_argument("--vocab-size", type=int, default=8000)
+    p.add_argument("--vocab-size", type=int, default=8000, help="default 8000 (the special tokens included)")
     p.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=None,
                    help="default: on for wordpiece, off otherwise")
     p.add_argument("--text-field", default="text", help="jsonl field / csv or dataset column with the text")
@@ -128,7 +136,8 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
                    help="under torchrun: ddp (default when torchrun starts several processes) or fsdp; "
                    "--batch-size is then per process")
     for flag, kind in TRAIN_FLAGS.items():
-        p.add_argument("--" + flag.replace("_", "-"), type=kind, default=None)
+        p.add_argument("--" + flag.replace("_", "-"), type=kind, default=None,
+                       help=TRAIN_FLAG_HELP.get(flag, f"default {getattr(TrainConfig, flag)}"))
     p.set_defaults(handler=_run_pretrain)
 
 
@@ -148,7 +157,8 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--tokenizer", type=Path, help="tokenizer of a scratch model")
     p.add_argument("--model", help="size of a scratch model (default tiny; with --recipe, the recipe's)")
-    p.add_argument("--text-fields", default="text", help="one field, or two comma-separated for pairs")
+    p.add_argument("--text-fields", default="text",
+                   help="one field, or two comma-separated for pairs (default text)")
     p.add_argument("--label-field", default="label")
     p.add_argument("--source-field", default="source", help="seq2seq: input text field")
     p.add_argument("--target-field", default="target", help="seq2seq: output text field")
@@ -219,7 +229,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", required=True, type=Path)
     p.add_argument("--input", required=True, help="text file, one input per line, or - for stdin")
     p.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
-    p.add_argument("--max-length", type=int, default=64, help="most tokens generated, EOS included")
+    p.add_argument("--max-length", type=int, default=64, help="most tokens generated, EOS included (default 64)")
     p.add_argument("--min-length", type=int, default=0)
     p.add_argument("--length-penalty", type=float, default=1.0,
                    help="beam search ranks by log p / length**this (0 = raw log-probability)")
@@ -246,9 +256,11 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = _parser(sub, "export", "write a run as a Hugging Face transformers model directory")
     p.add_argument("--run", required=True, type=Path, help="a pretrain or finetune run directory")
-    p.add_argument("--format", default="hf", help="hf (transformers; needs `pip install ptmkit[hf]`)")
+    p.add_argument("--format", default="hf", help="hf (the default and only one: transformers; needs "
+                   "`pip install ptmkit[hf]`)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_run_export)
 
 
@@ -575,6 +587,9 @@ def _run_compare(args: argparse.Namespace) -> None:
 
 def _run_export(args: argparse.Namespace) -> None:
     from ptmkit.hf.export import export_run
+    if args.no_progress:  # transformers' own bars (writing the weights, checking them)
+        from huggingface_hub.utils import disable_progress_bars
+        disable_progress_bars()
     result = export_run(args.run, args.out, format=args.format, overwrite=args.overwrite)
     print(f"exported {args.run} as {result['class']} to {args.out} "
           f"(logits within {result['max_logit_difference']:.1e} of ptmkit's)")
