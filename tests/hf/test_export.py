@@ -135,7 +135,7 @@ def test_finetuned_tagger_exports_as_token_classification(data, tmp_path, tiny, 
                     batch_size=8, max_length=16, progress=False)
     assert export_run(tmp_path / "ft", tmp_path / "hf")["class"] == "BertForTokenClassification"
     model = _load("AutoModelForTokenClassification", tmp_path / "hf", hf_messages, problems)
-    assert set(model.config.id2label.values()) == {"O", "B-EV", "B-LOC"}
+    assert set(model.config.id2label.values()) == {"O", "B-EV", "I-EV", "B-LOC", "I-LOC"}  # a type's B- and I-
     ids = _ids(600, 2, 12)
     with torch.no_grad():
         theirs = model(input_ids=ids).logits
