@@ -319,7 +319,7 @@ def _run_tokenizer(args: argparse.Namespace) -> None:
                         "choose a new --out or pass --overwrite")
     tokenizer = train_tokenizer(read_texts(args.corpus, text_field=args.text_field), kind=args.kind,
                                 vocab_size=args.vocab_size, lowercase=args.lowercase,
-                                show_progress=not args.no_progress)
+                                show_progress=not args.no_progress and sys.stderr.isatty())  # it draws no bar elsewhere
     tokenizer.save(args.out)
     print(f"tokenizer ({args.kind}, {tokenizer.vocab_size} ids) written to {args.out}/tokenizer.json")
 
@@ -508,6 +508,7 @@ def _comma_list(kind: Callable[[str], Any], what: str) -> Callable[[str], list]:
 def _run_finetune(args: argparse.Namespace) -> None:
     from ptmkit.finetuning.run import FinetuneSpec
     from ptmkit.finetuning.search import as_head_epochs, as_rates, finetune_search
+    from ptmkit.finetuning.tasks import answers_one_class
     settings: dict[str, Any] = {}
     model = args.model or "tiny"
     if args.recipe:
@@ -529,6 +530,10 @@ def _run_finetune(args: argparse.Namespace) -> None:
         lr=rates[0], head_epochs=heads[0], **settings)
     result = finetune_search(spec, rates, heads)
     print(json.dumps(result))
+    if answers_one_class(result):
+        print(f"ptmkit: warning: the model answers one class for every dev example, so its {result['main_metric']} "
+              "is that class's share: it learned nothing from the labels; give it more steps (--epochs, "
+              "--min-steps), another --lr, or more labels", file=sys.stderr)
 
 
 def _run_evaluate(args: argparse.Namespace) -> None:
@@ -600,6 +605,15 @@ def _run_demo(args: argparse.Namespace) -> None:
     demo(args.out, tokens=args.tokens, progress=not args.no_progress, workers=args.workers)
 
 
+INTERRUPT_HINTS = {  # what to do next, where the interrupted run's own message would mislead
+    "compare": "run the same command again: finished runs are reused, an interrupted pre-training "
+               "continues from its checkpoint",
+    "demo": "run the same command again: finished runs are reused",
+    "finetune": "pass --resume to continue from the last epoch checkpoint (one is written at most "
+                "every --checkpoint-seconds, 60 by default)",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -612,6 +626,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ptmkit: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt as err:
-        print(f"ptmkit: interrupted{': ' + str(err) if str(err) else ''}", file=sys.stderr)
+        hint = INTERRUPT_HINTS.get(args.command, str(err))
+        print(f"ptmkit: interrupted{': ' + hint if hint else ''}", file=sys.stderr)
         return 130
     return 0

@@ -43,6 +43,7 @@ from ptmkit.errors import UserError
 from ptmkit.fileio import write_text_atomic
 from ptmkit.finetuning.run import FinetuneSpec, kept_model
 from ptmkit.finetuning.search import as_head_epochs, as_rates, finetune_search, select_fraction_for
+from ptmkit.finetuning.tasks import answers_one_class
 from ptmkit.objectives import get_objective
 from ptmkit.pretraining import PretrainSpec, pretrain
 from ptmkit.recipes import Recipe
@@ -512,11 +513,8 @@ class CompareFailed(UserError):
 def _one_class_note(finished: list[Cell], out: Path) -> str | None:
     """The report's warning about finished cells whose model answers one class for every dev
     example (a classification score that is only that class's share); None if there are none."""
-    def one_class(cell: Cell) -> bool:
-        result = json.loads((out / "finetune" / cell.name / "eval.json").read_text())
-        return result.get("top_class_share", 0.0) >= 1.0 - 1e-9  # a pooled share of folds may round
-
-    names = [cell.name for cell in finished if one_class(cell)]
+    names = [cell.name for cell in finished
+             if answers_one_class(json.loads((out / "finetune" / cell.name / "eval.json").read_text()))]
     if not names:
         return None
     listed = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")

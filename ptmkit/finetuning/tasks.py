@@ -31,6 +31,12 @@ KEEP_EPOCHS = ("best", "last")
 """Which epoch's model a fine-tuning keeps (`FinetuneSpec.keep_epoch`)."""
 
 
+def answers_one_class(result: dict[str, Any]) -> bool:
+    """Whether a classification result's model gave every dev example the same class: its score
+    is then only that class's share (a pooled share of folds may round)."""
+    return result.get("top_class_share", 0.0) >= 1.0 - 1e-9
+
+
 @dataclass(kw_only=True)
 class TaskSpec:
     """What the user said about the data; saved in the run so evaluation reads data the same way."""

@@ -187,3 +187,34 @@ def test_a_negative_seed_is_a_one_line_error_before_the_run_directory(prepared, 
                             "--out", tmp_path / "run", "--no-progress"])
     user_error(code, err, "--seed")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("command", "hint"), [
+    ("compare", "run the same command again"), ("finetune", "pass --resume"), ("pretrain", "checkpoint saved")])
+def test_an_interrupted_command_says_how_to_continue(command, hint, tmp_path, run_cli, monkeypatch):
+    """compare has no --resume (running it again continues), though the pre-training it was in
+    said "continue with --resume"; finetune said nothing of its checkpoint."""
+    import ptmkit.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt("stopped at step 7, checkpoint saved, continue with --resume")
+
+    monkeypatch.setattr(cli, {"compare": "_run_compare", "finetune": "_run_finetune",
+                              "pretrain": "_run_pretrain"}[command], interrupted)
+    required = {"compare": ["--config", "c.yaml"], "finetune": ["--task", "classify", "--init", "scratch"],
+                "pretrain": []}[command]
+    code, _, err = run_cli([command, *required, "--out", tmp_path / "out"])
+    assert code == 130 and err.startswith("ptmkit: interrupted: ") and hint in err
+    assert (command == "pretrain") == ("continue with --resume" in err)
+
+
+def test_finetune_warns_when_the_model_answers_one_class(tmp_path, run_cli, monkeypatch):
+    import ptmkit.finetuning.search as search
+    one_class = {"accuracy": 0.51, "top_class_share": 1.0, "main_metric": "accuracy"}
+    monkeypatch.setattr(search, "finetune_search", lambda spec, rates, heads: one_class)
+    code, out, err = run_cli(["finetune", "--task", "classify", "--init", "scratch", "--out", tmp_path / "ft"])
+    assert code == 0 and json.loads(out) == one_class
+    assert "warning: the model answers one class for every dev example, so its accuracy" in err
+    monkeypatch.setattr(search, "finetune_search", lambda spec, rates, heads: {**one_class, "top_class_share": 0.6})
+    assert "warning" not in run_cli(["finetune", "--task", "classify", "--init", "scratch",
+                                     "--out", tmp_path / "ft2"])[2]
