@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -35,9 +36,7 @@ def check_writable(path: Path, flag: str, *, directory: bool = True) -> None:
     before any work, so a read-only place, or a file in the way, fails at once, not with a
     traceback after minutes of training."""
     target = Path(path).absolute()
-    existing = target
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = nearest_existing(target)
     if existing != target and not existing.is_dir():
         raise UserError(f"{existing} is a file, not a folder", str(path), f"choose a {flag} that is not under a file")
     if directory and existing == target and not target.is_dir():
@@ -46,6 +45,25 @@ def check_writable(path: Path, flag: str, *, directory: bool = True) -> None:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UserError(f"no write permission on {folder}", str(path),
                         f"choose a writable {flag}, or give yourself write permission")
+
+
+def nearest_existing(path: Path) -> Path:
+    """`path` if it exists, else the nearest path above it that does (the root at worst)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def read_json_object(path: Path, what: str, fix: str) -> dict[str, Any]:
+    """A JSON object a run wrote; a damaged one (an interrupted write, an edit) is one UserError
+    naming it as `what`."""
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # ValueError: bad JSON or bad UTF-8
+        raise UserError(f"damaged {what} ({err.__class__.__name__}: {err})", str(path), fix) from None
+    if not isinstance(values, dict):
+        raise UserError(f"damaged {what} (not a JSON object)", str(path), fix)
+    return values
 
 
 def is_within(path: Path, directory: Path) -> bool:

@@ -25,7 +25,7 @@ from ptmkit.data.shards import TokenShards, corpus_fingerprint, prepare
 from ptmkit.data.tokenizer import Tokenizer, train_tokenizer
 from ptmkit.data.corpus import read_documents, read_texts
 from ptmkit.errors import RunStopped, UserError
-from ptmkit.fileio import read_yaml
+from ptmkit.fileio import read_json_object, read_yaml
 from ptmkit.hf.importer import check_objective, check_weights, hf_directory, is_hf, load_into, read_hf
 from ptmkit.model.config import ModelConfig, resolve_model_config
 from ptmkit.objectives import get_objective
@@ -118,7 +118,8 @@ def _resolve_data(spec: PretrainSpec) -> Path:
     key = corpus_fingerprint(spec.corpus, tokenizer, text_field=spec.text_field,
                              val_fraction=spec.val_fraction)
     manifest = data_dir / "manifest.json"
-    stamped = _read_manifest(manifest) if manifest.is_file() else {}
+    stamped = read_json_object(manifest, "prepared data", f"delete {data_dir} to prepare the corpus again, or "
+                               "start a new run (--overwrite)") if manifest.is_file() else {}
     if stamped.get("fingerprint") == key:
         return data_dir
     if spec.resume and "fingerprint" in stamped:
@@ -130,17 +131,6 @@ def _resolve_data(spec: PretrainSpec) -> Path:
     prepare(spec.corpus, tokenizer, data_dir, val_fraction=spec.val_fraction, seq_len=spec.train.seq_len,
             text_field=spec.text_field, overwrite=True, progress=spec.progress, fingerprint=key)
     return data_dir
-
-
-def _read_manifest(path: Path) -> dict[str, Any]:
-    fix = f"delete {path.parent} to prepare the corpus again, or start a new run (--overwrite)"
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:  # ValueError: bad JSON or bad UTF-8
-        raise UserError(f"damaged prepared data ({err.__class__.__name__}: {err})", str(path), fix) from None
-    if not isinstance(manifest, dict):
-        raise UserError("damaged prepared data (the manifest is not a JSON object)", str(path), fix)
-    return manifest
 
 
 def check_corpus(paths: list[str], text_field: str) -> None:

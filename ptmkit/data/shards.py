@@ -36,7 +36,7 @@ from ptmkit.data.corpus import (Document, file_digests, list_corpus_files, read_
 from ptmkit.data.segment import SEGMENTERS, segment_word_starts
 from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.errors import UserError
-from ptmkit.fileio import is_within, share
+from ptmkit.fileio import is_within, nearest_existing, share
 
 FORMAT = 1
 SPLITS = ("train", "val")
@@ -215,7 +215,7 @@ def prepare(paths: Sequence[str | os.PathLike], tokenizer: Tokenizer, out: Path,
     _check_output(out, overwrite, [*files, *map(Path, inputs)])
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32)
     target = Path(os.path.realpath(out))  # a link to the output directory stays a link
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=_existing_ancestor(target)))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=nearest_existing(target.parent)))
     bar = None
     try:
         writers = {split: _SplitWriter(tmp / split, dtype, segment is not None) for split in SPLITS}
@@ -291,15 +291,8 @@ def _swap_in(new: Path, target: Path) -> None:
         shutil.rmtree(old)
 
 
-def _existing_ancestor(path: Path) -> Path:
-    above = path.parent
-    while not above.exists() and above != above.parent:
-        above = above.parent
-    return above
-
-
 def _check_output(out: Path, overwrite: bool, inputs: Sequence[Path]) -> None:
-    above = _existing_ancestor(out)
+    above = nearest_existing(out.parent)
     if (out.exists() and not out.is_dir()) or not above.is_dir():
         raise UserError("output path is, or lies under, a file", str(out), "choose a directory path")
     if out.is_dir() and any(out.iterdir()) and not overwrite:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 import ptmkit
 from ptmkit.checks import positive
 from ptmkit.errors import RunStopped, UserError
-from ptmkit.fileio import is_within
+from ptmkit.fileio import is_within, nearest_existing
 from ptmkit.finetuning.data import batches_of, glue_files, glue_spec, label_budget
 from ptmkit.finetuning.head_first import fit_head
 from ptmkit.finetuning.layer_decay import layerwise_scales
@@ -652,9 +652,7 @@ def _check_out_file(out: Path) -> None:
     the result is written, so a failed evaluation leaves none behind."""
     if out.is_dir():
         raise UserError("--out is a directory", str(out), "name a JSON file, e.g. --out metrics.json")
-    above = out.parent
-    while not above.exists() and above != above.parent:
-        above = above.parent
+    above = nearest_existing(out.parent)
     if not above.is_dir():
         raise UserError(f"{above} is a file, not a folder", str(out), "name a JSON file in a folder for --out")
 

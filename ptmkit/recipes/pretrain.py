@@ -34,7 +34,7 @@ from ptmkit.data.corpus import read_texts
 from ptmkit.data.shards import TokenShards, prepare
 from ptmkit.data.tokenizer import Tokenizer, train_tokenizer
 from ptmkit.errors import RunStopped, UserError
-from ptmkit.fileio import copy_items, write_text_atomic
+from ptmkit.fileio import copy_items, read_json_object, write_text_atomic
 from ptmkit.pretraining import PretrainSpec, check_corpus, check_run_dir, pretrain
 from ptmkit.recipes import Recipe
 from ptmkit.train.checkpoint import latest_checkpoint
@@ -134,7 +134,7 @@ def _run_stage(run: RecipeRun, i: int, stage_dir: Path, data: Path, budget: floa
     summary_path = stage_dir / "summary.json"
     fix = f"delete {stage_dir} to train the stage again"
     if summary_path.is_file():
-        return _read_json(summary_path, fix)
+        return read_json_object(summary_path, summary_path.name, fix)
     stage, last = run.recipe.stages[i], i == len(run.recipe.stages) - 1
     left = _stage_clock(run, budget, spent, i)
     started = time.perf_counter() - _trained_before(stage_dir)  # a resumed stage's earlier part counts
@@ -142,7 +142,7 @@ def _run_stage(run: RecipeRun, i: int, stage_dir: Path, data: Path, budget: floa
                           objective_options=dict(stage.objective_options),
                           train=_train_config({**stage.train, **run.train}, run.seed, left, last), init=init,
                           resume=latest_checkpoint(stage_dir) is not None, overwrite=True, progress=run.progress))
-    stage_summary = _read_json(summary_path, fix)
+    stage_summary = read_json_object(summary_path, summary_path.name, fix)
     stage_summary["wall_seconds"] = round(time.perf_counter() - started, 2)
     write_text_atomic(summary_path, json.dumps(stage_summary, indent=2))
     return stage_summary
@@ -174,17 +174,6 @@ def _remove_new(out: Path, before: set[Path] | None) -> None:
             path.unlink(missing_ok=True)
 
 
-def _read_json(path: Path, fix: str) -> dict[str, Any]:
-    """A JSON object a run wrote; a damaged one (an interrupted write, an edit) is a UserError naming it."""
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:  # ValueError: bad JSON or bad UTF-8
-        raise UserError(f"damaged {path.name} ({err.__class__.__name__}: {err})", str(path), fix) from None
-    if not isinstance(values, dict):
-        raise UserError(f"damaged {path.name} (not a JSON object)", str(path), fix)
-    return values
-
-
 def _trained_before(stage_dir: Path) -> float:
     """Training seconds an interrupted stage had spent before its last checkpoint (0 if none)."""
     checkpoint = latest_checkpoint(stage_dir)
@@ -199,7 +188,7 @@ def _with_saved_settings(run: RecipeRun) -> RecipeRun:
     path = run.out / SETTINGS_FILE
     if not (run.resume and path.is_file()):
         return dataclasses.replace(run, seed=run.seed if run.seed is not None else 0)
-    saved = _read_json(path, "start a new run (--overwrite)")
+    saved = read_json_object(path, path.name, "start a new run (--overwrite)")
     changed = {"--data": run.data is not None and str(run.data.resolve()) != saved.get("data"),
                "--domain-data": run.domain_data is not None
                and str(run.domain_data.resolve()) != saved.get("domain_data"),
