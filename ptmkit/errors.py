@@ -29,6 +29,16 @@ class RunStopped(UserError):
     Unlike input errors, its directory is kept: it holds the last good checkpoint."""
 
 
+def is_whole(value: object) -> bool:
+    """An int, not a bool (YAML's `yes`) nor a quoted "4": what a count must be before it is compared."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: object) -> bool:
+    """An int or a float, not a bool nor a quoted number."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def check_values(owner: object, checks: list[tuple[str, bool, str]], where: Callable[[str], str]) -> None:
     """Raise a UserError for the first (field, ok, fix) check that failed; `where` turns a field
     name into the name the user wrote (a flag such as --batch-size, or objective_options.alpha)."""

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from ptmkit.errors import UserError, check_values
+from ptmkit.errors import UserError, check_values, is_number, is_whole
 
 SIZES: dict[str, dict[str, int]] = {
     "tiny": {"n_layers": 2, "hidden": 128, "heads": 2},
@@ -79,13 +79,11 @@ class ModelConfig:
         # as a ZeroDivisionError or a negative-dimension error inside torch
         def whole(name: str, least: int) -> tuple[str, bool, str]:
             value = getattr(self, name)
-            return name, isinstance(value, int) and not isinstance(value, bool) and value >= least, \
-                f"use a whole number >= {least}"
+            return name, is_whole(value) and value >= least, f"use a whole number >= {least}"
 
         def rate(name: str) -> tuple[str, bool, str]:
             value = getattr(self, name)
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
-            return name, ok, "use a number in [0, 1)"
+            return name, is_number(value) and 0 <= value < 1, "use a number in [0, 1)"
 
         flags = ("layernorm_embedding", "final_norm", "lm_head_transform", "lm_head_bias", "tie_embeddings")
         check_values(self, [
@@ -93,8 +91,7 @@ class ModelConfig:
             *(whole(name, 0) for name in ("n_decoder_layers", "ffn", "position_offset", "type_vocab_size", "pad_id")),
             *((name, isinstance(getattr(self, name), bool), "use true or false") for name in flags),
             rate("dropout"), rate("attention_dropout"),
-            ("norm_eps", isinstance(self.norm_eps, (int, float)) and not isinstance(self.norm_eps, bool)
-             and self.norm_eps > 0, "use a small positive number, e.g. 1.0e-5"),
+            ("norm_eps", is_number(self.norm_eps) and self.norm_eps > 0, "use a small positive number, e.g. 1.0e-5"),
             ("pad_id", not isinstance(self.pad_id, int) or not isinstance(self.vocab_size, int)
              or self.pad_id < self.vocab_size, f"use an id below vocab_size={self.vocab_size}"),
         ], lambda name: f"model.{name}")

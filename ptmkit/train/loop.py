@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ptmkit.errors import RunStopped, UserError, check_values
+from ptmkit.errors import RunStopped, UserError, check_values, is_number, is_whole
 from ptmkit.train.checkpoint import (atomic_save_model, atomic_save_state, latest_checkpoint, load_checkpoint,
                                      remove_partial_checkpoints, save_checkpoint)
 from ptmkit.train.host import to_device, warn_if_emulated_bf16
@@ -79,15 +79,15 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.steps is None:
-            self.steps = UNBOUNDED_STEPS if _number(self.max_minutes) and self.max_minutes > 0 else 1000
+            self.steps = UNBOUNDED_STEPS if is_number(self.max_minutes) and self.max_minutes > 0 else 1000
 
         def whole(name: str, least: int, fix: str) -> tuple[str, bool, str]:
             value = getattr(self, name)  # a quoted "4" (Python API, YAML) is refused, not compared
-            return name, isinstance(value, int) and not isinstance(value, bool) and value >= least, fix
+            return name, is_whole(value) and value >= least, fix
 
         def number(name: str, ok: Callable[[float], bool], fix: str) -> tuple[str, bool, str]:
             value = getattr(self, name)
-            return name, _number(value) and ok(value), fix
+            return name, is_number(value) and ok(value), fix
 
         checks = [whole("steps", 1, "use at least 1"), whole("batch_size", 1, "use at least 1"),
                   number("lr", lambda v: v > 0, "use a positive learning rate"),
@@ -129,10 +129,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 COUNT_METRICS = frozenset({"predicted"})
