@@ -14,7 +14,6 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, NoReturn
 
-
 from ptmkit.errors import UserError
 from ptmkit.fileio import check_writable, read_yaml
 from ptmkit.recipes import FINETUNE_KEYS as RECIPE_FINETUNE_KEYS, load_recipe

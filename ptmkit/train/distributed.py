@@ -106,12 +106,9 @@ class Distributed:
         self.mode = mode
         torchrun = launched_by_torchrun()
         self.owns_group = not dist.is_initialized()
-        if not self.owns_group:  # the caller's group (e.g. mp.spawn), maybe with no torchrun variables
-            self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        else:
-            self.rank = int(os.environ["RANK"]) if torchrun else 0
-            self.world = int(os.environ["WORLD_SIZE"]) if torchrun else 1
-        self.local_rank = _local_rank(self.rank)
+        # which GPU: the caller's group (e.g. mp.spawn) knows its rank, maybe without torchrun's variables
+        rank = dist.get_rank() if not self.owns_group else int(os.environ["RANK"]) if torchrun else 0
+        self.local_rank = _local_rank(rank)
         if torch.cuda.is_available():
             if self.local_rank >= torch.cuda.device_count():
                 raise UserError(f"LOCAL_RANK {self.local_rank} but only {torch.cuda.device_count()} GPUs",
