@@ -10,6 +10,7 @@ tokenizer kind works, since tokens are matched to words through their character 
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 
@@ -35,6 +36,17 @@ def token_word_starts(text: str, offsets: list[tuple[int, int]], words: np.ndarr
                         for start, end in offsets], dtype=np.int64)
     word = np.searchsorted(words, anchors, side="right")
     return np.concatenate([[1], word[1:] != word[:-1]]).astype(np.uint8)[: len(offsets)]
+
+
+UNSPACED = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f]")
+"""A character of a script written without spaces between words: Han ideographs, Japanese kana."""
+
+
+def mostly_unspaced(text: str) -> bool:
+    """Whether most of `text`'s letters are in scripts whose word boundaries no space marks
+    (so only a segmenter can find its words)."""
+    letters = sum(ch.isalpha() for ch in text)
+    return letters > 0 and len(UNSPACED.findall(text)) > letters / 2
 
 
 SEGMENTERS = {"jieba": jieba_word_offsets}

@@ -134,6 +134,11 @@ class Objective:
     def make_example(self, window: Window, rng: np.random.Generator) -> Example:
         raise NotImplementedError
 
+    def data_warning(self, shards: TokenShards) -> str | None:
+        """Why this objective would train on `shards` other than the user expects, or None.
+        Pre-training warns with it before the first step."""
+        return None
+
     def collate(self, examples: list[Example]) -> Batch:
         """Stack equally-shaped examples; objectives with ragged examples override this."""
         return {key: torch.from_numpy(np.stack([ex[key] for ex in examples]))

@@ -20,14 +20,32 @@ from __future__ import annotations
 
 import numpy as np
 
+from ptmkit.data.segment import mostly_unspaced
+from ptmkit.data.shards import TokenShards
 from ptmkit.objectives.base import Window
 from ptmkit.objectives.mlm import MaskedLM
 from ptmkit.objectives.noise import bert_frame_word_starts, choose_whole_words, word_groups
 
 
+SAMPLE_TOKENS = 4096
+"""Tokens from the start of the data that `data_warning` reads to tell the script."""
+
+
 class WholeWordMaskedLM(MaskedLM):
     name = "wwm"
     family = "AE"
+
+    def data_warning(self, shards: TokenShards) -> str | None:
+        """Chinese or Japanese text prepared without a segmenter has one word per character
+        piece, so whole-word masking would be plain MLM there: say how to get real words."""
+        if shards.word_starts is not None:
+            return None
+        sample = shards.tokenizer().decode(np.asarray(shards.tokens[:SAMPLE_TOKENS]))
+        if not mostly_unspaced(sample):
+            return None
+        return (f"wwm: {shards.directory} holds Chinese or Japanese text prepared without word boundaries, "
+                "so each character is masked alone, as mlm does; prepare it with `ptmkit prepare "
+                "--segment jieba` and pretrain with --data (or set `segment: jieba` in a compare config)")
 
     def word_starts(self, window: Window) -> np.ndarray:
         """Bool per framed position: True where a word starts (see the module docstring)."""

@@ -164,3 +164,40 @@ def test_chinese_masking_never_splits_a_jieba_word(zh_shards) -> None:
         chosen = ex["labels"] != IGNORE
         pairs = glued(starts, ~np.isin(objective.frame(window), list(vocab.special.all())))
         assert (chosen[:-1][pairs] == chosen[1:][pairs]).all()
+
+
+EN = ["The model predicts the next word.", "Paris is the capital of France."] * 20
+
+
+def _shards(tmp_path, texts: list[str], kind: str) -> TokenShards:
+    tmp_path.mkdir(exist_ok=True)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(texts) + "\n")
+    tokenizer = train_tokenizer(texts, kind=kind, vocab_size=300, min_frequency=1, show_progress=False)
+    prepare([corpus], tokenizer, tmp_path / "d", val_fraction=0.0, progress=False)
+    return TokenShards(tmp_path / "d")
+
+
+@pytest.mark.parametrize("kind", ["char", "wordpiece"])
+def test_unsegmented_chinese_gets_a_hint_naming_the_segmenter(tmp_path, kind) -> None:
+    shards = _shards(tmp_path, ZH, kind)
+    warning = get_objective("wwm")(Vocab.of(shards.tokenizer()), 32).data_warning(shards)
+    assert warning is not None and "--segment jieba" in warning and str(shards.directory) in warning
+
+
+def test_pretraining_wwm_on_unsegmented_chinese_warns(tmp_path) -> None:
+    import ptmkit
+    data = _shards(tmp_path, ZH * 4, "char").directory
+    with pytest.warns(UserWarning, match="prepare it with `ptmkit prepare --segment jieba`"):
+        ptmkit.pretrain(objective="wwm", data=str(data), out=str(tmp_path / "run"), steps=1, batch_size=2,
+                        seq_len=32, workers=0, progress=False,
+                        model={"n_layers": 1, "hidden": 16, "heads": 2, "max_positions": 64})
+
+
+def test_segmented_chinese_and_spaced_text_need_no_hint(tmp_path, zh_shards) -> None:
+    objective = get_objective("wwm")
+    assert objective(Vocab.of(zh_shards.tokenizer()), 32).data_warning(zh_shards) is None
+    english = _shards(tmp_path, EN, "wordpiece")
+    assert objective(Vocab.of(english.tokenizer()), 32).data_warning(english) is None
+    unsegmented = _shards(tmp_path / "zh", ZH, "char")
+    assert get_objective("mlm")(Vocab.of(unsegmented.tokenizer()), 32).data_warning(unsegmented) is None
