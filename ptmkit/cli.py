@@ -219,6 +219,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", required=True, type=Path)
     p.add_argument("--data", required=True, help="a file of the run's task format (keyphrase: ZIP:dev)")
     p.add_argument("--out", type=Path, help="also write the metrics to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(handler=_run_evaluate, out_is_file=True)
 
 
@@ -537,7 +538,7 @@ def _run_finetune(args: argparse.Namespace) -> None:
 
 def _run_evaluate(args: argparse.Namespace) -> None:
     from ptmkit.finetuning.run import evaluate
-    print(json.dumps(evaluate(args.run, args.data, args.out)))
+    print(json.dumps(evaluate(args.run, args.data, args.out, overwrite=args.overwrite)))
 
 
 def _run_generate(args: argparse.Namespace) -> None:

@@ -627,10 +627,12 @@ def load_finetuned(run: Path) -> tuple[TaskModel, Task, dict[str, Any]]:
     return model, task, config
 
 
-def evaluate(run: Path, data: str, out: Path | None = None, batch_size: int = 64) -> dict[str, Any]:
-    """Score a fine-tuned run on any file of its task's format."""
+def evaluate(run: Path, data: str, out: Path | None = None, batch_size: int = 64,
+             overwrite: bool = False) -> dict[str, Any]:
+    """Score a fine-tuned run on any file of its task's format; `out` (not replaced unless
+    `overwrite`) gets the metrics too."""
     if out is not None:
-        _check_out_file(out)
+        _check_out_file(out, overwrite)
     model, task, _ = load_finetuned(run)
     model.to(compute_device())
     try:
@@ -646,12 +648,15 @@ def evaluate(run: Path, data: str, out: Path | None = None, batch_size: int = 64
     return result
 
 
-def _check_out_file(out: Path) -> None:
-    """evaluate --out is a file to (over)write: refuse a directory, or a path through a file,
-    before the evaluation rather than with a traceback after it. Missing folders are made when
-    the result is written, so a failed evaluation leaves none behind."""
+def _check_out_file(out: Path, overwrite: bool) -> None:
+    """evaluate --out is a file to write: refuse a directory, a path through a file, or an
+    existing file (a run's own eval.json, say) without --overwrite, before the evaluation rather
+    than after it. Missing folders are made when the result is written, so a failed evaluation
+    leaves none behind."""
     if out.is_dir():
         raise UserError("--out is a directory", str(out), "name a JSON file, e.g. --out metrics.json")
+    if out.exists() and not overwrite:
+        raise UserError("--out already exists", str(out), "name a new file, or pass --overwrite to replace it")
     above = nearest_existing(out.parent)
     if not above.is_dir():
         raise UserError(f"{above} is a file, not a folder", str(out), "name a JSON file in a folder for --out")

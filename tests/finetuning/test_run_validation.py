@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -292,12 +293,16 @@ def test_evaluate_out_is_checked_before_evaluating(finished_run, keyword_task, t
     deep = tmp_path / "nope" / "deeper" / "x.json"
     assert evaluate(finished_run, str(dev), deep)["examples"] == 60
     assert json.loads(deep.read_text())["examples"] == 60
+    deep.write_text("{}")  # an existing file (a run's own eval.json, say) is replaced only when asked
+    assert evaluate(finished_run, str(dev), deep, overwrite=True)["examples"] == 60
+    assert json.loads(deep.read_text())["examples"] == 60
     (tmp_path / "existing").mkdir()
     (tmp_path / "afile").write_text("x")
     monkeypatch.setattr(run_module, "evaluate_items", lambda *a: pytest.fail("evaluated before checking --out"))
-    for out, match in ((tmp_path / "existing", "--out is a directory"), (tmp_path / "afile" / "x.json", "is a file")):
+    for out, match in ((tmp_path / "existing", "--out is a directory"), (tmp_path / "afile" / "x.json", "is a file"),
+                       (deep, "--out already exists.*--overwrite")):
         code, err = _cli(["evaluate", "--run", finished_run, "--data", dev, "--out", out], capsys)
-        assert code == 2 and match in err and "Traceback" not in err
+        assert code == 2 and re.search(match, err) and "Traceback" not in err
     # a failed evaluation leaves no folders behind
     code, err = _cli(["evaluate", "--run", finished_run, "--data", tmp_path / "missing.tsv",
                       "--out", tmp_path / "new" / "m.json"], capsys)
