@@ -19,7 +19,10 @@ Word starts (for the word budget and span extents, fairseq `mask_whole_word`) co
 `noise.token_word_starts`: segmenter flags in the window, else `Vocab.word_start`, else every
 token starts a word.
 
-Departures from fairseq: sentence boundaries come from the shard index (`Window.sentence_starts`,
+Departures from fairseq: a window packs consecutive documents with nothing between them (as
+RoBERTa's FULL-SENTENCES packs; fairseq's `--sample-break-mode complete_doc` keeps one document
+per example, which pads short ones), so permutation and rotation can move text across a
+document boundary; sentence boundaries come from the shard index (`Window.sentence_starts`,
 documents start sentences too) instead of full-stop tokens; random replacements are ordinary
 tokens, never special ones (fairseq draws from `[1, |V|)`); exactly as many masks are inserted
 as there were zero-length spans (fairseq's `ceil(len · (k / len))` can add one more); a source

@@ -10,7 +10,8 @@ cross-attends only to encoder positions that are not [MASK] (`enc_mask = x1.ne(m
 `mass_step`): randomised and kept fragment tokens stay visible, `<s>` and `</s>` always are.
 
 Departures from the XLM code: `k` is computed per example from its own length (XLM uses the
-padded batch length), and the fragment never covers `</s>` (XLM's "end" placement can).
+padded batch length), the fragment never covers `</s>` (XLM's "end" placement can), and a window
+packs consecutive documents with nothing between them, where XLM's examples are single sentences.
 """
 
 from __future__ import annotations

@@ -20,7 +20,9 @@ def insert_before(tokens: np.ndarray, positions: np.ndarray, token_id: int) -> n
 
 def bert_frame(window: Window, special: SpecialIds, seq_len: int) -> np.ndarray:
     """[CLS] tokens [SEP], with [SEP] between packed documents, cut to `seq_len` ids: the frame
-    of the encoder objectives, and the one downstream tasks build (`[CLS] a [SEP]`)."""
+    of the encoder objectives, and the one downstream tasks build (`[CLS] a [SEP]`). Windows
+    do not overlap, so the tokens a separator pushes past `seq_len` are never trained on: one
+    per document start, a few per cent of a corpus of short documents."""
     body = insert_before(window.tokens, window.document_starts, special.sep)[: seq_len - 2]
     return np.concatenate([[special.cls], body, [special.sep]]).astype(np.int64)
 
