@@ -280,8 +280,13 @@ class Tokenizer:
         return self.hf.to_str(pretty=True)
 
     def sha256(self) -> str:
-        """Hex SHA-256 of the tokenizer.json content (a cache key for prepared data)."""
-        return hashlib.sha256(self._json().encode("utf-8")).hexdigest()
+        """Hex SHA-256 of the tokenizer.json content (a cache key for prepared data).
+
+        Whether a special token takes the spaces beside it (lstrip / rstrip: RoBERTa's mask, and
+        the one `export` gives a byte-level BPE's) does not count. ptmkit reads special strings in
+        text as text (`encode_special_tokens`), so the flags change no id it encodes, and data
+        prepared with a run's tokenizer fits the run exported and imported back (`hf:`)."""
+        return hashlib.sha256(_without_strip_flags(self.hf).to_str(pretty=True).encode("utf-8")).hexdigest()
 
     def save(self, directory: Path | str) -> None:
         """Write ``directory/tokenizer.json`` and ``directory/ptmkit_tokenizer.json`` atomically."""
@@ -683,6 +688,19 @@ def _canonical(hf: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
             break
         text = again
     return hf
+
+
+
+def _without_strip_flags(hf: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
+    """`hf`, or a copy whose special tokens take no spaces beside them (see `Tokenizer.sha256`)."""
+    stripping = [t for t in hf.get_added_tokens_decoder().values() if t.special and (t.lstrip or t.rstrip)]
+    if not stripping:
+        return hf
+    plain = tokenizers.Tokenizer.from_str(hf.to_str())
+    plain.add_special_tokens([tokenizers.AddedToken(t.content, special=True, lstrip=False, rstrip=False,
+                                                    single_word=t.single_word, normalized=t.normalized)
+                              for t in stripping])
+    return plain
 
 
 def train_tokenizer(

@@ -399,6 +399,11 @@ def hf_tokenizer(run: RunModel, target: Target, transformers: Any) -> Any:
         single = " ".join(x for x in (first, "$A:0", last) if x)
         pair = " ".join(x for x in (first, "$A:0", last, "$B:0", last) if x)
         hf.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=pieces)
+    if tok.kind == "bpe" and "mask" in text:
+        # pre-training masked whole pieces, their leading space included: a written mask takes the
+        # spaces beside it, or the text on each side would gain a bare space piece (RoBERTa's lstrip)
+        hf.add_special_tokens([tokenizers.AddedToken(text["mask"], special=True, lstrip=True, rstrip=True,
+                                                     normalized=False)])
     sentinels = [hf.id_to_token(i) for i in special.sentinels]
     # what a fine-tuned run was trained and scored on; a pre-trained one takes any length it has positions for
     length = run.task.spec.max_length if run.kind == "finetune" else run.cfg.max_positions

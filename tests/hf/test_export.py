@@ -358,6 +358,10 @@ def test_model_card_says_how_to_use_the_fill_mask_pipeline(data, tmp_path, tiny,
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf", split_special_tokens=False)
     fill = transformers.pipeline("fill-mask", model=str(tmp_path / "hf"), tokenizer=tok)
     assert len(fill("The fire [MASK] across the mountains.", top_k=3)) == 3
+    # the mask takes the place of a whole " spread" piece, as in pre-training: no bare "Ġ" beside it
+    # (a byte-level BPE puts a space before every text it reads, each side of the mask too)
+    masked, after = tok.tokenize("The fire [MASK] across"), tok.tokenize("across")
+    assert "Ġ" not in masked and masked[-len(after):] == after and after[0].startswith("Ġ")
 
 
 # ---- t5 / mass exported and imported again --------------------------------------------------------
