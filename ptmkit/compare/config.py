@@ -22,7 +22,7 @@ from ptmkit.data.segment import SEGMENTERS
 from ptmkit.data.tokenizer import minimum_vocab_size
 from ptmkit.errors import UserError
 from ptmkit.fileio import read_yaml
-from ptmkit.finetuning.data import glue_spec
+from ptmkit.finetuning.data import flags_as_keys, glue_spec
 from ptmkit.finetuning.registry import TASKS, get_task
 from ptmkit.finetuning.run import FinetuneSpec, check_task_data
 from ptmkit.model.config import SIZES, resolve_model_config
@@ -362,9 +362,7 @@ def check_task_files(cfg: CompareConfig) -> None:
         try:
             check_task_data(spec)
         except UserError as err:  # the fix names CLI flags; here they are the task's keys
-            raise UserError(f"task {task.name}: {err.what}", err.where,
-                            err.fix.replace("--text-fields", "text_fields").replace("--label-field", "label_field")
-                            ) from None
+            raise UserError(f"task {task.name}: {err.what}", flags_as_keys(err.where), flags_as_keys(err.fix)) from None
 
 
 def parse_compare_config(values: dict, where: str, base: Path) -> CompareConfig:

@@ -135,6 +135,19 @@ def with_nested_fields(record: dict[str, Any]) -> dict[str, Any]:
     return {**record, **nested} if nested else record
 
 
+FIELD_FLAGS = {"--text-fields": ("text_fields", "text field(s)"), "--label-field": ("label_field", "label field"),
+               "--source-field": ("source_field", "source field"), "--target-field": ("target_field", "target field")}
+"""finetune's field flags -> (the FinetuneSpec attribute they set, what the field holds). The task
+readers' errors name the flags; commands without them (evaluate, compare) name the fields."""
+
+
+def flags_as_keys(text: str) -> str:
+    """`text` with finetune's field flags written as the config keys they set (`text_fields`)."""
+    for flag, (key, _) in FIELD_FLAGS.items():
+        text = text.replace(flag, key)
+    return text
+
+
 def require_fields(records: list[Record], fields: Sequence[str], path: str | Path, flag: str) -> None:
     """A missing field is the user's: absent from the first record it is most likely a wrong
     name (list the available ones); absent from, or null in, a later one it is a bad row (name

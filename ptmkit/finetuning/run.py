@@ -26,7 +26,7 @@ import ptmkit
 from ptmkit.checks import positive
 from ptmkit.errors import RunStopped, UserError
 from ptmkit.fileio import is_within, nearest_existing
-from ptmkit.finetuning.data import batches_of, glue_files, glue_spec, label_budget
+from ptmkit.finetuning.data import FIELD_FLAGS, batches_of, glue_files, glue_spec, label_budget
 from ptmkit.finetuning.head_first import fit_head
 from ptmkit.finetuning.layer_decay import layerwise_scales
 from ptmkit.finetuning.model import Backbone, TaskModel, load_backbone, read_run_config
@@ -662,17 +662,13 @@ def _check_out_file(out: Path, overwrite: bool) -> None:
         raise UserError(f"{above} is a file, not a folder", str(out), "name a JSON file in a folder for --out")
 
 
-_FIELD_FLAGS = {"--text-fields": ("text_fields", "text field(s)"), "--label-field": ("label_field", "label field"),
-                "--source-field": ("source_field", "source field"), "--target-field": ("target_field", "target field")}
-
-
 def _as_evaluate_error(err: UserError, task: Task) -> UserError:
     """The task's readers name the `finetune` flag that chose a field; evaluate has no such flag
     (the run fixed its fields when it was fine-tuned), so name the field the run reads instead."""
-    flag = next((f for f in _FIELD_FLAGS if f in err.fix), None)
+    flag = next((f for f in FIELD_FLAGS if f in err.fix), None)
     if flag is None:
         return err
-    attribute, name = _FIELD_FLAGS[flag]
+    attribute, name = FIELD_FLAGS[flag]
     value = getattr(task.spec, attribute)
     value = ", ".join(map(repr, value)) if isinstance(value, list) else repr(value)
     available = re.search(r"one of: (.*)$", err.fix)

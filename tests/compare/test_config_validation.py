@@ -277,9 +277,12 @@ def test_datasets_are_corpora_and_tasks_named_after_their_dataset_dict(base) -> 
     ({"text_fields": ["text"]}, "task reviews: field 'text' not found .*use text_fields with one of: sentence, label"),
     ({"label_field": "lab"}, "task reviews: field 'lab' not found .*use label_field"),
     ({"train": "missing.tsv"}, "path not found"),
+    ({"type": "seq2seq", "source_field": "sentence", "target_field": "summary"},
+     "task reviews: field 'summary' not found .*use target_field with one of"),
 ])
 def test_a_task_whose_file_or_fields_are_wrong_fails_before_anything_trains(tmp_path, task, match) -> None:
-    """It used to pass --dry-run, then fail every cell after the tokenizer and the pre-trainings."""
+    """It used to pass --dry-run, then fail every cell after the tokenizer and the pre-trainings.
+    The fix names the task's keys, not finetune's flags."""
     (tmp_path / "reviews.tsv").write_text("sentence\tlabel\nfine film\t1\ndull film\t0\n")
     (tmp_path / "text.txt").write_text("some general text\n")
     config = {"corpus": ["text.txt"], "objectives": ["mlm"], "pretrain": {"steps": 2},
