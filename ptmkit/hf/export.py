@@ -11,7 +11,8 @@ What maps where (the run's objective, or the fine-tuned task):
 * fine-tuned classify / regress runs on a first-token-pooled Transformer encoder
                                          -> `BertForSequenceClassification` (id2label)
 * fine-tuned tag / keyphrase runs        -> `BertForTokenClassification` (id2label), or
-  `GPT2ForTokenClassification` for decoder-only backbones
+  `GPT2ForTokenClassification` for clm backbones (a fine-tuned prefix LM reads its input both
+  ways, which no GPT-2 class does, and is refused)
 * fine-tuned seq2seq runs on a bart, mass or t5 run
                                          -> `BartForConditionalGeneration`, its generation_config
   decoding greedily as the fine-tuning scored its dev set (a decoder-only run is refused)
@@ -144,7 +145,12 @@ def _finetune_target(run: RunModel, where: str) -> str:
     if not isinstance(run.backbone, Transformer):
         raise UserError(f"the {run.objective} backbone is not a Transformer (ELMo's biLM)",
                         f"{where}: objective", "export runs fine-tuned from a Transformer objective")
-    causal = run.architecture in ("decoder", "prefix")
+    if run.architecture == "prefix":  # fine-tuning read the input both ways, in GPT-2's layout
+        raise UserError(f"the {task} run on {run.objective} reads its input bidirectionally (the whole "
+                        "input is a prefix LM's prefix), which no GPT-2 class does", f"{where}: objective",
+                        "fine-tune an encoder (mlm, wwm, electra) or clm to export, or use this one "
+                        "through ptmkit.load_run")
+    causal = run.architecture == "decoder"
     if token_level:
         return "gpt2_tokcls" if causal else "bert_tokcls"
     if causal:  # BERT would read its features bidirectionally, GPT-2's classifier has no pooler

@@ -197,11 +197,13 @@ class Objective:
         """Token representations (B, L, H) that downstream tasks build on.
 
         `valid` (B, L) marks real tokens. Encoders (and two-stream models, whose content stream
-        is a plain bidirectional encoder) attend both ways; decoder-only models causally;
-        encoder-decoders expose their encoder. Objectives with another network override this.
+        is a plain bidirectional encoder) attend both ways, and so does a prefix LM, whose whole
+        input is its prefix (T5 classifies so: the mask pre-training gave the prefix);
+        decoder-only models attend causally; encoder-decoders expose their encoder. Objectives
+        with another network override this.
         """
         mask = valid[:, None, :]
-        if self.architecture in ("decoder", "prefix"):
+        if self.architecture == "decoder":
             mask = mask & torch.ones(input_ids.shape[1], input_ids.shape[1], dtype=torch.bool,
                                      device=input_ids.device).tril()
         return model.encode(input_ids, attn_mask=mask)

@@ -486,3 +486,15 @@ def test_seq2seq_runs_without_an_hf_equivalent_are_refused_naming_the_fix(object
     with pytest.raises(UserError, match=reason) as err:
         export_run(ft, tmp_path / "hf")
     assert fix in str(err.value) and not (tmp_path / "hf").exists()
+
+
+def test_tagger_on_a_prefix_lm_is_refused_naming_why(data, tmp_path, tiny, train, capsys):
+    """A prefix LM's fine-tuned states read the whole input both ways: GPT2ForTokenClassification
+    would read it causally and disagree, so the export is one line naming that, and writes nothing."""
+    run = _pretrain(data, tmp_path / "run", "prefixlm", tiny, train)
+    conll = _tag_file(tmp_path / "train.conll")
+    ptmkit.finetune(task="tag", init=run, out=tmp_path / "ft", train=conll, dev=conll, epochs=1,
+                    batch_size=8, max_length=16, progress=False)
+    line = _cli_error(["export", "--run", tmp_path / "ft", "--out", tmp_path / "hf"], capsys)
+    assert "bidirectionally" in line and "prefixlm" in line and "clm" in line.split(":")[-1]
+    assert not (tmp_path / "hf").exists()

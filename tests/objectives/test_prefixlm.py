@@ -1,4 +1,5 @@
-"""Prefix LM: the mask, continuation-only labels, no leak into the prefix, training."""
+"""Prefix LM: the mask, continuation-only labels, no leak into the prefix, training, and
+fine-tuning features that read the whole input as the prefix."""
 
 from __future__ import annotations
 
@@ -90,3 +91,23 @@ def test_continuation_tokens_never_reach_prefix_rows(vocab, random_window) -> No
 def test_bad_prefix_range_is_a_user_error(vocab) -> None:
     with pytest.raises(UserError, match="prefix"):
         get_objective("prefixlm")(vocab, 64, {"min_prefix": 0.8, "max_prefix": 0.2})
+
+
+@pytest.mark.parametrize("name, reads_ahead", [("prefixlm", True), ("clm", False)])
+def test_downstream_features_read_the_input_as_a_prefix(vocab, name, reads_ahead) -> None:
+    """Fine-tuning reads a prefix LM's input the way pre-training read its prefix, both ways;
+    a causal LM's first state never sees a later token."""
+    objective = get_objective(name)(vocab, 16)
+    torch.manual_seed(0)
+    model = objective.build_model(resolve_model_config("tiny", vocab_size=vocab.size,
+                                                       layout=objective.layout)).eval()
+    ids = torch.arange(vocab.first_normal_id, vocab.first_normal_id + 16)[None]
+    valid = torch.ones_like(ids, dtype=torch.bool)
+    valid[0, 12:] = False  # padding reaches no state either way
+    changed, padded = ids.clone(), ids.clone()
+    changed[0, 8] += 1
+    padded[0, 14] += 1
+    with torch.no_grad():
+        base = objective.features(model, ids, valid)
+        assert torch.equal(objective.features(model, padded, valid)[0, :12], base[0, :12])
+        assert torch.equal(objective.features(model, changed, valid)[0, :8], base[0, :8]) != reads_ahead
