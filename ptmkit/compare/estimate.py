@@ -25,6 +25,8 @@ from ptmkit.objectives.base import Vocab
 
 ASSUMED_FLOPS = 1e11
 """Sustained training FLOP/s assumed by --dry-run estimates (this class of 2-core CPU, fp32)."""
+STARTUP_SECONDS = 5.0
+"""What a run costs before its first step (its data read, its model built), added to each."""
 
 
 def estimate(cfg: CompareConfig, out: Path | None = None) -> list[tuple[str, float]]:
@@ -49,30 +51,49 @@ def estimate(cfg: CompareConfig, out: Path | None = None) -> list[tuple[str, flo
             if (job.objective, seq_len) not in rates:
                 rates[job.objective, seq_len] = objective.cpu_tokens_per_second(options) or ASSUMED_FLOPS / _flops_per_token(
                     cfg, job.objective, vocab, seq_len)
-            seconds = tokens / rates[job.objective, seq_len]
+            seconds = STARTUP_SECONDS + tokens / rates[job.objective, seq_len]
         plan.append((f"pretrain {job.name}", seconds))
     heads = as_head_epochs(cfg.finetune.get("head_epochs", 0))
-    # the head trained alone runs the backbone forward only: about a third of a training step
-    head_epochs = sum(heads) / len(heads) / 3
-    batch, min_steps = cfg.finetune.get("batch_size", 32), cfg.finetune.get("min_steps", 0)
-    sizes = {task.name: _count_examples(task) for task in cfg.tasks}
+    sizes = {task.name: (_count_examples(task, task.train), _count_examples(task, task.dev)) for task in cfg.tasks}
     for cell in cells(cfg):
         # a learning-rate search fine-tunes once per rate (scratch may search its own rates)
         lr = cfg.finetune.get("scratch_lr" if cell.job is None and "scratch_lr" in cfg.finetune else "lr", 5e-5)
-        runs = len(as_rates(lr)) * len(heads)
-        available = sizes[cell.task.name]
-        examples = cell.budget or available or 10_000  # "full": the task's training examples
-        if available:
-            examples = min(examples, available)
-        folds = cell.task.cv_folds or 1  # cross-validation: one fine-tuning per fold, on (K-1)/K of the data
-        per_fold = examples * (folds - 1) / folds if cell.task.cv_folds else examples
-        # --min-steps adds epochs to a small budget: 150 steps of 90 examples are 50 epochs
-        epochs = max(cfg.finetune.get("epochs", 3), math.ceil(min_steps / math.ceil(per_fold / batch)))
+        folds = cell.task.cv_folds or 1  # cross-validation: one fine-tuning per fold
         length = max_length(cell.task, cfg.finetune)
-        seconds = runs * folds * (5 + per_fold * (epochs + head_epochs) * length * model.flops_per_token(length, 0)
-                                  / ASSUMED_FLOPS)
+        seconds = 0.0
+        for head in heads:
+            trained, scored = finetune_passes(cfg.finetune, cell.task, cell.budget, *sizes[cell.task.name], head)
+            # the head trained alone and scoring run the backbone forward only: about a third of a step
+            seconds += len(as_rates(lr)) * folds * (
+                STARTUP_SECONDS + (trained + scored / 3) * length * model.flops_per_token(length, 0) / ASSUMED_FLOPS)
         plan.append((f"finetune {cell.name}", seconds))
     return plan
+
+
+def finetune_passes(finetune: dict[str, Any], task: TaskConfig, budget: int | None, train_size: int | None,
+                    dev_size: int | None, head_epochs: int = 0) -> tuple[float, float]:
+    """(examples through forward and backward, examples through forward only) of one fine-tuning
+    of a cell: its epochs (with those --min-steps adds) over the budget, and the scoring of its
+    epochs. As `finetuning.run` does, about `epochs` epochs are scored however many --min-steps
+    adds, each on the held-out slice (--select-fraction, dev then scored once), the fold
+    (cross-validation) or dev; the head's epochs alone count as forward passes. `train_size` and
+    `dev_size`: the task files' examples, None where unknown."""
+    examples = budget or train_size or 10_000  # "full": the task's training examples
+    if train_size:
+        examples = min(examples, train_size)
+    folds = task.cv_folds
+    per_fold = examples * (folds - 1) / folds if folds else examples
+    batch, asked = finetune.get("batch_size", 32), finetune.get("epochs", 3)
+    epochs = max(asked, math.ceil(finetune.get("min_steps", 0) / math.ceil(per_fold / batch)))
+    every = max(1, epochs // asked)
+    scored_epochs = 1 if finetune.get("keep_epoch") == "last" else epochs // every + (epochs % every > 0)
+    select = finetune.get("select_fraction") or 0
+    if folds:
+        scored = scored_epochs * examples / folds
+    else:
+        dev = dev_size or math.ceil(task.dev_fraction * (train_size or examples))
+        scored = scored_epochs * select * per_fold + dev if select else scored_epochs * dev
+    return per_fold * epochs, scored + per_fold * head_epochs
 
 
 def _flops_per_token(cfg: CompareConfig, name: str, vocab: int, seq_len: int) -> float:
@@ -112,14 +133,14 @@ def corpus_tokens(cfg: CompareConfig, domain: bool, out: Path | None) -> int:
     return max(1, int(size / BYTES_PER_TOKEN))
 
 
-def _count_examples(task: TaskConfig) -> int | None:
-    """The training examples of a task whose file holds one per line (classification,
-    regression, seq2seq: jsonl, csv/tsv after the header, fastText, line-aligned pairs; or a
-    dataset's rows), for --dry-run's estimate; None where that does not hold or the file cannot be
-    read."""
-    if task.type not in ("classify", "regress", "seq2seq") or not task.train:
+def _count_examples(task: TaskConfig, file: str | None) -> int | None:
+    """The examples in a task file (`task.train` or `task.dev`) that holds one per line
+    (classification, regression, seq2seq: jsonl, csv/tsv after the header, fastText, line-aligned
+    pairs; or a dataset's rows), for --dry-run's estimate; None where that does not hold or the
+    file cannot be read."""
+    if task.type not in ("classify", "regress", "seq2seq") or not file:
         return None
-    path = Path(task.train.split(",")[0])
+    path = Path(file.split(",")[0])
     if hf_datasets.is_dataset(path):
         try:
             return hf_datasets.num_rows(path) or None
