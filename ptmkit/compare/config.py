@@ -25,6 +25,7 @@ from ptmkit.fileio import read_yaml
 from ptmkit.finetuning.data import flags_as_keys, glue_spec
 from ptmkit.finetuning.registry import TASKS, get_task
 from ptmkit.finetuning.run import FinetuneSpec, check_task_data
+from ptmkit.finetuning.search import as_head_epochs, as_rates, select_fraction_for
 from ptmkit.model.config import SIZES, resolve_model_config
 from ptmkit.objectives import OBJECTIVES
 from ptmkit.recipes import Recipe, available, load_recipe
@@ -352,6 +353,21 @@ def load_compare_config(path: str | Path) -> CompareConfig:
     cfg = parse_compare_config(read_yaml(path, "--config") or {}, str(path), path.parent)
     check_task_files(cfg)
     return cfg
+
+
+
+def finetune_recipe(cfg: CompareConfig, scratch: bool) -> dict[str, Any]:
+    """The fine-tuning settings of a cell: the config's `finetune` over the defaults, with
+    `scratch_lr` as scratch's rate."""
+    recipe = {"epochs": 3, "lr": 5e-5, "batch_size": 32, **cfg.finetune}
+    if "scratch_lr" in recipe and "select_fraction" not in recipe:
+        # scratch and the pre-trained cells may try different numbers of rates: both hold out the
+        # share the larger search needs, so that they pick their epochs the same way
+        runs = max(len(as_rates(recipe["lr"])), len(as_rates(recipe["scratch_lr"])))
+        recipe["select_fraction"] = select_fraction_for(None, runs * len(as_head_epochs(recipe.get("head_epochs", 0))))
+    if scratch and "scratch_lr" in recipe:
+        recipe["lr"] = recipe["scratch_lr"]
+    return recipe
 
 
 def check_task_files(cfg: CompareConfig) -> None:

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 
-from ptmkit.compare.config import RECIPE_PREFIX, CompareConfig, TaskConfig, max_length
+from ptmkit.compare.config import RECIPE_PREFIX, CompareConfig, TaskConfig, finetune_recipe, max_length
 from ptmkit.compare.plan import cells, pretrain_jobs
 from ptmkit.data import hf_datasets
 from ptmkit.data.corpus import is_json_array, list_corpus_files, text_bytes
 from ptmkit.data.tokenizer import OWN_SPECIAL_IDS
 from ptmkit.errors import UserError
-from ptmkit.finetuning.search import as_head_epochs, as_rates
+from ptmkit.finetuning.search import as_head_epochs, as_rates, select_fraction_for
 from ptmkit.model.backbone import Transformer
 from ptmkit.model.config import resolve_model_config
 from ptmkit.objectives import get_objective
@@ -53,18 +53,19 @@ def estimate(cfg: CompareConfig, out: Path | None = None) -> list[tuple[str, flo
                     cfg, job.objective, vocab, seq_len)
             seconds = STARTUP_SECONDS + tokens / rates[job.objective, seq_len]
         plan.append((f"pretrain {job.name}", seconds))
-    heads = as_head_epochs(cfg.finetune.get("head_epochs", 0))
     sizes = {task.name: (_count_examples(task, task.train), _count_examples(task, task.dev)) for task in cfg.tasks}
     for cell in cells(cfg):
-        # a learning-rate search fine-tunes once per rate (scratch may search its own rates)
-        lr = cfg.finetune.get("scratch_lr" if cell.job is None and "scratch_lr" in cfg.finetune else "lr", 5e-5)
+        recipe = finetune_recipe(cfg, scratch=cell.job is None)
+        # a search fine-tunes once per rate and head-epoch count, holding out a slice to choose by
+        rates, heads = as_rates(recipe["lr"]), as_head_epochs(recipe.get("head_epochs", 0))
+        recipe["select_fraction"] = select_fraction_for(recipe.get("select_fraction"), len(rates) * len(heads))
         folds = cell.task.cv_folds or 1  # cross-validation: one fine-tuning per fold
         length = max_length(cell.task, cfg.finetune)
         seconds = 0.0
         for head in heads:
-            trained, scored = finetune_passes(cfg.finetune, cell.task, cell.budget, *sizes[cell.task.name], head)
+            trained, scored = finetune_passes(recipe, cell.task, cell.budget, *sizes[cell.task.name], head)
             # the head trained alone and scoring run the backbone forward only: about a third of a step
-            seconds += len(as_rates(lr)) * folds * (
+            seconds += len(rates) * folds * (
                 STARTUP_SECONDS + (trained + scored / 3) * length * model.flops_per_token(length, 0) / ASSUMED_FLOPS)
         plan.append((f"finetune {cell.name}", seconds))
     return plan
@@ -73,27 +74,33 @@ def estimate(cfg: CompareConfig, out: Path | None = None) -> list[tuple[str, flo
 def finetune_passes(finetune: dict[str, Any], task: TaskConfig, budget: int | None, train_size: int | None,
                     dev_size: int | None, head_epochs: int = 0) -> tuple[float, float]:
     """(examples through forward and backward, examples through forward only) of one fine-tuning
-    of a cell: its epochs (with those --min-steps adds) over the budget, and the scoring of its
-    epochs. As `finetuning.run` does, about `epochs` epochs are scored however many --min-steps
-    adds, each on the held-out slice (--select-fraction, dev then scored once), the fold
-    (cross-validation) or dev; the head's epochs alone count as forward passes. `train_size` and
-    `dev_size`: the task files' examples, None where unknown."""
-    examples = budget or train_size or 10_000  # "full": the task's training examples
-    if train_size:
-        examples = min(examples, train_size)
+    of a cell, as `finetuning.run` splits and scores. Dev (a file, a share of the training file
+    or a cross-validation fold) is cut first and the budget taken from the rest; a held-out slice
+    (`select_fraction`) comes out of the budget, picks the epoch and leaves dev to be scored once.
+    About `epochs` epochs are scored however many `min_steps` adds; the head's epochs alone count
+    as forward passes. `train_size` and `dev_size`: the task files' examples, None where unknown."""
     folds = task.cv_folds
-    per_fold = examples * (folds - 1) / folds if folds else examples
+    if train_size:
+        if folds:
+            dev, pool = train_size / folds, train_size * (folds - 1) / folds
+        elif dev_size:
+            dev, pool = dev_size, train_size
+        else:
+            dev = max(1, round(task.dev_fraction * train_size))
+            pool = train_size - dev
+    else:  # the size unknown: the budget (or 10,000) to train on, and a dev set in proportion
+        pool = budget or 10_000
+        dev = dev_size or (pool / (folds - 1) if folds else max(1, round(task.dev_fraction * pool)))
+    examples = min(budget, pool) if budget else pool
+    select = finetune.get("select_fraction") or 0
+    held = round(select * examples)
+    trained = examples - held
     batch, asked = finetune.get("batch_size", 32), finetune.get("epochs", 3)
-    epochs = max(asked, math.ceil(finetune.get("min_steps", 0) / math.ceil(per_fold / batch)))
+    epochs = max(asked, math.ceil(finetune.get("min_steps", 0) / math.ceil(trained / batch)))
     every = max(1, epochs // asked)
     scored_epochs = 1 if finetune.get("keep_epoch") == "last" else epochs // every + (epochs % every > 0)
-    select = finetune.get("select_fraction") or 0
-    if folds:
-        scored = scored_epochs * examples / folds
-    else:
-        dev = dev_size or math.ceil(task.dev_fraction * (train_size or examples))
-        scored = scored_epochs * select * per_fold + dev if select else scored_epochs * dev
-    return per_fold * epochs, scored + per_fold * head_epochs
+    scored = scored_epochs * held + dev if select else scored_epochs * dev
+    return trained * epochs, scored + trained * head_epochs
 
 
 def _flops_per_token(cfg: CompareConfig, name: str, vocab: int, seq_len: int) -> float:

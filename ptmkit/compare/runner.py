@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from ptmkit.compare.config import RECIPE_PREFIX, CompareConfig, TaskConfig, max_length
+from ptmkit.compare.config import RECIPE_PREFIX, CompareConfig, TaskConfig, finetune_recipe, max_length
 from ptmkit.compare.estimate import batch_tokens, budget_steps, estimate, train_tokens
 from ptmkit.compare.plan import SCRATCH, Cell, PretrainJob, cells, pretrain_jobs, skipped_pairs
 from ptmkit.compare.report import FAILED_FILE, write_report
@@ -256,21 +256,10 @@ class Compare:
         return run
 
     # ---- fine-tuning --------------------------------------------------------------------
-    def _finetune_recipe(self, scratch: bool) -> dict[str, Any]:
-        recipe = {"epochs": 3, "lr": 5e-5, "batch_size": 32, **self.cfg.finetune}
-        if "scratch_lr" in recipe and "select_fraction" not in recipe:
-            # scratch and the pre-trained cells may try different numbers of rates: both hold out the
-            # share the larger search needs, so that they pick their epochs the same way
-            runs = max(len(as_rates(recipe["lr"])), len(as_rates(recipe["scratch_lr"])))
-            recipe["select_fraction"] = select_fraction_for(None, runs * len(as_head_epochs(recipe.get("head_epochs", 0))))
-        if scratch and "scratch_lr" in recipe:
-            recipe["lr"] = recipe["scratch_lr"]
-        return recipe
-
     def fine_tuning_note(self) -> str:
         """How every cell was fine-tuned and which model it scored: a best-of-N dev score reads
         higher than the model is, so the report says when that is what it shows."""
-        recipe = self._finetune_recipe(scratch=False)
+        recipe = finetune_recipe(self.cfg, scratch=False)
         rates, heads = as_rates(recipe["lr"]), as_head_epochs(recipe.get("head_epochs", 0))
         select = select_fraction_for(recipe.get("select_fraction"), len(rates) * len(heads))
         steps = f" (at least {recipe['min_steps']} steps)" if recipe.get("min_steps") else ""
@@ -296,7 +285,7 @@ class Compare:
     def _cell_key(self, cell: Cell, tokenizer: Tokenizer) -> str:
         # a pre-trained init's key covers its tokenizer; scratch's is the tokenizer itself
         init = None if cell.job is None else self.out / "pretrain" / cell.job.name
-        recipe = self._finetune_recipe(cell.job is None)
+        recipe = finetune_recipe(self.cfg, cell.job is None)
         return _key({"cell": cell.name, "task": _task_key(cell.task, max_length(cell.task, recipe)), "recipe": recipe,
                      "model": self._model_key(),
                      "init": _read_key(init) if init is not None else {"scratch": tokenizer.sha256()}})
@@ -312,7 +301,7 @@ class Compare:
     def run_cell(self, cell: Cell, tokenizer: Tokenizer, tokenizer_dir: Path) -> dict[str, Any]:
         run = self.out / "finetune" / cell.name
         init = SCRATCH if cell.job is None else str(self.out / "pretrain" / cell.job.name)
-        recipe = self._finetune_recipe(cell.job is None)
+        recipe = finetune_recipe(self.cfg, cell.job is None)
         rates, heads = as_rates(recipe["lr"]), as_head_epochs(recipe.get("head_epochs", 0))
         key = self._cell_key(cell, tokenizer)
         if _done(run, "eval.json", key):

@@ -907,7 +907,7 @@ def test_dry_run_estimate_follows_the_task_size_and_its_folds(task_file, tmp_pat
     # "full" on a 120-example file is 120 examples, not an assumed 10,000
     assert seconds() == pytest.approx(budget(120))
     # 5-fold cross-validation fine-tunes 5 times on 4/5 of the data each, scoring the fifth
-    per_pass = (budget(120) - STARTUP_SECONDS) / (120 + 12 / 3)  # one epoch of 120, then dev (10%: 12) scored once
+    per_pass = (budget(120) - STARTUP_SECONDS) / (108 + 12 / 3)  # dev (10%: 12) cut first, one epoch of 108, dev scored once
     assert seconds(cv_folds=5) == pytest.approx(5 * (STARTUP_SECONDS + (96 + 24 / 3) * per_pass), rel=1e-6)
     # a dataset's rows are counted; a JSON array's lines are not its examples (assumed 10,000)
     rows = [dict(zip(("sentence", "label"), line.split("\t"))) for line in task_file.read_text().splitlines()[1:]]
@@ -915,8 +915,9 @@ def test_dry_run_estimate_follows_the_task_size_and_its_folds(task_file, tmp_pat
     assert seconds(train=str(tmp_path / "task.parquet")) == pytest.approx(budget(120))
     (tmp_path / "task.json").write_text(json.dumps(rows))
     assert seconds(train=str(tmp_path / "task.json")) - STARTUP_SECONDS == pytest.approx((10_000 + 1000 / 3) * per_pass)
-    # searched: one fine-tuning per count of head epochs
-    assert budget(120, head_epochs=[0, 3]) == pytest.approx(budget(120) + budget(120, head_epochs=3))
+    # searched: one fine-tuning per count of head epochs, each choosing on a held-out 10% of its labels
+    select = {"select_fraction": 0.1}
+    assert budget(120, head_epochs=[0, 3]) == pytest.approx(budget(120, **select) + budget(120, head_epochs=3, **select))
     # the task's own max_length wins over finetune's
     assert seconds(max_length=32) == pytest.approx(budget(120, max_length=32)) != pytest.approx(budget(120))
 
@@ -933,12 +934,13 @@ def test_dry_run_counts_the_scoring_passes(task_file, tmp_path) -> None:
     # --min-steps adds epochs, not scorings: 150 steps of 4 batches are 38 epochs, 3 of them scored (12, 24, 36) and the last
     assert finetune_passes({**settings, "min_steps": 150}, task, 100, 60_000, 872) == (3800, 4 * 872)
     # a held-out slice picks the epoch; dev is scored once, at the end
-    assert finetune_passes({**settings, "select_fraction": 0.1}, task, 100, 60_000, 872) == (300, 3 * 10 + 872)
+    assert finetune_passes({**settings, "select_fraction": 0.1}, task, 100, 60_000, 872) == (270, 3 * 10 + 872)
     assert finetune_passes({**settings, "keep_epoch": "last"}, task, 100, 60_000, 872) == (300, 872)
     # the head's epochs alone are forward passes over the budget
     assert finetune_passes(settings, task, 100, 60_000, 872, head_epochs=5) == (300, 3 * 872 + 500)
     folds = replace(task, cv_folds=5)  # each fold trains on 4/5 and scores the fifth
     assert finetune_passes(settings, folds, None, 100, None) == (240, 3 * 20)
+    assert finetune_passes(settings, folds, 100, 60_000, None) == (300, 3 * 12_000)  # the fold is cut before the budget
 
 
 def test_cells_fine_tuned_by_parallel_workers_match_one_at_a_time(task_file, tmp_path) -> None:
