@@ -148,8 +148,8 @@ def _finetune_target(run: RunModel, where: str) -> str:
     if run.architecture == "prefix":  # fine-tuning read the input both ways, in GPT-2's layout
         raise UserError(f"the {task} run on {run.objective} reads its input bidirectionally (the whole "
                         "input is a prefix LM's prefix), which no GPT-2 class does", f"{where}: objective",
-                        "fine-tune an encoder (mlm, wwm, electra) or clm to export, or use this one "
-                        "through ptmkit.load_run")
+                        f"fine-tune an encoder (mlm, wwm, electra){' or clm' if token_level else ''} to "
+                        "export, or use this one through ptmkit.load_run")
     causal = run.architecture == "decoder"
     if token_level:
         return "gpt2_tokcls" if causal else "bert_tokcls"
@@ -405,9 +405,11 @@ def hf_tokenizer(run: RunModel, target: Target, transformers: Any) -> Any:
         single = " ".join(x for x in (first, "$A:0", last) if x)
         pair = " ".join(x for x in (first, "$A:0", last, "$B:0", last) if x)
         hf.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=pieces)
-    if tok.kind == "bpe" and "mask" in text:
+    if tok.kind == "bpe" and "mask" in text and not tok.imported:
         # pre-training masked whole pieces, their leading space included: a written mask takes the
-        # spaces beside it, or the text on each side would gain a bare space piece (RoBERTa's lstrip)
+        # spaces beside it, or the text on each side would gain a bare space piece (RoBERTa's lstrip).
+        # ptmkit's bpe gives every text after the mask its space back (its normalizer prepends one);
+        # an imported tokenizer may not, so it keeps its own flags
         hf.add_special_tokens([tokenizers.AddedToken(text["mask"], special=True, lstrip=True, rstrip=True,
                                                      normalized=False)])
     sentinels = [hf.id_to_token(i) for i in special.sentinels]
