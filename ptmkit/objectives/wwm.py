@@ -36,16 +36,18 @@ class WholeWordMaskedLM(MaskedLM):
     family = "AE"
 
     def data_warning(self, shards: TokenShards) -> str | None:
-        """Chinese or Japanese text prepared without a segmenter has one word per character
-        piece, so whole-word masking would be plain MLM there: say how to get real words."""
+        """Chinese or Japanese text prepared without a segmenter has no word boundaries the
+        vocabulary can show (wordpiece and char: every character starts one; bpe and unigram: only
+        spaces and punctuation do), so whole-word masking would not mask words: say how to get them."""
         if shards.word_starts is not None:
             return None
         sample = shards.tokenizer().decode(np.asarray(shards.tokens[:SAMPLE_TOKENS]))
         if not mostly_unspaced(sample):
             return None
-        return (f"wwm: {shards.directory} holds Chinese or Japanese text prepared without word boundaries, "
-                "so each character is masked alone, as mlm does; prepare it with `ptmkit prepare "
-                "--segment jieba` and pretrain with --data (or set `segment: jieba` in a compare config)")
+        return (f"wwm: {shards.directory} holds Chinese or Japanese text prepared without word boundaries, so "
+                "its masked units are not words (single characters with a char or wordpiece tokenizer, "
+                "whole runs between spaces and punctuation with bpe or unigram); prepare it with `ptmkit "
+                "prepare --segment jieba` and pretrain with --data (or set `segment: jieba` in a compare config)")
 
     def word_starts(self, window: Window) -> np.ndarray:
         """Bool per framed position: True where a word starts (see the module docstring)."""

@@ -178,7 +178,7 @@ def _shards(tmp_path, texts: list[str], kind: str) -> TokenShards:
     return TokenShards(tmp_path / "d")
 
 
-@pytest.mark.parametrize("kind", ["char", "wordpiece"])
+@pytest.mark.parametrize("kind", ["char", "wordpiece", "unigram"])
 def test_unsegmented_chinese_gets_a_hint_naming_the_segmenter(tmp_path, kind) -> None:
     shards = _shards(tmp_path, ZH, kind)
     warning = get_objective("wwm")(Vocab.of(shards.tokenizer()), 32).data_warning(shards)
