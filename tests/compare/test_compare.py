@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 import ptmkit.compare.runner as runner
-from ptmkit.compare.config import CompareConfig, max_length, parse_compare_config
+from ptmkit.compare.config import CompareConfig, finetune_recipe, max_length, parse_compare_config
 from ptmkit.compare.estimate import STARTUP_SECONDS, estimate
 from ptmkit.compare.plan import cells, pretrain_jobs, skipped_pairs
 from ptmkit.compare.report import aggregate, read_results, summary_lines, write_report
@@ -1021,10 +1021,10 @@ def test_scratch_and_pretrained_cells_hold_out_the_same_share_when_one_searches(
         finetune["epochs"] = 3
         values = config(task_file)
         values["finetune"].update(finetune)
-        compare = Compare(parse_compare_config(values, "cmp.yaml", tmp_path), tmp_path / "out", progress=False)
-        assert compare._finetune_recipe(scratch=True)["select_fraction"] == 0.1
-        assert compare._finetune_recipe(scratch=False)["select_fraction"] == 0.1
-        assert "held-out 10%" in compare.fine_tuning_note()
+        cfg = parse_compare_config(values, "cmp.yaml", tmp_path)
+        assert finetune_recipe(cfg, scratch=True)["select_fraction"] == 0.1
+        assert finetune_recipe(cfg, scratch=False)["select_fraction"] == 0.1
+        assert "held-out 10%" in Compare(cfg, tmp_path / "out", progress=False).fine_tuning_note()
 
 
 def test_a_recipe_run_is_keyed_on_every_corpus_it_reads_and_nothing_it_does_not(task_file, tmp_path) -> None:
