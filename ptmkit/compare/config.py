@@ -355,7 +355,6 @@ def load_compare_config(path: str | Path) -> CompareConfig:
     return cfg
 
 
-
 def finetune_recipe(cfg: CompareConfig, scratch: bool) -> dict[str, Any]:
     """The fine-tuning settings of a cell: the config's `finetune` over the defaults, with
     `scratch_lr` as scratch's rate."""
@@ -368,6 +367,13 @@ def finetune_recipe(cfg: CompareConfig, scratch: bool) -> dict[str, Any]:
     if scratch and "scratch_lr" in recipe:
         recipe["lr"] = recipe["scratch_lr"]
     return recipe
+
+
+def recipe_search(recipe: dict[str, Any]) -> tuple[list[float], list[int], float]:
+    """A cell recipe's learning rates, head-epoch counts, and the held-out share that chooses
+    among them (and the epoch)."""
+    rates, heads = as_rates(recipe["lr"]), as_head_epochs(recipe.get("head_epochs", 0))
+    return rates, heads, select_fraction_for(recipe.get("select_fraction"), len(rates) * len(heads))
 
 
 def check_task_files(cfg: CompareConfig) -> None:

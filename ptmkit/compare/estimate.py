@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any
 
 
-from ptmkit.compare.config import RECIPE_PREFIX, CompareConfig, TaskConfig, finetune_recipe, max_length
+from ptmkit.compare.config import RECIPE_PREFIX, CompareConfig, TaskConfig, finetune_recipe, max_length, recipe_search
 from ptmkit.compare.plan import cells, pretrain_jobs
 from ptmkit.data import hf_datasets
 from ptmkit.data.corpus import is_json_array, list_corpus_files, text_bytes
 from ptmkit.data.tokenizer import OWN_SPECIAL_IDS
 from ptmkit.errors import UserError
-from ptmkit.finetuning.search import as_head_epochs, as_rates, select_fraction_for
 from ptmkit.model.backbone import Transformer
 from ptmkit.model.config import resolve_model_config
 from ptmkit.objectives import get_objective
@@ -57,8 +56,7 @@ def estimate(cfg: CompareConfig, out: Path | None = None) -> list[tuple[str, flo
     for cell in cells(cfg):
         recipe = finetune_recipe(cfg, scratch=cell.job is None)
         # a search fine-tunes once per rate and head-epoch count, holding out a slice to choose by
-        rates, heads = as_rates(recipe["lr"]), as_head_epochs(recipe.get("head_epochs", 0))
-        recipe["select_fraction"] = select_fraction_for(recipe.get("select_fraction"), len(rates) * len(heads))
+        rates, heads, recipe["select_fraction"] = recipe_search(recipe)
         folds = cell.task.cv_folds or 1  # cross-validation: one fine-tuning per fold
         length = max_length(cell.task, cfg.finetune)
         seconds = 0.0

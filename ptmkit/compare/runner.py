@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from ptmkit.compare.config import RECIPE_PREFIX, CompareConfig, TaskConfig, finetune_recipe, max_length
+from ptmkit.compare.config import RECIPE_PREFIX, CompareConfig, TaskConfig, finetune_recipe, max_length, recipe_search
 from ptmkit.compare.estimate import batch_tokens, budget_steps, estimate, train_tokens
 from ptmkit.compare.plan import SCRATCH, Cell, PretrainJob, cells, pretrain_jobs, skipped_pairs
 from ptmkit.compare.report import FAILED_FILE, write_report
@@ -42,7 +42,7 @@ from ptmkit.data.tokenizer import Tokenizer, train_tokenizer
 from ptmkit.errors import UserError
 from ptmkit.fileio import write_text_atomic
 from ptmkit.finetuning.run import FinetuneSpec, kept_model
-from ptmkit.finetuning.search import as_head_epochs, as_rates, finetune_search, select_fraction_for
+from ptmkit.finetuning.search import as_rates, finetune_search
 from ptmkit.finetuning.tasks import answers_one_class
 from ptmkit.objectives import get_objective
 from ptmkit.pretraining import PretrainSpec, pretrain
@@ -260,8 +260,7 @@ class Compare:
         """How every cell was fine-tuned and which model it scored: a best-of-N dev score reads
         higher than the model is, so the report says when that is what it shows."""
         recipe = finetune_recipe(self.cfg, scratch=False)
-        rates, heads = as_rates(recipe["lr"]), as_head_epochs(recipe.get("head_epochs", 0))
-        select = select_fraction_for(recipe.get("select_fraction"), len(rates) * len(heads))
+        rates, heads, select = recipe_search(recipe)
         steps = f" (at least {recipe['min_steps']} steps)" if recipe.get("min_steps") else ""
         lr = f"lr {rates[0]:g}" if len(rates) == 1 else f"lr picked among {', '.join(f'{r:g}' for r in rates)}"
         scratch = ", scratch lr " + ", ".join(f"{r:g}" for r in as_rates(recipe["scratch_lr"])) \
@@ -302,7 +301,7 @@ class Compare:
         run = self.out / "finetune" / cell.name
         init = SCRATCH if cell.job is None else str(self.out / "pretrain" / cell.job.name)
         recipe = finetune_recipe(self.cfg, cell.job is None)
-        rates, heads = as_rates(recipe["lr"]), as_head_epochs(recipe.get("head_epochs", 0))
+        rates, heads, _ = recipe_search(recipe)
         key = self._cell_key(cell, tokenizer)
         if _done(run, "eval.json", key):
             return json.loads((run / "eval.json").read_text())
