@@ -306,8 +306,8 @@ def _pretrain_into(spec: PretrainSpec, objective_cls: type, plan: _Plan | None,
     data_dir, val_shards, tokenizer = plan.data_dir, plan.val_shards, plan.tokenizer
     objective, model_cfg, length, dataset = plan.objective, plan.model_cfg, plan.length, plan.dataset
     cfg = spec.train
-    data_warning = objective.data_warning(plan.train_shards)
-    if data_warning and main:
+    data_warning = objective.data_warning(plan.train_shards, tokenizer) if main else None
+    if data_warning:
         warnings.warn(data_warning, stacklevel=1)
 
     def publish_settings() -> None:  # only once they are known to fit: a failed resume keeps the run's own

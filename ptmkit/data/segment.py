@@ -38,8 +38,10 @@ def token_word_starts(text: str, offsets: list[tuple[int, int]], words: np.ndarr
     return np.concatenate([[1], word[1:] != word[:-1]]).astype(np.uint8)[: len(offsets)]
 
 
-UNSPACED = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f]")
-"""A character of a script written without spaces between words: Han ideographs, Japanese kana."""
+UNSPACED_RANGES = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
+"""The scripts written without spaces between words, as a regex class body: Japanese kana and
+Han ideographs (BERT's ranges)."""
+UNSPACED = re.compile(f"[{UNSPACED_RANGES}]")
 
 
 def mostly_unspaced(text: str) -> bool:

@@ -690,7 +690,6 @@ def _canonical(hf: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
     return hf
 
 
-
 def _without_strip_flags(hf: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
     """`hf`, or a copy whose special tokens take no spaces beside them (see `Tokenizer.sha256`)."""
     stripping = [t for t in hf.get_added_tokens_decoder().values() if t.special and (t.lstrip or t.rstrip)]

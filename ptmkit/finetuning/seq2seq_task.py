@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ptmkit.data.segment import UNSPACED_RANGES
 from ptmkit.errors import UserError
 from ptmkit.finetuning.data import Record, _open, require_fields
 from ptmkit.finetuning.tasks import Encoded, Task, TaskSpec
@@ -88,8 +89,7 @@ def references(value: Any, target_list: str) -> list[str]:
     return [as_text(value)]
 
 
-CJK = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
-                 "\U00020000-\U0002fa1f]")
+CJK = re.compile(f"[{UNSPACED_RANGES}\uac00-\ud7af]")
 """One CJK character: Han ideographs (BERT's ranges), Japanese kana, Hangul syllables."""
 _CJK_SPLIT = re.compile(f"({CJK.pattern})")
 

@@ -134,9 +134,9 @@ class Objective:
     def make_example(self, window: Window, rng: np.random.Generator) -> Example:
         raise NotImplementedError
 
-    def data_warning(self, shards: TokenShards) -> str | None:
-        """Why this objective would train on `shards` other than the user expects, or None.
-        Pre-training warns with it before the first step."""
+    def data_warning(self, shards: TokenShards, tokenizer: Tokenizer) -> str | None:
+        """Why this objective would train on `shards` (encoded by `tokenizer`) other than the user
+        expects, or None. Pre-training warns with it before the first step."""
         return None
 
     def collate(self, examples: list[Example]) -> Batch:

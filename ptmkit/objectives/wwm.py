@@ -22,6 +22,7 @@ import numpy as np
 
 from ptmkit.data.segment import mostly_unspaced
 from ptmkit.data.shards import TokenShards
+from ptmkit.data.tokenizer import Tokenizer
 from ptmkit.objectives.base import Window
 from ptmkit.objectives.mlm import MaskedLM
 from ptmkit.objectives.noise import bert_frame_word_starts, choose_whole_words, word_groups
@@ -35,13 +36,13 @@ class WholeWordMaskedLM(MaskedLM):
     name = "wwm"
     family = "AE"
 
-    def data_warning(self, shards: TokenShards) -> str | None:
+    def data_warning(self, shards: TokenShards, tokenizer: Tokenizer) -> str | None:
         """Chinese or Japanese text prepared without a segmenter has no word boundaries the
         vocabulary can show (wordpiece and char: every character starts one; bpe and unigram: only
         spaces and punctuation do), so whole-word masking would not mask words: say how to get them."""
         if shards.word_starts is not None:
             return None
-        sample = shards.tokenizer().decode(np.asarray(shards.tokens[:SAMPLE_TOKENS]))
+        sample = tokenizer.decode(np.asarray(shards.tokens[:SAMPLE_TOKENS]))
         if not mostly_unspaced(sample):
             return None
         return (f"wwm: {shards.directory} holds Chinese or Japanese text prepared without word boundaries, so "

@@ -181,7 +181,8 @@ def _shards(tmp_path, texts: list[str], kind: str) -> TokenShards:
 @pytest.mark.parametrize("kind", ["char", "wordpiece", "unigram"])
 def test_unsegmented_chinese_gets_a_hint_naming_the_segmenter(tmp_path, kind) -> None:
     shards = _shards(tmp_path, ZH, kind)
-    warning = get_objective("wwm")(Vocab.of(shards.tokenizer()), 32).data_warning(shards)
+    tokenizer = shards.tokenizer()
+    warning = get_objective("wwm")(Vocab.of(tokenizer), 32).data_warning(shards, tokenizer)
     assert warning is not None and "--segment jieba" in warning and str(shards.directory) in warning
 
 
@@ -196,8 +197,9 @@ def test_pretraining_wwm_on_unsegmented_chinese_warns(tmp_path) -> None:
 
 def test_segmented_chinese_and_spaced_text_need_no_hint(tmp_path, zh_shards) -> None:
     objective = get_objective("wwm")
-    assert objective(Vocab.of(zh_shards.tokenizer()), 32).data_warning(zh_shards) is None
+    assert objective(Vocab.of(zh_shards.tokenizer()), 32).data_warning(zh_shards, zh_shards.tokenizer()) is None
     english = _shards(tmp_path, EN, "wordpiece")
-    assert objective(Vocab.of(english.tokenizer()), 32).data_warning(english) is None
+    assert objective(Vocab.of(english.tokenizer()), 32).data_warning(english, english.tokenizer()) is None
     unsegmented = _shards(tmp_path / "zh", ZH, "char")
-    assert get_objective("mlm")(Vocab.of(unsegmented.tokenizer()), 32).data_warning(unsegmented) is None
+    tokenizer = unsegmented.tokenizer()
+    assert get_objective("mlm")(Vocab.of(tokenizer), 32).data_warning(unsegmented, tokenizer) is None
